@@ -1,0 +1,365 @@
+"""The ``artifactfs`` command line.
+
+Every failure ends in one line on stderr naming the problem and a non-zero
+exit status. ``mount`` validates what it can in the calling process, then forks
+the daemon and waits on a pipe until the daemon reports the tree is listable
+(or why it is not); credentials therefore never travel through argv or the
+environment of a child.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
+
+log = logging.getLogger("artifactfs")
+
+_UNMOUNT_WAIT = 30.0
+_SIZE_SUFFIXES = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"artifactfs: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _parse_rate(text: str | None) -> int | None:
+    if text is None:
+        return None
+    cleaned = text.strip().lower().removesuffix("/s").removesuffix("b")
+    suffix = cleaned[-1:] if cleaned[-1:] in _SIZE_SUFFIXES else ""
+    number = cleaned[: len(cleaned) - len(suffix)]
+    try:
+        value = float(number) * _SIZE_SUFFIXES[suffix]
+    except ValueError:
+        raise UsageError(f"cannot parse bandwidth {text!r} (examples: 500K, 20M)") from None
+    if value <= 0:
+        raise UsageError("bandwidth limit must be positive")
+    return int(value)
+
+
+def _mountpoint(path: str) -> Path:
+    return Path(os.path.realpath(os.path.abspath(path)))
+
+
+def _check_fuse() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise FuseUnavailableError("/dev/fuse is missing (load the fuse module or pass --device /dev/fuse)")
+    if shutil.which("fusermount3") is None:
+        raise FuseUnavailableError("fusermount3 is not installed (apt-get install fuse3)")
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ArtifactFSError as error:
+            _fail(str(error))
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="artifactfs")
+def main() -> None:
+    """Mount any Git remote as a lazily hydrated, writable working tree."""
+
+
+# --------------------------------------------------------------------- mount
+
+@main.command()
+@click.argument("remote")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--ref", help="Branch, tag or commit to mount (default: the remote's HEAD).")
+@click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False),
+              help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")
+@click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
+@click.option("--hydrate", type=click.Choice(["background", "none"]), default="background", show_default=True,
+              help="Fetch every blob in the background, or only what is read.")
+@click.option("--connections", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Background fetch requests in flight at once.")
+@click.option("--max-bandwidth", metavar="RATE", help="Cap fetch bandwidth, e.g. 20M (bytes per second).")
+@click.option("--read-timeout", type=click.FloatRange(0.1), default=120.0, show_default=True,
+              help="Seconds a read waits for its blob before failing with EIO.")
+@click.option("--priority", "priority_rules", multiple=True, metavar="CLASS=GLOB",
+              help="Put matching paths in a hydration class (repeatable).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="Config file with a [priority] table (default: user config dir).")
+@click.option("--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+def mount(remote: str, directory: str, ref: str | None, root: str | None, foreground: bool, hydrate: str,
+          connections: int, max_bandwidth: str | None, read_timeout: float, priority_rules: tuple[str, ...],
+          config_path: str | None, allow_other: bool, log_format: str, log_level: str) -> None:
+    """Mount REMOTE (URL or path) at DIRECTORY and return once the tree is visible."""
+    from artifactfs import logs, state
+    from artifactfs.daemon.mount import MountOptions, check_mountpoint
+    from artifactfs.hydrator.hydrator import HydrationSettings
+    from artifactfs.hydrator.priority import load_rules
+    from artifactfs.remote.url import RemoteURL
+
+    parsed_remote = RemoteURL.parse(remote)
+    mountpoint = _mountpoint(directory)
+    _check_fuse()
+    check_mountpoint(mountpoint)
+    config_file = Path(config_path) if config_path else state.config_file()
+    if config_path and not config_file.exists():
+        raise UsageError(f"config file {config_file} does not exist")
+    options = MountOptions(
+        remote=parsed_remote,
+        mountpoint=mountpoint,
+        root=state.state_root(root),
+        ref=ref,
+        hydration=HydrationSettings(mode="background" if hydrate == "background" else "none",
+                                    connections=connections, read_timeout=read_timeout,
+                                    max_bandwidth=_parse_rate(max_bandwidth)),
+        priority_rules=load_rules(config_file, priority_rules),
+        allow_other=allow_other,
+    )
+    log_file = state.StateRoot(options.root).mount_dir(mountpoint, parsed_remote.redacted()) / "daemon.log"
+    if foreground:
+        logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
+        _run_daemon(options, _notify_systemd_ready)
+        return
+    _spawn_daemon(options, log_file, log_level, log_format)
+
+
+def _notify_systemd_ready() -> None:
+    from artifactfs.daemon.notify import notify
+
+    notify("READY=1\nSTATUS=mounted")
+
+
+def _run_daemon(options: Any, on_ready: Callable[[], None]) -> None:
+    import setproctitle
+    import trio
+
+    from artifactfs.daemon.mount import Mount
+
+    # The command line may hold a URL with a token; replace it so /proc/PID/cmdline shows none.
+    setproctitle.setproctitle(f"artifactfs mount {options.remote.redacted()} {options.mountpoint}")
+    try:
+        trio.run(Mount(options).run, on_ready)
+    except BaseExceptionGroup as group:
+        raise _first_leaf(group) from group
+
+
+def _spawn_daemon(options: Any, log_file: Path, log_level: str, log_format: str) -> NoReturn:
+    """Fork the daemon and wait until it reports ready or failed."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _daemon_child(options, log_file, log_level, log_format, write_end)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        message = pipe.read().decode(errors="replace").strip()
+    if message == "ok":
+        sys.exit(0)
+    if message.startswith("error: "):
+        _fail(message[len("error: "):])
+    os.waitpid(pid, os.WNOHANG)  # reap it if it is already gone
+    _fail(f"the daemon exited during start-up; see {log_file}")
+
+
+def _daemon_child(options: Any, log_file: Path, log_level: str, log_format: str, ready_fd: int) -> NoReturn:
+    from artifactfs import logs
+
+    code = 0
+    try:
+        os.setsid()
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        null = os.open(os.devnull, os.O_RDWR)
+        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(null)
+        os.close(log_fd)
+        logs.configure(level=log_level, log_format=log_format, file=log_file)  # type: ignore[arg-type]
+        ready_stream = os.fdopen(ready_fd, "wb", buffering=0)
+
+        def on_ready() -> None:
+            ready_stream.write(b"ok\n")
+            ready_stream.close()
+
+        try:
+            _run_daemon(options, on_ready)
+        except ArtifactFSError as error:
+            log.error("%s", error)
+            if not ready_stream.closed:
+                ready_stream.write(f"error: {error}\n".encode())
+            code = 1
+        except BaseException as error:  # the parent must always hear why
+            log.error("daemon failed: %s", traceback.format_exc())
+            if not ready_stream.closed:
+                ready_stream.write(f"error: internal error: {type(error).__name__}: {error}\n".encode())
+            code = 2
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The exception worth reporting from a nursery's group: an ArtifactFSError if there is one."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        current = pending.pop(0)
+        if isinstance(current, BaseExceptionGroup):
+            pending.extend(current.exceptions)
+        else:
+            leaves.append(current)
+    return next((leaf for leaf in leaves if isinstance(leaf, ArtifactFSError)), leaves[0])
+
+
+# --------------------------------------------------------------------- control commands
+
+def _root_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False),
+                        help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")(function)
+
+
+def _find_mount(directory: str | None, root: str | None) -> tuple[Any, Path]:
+    """The runtime record of the mount at DIRECTORY, or of the one containing the cwd."""
+    from artifactfs import state
+
+    state_root = state.StateRoot(state.state_root(root))
+    if directory is not None:
+        mountpoint = _mountpoint(directory)
+        record = state_root.runtime(mountpoint)
+        if record is None or not state.pid_alive(record.pid):
+            raise MountpointError(f"{mountpoint} is not a running ArtifactFS mount")
+        return record, mountpoint
+    running = [record for record in state_root.runtimes() if state.pid_alive(record.pid)]
+    cwd = Path.cwd()
+    for record in running:
+        if cwd == Path(record.mountpoint) or Path(record.mountpoint) in cwd.parents:
+            return record, Path(record.mountpoint)
+    if len(running) == 1:
+        return running[0], Path(running[0].mountpoint)
+    if not running:
+        raise MountpointError("no ArtifactFS mount is running")
+    raise UsageError("several mounts are running; name one: " + ", ".join(r.mountpoint for r in running))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_root_option
+def unmount(directory: str, root: str | None) -> None:
+    """Unmount DIRECTORY and stop its daemon (works from any shell)."""
+    from artifactfs import state
+    from artifactfs.daemon import control
+
+    mountpoint = _mountpoint(directory)
+    state_root = state.StateRoot(state.state_root(root))
+    record = state_root.runtime(mountpoint)
+    if record is not None and state.pid_alive(record.pid):
+        try:
+            control.request(Path(record.socket), "unmount")
+        except control.ControlError:
+            os.kill(record.pid, 15)
+        deadline = time.monotonic() + _UNMOUNT_WAIT
+        while state.pid_alive(record.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if state.pid_alive(record.pid):
+            raise MountpointError(f"the daemon for {mountpoint} did not stop within {_UNMOUNT_WAIT:g}s")
+        return
+    if _is_mounted(mountpoint):
+        result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True)
+        state_root.withdraw_runtime(mountpoint)
+        if result.returncode != 0:
+            raise MountpointError(f"cannot unmount {mountpoint}: {result.stderr.strip()}")
+        return
+    state_root.withdraw_runtime(mountpoint)
+    raise MountpointError(f"{mountpoint} is not mounted")
+
+
+def _is_mounted(mountpoint: Path) -> bool:
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            return any(line.split()[4] == str(mountpoint) for line in mounts)
+    except OSError:
+        return os.path.ismount(mountpoint)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option("--watch", is_flag=True, help="Redraw a live progress display until hydration completes.")
+@_root_option
+def status(directory: str | None, as_json: bool, watch: bool, root: str | None) -> None:
+    """Show a mount's state and hydration progress."""
+    from artifactfs.daemon import control
+
+    record, _ = _find_mount(directory, root)
+    if as_json:
+        answer = control.request(Path(record.socket), "status")
+        answer.pop("ok", None)
+        click.echo(json.dumps(answer, indent=2))
+        return
+    from artifactfs.statusview import render, watch_status
+
+    if not watch:
+        click.echo(render(control.request(Path(record.socket), "status")))
+        return
+    watch_status(lambda: control.request(Path(record.socket), "status"))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("pathspecs", nargs=-1, required=True)
+@_root_option
+def prefetch(directory: str, pathspecs: tuple[str, ...], root: str | None) -> None:
+    """Move the blobs under PATHSPECS (paths or globs) to the front of the queue."""
+    from artifactfs.daemon import control
+
+    record, _ = _find_mount(directory, root)
+    answer = control.request(Path(record.socket), "prefetch", paths=list(pathspecs))
+    click.echo(f"queued {answer['boosted']} blobs first")
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@_root_option
+def list_mounts(as_json: bool, root: str | None) -> None:
+    """List every mount with its state."""
+    from artifactfs import state
+    from artifactfs.daemon import control
+
+    rows = []
+    for record in state.StateRoot(state.state_root(root)).runtimes():
+        row: dict[str, Any] = {"mountpoint": record.mountpoint, "pid": record.pid, "remote": record.remote}
+        if not state.pid_alive(record.pid):
+            row["state"] = "dead"
+        else:
+            try:
+                answer = control.request(Path(record.socket), "status", timeout=2.0)
+                row["state"] = answer["state"]
+                hydration = answer["hydration"]
+                row["hydrated"] = f"{hydration['hydrated_blobs']}/{hydration['total_blobs']}"
+            except control.ControlError:
+                row["state"] = "unresponsive"
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no mounts")
+        return
+    for row in rows:
+        click.echo(f"{row['mountpoint']}\t{row['state']}\tpid {row['pid']}\t{row.get('hydrated', '-')}\t{row['remote']}")

@@ -1,0 +1,1 @@
+"""The long-running mount process: start-up, control socket, and shutdown."""

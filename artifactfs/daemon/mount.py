@@ -1,0 +1,308 @@
+"""One mount, from start to unmount.
+
+Start-up order matters for the promise that ``mount`` returns fast: open the
+remote, fetch the tip blobless (or reuse the local gitdir), publish the tree
+through FUSE, prepare the git index, then report ready. Everything else (blob
+hydration, the rest of the history, following HEAD) runs in the background of
+an already usable mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import json
+import logging
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from artifactfs.daemon import control
+from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
+from artifactfs.errors import ArtifactFSError, MountpointError
+from artifactfs.fs.operations import BASE_MTIME_NS, Operations
+from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
+from artifactfs.hydrator.priority import Classifier, PriorityRule
+from artifactfs.overlay.store import OverlayStore
+from artifactfs.overlay.view import OverlayView
+from artifactfs.remote import RemoteSession, RemoteURL, open_remote
+from artifactfs.snapshot.entries import EntryKind
+from artifactfs.snapshot.tree import Snapshot, TreeCache
+from artifactfs.state import RuntimeRecord, StateRoot
+from artifactfs.store.blobcache import BlobCache
+from artifactfs.store.gitdir import GitDir
+from artifactfs.worktree.index import IndexRecord, write_index
+
+log = logging.getLogger(__name__)
+
+HEAD_POLL_INTERVAL = 0.1
+_BLOB_HASH_CHUNK = 1 << 20
+
+
+@dataclass
+class MountOptions:
+    remote: RemoteURL
+    mountpoint: Path
+    root: Path
+    ref: str | None = None
+    hydration: HydrationSettings = field(default_factory=HydrationSettings)
+    priority_rules: tuple[PriorityRule, ...] = ()
+    allow_other: bool = False
+    fuse_tasks: int = 64
+
+
+ReadyCallback = Callable[[], None]
+
+
+def blob_oid_of_file(path: Path) -> str:
+    """The git blob id of a file's current content."""
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as stream:
+        while chunk := stream.read(_BLOB_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Mount:
+    """Everything one running mount owns."""
+
+    def __init__(self, options: MountOptions) -> None:
+        self.options = options
+        self.state = StateRoot(options.root)
+        self.mount_dir = self.state.mount_dir(options.mountpoint, options.remote.redacted())
+        self.session: RemoteSession | None = None
+        self.gitdir: GitDir | None = None
+        self.hydrator: Hydrator | None = None
+        self.operations: Operations | None = None
+        self.view: OverlayView | None = None
+        self.snapshot: Snapshot | None = None
+        self.trees: TreeCache | None = None
+        self.state_name = "starting"
+        self.started_at = time.time()
+        self._shutdown = trio.Event()
+
+    # ------------------------------------------------------------- main
+
+    async def run(self, on_ready: ReadyCallback) -> None:
+        options = self.options
+        self.mount_dir.mkdir(parents=True, exist_ok=True)
+        async with await open_remote(options.remote) as session:
+            self.session = session
+            resolved = await self._prepare_gitdir(session)
+            gitdir = self.gitdir
+            assert gitdir is not None
+            cache = BlobCache(self.state.blob_cache_dir)
+            cache.clean_tmp()
+            self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
+            overlay = OverlayStore(self.mount_dir / "overlay")
+            assert self.snapshot is not None
+            self.view = OverlayView(overlay, self.snapshot)
+            gitfile = f"gitdir: {gitdir.path}\n".encode()
+            self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
+            fuse_options = set(pyfuse3.default_options)
+            fuse_options.discard("default_permissions")
+            fuse_options |= {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}
+            if options.allow_other:
+                fuse_options.add("allow_other")
+            try:
+                pyfuse3.init(self.operations, str(options.mountpoint), fuse_options)
+            except RuntimeError as error:
+                raise MountpointError(f"cannot mount on {options.mountpoint}: {error}") from None
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_signals)
+                    nursery.start_soon(self._fuse_main)
+                    await nursery.start(self.hydrator.run)
+                    nursery.start_soon(self.hydrator.track, self.snapshot)
+                    await nursery.start(control.serve, self.state.socket_path(options.mountpoint), self._control)
+                    await self._prepare_index(resolved is not None)
+                    await trio.to_thread.run_sync(os.listdir, options.mountpoint)
+                    self._publish_runtime()
+                    self.state_name = "mounted"
+                    log.info("mounted %s at %s (%s)", options.remote.redacted(), options.mountpoint, self.snapshot.commit_oid)
+                    on_ready()
+                    if gitdir.shallow_commits():
+                        nursery.start_soon(complete_history, session, gitdir)
+                    nursery.start_soon(self._follow_head)
+                    await self._shutdown.wait()
+                    nursery.cancel_scope.cancel()
+            finally:
+                self.state_name = "unmounting"
+                self.state.withdraw_runtime(options.mountpoint)
+                with trio.CancelScope(shield=True):
+                    pyfuse3.close(unmount=True)
+                log.info("unmounted %s", options.mountpoint)
+
+    async def _fuse_main(self) -> None:
+        await pyfuse3.main(min_tasks=4, max_tasks=self.options.fuse_tasks)
+        log.info("the kernel ended the FUSE session (external unmount)")
+        self._shutdown.set()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for number in signals:
+                log.info("received %s, unmounting", signal.Signals(number).name)
+                self._shutdown.set()
+                return
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    # ------------------------------------------------------------- start-up steps
+
+    async def _prepare_gitdir(self, session: RemoteSession) -> ResolvedRef | None:
+        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created."""
+        gitdir = GitDir(self.mount_dir / "gitdir")
+        commit = gitdir.head_oid() if gitdir.exists() else None
+        if commit is not None and gitdir.has_object(commit):
+            self.gitdir = gitdir
+            self.trees = TreeCache(gitdir.read_tree)
+            self.snapshot = Snapshot(commit, gitdir.commit_tree(commit), self.trees)
+            log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
+            return None
+        refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
+        resolved = resolve_ref(refs, self.options.ref)
+        gitdir, tip = await create_gitdir(session, gitdir.path, self.options.remote.redacted(), resolved)
+        self.gitdir = gitdir
+        tip_trees = tip.trees
+
+        def read_tree(oid: str) -> bytes:
+            raw = tip_trees.get(oid)
+            return raw if raw is not None else gitdir.read_tree(oid)
+
+        self.trees = TreeCache(read_tree)
+        self.snapshot = Snapshot(tip.commit, tip.root_tree, self.trees)
+        (self.mount_dir / "mount.json").write_text(json.dumps({
+            "remote": self.options.remote.redacted(),
+            "ref": self.options.ref,
+            "commit": tip.commit,
+            "branch": resolved.branch,
+            "mountpoint": str(self.options.mountpoint),
+        }))
+        return resolved
+
+    async def _prepare_index(self, fresh: bool) -> None:
+        """Write an index whose stat data matches the mount, unless git already keeps one."""
+        gitdir = self.gitdir
+        assert gitdir is not None and self.snapshot is not None and self.hydrator is not None
+        if not fresh and (gitdir.path / "index").exists():
+            return
+        entries = [(path, entry) for path, entry in self.snapshot.walk()
+                   if entry.kind in (EntryKind.FILE, EntryKind.SYMLINK, EntryKind.GITLINK)]
+        blob_oids = [entry.oid for _, entry in entries if entry.kind is not EntryKind.GITLINK]
+        sizes: dict[str, int] = {}
+        if self.hydrator.object_info_available:
+            sizes = await self.hydrator.sizes(blob_oids)
+        records = [
+            IndexRecord(path.encode("utf-8", "surrogateescape"), entry.mode, entry.oid, sizes.get(entry.oid, 0))
+            for path, entry in entries
+        ]
+        await trio.to_thread.run_sync(write_index, gitdir.path, records, BASE_MTIME_NS)
+
+    def _publish_runtime(self) -> None:
+        self.state.publish_runtime(RuntimeRecord(
+            pid=os.getpid(),
+            mountpoint=str(self.options.mountpoint),
+            state_dir=str(self.mount_dir),
+            remote=self.options.remote.redacted(),
+            socket=str(self.state.socket_path(self.options.mountpoint)),
+        ))
+
+    # ------------------------------------------------------------- following HEAD
+
+    async def _follow_head(self) -> None:
+        """Publish the tree git moved HEAD to, once the git command that moved it is done."""
+        gitdir = self.gitdir
+        assert gitdir is not None and self.view is not None and self.operations is not None
+        while True:
+            await trio.sleep(HEAD_POLL_INTERVAL)
+            assert self.snapshot is not None and self.trees is not None and self.hydrator is not None
+            commit = gitdir.head_oid()
+            if commit is None or commit == self.snapshot.commit_oid or gitdir.git_busy():
+                continue
+            try:
+                tree = gitdir.commit_tree(commit)
+            except KeyError:
+                continue  # the commit object is not visible yet
+            snapshot = Snapshot(commit, tree, self.trees)
+            report = self.view.reconcile(snapshot, blob_oid_of_file, busy=self.operations.paths_open_for_writing())
+            self.snapshot = snapshot
+            self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
+            log.info("HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
+                     commit, report.dropped, report.converted, report.kept)
+            await self.hydrator.track(snapshot)
+
+    # ------------------------------------------------------------- control
+
+    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "status":
+            return {"ok": True, **self.status()}
+        if op == "unmount":
+            self.request_shutdown()
+            return {"ok": True, "pid": os.getpid()}
+        if op == "prefetch":
+            paths = request.get("paths")
+            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+                raise ArtifactFSError("prefetch needs a list of paths")
+            return {"ok": True, "boosted": self.prefetch(paths)}
+        if op == "record":
+            assert self.hydrator is not None
+            return {"ok": True, "record": [arrival.__dict__ for arrival in self.hydrator.record]}
+        raise ArtifactFSError(f"unknown control operation {op!r}")
+
+    def prefetch(self, pathspecs: list[str]) -> int:
+        """Raise every blob under or matching ``pathspecs`` to the front of the queue."""
+        assert self.snapshot is not None and self.hydrator is not None
+        cleaned = [spec.strip("/") for spec in pathspecs]
+        oids = []
+        for path, entry in self.snapshot.walk():
+            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
+                continue
+            for spec in cleaned:
+                if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
+                    oids.append(entry.oid)
+                    break
+        return self.hydrator.boost(oids)
+
+    def status(self) -> dict[str, Any]:
+        assert self.snapshot is not None and self.hydrator is not None and self.gitdir is not None
+        return {
+            "pid": os.getpid(),
+            "state": self.state_name,
+            "remote": self.options.remote.redacted(),
+            "mountpoint": str(self.options.mountpoint),
+            "head": self.snapshot.commit_oid,
+            "gitdir": str(self.gitdir.path),
+            "uptime_seconds": round(time.time() - self.started_at, 1),
+            "history_complete": not self.gitdir.shallow_commits(),
+            "hydration": self.hydrator.status(),
+            "fuse": self.operations.stats() if self.operations else {},
+        }
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    """Refuse a mountpoint that is missing, not a directory, not empty or already mounted."""
+    try:
+        info = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountpointError(f"mount directory {mountpoint} does not exist") from None
+    except OSError as error:
+        if error.errno == errno.ENOTCONN:
+            raise MountpointError(f"{mountpoint} is a stale mount (daemon gone); run: artifactfs unmount {mountpoint}") from None
+        raise MountpointError(f"cannot use {mountpoint}: {error.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise MountpointError(f"{mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise MountpointError(f"{mountpoint} is already a mount point")
+    if os.listdir(mountpoint):
+        raise MountpointError(f"mount directory {mountpoint} is not empty")

@@ -1,0 +1,1 @@
+"""FUSE operations: the kernel-facing layer over the merged tree."""

@@ -1,0 +1,531 @@
+"""pyfuse3 operations: translate kernel requests into view, overlay and hydrator calls.
+
+This layer owns inode numbers, open handles and the attributes the kernel
+caches. It never decides what a path contains (that is the
+:class:`~artifactfs.overlay.view.OverlayView`) nor how blobs are fetched (the
+:class:`~artifactfs.hydrator.hydrator.Hydrator`). Every ``await`` here is a
+point where other requests may run; state is only mutated between them.
+
+Attribute policy: base files report :data:`BASE_MTIME_NS` and their exact blob
+size, so git's index (prepared with the same values) sees them as clean
+without reading them. Everything is cached by the kernel for
+:data:`CACHE_TIMEOUT` seconds; the daemon invalidates what changes behind the
+kernel's back.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from artifactfs.fs.inodes import GITFILE_INODE, ROOT_INODE, InodeTable
+from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
+from artifactfs.overlay.errors import OverlayError
+from artifactfs.overlay.view import Node, OverlayView
+from artifactfs.snapshot.entries import EntryKind
+from artifactfs.snapshot.tree import Snapshot
+
+log = logging.getLogger(__name__)
+
+BASE_MTIME_NS = 1_000_000_000 * 1_000_000_000
+"""2001-09-09: an old, fixed mtime for unmodified files, so git never sees them as racily clean."""
+
+CACHE_TIMEOUT = 300.0
+GITFILE_NAME = b".git"
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+    """Turn overlay and hydration failures into the errno the kernel should see."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return await method(*args, **kwargs)
+        except OverlayError as error:
+            raise pyfuse3.FUSEError(error.errno) from None
+        except BlobUnavailableError:
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except FileNotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+
+    return wrapper
+
+
+@dataclass
+class _FileHandle:
+    inode: int
+    fd: int
+    writable: bool
+    written: bool = False
+
+
+@dataclass
+class _DirHandle:
+    inode: int
+    path: str
+    listing: list[tuple[bytes, Node | None]] | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, view: OverlayView, snapshot: Snapshot, hydrator: Hydrator,
+                 gitfile: bytes, state_dir: Path) -> None:
+        super().__init__()
+        self._view = view
+        self._snapshot = snapshot
+        self._hydrator = hydrator
+        self._gitfile = gitfile
+        self._state_dir = state_dir
+        self._inodes = InodeTable()
+        self._files: dict[int, _FileHandle] = {}
+        self._dirs: dict[int, _DirHandle] = {}
+        self._next_handle = 1
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self.operation_counts: dict[str, int] = {}
+
+    # ------------------------------------------------------------- publishing
+
+    def publish(self, snapshot: Snapshot, *, attributes_changed: bool) -> None:
+        """Adopt a new base snapshot.
+
+        Reconciling never changes what a path contains, but a dropped overlay
+        entry reports the base mtime again, so cached attributes are forgotten.
+        """
+        self._snapshot = snapshot
+        if not attributes_changed:
+            return
+        for _, inode in self._inodes.known_below(""):
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=True)
+            except OSError:
+                pass  # the kernel already forgot it
+
+    def paths_open_for_writing(self) -> set[str]:
+        """Paths with a writable handle: reconciling must not take their data files away."""
+        paths = set()
+        for handle in self._files.values():
+            if handle.writable and (path := self._inodes.path(handle.inode)) is not None:
+                paths.add(path)
+        return paths
+
+    # ------------------------------------------------------------- helpers
+
+    def _path(self, inode: int) -> str:
+        path = self._inodes.path(inode)
+        if path is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return path
+
+    @staticmethod
+    def _join(parent: str, name: bytes) -> str:
+        text = name.decode("utf-8", "surrogateescape")
+        return f"{parent}/{text}" if parent else text
+
+    def _node(self, path: str) -> Node:
+        node = self._view.lookup(path)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def _handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    def _neighbours(self, path: str) -> list[str]:
+        parent = path.rpartition("/")[0]
+        children = self._snapshot.children(parent) or {}
+        return [entry.oid for entry in children.values() if entry.kind is EntryKind.FILE]
+
+    def _count(self, name: str) -> None:
+        self.operation_counts[name] = self.operation_counts.get(name, 0) + 1
+
+    def _base_attributes(self, inode: int, mode: int, size: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
+        attributes = pyfuse3.EntryAttributes()
+        attributes.st_ino = inode
+        attributes.st_mode = mode
+        attributes.st_nlink = 1
+        attributes.st_uid = self._uid
+        attributes.st_gid = self._gid
+        attributes.st_size = size
+        attributes.st_blksize = 4096
+        attributes.st_blocks = (size + 511) // 512
+        attributes.st_atime_ns = mtime_ns
+        attributes.st_mtime_ns = mtime_ns
+        attributes.st_ctime_ns = mtime_ns
+        attributes.entry_timeout = CACHE_TIMEOUT
+        attributes.attr_timeout = CACHE_TIMEOUT
+        return attributes
+
+    def _gitfile_attributes(self) -> pyfuse3.EntryAttributes:
+        return self._base_attributes(GITFILE_INODE, stat.S_IFREG | 0o444, len(self._gitfile), BASE_MTIME_NS)
+
+    def _content_oid(self, node: Node) -> str | None:
+        """The blob whose bytes a node shows, when they are not in an overlay data file."""
+        if node.data_path is None and node.symlink_target is None:
+            return node.base_oid
+        return None
+
+    def _attributes_with_size(self, inode: int, node: Node, size: int | None) -> pyfuse3.EntryAttributes:
+        mtime_ns = node.mtime_ns if node.mtime_ns is not None else BASE_MTIME_NS
+        if node.kind in ("dir", "gitlink"):
+            return self._base_attributes(inode, node.mode, 4096, mtime_ns)
+        if node.data_path is not None:
+            info = os.stat(node.data_path)
+            return self._base_attributes(inode, node.mode, info.st_size, info.st_mtime_ns)
+        if node.symlink_target is not None:
+            return self._base_attributes(inode, node.mode, len(node.symlink_target), mtime_ns)
+        attributes = self._base_attributes(inode, node.mode, size or 0, mtime_ns)
+        if size is None:
+            attributes.attr_timeout = 0  # size still unknown: make the kernel ask again
+        return attributes
+
+    async def _attributes(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
+        oid = self._content_oid(node)
+        size = None
+        if oid is not None:
+            size = (await self._hydrator.sizes([oid]))[oid]
+        return self._attributes_with_size(inode, node, size)
+
+    # ------------------------------------------------------------- lookup & attributes
+
+    @_fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._count("lookup")
+        parent = self._path(parent_inode)
+        if name == b".":
+            path = parent
+        elif name == b"..":
+            path = parent.rpartition("/")[0]
+        elif parent == "" and name == GITFILE_NAME:
+            self._inodes.remember(GITFILE_INODE)
+            return self._gitfile_attributes()
+        else:
+            path = self._join(parent, name)
+        node = self._view.lookup(path)
+        if node is None:
+            negative = pyfuse3.EntryAttributes()
+            negative.st_ino = 0
+            negative.entry_timeout = CACHE_TIMEOUT
+            return negative
+        inode = self._inodes.inode(path)
+        attributes = await self._attributes(inode, node)
+        self._inodes.remember(inode)
+        return attributes
+
+    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for inode, count in inode_list:
+            self._inodes.forget(inode, count)
+
+    @_fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        self._count("getattr")
+        if inode == GITFILE_INODE:
+            return self._gitfile_attributes()
+        path = self._inodes.path(inode)
+        if path is None:
+            return self._orphan_attributes(inode)
+        return await self._attributes(inode, self._node(path))
+
+    def _orphan_attributes(self, inode: int) -> pyfuse3.EntryAttributes:
+        """Attributes of an unlinked file that is still open."""
+        for handle in self._files.values():
+            if handle.inode == inode:
+                info = os.fstat(handle.fd)
+                return self._base_attributes(inode, info.st_mode, info.st_size, info.st_mtime_ns)
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    @_fuse_errors
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._count("setattr")
+        if inode == GITFILE_INODE:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = self._inodes.path(inode)
+        if path is None:
+            handle = self._files.get(fh) if fh is not None else None
+            if handle is not None and fields.update_size:
+                os.ftruncate(handle.fd, attr.st_size)
+            return self._orphan_attributes(inode)
+        node = self._node(path)
+        if fields.update_size:
+            if node.kind != "file":
+                raise pyfuse3.FUSEError(errno.EISDIR if node.kind in ("dir", "gitlink") else errno.EINVAL)
+            node = await self._writable(path, node, truncate=attr.st_size == 0)
+            assert node.data_path is not None
+            os.truncate(node.data_path, attr.st_size)
+        if fields.update_mode:
+            node = self._view.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_mtime:
+            self._view.set_mtime(path, attr.st_mtime_ns)
+            node = self._node(path)
+        return await self._attributes(inode, node)
+
+    @_fuse_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        self._count("readlink")
+        node = self._node(self._path(inode))
+        if node.kind != "symlink":
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if node.symlink_target is not None:
+            return node.symlink_target
+        assert node.base_oid is not None
+        return (await self._hydrator.ensure(node.base_oid, path=node.path)).read_bytes()
+
+    # ------------------------------------------------------------- directories
+
+    @_fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        self._count("opendir")
+        path = self._path(inode)
+        node = self._node(path)
+        if node.kind not in ("dir", "gitlink"):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        handle = self._handle()
+        self._dirs[handle] = _DirHandle(inode, path)
+        return handle
+
+    @_fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        self._count("readdir")
+        handle = self._dirs[fh]
+        if handle.listing is None or start_id == 0:
+            listing: list[tuple[bytes, Node | None]] = []
+            if handle.path == "":
+                listing.append((GITFILE_NAME, None))
+            for name, node in self._view.list_dir(handle.path):
+                listing.append((name.encode("utf-8", "surrogateescape"), node))
+            handle.listing = listing
+            handle.sizes = await self._listing_sizes(listing)
+        for index in range(start_id, len(handle.listing)):
+            name, node = handle.listing[index]
+            if node is None:
+                attributes = self._gitfile_attributes()
+                inode = GITFILE_INODE
+            else:
+                inode = self._inodes.inode(node.path)
+                oid = self._content_oid(node)
+                attributes = self._attributes_with_size(inode, node, handle.sizes.get(oid) if oid else None)
+            if not pyfuse3.readdir_reply(token, name, attributes, index + 1):
+                return
+            self._inodes.remember(inode)
+
+    async def _listing_sizes(self, listing: Sequence[tuple[bytes, Node | None]]) -> dict[str, int]:
+        """Sizes for a directory listing in one batch (never hydrating: unknown ones are left out)."""
+        oids = [oid for _, node in listing if node is not None and (oid := self._content_oid(node))]
+        known = {oid: size for oid in oids if (size := self._hydrator.known_size(oid)) is not None}
+        missing = [oid for oid in oids if oid not in known]
+        if missing and self._hydrator.object_info_available:
+            known.update(await self._hydrator.sizes(missing))
+        return known
+
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @_fuse_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._count("mkdir")
+        path = self._join(self._path(parent_inode), name)
+        node = self._view.mkdir(path, stat.S_IMODE(mode))
+        inode = self._inodes.inode(path)
+        attributes = await self._attributes(inode, node)
+        self._inodes.remember(inode)
+        return attributes
+
+    @_fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._count("rmdir")
+        path = self._join(self._path(parent_inode), name)
+        self._view.rmdir(path)
+        self._inodes.detach(path)
+
+    # ------------------------------------------------------------- names
+
+    @_fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self._count("unlink")
+        parent = self._path(parent_inode)
+        if parent == "" and name == GITFILE_NAME:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = self._join(parent, name)
+        self._view.unlink(path)
+        self._inodes.detach(path)
+
+    @_fuse_errors
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        self._count("rename")
+        old_parent = self._path(parent_inode_old)
+        new_parent = self._path(parent_inode_new)
+        for parent, name in ((old_parent, name_old), (new_parent, name_new)):
+            if parent == "" and name.lower() == GITFILE_NAME:
+                raise pyfuse3.FUSEError(errno.EPERM)
+        old = self._join(old_parent, name_old)
+        new = self._join(new_parent, name_new)
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        self._view.rename(old, new, noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE), exchange=exchange)
+        if exchange:
+            self._inodes.exchange(old, new)
+        else:
+            self._inodes.move(old, new)
+
+    @_fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._count("symlink")
+        path = self._join(self._path(parent_inode), name)
+        node = self._view.symlink(path, target)
+        inode = self._inodes.inode(path)
+        attributes = await self._attributes(inode, node)
+        self._inodes.remember(inode)
+        return attributes
+
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    # ------------------------------------------------------------- files
+
+    async def _writable(self, path: str, node: Node, *, truncate: bool) -> Node:
+        """Make sure ``path`` has its own data file (copy-up), hydrating the base content if kept."""
+        if node.data_path is not None:
+            return node
+        if truncate or node.base_oid is None:
+            return self._view.copy_up(path, None)
+        source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
+        node = self._node(path)  # the view may have changed while we waited
+        if node.data_path is not None:
+            return node
+        return self._view.copy_up(path, source)
+
+    @_fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        self._count("open")
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
+        if inode == GITFILE_INODE:
+            if writable:
+                raise pyfuse3.FUSEError(errno.EPERM)
+            handle = self._handle()
+            self._files[handle] = _FileHandle(inode, -1, False)
+            return pyfuse3.FileInfo(fh=handle, keep_cache=True)
+        path = self._path(inode)
+        node = self._node(path)
+        if node.kind in ("dir", "gitlink"):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        keep_cache = False
+        if writable:
+            node = await self._writable(path, node, truncate=bool(flags & os.O_TRUNC))
+            assert node.data_path is not None
+            fd = os.open(node.data_path, os.O_RDWR)
+            if flags & os.O_TRUNC:
+                os.ftruncate(fd, 0)
+        elif node.data_path is not None:
+            fd = os.open(node.data_path, os.O_RDONLY)
+        else:
+            assert node.base_oid is not None
+            source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
+            fd = os.open(source, os.O_RDONLY)
+            keep_cache = True
+        handle = self._handle()
+        self._files[handle] = _FileHandle(inode, fd, writable)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=keep_cache)
+
+    @_fuse_errors
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._count("create")
+        path = self._join(self._path(parent_inode), name)
+        node = self._view.create_file(path, stat.S_IMODE(mode))
+        assert node.data_path is not None
+        fd = os.open(node.data_path, os.O_RDWR)
+        inode = self._inodes.inode(path)
+        handle = self._handle()
+        self._files[handle] = _FileHandle(inode, fd, True)
+        attributes = await self._attributes(inode, node)
+        self._inodes.remember(inode)
+        return pyfuse3.FileInfo(fh=handle), attributes
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        self._count("read")
+        handle = self._files[fh]
+        if handle.inode == GITFILE_INODE:
+            return self._gitfile[off:off + size]
+        return os.pread(handle.fd, size, off)
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self._count("write")
+        handle = self._files[fh]
+        if not handle.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        handle.written = True
+        return os.pwrite(handle.fd, buf, off)
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        self._count("fsync")
+        handle = self._files[fh]
+        if handle.writable:
+            os.fsync(handle.fd)
+            self._view.sync(self._inodes.path(handle.inode))
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        self._view.sync(None)
+
+    async def release(self, fh: int) -> None:
+        handle = self._files.pop(fh, None)
+        if handle is None or handle.fd < 0:
+            return
+        os.close(handle.fd)
+        path = self._inodes.path(handle.inode)
+        if handle.written and path is not None:
+            self._view.note_modified(path)
+
+    # ------------------------------------------------------------- filesystem
+
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        info = os.statvfs(self._state_dir)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = info.f_bsize
+        data.f_frsize = info.f_frsize
+        data.f_blocks = info.f_blocks
+        data.f_bfree = info.f_bfree
+        data.f_bavail = info.f_bavail
+        data.f_files = info.f_files
+        data.f_ffree = info.f_ffree
+        data.f_favail = info.f_favail
+        data.f_namemax = 255
+        return data
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        return []
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    def stats(self) -> dict[str, Any]:
+        return {"open_files": len(self._files), "operations": dict(self.operation_counts)}

@@ -1,0 +1,1 @@
+"""Background and on-demand fetching of blob contents."""

@@ -1,0 +1,583 @@
+"""Fetching blob contents: demand reads first, then the tree in priority order.
+
+The :class:`Hydrator` owns every blob the mount may serve. Readers call
+:meth:`Hydrator.ensure` and block until the blob is in the
+:class:`~artifactfs.store.blobcache.BlobCache`; background workers drain the
+:class:`~artifactfs.hydrator.queue.HydrationQueue` in batches of many blobs per
+protocol-v2 ``fetch``. Each blob is handed to its waiters as soon as it has been
+parsed out of the pack stream and verified, and the same stream is indexed into
+the gitdir as a promisor pack so git in the mount never downloads it again.
+
+Failure policy, in one place:
+
+* a transient error (connection reset, 5xx, truncated or corrupt pack) retries
+  the blobs that have not arrived yet, with exponential backoff and jitter;
+* a blob the server does not have fails the whole request, so the batch is
+  split until that blob is isolated; only its readers get EIO;
+* a reader waits at most ``read_timeout`` seconds, then gets EIO.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import trio
+import trio.lowlevel
+
+from artifactfs.errors import (
+    ArtifactFSError,
+    CorruptObjectError,
+    MissingObjectError,
+    RemoteError,
+    TransientRemoteError,
+)
+from artifactfs.hydrator.priority import Classifier, PriorityClass
+from artifactfs.hydrator.queue import BOOST, DEMAND, HydrationQueue, level_of
+from artifactfs.remote import RemoteSession
+from artifactfs.snapshot.entries import EntryKind
+from artifactfs.snapshot.tree import Snapshot
+from artifactfs.store.blobcache import BlobCache
+from artifactfs.store.gitdir import GitDir
+from artifactfs.store.packstream import PackObject, PackStreamParser
+
+log = logging.getLogger(__name__)
+
+HydrationMode = Literal["background", "none"]
+_T = TypeVar("_T")
+
+_UNKNOWN_SIZE_GUESS = 16 << 10
+_OBJECT_INFO_CHUNK = 4096
+_MIN_BATCH = 16
+
+
+class BlobUnavailableError(ArtifactFSError):
+    """A blob could not be fetched; the reader gets EIO."""
+
+
+@dataclass
+class HydrationSettings:
+    mode: HydrationMode = "background"
+    connections: int = 3
+    """Background fetch requests in flight at once (a separate lane serves demand reads)."""
+    initial_batch: int = 256
+    max_batch: int = 4096
+    max_batch_bytes: int = 64 << 20
+    read_timeout: float = 120.0
+    """Seconds a read waits for its blob before failing with EIO."""
+    retries: int = 5
+    backoff_base: float = 0.2
+    max_bandwidth: int | None = None
+    """Bytes per second across all fetches, or None for no limit."""
+
+
+@dataclass
+class ClassCounters:
+    total: int = 0
+    hydrated: int = 0
+    failed: int = 0
+    total_bytes: int = 0
+    hydrated_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "hydrated": self.hydrated,
+            "failed": self.failed,
+            "total_bytes": self.total_bytes,
+            "hydrated_bytes": self.hydrated_bytes,
+        }
+
+
+@dataclass
+class _Blob:
+    path: str
+    priority_class: PriorityClass
+    hydrated: bool = False
+    failure: str | None = None
+    permanent_failure: bool = False
+
+
+@dataclass
+class Arrival:
+    """One entry of the hydration record: which blob arrived, why, and when."""
+
+    oid: str
+    path: str
+    priority_class: str
+    demanded: bool
+    at: float
+
+
+@dataclass
+class _RateMeter:
+    """Bytes per second over a sliding window, for status and ETA."""
+
+    window: float = 5.0
+    samples: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+
+    def add(self, amount: int) -> None:
+        now = time.monotonic()
+        self.samples.append((now, amount))
+        while self.samples and self.samples[0][0] < now - self.window:
+            self.samples.popleft()
+
+    def rate(self) -> float:
+        now = time.monotonic()
+        while self.samples and self.samples[0][0] < now - self.window:
+            self.samples.popleft()
+        if not self.samples:
+            return 0.0
+        span = max(now - self.samples[0][0], 0.5)
+        return sum(amount for _, amount in self.samples) / span
+
+
+class Hydrator:
+    def __init__(self, session: RemoteSession, cache: BlobCache, gitdir: GitDir,
+                 classifier: Classifier, settings: HydrationSettings) -> None:
+        self._session = session
+        self._cache = cache
+        self._gitdir = gitdir
+        self._classifier = classifier
+        self.settings = settings
+        self._queue = HydrationQueue()
+        self._blobs: dict[str, _Blob] = {}
+        self._sizes: dict[str, int] = {}
+        self._counters = {priority_class: ClassCounters() for priority_class in PriorityClass}
+        self._waiters: dict[str, trio.Event] = {}
+        self._inflight: set[str] = set()
+        self._work = trio.lowlevel.ParkingLot()
+        self._batch_size = settings.initial_batch
+        self._size_pending: dict[str, None] = {}
+        self._size_demand: dict[str, None] = {}
+        self._size_waiters: dict[str, trio.Event] = {}
+        self._size_work = trio.lowlevel.ParkingLot()
+        self._object_info = session.object_info_supported
+        self._rate = _RateMeter()
+        self._throttle_until = 0.0
+        self._demanded: set[str] = set()
+        self.record: list[Arrival] = []
+        self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        self.started_at = time.monotonic()
+
+    # ----------------------------------------------------------------- running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the fetch lanes and the size resolver until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._lane, BOOST, "demand")
+            background_level = level_of(PriorityClass.BINARY) if self.settings.mode == "background" else BOOST
+            for index in range(max(1, self.settings.connections)):
+                nursery.start_soon(self._lane, background_level, f"background-{index}")
+            if self._object_info:
+                nursery.start_soon(self._resolve_sizes)
+            nursery.start_soon(self._consolidate_packs)
+            task_status.started()
+
+    async def _consolidate_packs(self) -> None:
+        """Keep the gitdir's promisor packs few: merge them as they multiply and once hydration ends."""
+        merged_when_complete = False
+        while True:
+            await trio.sleep(2)
+            complete = bool(self.status()["complete"])
+            if self._gitdir.wants_consolidation() or (complete and not merged_when_complete and self._gitdir.pack_count() > 2):
+                await self._gitdir.consolidate_promisor_packs()
+                merged_when_complete = complete
+
+    async def track(self, snapshot: Snapshot) -> None:
+        """Register every blob of ``snapshot``; queue the missing ones by class.
+
+        Walks the tree with a checkpoint every few hundred entries so a huge
+        tree never stalls FUSE requests.
+        """
+        for count, (path, entry) in enumerate(snapshot.walk()):
+            if count % 512 == 0:
+                await trio.sleep(0)
+            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK) or entry.oid in self._blobs:
+                continue
+            self._register(entry.oid, path)
+        self._work.unpark_all()
+        self._size_work.unpark_all()
+
+    def _register(self, oid: str, path: str) -> _Blob:
+        priority_class = self._classifier.classify(path, self._sizes.get(oid))
+        blob = _Blob(path, priority_class)
+        self._blobs[oid] = blob
+        counters = self._counters[priority_class]
+        counters.total += 1
+        size = self._cache.size(oid)
+        if size is not None:
+            self._sizes[oid] = size
+            blob.hydrated = True
+            counters.hydrated += 1
+            counters.total_bytes += size
+            counters.hydrated_bytes += size
+            return blob
+        if oid in self._sizes:
+            counters.total_bytes += self._sizes[oid]
+        elif self._object_info:
+            self._size_pending[oid] = None
+        if self.settings.mode == "background":
+            self._queue.push(oid, level_of(priority_class))
+        return blob
+
+    # ----------------------------------------------------------------- readers
+
+    @property
+    def object_info_available(self) -> bool:
+        """Whether sizes can be had without fetching contents."""
+        return self._object_info
+
+    async def ensure(self, oid: str, *, path: str = "", neighbours: Iterable[str] = ()) -> Path:
+        """Return the cache path of blob ``oid``, fetching it first if needed.
+
+        The blob jumps the queue; ``neighbours`` (blobs in the same directory)
+        are boosted behind it. Raises :class:`BlobUnavailableError` on failure
+        or after ``read_timeout`` seconds.
+        """
+        if self._cache.contains(oid):
+            return self._cache.path(oid)
+        blob = self._blobs.get(oid) or self._register(oid, path)
+        if blob.permanent_failure:
+            raise BlobUnavailableError(f"blob {oid} ({blob.path}): {blob.failure}")
+        event = self._waiters.setdefault(oid, trio.Event())
+        self._demanded.add(oid)
+        if oid not in self._inflight:
+            self._queue.push(oid, DEMAND)
+        for neighbour in neighbours:
+            if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
+                if neighbour not in self._blobs:
+                    self._register(neighbour, path)
+                self._queue.push(neighbour, BOOST)
+        self._work.unpark_all()
+        with trio.move_on_after(self.settings.read_timeout):
+            await event.wait()
+        if self._cache.contains(oid):
+            return self._cache.path(oid)
+        reason = blob.failure or f"timed out after {self.settings.read_timeout:g}s"
+        log.error("read of %s (%s) failed: %s", blob.path or oid, oid, reason)
+        raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}")
+
+    def boost(self, oids: Iterable[str]) -> int:
+        """Move blobs to the front of the background queue (``prefetch``); returns how many."""
+        raised = 0
+        for oid in oids:
+            if oid not in self._inflight and not self._cache.contains(oid):
+                raised += self._queue.push(oid, BOOST)
+        self._work.unpark_all()
+        return raised
+
+    def known_size(self, oid: str) -> int | None:
+        size = self._sizes.get(oid)
+        if size is None:
+            size = self._cache.size(oid)
+            if size is not None:
+                self._sizes[oid] = size
+        return size
+
+    async def sizes(self, oids: Sequence[str]) -> dict[str, int]:
+        """Sizes of blobs, from object-info when the server offers it, else by hydrating them.
+
+        Raises :class:`BlobUnavailableError` if a size cannot be had.
+        """
+        result: dict[str, int] = {}
+        missing: list[str] = []
+        for oid in oids:
+            size = self.known_size(oid)
+            if size is None:
+                missing.append(oid)
+            else:
+                result[oid] = size
+        if not missing:
+            return result
+        if self._object_info:
+            events = []
+            for oid in missing:
+                self._size_demand[oid] = None
+                events.append(self._size_waiters.setdefault(oid, trio.Event()))
+            self._size_work.unpark_all()
+            with trio.move_on_after(self.settings.read_timeout):
+                for event in events:
+                    await event.wait()
+            still_missing = [oid for oid in missing if oid not in self._sizes]
+        else:
+            still_missing = missing
+        if still_missing:
+            async with trio.open_nursery() as nursery:
+                for oid in still_missing:
+                    nursery.start_soon(self._size_by_hydration, oid, still_missing)
+        for oid in missing:
+            result[oid] = self._sizes[oid]
+        return result
+
+    async def _size_by_hydration(self, oid: str, batch: Sequence[str]) -> None:
+        await self.ensure(oid, neighbours=batch)
+        self.known_size(oid)
+
+    # ----------------------------------------------------------------- object-info
+
+    async def _resolve_sizes(self) -> None:
+        while True:
+            if not self._size_demand and not self._size_pending:
+                await self._size_work.park()
+                continue
+            chunk = list(self._size_demand)[:_OBJECT_INFO_CHUNK]
+            for oid in list(self._size_pending):
+                if len(chunk) >= _OBJECT_INFO_CHUNK:
+                    break
+                chunk.append(oid)
+            chunk = list(dict.fromkeys(chunk))
+            try:
+                sizes = await self._with_retries(lambda: self._session.object_info(chunk), "object-info")
+            except RemoteError as error:
+                log.warning("object-info failed (%s); sizes will come from hydration", error)
+                self._object_info = False
+                self._release_size_waiters(chunk + list(self._size_demand))
+                self._size_pending.clear()
+                self._size_demand.clear()
+                return
+            for oid in chunk:
+                self._size_pending.pop(oid, None)
+                self._size_demand.pop(oid, None)
+                size = sizes.get(oid)
+                if size is not None:
+                    self._learn_size(oid, size)
+            self._release_size_waiters(chunk)
+
+    def _release_size_waiters(self, oids: Iterable[str]) -> None:
+        for oid in oids:
+            event = self._size_waiters.pop(oid, None)
+            if event is not None:
+                event.set()
+
+    def _learn_size(self, oid: str, size: int) -> None:
+        if oid in self._sizes:
+            return
+        self._sizes[oid] = size
+        blob = self._blobs.get(oid)
+        if blob is None:
+            return
+        counters = self._counters[blob.priority_class]
+        counters.total_bytes += size
+        reclassified = self._classifier.classify(blob.path, size)
+        if reclassified != blob.priority_class and not blob.hydrated:
+            counters.total -= 1
+            counters.total_bytes -= size
+            blob.priority_class = reclassified
+            moved_to = self._counters[reclassified]
+            moved_to.total += 1
+            moved_to.total_bytes += size
+            if oid in self._queue and self.settings.mode == "background" and oid not in self._demanded:
+                self._queue.discard(oid)
+                self._queue.push(oid, level_of(reclassified))
+
+    # ----------------------------------------------------------------- fetching
+
+    async def _lane(self, max_level: int, name: str) -> None:
+        while True:
+            batch = self._queue.pop_batch(max_level, self._batch_size, self.settings.max_batch_bytes,
+                                          self._sizes, _UNKNOWN_SIZE_GUESS)
+            batch = [(oid, level) for oid, level in batch if not self._cache.contains(oid) or self._settle(oid)]
+            if not batch:
+                await self._work.park()
+                continue
+            oids = [oid for oid, _ in batch]
+            self._inflight.update(oids)
+            started = time.monotonic()
+            try:
+                await self._fetch(oids)
+            finally:
+                self._inflight.difference_update(oids)
+            self._adapt_batch(time.monotonic() - started, len(oids))
+            log.debug("%s lane fetched %d blobs in %.3fs", name, len(oids), time.monotonic() - started)
+
+    def _settle(self, oid: str) -> bool:
+        """A queued blob turned out to be cached already: account for it, drop it from the batch."""
+        self._mark_hydrated(oid, self._cache.size(oid) or 0)
+        return False
+
+    def _adapt_batch(self, elapsed: float, count: int) -> None:
+        if count < self._batch_size:
+            return
+        if elapsed < 0.3:
+            self._batch_size = min(self._batch_size * 2, self.settings.max_batch)
+        elif elapsed > 1.5:
+            self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
+
+    async def _fetch(self, oids: list[str]) -> None:
+        """Fetch ``oids`` until each has arrived or failed for good."""
+        remaining = set(oids)
+        attempt = 0
+        while remaining:
+            try:
+                await self._fetch_once(sorted(remaining), remaining)
+                for oid in list(remaining):
+                    self._fail(oid, "the remote did not send it", permanent=True)
+                    remaining.discard(oid)
+            except MissingObjectError as error:
+                if error.oid in remaining:
+                    self._fail(error.oid, "not found on the remote", permanent=True)
+                    remaining.discard(error.oid)
+                elif len(remaining) == 1:
+                    self._fail(remaining.pop(), "not found on the remote", permanent=True)
+                else:
+                    ordered = sorted(remaining)
+                    middle = len(ordered) // 2
+                    await self._fetch(ordered[:middle])
+                    await self._fetch(ordered[middle:])
+                    return
+            except (TransientRemoteError, CorruptObjectError, RemoteError, OSError) as error:
+                attempt += 1
+                self._note_error(f"fetch of {len(remaining)} blobs failed (attempt {attempt}): {error}")
+                self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
+                if attempt > self.settings.retries or not isinstance(error, TransientRemoteError | CorruptObjectError | OSError):
+                    for oid in list(remaining):
+                        self._fail(oid, str(error), permanent=False)
+                    return
+                await trio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.settings.backoff_base * (2 ** (attempt - 1))
+        return min(base, 10.0) * random.uniform(0.5, 1.5)
+
+    async def _with_retries(self, call: Callable[[], Awaitable[_T]], what: str) -> _T:
+        attempt = 0
+        while True:
+            try:
+                return await call()
+            except TransientRemoteError as error:
+                attempt += 1
+                if attempt > self.settings.retries:
+                    raise
+                self._note_error(f"{what} failed (attempt {attempt}): {error}")
+                await trio.sleep(self._backoff(attempt))
+
+    async def _fetch_once(self, wants: list[str], remaining: set[str]) -> None:
+        parser = PackStreamParser(spool_dir=self._cache.tmp_dir, external_base=self._cached_content)
+        async with self._session.fetch(wants) as response, self._gitdir.promisor_pack_writer() as pack:
+            async for chunk in response.pack_chunks():
+                await self._throttle(len(chunk))
+                await pack.write(chunk)
+                arrived = await trio.to_thread.run_sync(self._ingest, parser, chunk)
+                self._deliver(arrived, remaining)
+            arrived = await trio.to_thread.run_sync(self._ingest_end, parser)
+            self._deliver(arrived, remaining)
+
+    def _ingest(self, parser: PackStreamParser, chunk: bytes) -> list[tuple[str, int]]:
+        """Parse a chunk and store every completed blob (runs in a worker thread)."""
+        return self._store_objects(parser.feed(chunk))
+
+    def _ingest_end(self, parser: PackStreamParser) -> list[tuple[str, int]]:
+        return self._store_objects(parser.finish())
+
+    def _store_objects(self, objects: Sequence[PackObject]) -> list[tuple[str, int]]:
+        stored: list[tuple[str, int]] = []
+        for obj in objects:
+            if obj.type_name != "blob":
+                continue
+            if obj.spool_path is not None:
+                self._cache.adopt_file(obj.oid, obj.spool_path)
+            else:
+                assert obj.data is not None
+                self._cache.store_bytes(obj.oid, obj.data)
+            stored.append((obj.oid, obj.size))
+        return stored
+
+    def _cached_content(self, oid: str) -> bytes | None:
+        """Delta bases the server expects us to have (runs in a worker thread)."""
+        if not self._cache.contains(oid):
+            return None
+        return self._cache.path(oid).read_bytes()
+
+    def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> None:
+        for oid, size in arrived:
+            remaining.discard(oid)
+            self._rate.add(size)
+            self._mark_hydrated(oid, size)
+
+    def _mark_hydrated(self, oid: str, size: int) -> None:
+        blob = self._blobs.get(oid)
+        if blob is not None and not blob.hydrated:
+            self._learn_size(oid, size)
+            blob.hydrated = True
+            counters = self._counters[blob.priority_class]
+            counters.hydrated += 1
+            counters.hydrated_bytes += size
+            if blob.failure is not None:
+                counters.failed -= 1
+                blob.failure = None
+            self.record.append(Arrival(oid, blob.path, blob.priority_class.label, oid in self._demanded, time.monotonic()))
+        else:
+            self._sizes.setdefault(oid, size)
+        self._queue.discard(oid)
+        self._demanded.discard(oid)
+        self._wake(oid)
+
+    def _fail(self, oid: str, reason: str, *, permanent: bool) -> None:
+        blob = self._blobs.get(oid)
+        if blob is not None:
+            if blob.failure is None:
+                self._counters[blob.priority_class].failed += 1
+            blob.failure = reason
+            blob.permanent_failure = permanent
+            log.error("cannot hydrate %s (%s): %s", blob.path, oid, reason)
+        self._note_error(f"{blob.path if blob else oid}: {reason}")
+        self._demanded.discard(oid)
+        self._wake(oid)
+
+    def _wake(self, oid: str) -> None:
+        event = self._waiters.pop(oid, None)
+        if event is not None:
+            event.set()
+
+    def _note_error(self, message: str) -> None:
+        log.warning("%s", message)
+        self.errors.append(message)
+
+    async def _throttle(self, amount: int) -> None:
+        limit = self.settings.max_bandwidth
+        if not limit:
+            return
+        now = time.monotonic()
+        self._throttle_until = max(self._throttle_until, now) + amount / limit
+        delay = self._throttle_until - now
+        if delay > 0.01:
+            await trio.sleep(delay)
+
+    # ----------------------------------------------------------------- reporting
+
+    def status(self) -> dict[str, object]:
+        totals = ClassCounters()
+        for counters in self._counters.values():
+            totals.total += counters.total
+            totals.hydrated += counters.hydrated
+            totals.failed += counters.failed
+            totals.total_bytes += counters.total_bytes
+            totals.hydrated_bytes += counters.hydrated_bytes
+        rate = self._rate.rate()
+        remaining_bytes = max(totals.total_bytes - totals.hydrated_bytes, 0)
+        complete = totals.hydrated + totals.failed >= totals.total
+        eta = None if complete or rate <= 0 or self.settings.mode == "none" else remaining_bytes / rate
+        return {
+            "mode": self.settings.mode,
+            "total_blobs": totals.total,
+            "hydrated_blobs": totals.hydrated,
+            "failed_blobs": totals.failed,
+            "total_bytes": totals.total_bytes,
+            "hydrated_bytes": totals.hydrated_bytes,
+            "queued_blobs": len(self._queue),
+            "inflight_blobs": len(self._inflight),
+            "rate_bytes_per_second": round(rate, 1),
+            "eta_seconds": None if eta is None else round(eta, 1),
+            "complete": complete,
+            "batch_size": self._batch_size,
+            "object_info": self._object_info,
+            "classes": {pc.label: self._counters[pc].as_dict() for pc in PriorityClass},
+            "errors": list(self.errors),
+        }

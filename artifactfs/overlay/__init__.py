@@ -1,0 +1,1 @@
+"""The copy-on-write overlay: user changes on top of the immutable base tree."""

@@ -1,0 +1,400 @@
+"""Persistence of the overlay: one SQLite row per changed path plus content data files.
+
+The store owns ``<state>/overlay.db`` and ``<state>/data/``. It knows nothing about
+the base tree; :mod:`artifactfs.overlay.view` gives the rows their meaning.
+
+Durability contract:
+
+* every mutation is one SQLite transaction committed before the call returns, so
+  a killed daemon never loses a metadata change it acknowledged;
+* file content lives in data files named by generated ids and is written by the
+  FUSE layer directly, so writes need no database update (size and mtime come
+  from ``os.stat`` of the data file);
+* :meth:`OverlayStore.sync` is what ``fsync`` maps to: it flushes a data file,
+  the data directory and the database files to stable storage;
+* a data file is created before the row that references it is committed and is
+  unlinked only after the row that referenced it is gone, so a crash can leave
+  unreferenced data files (removed on the next start) but never a row that
+  points at a missing file.
+
+Paths are stored as bytes (UTF-8 with ``surrogateescape``) so names that are
+not valid UTF-8 survive a round trip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+from artifactfs.errors import ArtifactFSError
+
+RowKind = Literal["file", "dir", "symlink", "gitlink", "whiteout"]
+
+_SCHEMA_VERSION = 1
+_DATA_ID_RE = re.compile(r"[0-9a-f]{32}")
+_COLUMNS = "path, kind, mode, data_id, base_oid, target, opaque, mtime_ns"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    path     BLOB PRIMARY KEY,
+    parent   BLOB,
+    kind     TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'gitlink', 'whiteout')),
+    mode     INTEGER NOT NULL,
+    data_id  TEXT,
+    base_oid TEXT,
+    target   BLOB,
+    opaque   INTEGER NOT NULL DEFAULT 0,
+    mtime_ns INTEGER
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
+CREATE INDEX IF NOT EXISTS entries_data_id ON entries (data_id) WHERE data_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS journal (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    path  BLOB NOT NULL,
+    ts_ns INTEGER NOT NULL
+);
+"""
+
+
+class OverlayStoreError(ArtifactFSError):
+    """The state directory holds something this version cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class OverlayRow:
+    """One overlay entry.
+
+    ``mode`` is a full ``st_mode`` (type and permission bits; 0 for whiteouts).
+    A ``file`` has exactly one of ``data_id`` (content in a data file) or
+    ``base_oid`` (content is still that base blob; only metadata changed). A
+    ``symlink`` has ``target`` or, when moved or touched unchanged from the base,
+    ``base_oid``. A ``gitlink`` (submodule placeholder) has the commit id in
+    ``base_oid``. ``opaque`` dirs hide whatever the base has below them.
+    ``mtime_ns`` is unused for data-file rows (the data file's own mtime counts)
+    and ``None`` elsewhere means "unchanged since the base".
+    """
+
+    path: str
+    kind: RowKind
+    mode: int = 0
+    data_id: str | None = None
+    base_oid: str | None = None
+    target: bytes | None = None
+    opaque: bool = False
+    mtime_ns: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "file" and (self.data_id is None) == (self.base_oid is None):
+            raise ValueError(f"file row needs exactly one of data_id or base_oid: {self.path!r}")
+        if self.kind == "symlink" and (self.target is None) == (self.base_oid is None):
+            raise ValueError(f"symlink row needs exactly one of target or base_oid: {self.path!r}")
+        if self.kind == "gitlink" and self.base_oid is None:
+            raise ValueError(f"gitlink row needs a commit id: {self.path!r}")
+        if self.data_id is not None and self.kind != "file":
+            raise ValueError(f"only file rows have data files: {self.path!r}")
+
+
+def encode_path(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def decode_path(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def parent_of(path: str) -> str:
+    """The parent directory of a non-root path ("" for top-level names)."""
+    return path.rpartition("/")[0]
+
+
+def _subtree_bounds(path: str) -> tuple[bytes, bytes]:
+    """Key range holding exactly the strict descendants of ``path`` ("0" follows "/")."""
+    key = encode_path(path)
+    return key + b"/", key + b"0"
+
+
+def _row_from_db(record: tuple[bytes, str, int, str | None, str | None, bytes | None, int, int | None]) -> OverlayRow:
+    raw_path, kind, mode, data_id, base_oid, target, opaque, mtime_ns = record
+    return OverlayRow(
+        path=decode_path(raw_path),
+        kind=cast(RowKind, kind),
+        mode=mode,
+        data_id=data_id,
+        base_oid=base_oid,
+        target=target,
+        opaque=bool(opaque),
+        mtime_ns=mtime_ns,
+    )
+
+
+class Batch:
+    """Mutations that commit together; obtained from :meth:`OverlayStore.batch`.
+
+    Reads through the batch see its uncommitted writes. Data files that no row
+    references once the batch is complete are unlinked after the commit, so
+    moving a row (delete + put with the same ``data_id``) keeps its data file.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, journal: bool) -> None:
+        self._conn = conn
+        self._journal = journal
+        self._orphan_candidates: set[str] = set()
+        self._touched: list[bytes] = []
+
+    def get(self, path: str) -> OverlayRow | None:
+        record = self._conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (encode_path(path),)).fetchone()
+        return None if record is None else _row_from_db(record)
+
+    def put(self, row: OverlayRow) -> None:
+        """Insert or replace the row at ``row.path``."""
+        key = encode_path(row.path)
+        previous = self._conn.execute("SELECT data_id FROM entries WHERE path = ?", (key,)).fetchone()
+        if previous is not None and previous[0] is not None:
+            self._orphan_candidates.add(previous[0])
+        parent = None if row.path == "" else encode_path(parent_of(row.path))
+        self._conn.execute(
+            "INSERT OR REPLACE INTO entries (path, parent, kind, mode, data_id, base_oid, target, opaque, mtime_ns)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                parent,
+                row.kind,
+                row.mode,
+                row.data_id,
+                row.base_oid,
+                row.target,
+                int(row.opaque),
+                row.mtime_ns,
+            ),
+        )
+        self._touched.append(key)
+
+    def delete(self, path: str) -> None:
+        key = encode_path(path)
+        for (data_id,) in self._conn.execute("DELETE FROM entries WHERE path = ? RETURNING data_id", (key,)).fetchall():
+            if data_id is not None:
+                self._orphan_candidates.add(data_id)
+            self._touched.append(key)
+
+    def delete_subtree(self, path: str) -> None:
+        """Delete every strict descendant of ``path`` (all rows but the root's, for "")."""
+        if path == "":
+            deleted = self._conn.execute("DELETE FROM entries WHERE path != ? RETURNING path, data_id", (b"",))
+        else:
+            deleted = self._conn.execute(
+                "DELETE FROM entries WHERE path > ? AND path < ? RETURNING path, data_id", _subtree_bounds(path)
+            )
+        for key, data_id in deleted.fetchall():
+            if data_id is not None:
+                self._orphan_candidates.add(data_id)
+            self._touched.append(key)
+
+    def record(self, path: str) -> None:
+        """Journal ``path`` as changed without changing its row (e.g. content written)."""
+        self._touched.append(encode_path(path))
+
+    def _finish(self) -> list[str]:
+        """Write the journal and return the data ids that became unreferenced."""
+        if self._journal and self._touched:
+            now = time.time_ns()
+            self._conn.executemany(
+                "INSERT INTO journal (path, ts_ns) VALUES (?, ?)", ((key, now) for key in self._touched)
+            )
+        return [
+            data_id
+            for data_id in sorted(self._orphan_candidates)
+            if self._conn.execute("SELECT 1 FROM entries WHERE data_id = ? LIMIT 1", (data_id,)).fetchone() is None
+        ]
+
+
+class OverlayStore:
+    """The overlay's rows, data files and change journal under one state directory.
+
+    Safe to share between threads: every public method holds one lock.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.data_dir = state_dir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._db_path = state_dir / "overlay.db"
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        # NORMAL: commits reach the OS before returning (survive kill -9);
+        # sync() makes them survive power loss too.
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, _SCHEMA_VERSION):
+            self._conn.close()
+            raise OverlayStoreError(f"overlay database {self._db_path} has unknown schema version {version}")
+        self._conn.executescript(_SCHEMA)
+        self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self.removed_at_startup = self._remove_unreferenced_data()
+        """Names of the unreferenced data files deleted while opening (for logging)."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> OverlayStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, path: str) -> OverlayRow | None:
+        with self._lock:
+            record = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (encode_path(path),)
+            ).fetchone()
+        return None if record is None else _row_from_db(record)
+
+    def get_many(self, paths: Iterable[str]) -> dict[str, OverlayRow]:
+        keys = [encode_path(path) for path in paths]
+        if not keys:
+            return {}
+        marks = ", ".join("?" * len(keys))
+        with self._lock:
+            records = self._conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE path IN ({marks})", keys).fetchall()
+        rows = (_row_from_db(record) for record in records)
+        return {row.path: row for row in rows}
+
+    def children(self, path: str) -> list[OverlayRow]:
+        """Rows whose parent is ``path`` (whiteouts included)."""
+        with self._lock:
+            records = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE parent = ?", (encode_path(path),)
+            ).fetchall()
+        return [_row_from_db(record) for record in records]
+
+    def subtree(self, path: str) -> list[OverlayRow]:
+        """Rows strictly below ``path``, parents before children."""
+        with self._lock:
+            if path == "":
+                records = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM entries WHERE path != ? ORDER BY path", (b"",)
+                ).fetchall()
+            else:
+                records = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM entries WHERE path > ? AND path < ? ORDER BY path",
+                    _subtree_bounds(path),
+                ).fetchall()
+        return [_row_from_db(record) for record in records]
+
+    def all_rows(self) -> list[OverlayRow]:
+        """Every row, parents before children."""
+        with self._lock:
+            records = self._conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY path").fetchall()
+        return [_row_from_db(record) for record in records]
+
+    def changed_since(self, seq: int) -> tuple[int, list[str]]:
+        """The latest journal sequence number and the sorted paths journaled after ``seq``."""
+        with self._lock:
+            latest = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
+            keys = self._conn.execute(
+                "SELECT DISTINCT path FROM journal WHERE seq > ? ORDER BY path", (seq,)
+            ).fetchall()
+        return max(latest, seq), [decode_path(key) for (key,) in keys]
+
+    # -- writing -------------------------------------------------------------
+
+    @contextmanager
+    def batch(self, *, journal: bool = True) -> Iterator[Batch]:
+        """One transaction: committed when the block exits, rolled back if it raises.
+
+        With ``journal=False`` the changes are not recorded in the change journal
+        (used when the visible namespace does not change, e.g. reconciliation).
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                batch = Batch(self._conn, journal)
+                yield batch
+                unreferenced = batch._finish()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self.discard_data(unreferenced)
+
+    def new_data_file(self, source: Path | None) -> str:
+        """Create a data file holding a copy of ``source`` (empty if None); returns its id.
+
+        The caller must commit a row referencing the id, or :meth:`discard_data` it.
+        """
+        data_id = secrets.token_hex(16)
+        fd = os.open(
+            self.data_path(data_id),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        try:
+            with os.fdopen(fd, "wb") as target:
+                if source is not None:
+                    with source.open("rb") as origin:
+                        shutil.copyfileobj(origin, target, 1 << 20)
+        except BaseException:
+            self.discard_data([data_id])
+            raise
+        return data_id
+
+    def data_path(self, data_id: str) -> Path:
+        if _DATA_ID_RE.fullmatch(data_id) is None:
+            raise ValueError(f"not a data file id: {data_id!r}")
+        return self.data_dir / data_id
+
+    def discard_data(self, data_ids: Iterable[str]) -> None:
+        """Unlink data files no row references (open descriptors keep working)."""
+        for data_id in data_ids:
+            with suppress(FileNotFoundError):
+                os.unlink(self.data_path(data_id))
+
+    def sync(self, data_id: str | None = None) -> None:
+        """Make ``data_id``'s content and every committed row durable (``fsync``)."""
+        with self._lock:
+            if data_id is not None:
+                _fsync_path(self.data_path(data_id), os.O_RDONLY | os.O_NOFOLLOW)
+            _fsync_path(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+            # In WAL mode committed transactions sit in the -wal file (or, after
+            # a checkpoint, in the main file); flushing both covers either case.
+            for suffix in ("-wal", ""):
+                with suppress(FileNotFoundError):
+                    _fsync_path(Path(f"{self._db_path}{suffix}"), os.O_RDONLY | os.O_NOFOLLOW)
+            _fsync_path(self.state_dir, os.O_RDONLY | os.O_DIRECTORY)
+
+    # -- recovery ------------------------------------------------------------
+
+    def _remove_unreferenced_data(self) -> list[str]:
+        """Unlink data-directory entries no row references (crash leftovers)."""
+        referenced = {
+            data_id for (data_id,) in self._conn.execute("SELECT data_id FROM entries WHERE data_id IS NOT NULL")
+        }
+        removed: list[str] = []
+        with os.scandir(self.data_dir) as entries:
+            for entry in entries:
+                if entry.name in referenced or stat.S_ISDIR(entry.stat(follow_symlinks=False).st_mode):
+                    continue
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        return sorted(removed)
+
+
+def _fsync_path(path: Path, flags: int) -> None:
+    fd = os.open(path, flags | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

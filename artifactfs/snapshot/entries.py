@@ -1,0 +1,32 @@
+"""The vocabulary shared by every layer that looks at a tree: entry kinds and base entries."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class EntryKind(enum.Enum):
+    FILE = "file"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    GITLINK = "gitlink"
+
+
+@dataclass(frozen=True, slots=True)
+class BaseEntry:
+    """One entry of a Git tree: what it is, its Git mode and the object it names."""
+
+    kind: EntryKind
+    mode: int
+    oid: str
+
+
+class BaseTree(Protocol):
+    """Read access to a published tree by path ("" is the root, "/"-separated)."""
+
+    def entry(self, path: str) -> BaseEntry | None: ...
+
+    def children(self, path: str) -> Mapping[str, BaseEntry] | None: ...

@@ -1,0 +1,66 @@
+"""Rendering ``artifactfs status`` for people: a summary, per-class progress, errors."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+_BAR_WIDTH = 28
+
+
+def _human_bytes(amount: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(amount) < 1024 or unit == "GiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} GiB"
+
+
+def _bar(done: int, total: int) -> str:
+    filled = _BAR_WIDTH if total == 0 else int(_BAR_WIDTH * done / total)
+    return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + "]"
+
+
+def render(status: dict[str, Any]) -> str:
+    hydration = status["hydration"]
+    lines = [
+        f"mount:    {status['mountpoint']}  ({status['state']}, pid {status['pid']})",
+        f"remote:   {status['remote']}",
+        f"head:     {status['head']}  (history {'complete' if status.get('history_complete') else 'arriving'})",
+        f"blobs:    {hydration['hydrated_blobs']}/{hydration['total_blobs']} hydrated, "
+        f"{hydration['failed_blobs']} failed, {hydration['queued_blobs']} queued  [{hydration['mode']}]",
+        f"bytes:    {_human_bytes(hydration['hydrated_bytes'])} of {_human_bytes(hydration['total_bytes'])}",
+    ]
+    rate = hydration.get("rate_bytes_per_second") or 0
+    eta = hydration.get("eta_seconds")
+    lines.append(f"rate:     {_human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
+    lines.append("classes:")
+    for label, counters in hydration["classes"].items():
+        lines.append(f"  {label:<9}{_bar(counters['hydrated'], counters['total'])} "
+                     f"{counters['hydrated']}/{counters['total']}"
+                     + (f", {counters['failed']} failed" if counters["failed"] else ""))
+    if hydration["errors"]:
+        lines.append("recent errors:")
+        lines.extend(f"  {message}" for message in hydration["errors"][-5:])
+    return "\n".join(lines)
+
+
+def watch_status(fetch: Callable[[], dict[str, Any]], interval: float = 0.5) -> None:
+    """Redraw the status until hydration completes or the user interrupts."""
+    previous_lines = 0
+    try:
+        while True:
+            status = fetch()
+            text = render(status)
+            if previous_lines:
+                sys.stdout.write(f"\x1b[{previous_lines}F\x1b[J")
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+            previous_lines = text.count("\n") + 1
+            if status["hydration"]["complete"]:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,1 @@
+"""Local object storage: pack-stream parsing and the content-addressed blob cache."""

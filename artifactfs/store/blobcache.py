@@ -1,0 +1,165 @@
+"""Content-addressed cache of blob contents on local disk.
+
+This module owns the cache's on-disk layout: ``root/objects/ab/<38 hex>`` holds
+one read-only file per blob, named by its Git blob oid, and ``root/tmp/`` holds
+partial writes (including pack spool files). A file only ever appears under
+``objects/`` through an atomic rename after its content was hashed and found to
+match its name, so a reader never sees a partial or unverified blob.
+
+Files are not fsynced: after an unclean shutdown a stored file may be damaged,
+which ``verify`` detects; the remote can always supply the blob again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from artifactfs.errors import CorruptObjectError
+
+_OID = re.compile(r"[0-9a-f]{40}")
+_READ_CHUNK = 1 << 20
+_READ_ONLY = 0o444
+
+
+def _check_oid(oid: str) -> None:
+    if not _OID.fullmatch(oid):
+        raise ValueError(f"not a hex SHA-1 object id: {oid!r}")
+
+
+def _blob_id_of_file(path: Path) -> str:
+    """Git blob oid of a file's content, read in chunks."""
+    with path.open("rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        hasher = hashlib.sha1(b"blob %d\x00" % size)
+        seen = 0
+        while chunk := stream.read(_READ_CHUNK):
+            hasher.update(chunk)
+            seen += len(chunk)
+    if seen != size:
+        raise CorruptObjectError(f"{path.name} changed size while being hashed")
+    return hasher.hexdigest()
+
+
+class BlobCache:
+    """Blob files keyed by oid under ``root``; safe for concurrent readers."""
+
+    def __init__(self, root: Path) -> None:
+        self._objects = root / "objects"
+        self._tmp = root / "tmp"
+        self._objects.mkdir(parents=True, exist_ok=True)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch directory on the cache's filesystem, e.g. a pack parser's ``spool_dir``."""
+        return self._tmp
+
+    def path(self, oid: str) -> Path:
+        _check_oid(oid)
+        return self._objects / oid[:2] / oid[2:]
+
+    def contains(self, oid: str) -> bool:
+        return self.path(oid).is_file()
+
+    def size(self, oid: str) -> int | None:
+        try:
+            return self.path(oid).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def store_bytes(self, oid: str, data: bytes) -> Path:
+        """Store ``data`` as blob ``oid`` after checking that it hashes to ``oid``."""
+        target = self.path(oid)
+        hasher = hashlib.sha1(b"blob %d\x00" % len(data))
+        hasher.update(data)
+        actual = hasher.hexdigest()
+        if actual != oid:
+            raise CorruptObjectError(f"blob data for {oid} hashes to {actual}")
+        if target.is_file():
+            return target
+        fd, name = tempfile.mkstemp(prefix="blob-", dir=self._tmp)
+        partial = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as stream:
+                stream.write(data)
+            self._install(partial, target)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        return target
+
+    def adopt_file(self, oid: str, path: Path) -> Path:
+        """Move the file at ``path`` into the cache as blob ``oid``.
+
+        The cache takes ownership of ``path``: it is renamed into place, or
+        deleted if its content does not hash to ``oid`` or the blob is already
+        stored. ``path`` must be on the cache's filesystem (use ``tmp_dir``).
+        """
+        target = self.path(oid)
+        try:
+            actual = _blob_id_of_file(path)
+            if actual != oid:
+                raise CorruptObjectError(f"blob file for {oid} hashes to {actual}")
+            if target.is_file():
+                path.unlink()
+            else:
+                self._install(path, target)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        return target
+
+    def verify(self, oid: str) -> bool:
+        """Rehash the stored blob; False if it is missing or damaged."""
+        try:
+            return _blob_id_of_file(self.path(oid)) == oid
+        except (FileNotFoundError, CorruptObjectError):
+            return False
+
+    def remove(self, oid: str) -> None:
+        self.path(oid).unlink(missing_ok=True)
+
+    def iter_oids(self) -> Iterator[str]:
+        for oid, _ in self._entries():
+            yield oid
+
+    def total_bytes(self) -> int:
+        total = 0
+        for _, entry in self._entries():
+            try:
+                total += entry.stat().st_size
+            except FileNotFoundError:
+                continue  # removed while we were counting
+        return total
+
+    def _entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        with os.scandir(self._objects) as fanouts:
+            for fanout in fanouts:
+                if len(fanout.name) != 2 or not fanout.is_dir():
+                    continue
+                with os.scandir(fanout.path) as entries:
+                    for entry in entries:
+                        oid = fanout.name + entry.name
+                        if _OID.fullmatch(oid) and entry.is_file():
+                            yield oid, entry
+
+    def clean_tmp(self) -> int:
+        """Delete leftover partial files; only safe while nothing is writing to ``tmp_dir``."""
+        removed = 0
+        with os.scandir(self._tmp) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    @staticmethod
+    def _install(partial: Path, target: Path) -> None:
+        os.chmod(partial, _READ_ONLY)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(partial, target)

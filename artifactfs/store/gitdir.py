@@ -1,0 +1,283 @@
+"""The real Git directory behind a mount: a partial clone stock git understands.
+
+ArtifactFS writes objects here only as promisor packs (through
+``git index-pack``, the fastest indexer) and writes refs, ``HEAD`` and
+``shallow`` directly. Users' git commands in the mount use this directory
+through the ``.git`` file at the mount root; nothing here is served by FUSE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+from dulwich.object_store import DiskObjectStore
+from dulwich.objects import Commit
+
+from artifactfs.errors import ArtifactFSError, CorruptObjectError
+
+log = logging.getLogger(__name__)
+
+PACK_CONSOLIDATION_THRESHOLD = 48
+"""Promisor packs written by the hydrator are merged once there are this many."""
+
+_CONFIG_TEMPLATE = """\
+[core]
+\trepositoryformatversion = 1
+\tfilemode = true
+\tbare = false
+\tlogallrefupdates = true
+\tsymlinks = true
+\tcheckStat = minimal
+\ttrustctime = false
+\tuntrackedCache = true
+[gc]
+\tauto = 0
+[maintenance]
+\tauto = false
+[fetch]
+\twriteCommitGraph = false
+[remote "origin"]
+\turl = {url}
+\tfetch = +refs/heads/*:refs/remotes/origin/*
+\tpromisor = true
+\tpartialclonefilter = blob:none
+"""
+
+
+def _quote_config_value(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class GitDir:
+    """A partial-clone gitdir at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._objects: DiskObjectStore | None = None
+        self._hydration_packs = 0
+        self._consolidating = False
+
+    @classmethod
+    def create(cls, path: Path, remote_url: str) -> GitDir:
+        """Create the gitdir atomically: it either exists complete or not at all.
+
+        ``remote_url`` must already be free of credentials.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".gitdir-", dir=path.parent))
+        try:
+            for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "refs/remotes/origin", "info", "hooks"):
+                (staging / sub).mkdir(parents=True)
+            (staging / "HEAD").write_text("ref: refs/heads/main\n")
+            (staging / "config").write_text(_CONFIG_TEMPLATE.format(url=_quote_config_value(remote_url)))
+            (staging / "description").write_text("ArtifactFS mount\n")
+            os.rename(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return cls(path)
+
+    def exists(self) -> bool:
+        return (self.path / "HEAD").is_file() and (self.path / "objects").is_dir()
+
+    # ------------------------------------------------------------- objects
+
+    @property
+    def objects(self) -> DiskObjectStore:
+        if self._objects is None:
+            self._objects = DiskObjectStore(str(self.path / "objects"))
+        return self._objects
+
+    def read_object(self, oid: str) -> tuple[int, bytes]:
+        """Raw (type number, content) of an object, rescanning packs added since the last read."""
+        key = oid.encode("ascii")
+        try:
+            return self.objects.get_raw(key)
+        except KeyError:
+            self._objects = None
+            return self.objects.get_raw(key)
+
+    def read_tree(self, oid: str) -> bytes:
+        type_num, raw = self.read_object(oid)
+        if type_num != 2:
+            raise CorruptObjectError(f"object {oid} is not a tree")
+        return raw
+
+    def commit_tree(self, commit_oid: str) -> str:
+        type_num, raw = self.read_object(commit_oid)
+        if type_num != 1:
+            raise CorruptObjectError(f"object {commit_oid} is not a commit")
+        return Commit.from_raw_string(1, raw).tree.decode("ascii")
+
+    def has_object(self, oid: str) -> bool:
+        try:
+            self.read_object(oid)
+        except KeyError:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def promisor_pack_writer(self) -> AsyncIterator[PackSink]:
+        """Stream a pack into ``git index-pack``; on clean exit it is a promisor pack of this gitdir.
+
+        If the body raises, the indexer is killed and nothing is added.
+        """
+        process = await trio.lowlevel.open_process(
+            ["git", "--git-dir", str(self.path), "index-pack", "--stdin", "--promisor=artifactfs"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        sink = PackSink(process)
+        try:
+            yield sink
+        except BaseException:
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+                await sink.close_streams()
+            raise
+        with trio.CancelScope(shield=True):
+            await sink.finish()
+        self._hydration_packs += 1
+
+    def wants_consolidation(self) -> bool:
+        return self._hydration_packs >= PACK_CONSOLIDATION_THRESHOLD and not self._consolidating
+
+    async def consolidate_promisor_packs(self) -> None:
+        """Merge small promisor packs into one so lookups stay fast (``git repack -a -d``).
+
+        Only packs with a ``.promisor`` marker are merged, and the result keeps
+        the marker, so the repository stays a valid partial clone.
+        """
+        if self._consolidating:
+            return
+        self._consolidating = True
+        try:
+            result = await trio.run_process(
+                ["git", "--git-dir", str(self.path), "repack", "-a", "-d", "-q", "--no-write-bitmap-index"],
+                capture_stdout=True, capture_stderr=True, check=False,
+            )
+            if result.returncode != 0:
+                log.warning("pack consolidation failed: %s", result.stderr.decode(errors="replace").strip())
+            else:
+                self._hydration_packs = 0
+                self._objects = None
+        finally:
+            self._consolidating = False
+
+    def pack_count(self) -> int:
+        return sum(1 for _ in (self.path / "objects" / "pack").glob("pack-*.pack"))
+
+    # ------------------------------------------------------------- refs
+
+    def _write_file_atomically(self, relative: str, content: str) -> None:
+        target = self.path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.artifactfs-tmp")
+        temporary.write_text(content)
+        os.replace(temporary, target)
+
+    def update_ref(self, name: str, oid: str) -> None:
+        self._write_file_atomically(name, oid + "\n")
+
+    def set_head(self, branch: str | None, oid: str) -> None:
+        """Point HEAD at ``refs/heads/<branch>`` (created at ``oid``), or detach it at ``oid``."""
+        if branch is None:
+            self._write_file_atomically("HEAD", oid + "\n")
+            return
+        self.update_ref(f"refs/heads/{branch}", oid)
+        self._write_file_atomically("HEAD", f"ref: refs/heads/{branch}\n")
+
+    def set_upstream(self, branch: str) -> None:
+        result = subprocess.run(
+            ["git", "--git-dir", str(self.path), "config", f"branch.{branch}.remote", "origin"],
+            capture_output=True, check=False,
+        )
+        if result.returncode == 0:
+            subprocess.run(
+                ["git", "--git-dir", str(self.path), "config", f"branch.{branch}.merge", f"refs/heads/{branch}"],
+                capture_output=True, check=False,
+            )
+
+    def head_oid(self) -> str | None:
+        """The commit HEAD resolves to, or None if it resolves to nothing yet."""
+        try:
+            head = (self.path / "HEAD").read_text().strip()
+        except FileNotFoundError:
+            return None
+        if not head.startswith("ref: "):
+            return head or None
+        return self.resolve_ref(head[5:])
+
+    def resolve_ref(self, name: str) -> str | None:
+        loose = self.path / name
+        try:
+            return loose.read_text().strip() or None
+        except (FileNotFoundError, IsADirectoryError):
+            pass
+        try:
+            packed = (self.path / "packed-refs").read_text()
+        except FileNotFoundError:
+            return None
+        for line in packed.splitlines():
+            if line.endswith(" " + name) and not line.startswith(("#", "^")):
+                return line.split(" ", 1)[0]
+        return None
+
+    def git_busy(self) -> bool:
+        """True while a git command holds the index or HEAD lock."""
+        return (self.path / "index.lock").exists() or (self.path / "HEAD.lock").exists()
+
+    def shallow_commits(self) -> list[str]:
+        try:
+            return (self.path / "shallow").read_text().split()
+        except FileNotFoundError:
+            return []
+
+    def write_shallow(self, oids: list[str]) -> None:
+        if oids:
+            self._write_file_atomically("shallow", "".join(f"{oid}\n" for oid in sorted(set(oids))))
+        else:
+            (self.path / "shallow").unlink(missing_ok=True)
+
+
+class PackSink:
+    """The open stdin of a running ``git index-pack --stdin``."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self._process = process
+
+    async def write(self, chunk: bytes) -> None:
+        assert self._process.stdin is not None
+        await self._process.stdin.send_all(chunk)
+
+    async def close_streams(self) -> None:
+        for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+    async def finish(self) -> str:
+        """Close the input, wait for the index, and return the pack's name."""
+        assert self._process.stdin is not None and self._process.stdout is not None
+        assert self._process.stderr is not None
+        await self._process.stdin.aclose()
+        output = bytearray()
+        errors = bytearray()
+        async with trio.open_nursery() as nursery:
+            async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
+                while chunk := await stream.receive_some():
+                    into.extend(chunk)
+            nursery.start_soon(drain, self._process.stdout, output)
+            nursery.start_soon(drain, self._process.stderr, errors)
+        status = await self._process.wait()
+        await self.close_streams()
+        if status != 0:
+            raise ArtifactFSError(f"git index-pack failed: {errors.decode(errors='replace').strip()}")
+        return output.decode().split()[-1]

@@ -1,0 +1,1 @@
+"""Git integration for the working tree: the prepared index and following HEAD."""

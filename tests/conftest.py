@@ -1,0 +1,75 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifactfs.testing import FileSpec, GitHttpServer, make_bare_repo
+
+# ---------------------------------------------------------------------------
+# Remote fixtures (owned by the artifactfs.remote / artifactfs.testing work):
+# served bare repositories and a real `git http-backend` server over them.
+# ---------------------------------------------------------------------------
+
+MakeRepo = Callable[..., tuple[Path, str]]
+
+DEFAULT_FILES: dict[str, bytes | FileSpec] = {
+    "README.md": b"# demo\n",
+    "src/main.py": b"print('hello')\n",
+    "src/util.py": b"def helper() -> int:\n    return 42\n",
+    "bin/run.sh": FileSpec(b"#!/bin/sh\necho run\n", executable=True),
+    "docs/link": FileSpec(symlink_target="../README.md"),
+}
+
+
+@pytest.fixture
+def git_root(tmp_path: Path) -> Path:
+    """Directory whose bare repositories ``git_server`` serves."""
+    root = tmp_path / "served"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def make_repo(git_root: Path) -> MakeRepo:
+    """Factory: ``make_repo(name="repo", files=DEFAULT_FILES, **make_bare_repo_kwargs)``
+    builds ``<git_root>/<name>.git`` and returns ``(path, tip_commit_oid)``."""
+
+    def factory(
+        name: str = "repo", files: Mapping[str, bytes | FileSpec] | None = None, **kwargs: Any
+    ) -> tuple[Path, str]:
+        path = git_root / f"{name}.git"
+        return path, make_bare_repo(path, DEFAULT_FILES if files is None else files, **kwargs)
+
+    return factory
+
+
+@pytest.fixture
+def git_server(git_root: Path) -> Iterator[GitHttpServer]:
+    """A started :class:`GitHttpServer` over ``git_root`` (object-info on, no auth)."""
+    with GitHttpServer(git_root) as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------
+# End of remote fixtures.
+# ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# Mount fixtures: real FUSE is required. A machine without it fails loudly
+# here instead of silently skipping the end-to-end tests.
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fuse() -> None:
+    """Assert that real FUSE mounts can be made on this machine."""
+    import shutil
+
+    assert Path("/dev/fuse").exists(), "/dev/fuse is missing: end-to-end tests need FUSE (run scripts/install as root)"
+    assert shutil.which("fusermount3"), "fusermount3 is missing: run scripts/install"
