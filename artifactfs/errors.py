@@ -58,7 +58,11 @@ class TransientRemoteError(RemoteError):
 
 
 class MissingObjectError(RemoteError):
-    """The remote refused a fetch because it does not have a wanted object."""
+    """The remote does not have a wanted object; ``oid`` names it when the remote said which."""
+
+    def __init__(self, oid: str | None, message: str | None = None) -> None:
+        super().__init__(message or f"remote does not have object {oid}")
+        self.oid = oid
 
 
 class CorruptObjectError(ArtifactFSError):

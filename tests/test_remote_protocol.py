@@ -24,7 +24,6 @@ from artifactfs.errors import (
     TransientRemoteError,
 )
 from artifactfs.remote import (
-    RemoteObjectMissingError,
     RemoteSession,
     RemoteURL,
     open_remote,
@@ -210,7 +209,7 @@ async def test_missing_object(make_repo: MakeRepo, remote_for: Callable[[Path], 
             await session.object_info([tip, absent])
         assert [ref.oid for ref in await session.ls_refs(["refs/heads/"])] == [tip]
     for error in (fetch_error.value, info_error.value):
-        assert isinstance(error, RemoteObjectMissingError)
+        assert isinstance(error, MissingObjectError)
         assert error.oid == absent
         assert absent in str(error)
 

@@ -27,6 +27,8 @@ import pyfuse3
 import trio
 
 from artifactfs.daemon import control
+from artifactfs.daemon.notify import report_progress
+from artifactfs.daemon.recovery import detach_stale_mount
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
@@ -58,9 +60,26 @@ class MountOptions:
     priority_rules: tuple[PriorityRule, ...] = ()
     allow_other: bool = False
     fuse_tasks: int = 64
+    metrics_address: tuple[str, int] | None = None
 
 
 ReadyCallback = Callable[[], None]
+
+
+class _PhaseTimer:
+    """Start-up phase durations for the log: where did the time to mount go."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._phases: list[tuple[str, float]] = []
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self._phases.append((phase, now - self._last))
+        self._last = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
 
 
 def blob_oid_of_file(path: Path) -> str:
@@ -95,9 +114,12 @@ class Mount:
     async def run(self, on_ready: ReadyCallback) -> None:
         options = self.options
         self.mount_dir.mkdir(parents=True, exist_ok=True)
+        phases = _PhaseTimer()
         async with await open_remote(options.remote) as session:
             self.session = session
+            phases.mark("remote opened")
             resolved = await self._prepare_gitdir(session)
+            phases.mark("tree ready")
             gitdir = self.gitdir
             assert gitdir is not None
             cache = BlobCache(self.state.blob_cache_dir)
@@ -124,12 +146,20 @@ class Mount:
                     await nursery.start(self.hydrator.run)
                     nursery.start_soon(self.hydrator.track, self.snapshot)
                     await nursery.start(control.serve, self.state.socket_path(options.mountpoint), self._control)
+                    if options.metrics_address is not None:
+                        from artifactfs.daemon.metrics import serve_metrics  # optional dependency
+                        await nursery.start(serve_metrics, options.metrics_address, self.status)
+                    phases.mark("fuse started")
                     await self._prepare_index(resolved is not None)
+                    phases.mark("index prepared")
                     await trio.to_thread.run_sync(os.listdir, options.mountpoint)
                     self._publish_runtime()
                     self.state_name = "mounted"
-                    log.info("mounted %s at %s (%s)", options.remote.redacted(), options.mountpoint, self.snapshot.commit_oid)
+                    log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
+                             self.snapshot.commit_oid, phases.summary())
                     on_ready()
+                    self.hydrator.start_background()
+                    nursery.start_soon(report_progress, self.status)
                     if gitdir.shallow_commits():
                         nursery.start_soon(complete_history, session, gitdir)
                     nursery.start_soon(self._follow_head)
@@ -239,7 +269,7 @@ class Mount:
             self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
             log.info("HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
                      commit, report.dropped, report.converted, report.kept)
-            await self.hydrator.track(snapshot)
+            await self.hydrator.track(snapshot, may_be_local=True)
 
     # ------------------------------------------------------------- control
 
@@ -291,15 +321,19 @@ class Mount:
 
 
 def check_mountpoint(mountpoint: Path) -> None:
-    """Refuse a mountpoint that is missing, not a directory, not empty or already mounted."""
+    """Refuse a mountpoint that is missing, not a directory, not empty or already mounted.
+
+    A stale mount left by a daemon that died is detached first.
+    """
     try:
         info = os.stat(mountpoint)
     except FileNotFoundError:
         raise MountpointError(f"mount directory {mountpoint} does not exist") from None
     except OSError as error:
-        if error.errno == errno.ENOTCONN:
-            raise MountpointError(f"{mountpoint} is a stale mount (daemon gone); run: artifactfs unmount {mountpoint}") from None
-        raise MountpointError(f"cannot use {mountpoint}: {error.strerror}") from None
+        if error.errno != errno.ENOTCONN:
+            raise MountpointError(f"cannot use {mountpoint}: {error.strerror}") from None
+        detach_stale_mount(mountpoint)  # its daemon died; the state it left is reused as is
+        info = os.stat(mountpoint)
     if not stat.S_ISDIR(info.st_mode):
         raise MountpointError(f"{mountpoint} is not a directory")
     if os.path.ismount(mountpoint):

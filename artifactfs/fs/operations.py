@@ -47,18 +47,24 @@ _R = TypeVar("_R")
 
 
 def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
-    """Turn overlay and hydration failures into the errno the kernel should see."""
+    """Turn every failure of one request into the errno the kernel should see for it."""
 
     @functools.wraps(method)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         try:
             return await method(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
         except OverlayError as error:
             raise pyfuse3.FUSEError(error.errno) from None
         except BlobUnavailableError:
             raise pyfuse3.FUSEError(errno.EIO) from None
-        except FileNotFoundError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except OSError as error:
+            raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
+        except Exception:
+            # An escaping exception would end pyfuse3's main loop: fail this request only.
+            log.exception("%s failed", method.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     return wrapper
 
@@ -336,6 +342,7 @@ class Operations(pyfuse3.Operations):
             known.update(await self._hydrator.sizes(missing))
         return known
 
+    @_fuse_errors
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)
 
@@ -462,6 +469,7 @@ class Operations(pyfuse3.Operations):
         self._inodes.remember(inode)
         return pyfuse3.FileInfo(fh=handle), attributes
 
+    @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self._count("read")
         handle = self._files[fh]
@@ -469,6 +477,7 @@ class Operations(pyfuse3.Operations):
             return self._gitfile[off:off + size]
         return os.pread(handle.fd, size, off)
 
+    @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         self._count("write")
         handle = self._files[fh]
@@ -477,9 +486,11 @@ class Operations(pyfuse3.Operations):
         handle.written = True
         return os.pwrite(handle.fd, buf, off)
 
+    @_fuse_errors
     async def flush(self, fh: int) -> None:
         return None
 
+    @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         self._count("fsync")
         handle = self._files[fh]
@@ -487,9 +498,11 @@ class Operations(pyfuse3.Operations):
             os.fsync(handle.fd)
             self._view.sync(self._inodes.path(handle.inode))
 
+    @_fuse_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         self._view.sync(None)
 
+    @_fuse_errors
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
         if handle is None or handle.fd < 0:
@@ -501,6 +514,7 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------- filesystem
 
+    @_fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         info = os.statvfs(self._state_dir)
         data = pyfuse3.StatvfsData()

@@ -38,7 +38,7 @@ from artifactfs.errors import (
     RemoteError,
     TransientRemoteError,
 )
-from artifactfs.hydrator.priority import Classifier, PriorityClass
+from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.queue import BOOST, DEMAND, HydrationQueue, level_of
 from artifactfs.remote import RemoteSession
 from artifactfs.snapshot.entries import EntryKind
@@ -53,7 +53,8 @@ HydrationMode = Literal["background", "none"]
 _T = TypeVar("_T")
 
 _UNKNOWN_SIZE_GUESS = 16 << 10
-_OBJECT_INFO_CHUNK = 4096
+_OBJECT_INFO_CHUNK = 2048
+_OBJECT_INFO_REQUESTS = 3
 _MIN_BATCH = 16
 
 
@@ -162,6 +163,7 @@ class Hydrator:
         self._rate = _RateMeter()
         self._throttle_until = 0.0
         self._demanded: set[str] = set()
+        self._background_allowed = trio.Event()
         self.record: list[Arrival] = []
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
         self.started_at = time.monotonic()
@@ -174,11 +176,24 @@ class Hydrator:
             nursery.start_soon(self._lane, BOOST, "demand")
             background_level = level_of(PriorityClass.BINARY) if self.settings.mode == "background" else BOOST
             for index in range(max(1, self.settings.connections)):
-                nursery.start_soon(self._lane, background_level, f"background-{index}")
+                nursery.start_soon(self._background_lane, background_level, f"background-{index}")
             if self._object_info:
-                nursery.start_soon(self._resolve_sizes)
+                for _ in range(_OBJECT_INFO_REQUESTS):
+                    nursery.start_soon(self._resolve_sizes)
             nursery.start_soon(self._consolidate_packs)
             task_status.started()
+
+    def start_background(self) -> None:
+        """Let the background lanes begin; until then only demand reads are served.
+
+        The mount calls this once it is ready, so start-up work (object-info for
+        the index) does not compete with bulk hydration.
+        """
+        self._background_allowed.set()
+
+    async def _background_lane(self, max_level: int, name: str) -> None:
+        await self._background_allowed.wait()
+        await self._lane(max_level, name)
 
     async def _consolidate_packs(self) -> None:
         """Keep the gitdir's promisor packs few: merge them as they multiply and once hydration ends."""
@@ -190,22 +205,47 @@ class Hydrator:
                 await self._gitdir.consolidate_promisor_packs()
                 merged_when_complete = complete
 
-    async def track(self, snapshot: Snapshot) -> None:
+    async def track(self, snapshot: Snapshot, *, may_be_local: bool = False) -> None:
         """Register every blob of ``snapshot``; queue the missing ones by class.
 
-        Walks the tree with a checkpoint every few hundred entries so a huge
-        tree never stalls FUSE requests.
+        With ``may_be_local`` (a tree git made or fetched in the mount), blobs
+        new to the hydrator are first looked up in the gitdir: a commit's new
+        blobs exist only there, and the remote would refuse them. Walks the
+        tree with a checkpoint every few hundred entries so a huge tree never
+        stalls FUSE requests.
         """
+        new_oids: list[str] = []
         for count, (path, entry) in enumerate(snapshot.walk()):
             if count % 512 == 0:
                 await trio.sleep(0)
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK) or entry.oid in self._blobs:
                 continue
-            self._register(entry.oid, path)
+            if self._register(entry.oid, path, queue=not may_be_local) is not None and may_be_local:
+                new_oids.append(entry.oid)
+        if new_oids:
+            local = await trio.to_thread.run_sync(self._hydrate_locally, new_oids)
+            for oid, size in local:
+                self._mark_hydrated(oid, size)
+            for oid in set(new_oids).difference(oid for oid, _ in local):
+                self._queue_background(oid)
         self._work.unpark_all()
         self._size_work.unpark_all()
 
-    def _register(self, oid: str, path: str) -> _Blob:
+    def _hydrate_locally(self, oids: Sequence[str]) -> list[tuple[str, int]]:
+        """Copy blobs that the gitdir already has into the cache (runs in a worker thread)."""
+        found: list[tuple[str, int]] = []
+        for oid in oids:
+            try:
+                type_num, content = self._gitdir.read_object(oid)
+            except KeyError:
+                continue
+            if type_num == 3:
+                self._cache.store_bytes(oid, content)
+                found.append((oid, len(content)))
+        return found
+
+    def _register(self, oid: str, path: str, *, queue: bool = True) -> _Blob | None:
+        """Start accounting for a blob; returns it if it still has to be hydrated."""
         priority_class = self._classifier.classify(path, self._sizes.get(oid))
         blob = _Blob(path, priority_class)
         self._blobs[oid] = blob
@@ -218,14 +258,18 @@ class Hydrator:
             counters.hydrated += 1
             counters.total_bytes += size
             counters.hydrated_bytes += size
-            return blob
+            return None
         if oid in self._sizes:
             counters.total_bytes += self._sizes[oid]
         elif self._object_info:
             self._size_pending[oid] = None
-        if self.settings.mode == "background":
-            self._queue.push(oid, level_of(priority_class))
+        if queue:
+            self._queue_background(oid)
         return blob
+
+    def _queue_background(self, oid: str) -> None:
+        if self.settings.mode == "background":
+            self._queue.push(oid, level_of(self._blobs[oid].priority_class))
 
     # ----------------------------------------------------------------- readers
 
@@ -243,7 +287,9 @@ class Hydrator:
         """
         if self._cache.contains(oid):
             return self._cache.path(oid)
-        blob = self._blobs.get(oid) or self._register(oid, path)
+        if oid not in self._blobs:
+            self._register(oid, path)
+        blob = self._blobs[oid]
         if blob.permanent_failure:
             raise BlobUnavailableError(f"blob {oid} ({blob.path}): {blob.failure}")
         event = self._waiters.setdefault(oid, trio.Event())
@@ -254,7 +300,8 @@ class Hydrator:
             if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
                 if neighbour not in self._blobs:
                     self._register(neighbour, path)
-                self._queue.push(neighbour, BOOST)
+                if not self._cache.contains(neighbour):
+                    self._queue.push(neighbour, BOOST)
         self._work.unpark_all()
         with trio.move_on_after(self.settings.read_timeout):
             await event.wait()
@@ -304,7 +351,8 @@ class Hydrator:
             self._size_work.unpark_all()
             with trio.move_on_after(self.settings.read_timeout):
                 for event in events:
-                    await event.wait()
+                    if not event.is_set():  # waiting on a set event would still cost a checkpoint each
+                        await event.wait()
             still_missing = [oid for oid in missing if oid not in self._sizes]
         else:
             still_missing = missing
@@ -313,28 +361,35 @@ class Hydrator:
                 for oid in still_missing:
                     nursery.start_soon(self._size_by_hydration, oid, still_missing)
         for oid in missing:
-            result[oid] = self._sizes[oid]
+            size = self.known_size(oid)
+            if size is None:
+                blob = self._blobs.get(oid)
+                reason = blob.failure if blob and blob.failure else "size unavailable"
+                raise BlobUnavailableError(f"blob {oid} ({blob.path if blob else '?'}): {reason}")
+            result[oid] = size
         return result
 
     async def _size_by_hydration(self, oid: str, batch: Sequence[str]) -> None:
-        await self.ensure(oid, neighbours=batch)
+        try:
+            await self.ensure(oid, neighbours=batch)
+        except BlobUnavailableError:
+            return  # reported below, once, by sizes()
         self.known_size(oid)
 
     # ----------------------------------------------------------------- object-info
 
     async def _resolve_sizes(self) -> None:
-        while True:
-            if not self._size_demand and not self._size_pending:
+        """One of a few concurrent tasks asking the remote for blob sizes (object-info)."""
+        while self._object_info:
+            chunk = self._take_size_chunk()
+            if not chunk:
                 await self._size_work.park()
                 continue
-            chunk = list(self._size_demand)[:_OBJECT_INFO_CHUNK]
-            for oid in list(self._size_pending):
-                if len(chunk) >= _OBJECT_INFO_CHUNK:
-                    break
-                chunk.append(oid)
-            chunk = list(dict.fromkeys(chunk))
             try:
                 sizes = await self._with_retries(lambda: self._session.object_info(chunk), "object-info")
+            except MissingObjectError as error:
+                await self._settle_missing_size(error.oid, chunk)
+                continue
             except RemoteError as error:
                 log.warning("object-info failed (%s); sizes will come from hydration", error)
                 self._object_info = False
@@ -343,12 +398,34 @@ class Hydrator:
                 self._size_demand.clear()
                 return
             for oid in chunk:
-                self._size_pending.pop(oid, None)
-                self._size_demand.pop(oid, None)
                 size = sizes.get(oid)
                 if size is not None:
                     self._learn_size(oid, size)
             self._release_size_waiters(chunk)
+
+    def _take_size_chunk(self) -> list[str]:
+        """Up to one request's worth of blobs whose size is wanted, demanded ones first."""
+        chunk: dict[str, None] = {}
+        for source in (self._size_demand, self._size_pending):
+            while source and len(chunk) < _OBJECT_INFO_CHUNK:
+                oid = next(iter(source))
+                del source[oid]
+                if oid not in self._sizes:
+                    chunk[oid] = None
+        return list(chunk)
+
+    async def _settle_missing_size(self, oid: str | None, chunk: list[str]) -> None:
+        """object-info refused a blob: take it from the gitdir, or fall back to hydrating it."""
+        suspects = [oid] if oid in chunk else chunk
+        local = await trio.to_thread.run_sync(self._hydrate_locally, suspects)
+        for found, size in local:
+            self._mark_hydrated(found, size)
+        if oid is None or not local:
+            for suspect in suspects:
+                if suspect not in self._sizes:
+                    self._size_pending.pop(suspect, None)
+                    self._size_demand.pop(suspect, None)
+            self._release_size_waiters(suspects)
 
     def _release_size_waiters(self, oids: Iterable[str]) -> None:
         for oid in oids:
@@ -365,8 +442,10 @@ class Hydrator:
             return
         counters = self._counters[blob.priority_class]
         counters.total_bytes += size
+        if size <= BINARY_SIZE_THRESHOLD or blob.hydrated:
+            return
         reclassified = self._classifier.classify(blob.path, size)
-        if reclassified != blob.priority_class and not blob.hydrated:
+        if reclassified != blob.priority_class:
             counters.total -= 1
             counters.total_bytes -= size
             blob.priority_class = reclassified
@@ -416,18 +495,23 @@ class Hydrator:
         attempt = 0
         while remaining:
             try:
-                await self._fetch_once(sorted(remaining), remaining)
+                # Wants in batch order (best first): the server packs them in that order.
+                await self._fetch_once([oid for oid in oids if oid in remaining], remaining)
                 for oid in list(remaining):
                     self._fail(oid, "the remote did not send it", permanent=True)
                     remaining.discard(oid)
             except MissingObjectError as error:
                 if error.oid in remaining:
-                    self._fail(error.oid, "not found on the remote", permanent=True)
                     remaining.discard(error.oid)
+                    local = await trio.to_thread.run_sync(self._hydrate_locally, [error.oid])
+                    if local:
+                        self._deliver(local, remaining)
+                    else:
+                        self._fail(error.oid, "not found on the remote", permanent=True)
                 elif len(remaining) == 1:
                     self._fail(remaining.pop(), "not found on the remote", permanent=True)
                 else:
-                    ordered = sorted(remaining)
+                    ordered = [oid for oid in oids if oid in remaining]
                     middle = len(ordered) // 2
                     await self._fetch(ordered[:middle])
                     await self._fetch(ordered[middle:])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import posixpath
+import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -146,17 +147,41 @@ class Classifier:
         return builtin_class(path)
 
 
+@dataclass(frozen=True)
+class _CompiledGlobs:
+    """A set of globs matched as one exact-name lookup plus one regular expression."""
+
+    exact: frozenset[str]
+    pattern: re.Pattern[str] | None
+
+    @classmethod
+    def of(cls, globs: Iterable[str]) -> _CompiledGlobs:
+        globs = tuple(globs)
+        wildcards = [glob for glob in globs if any(char in glob for char in "*?[")]
+        exact = frozenset(glob for glob in globs if glob not in wildcards)
+        pattern = re.compile("|".join(fnmatch.translate(glob) for glob in wildcards)) if wildcards else None
+        return cls(exact, pattern)
+
+    def matches(self, name: str) -> bool:
+        return name in self.exact or (self.pattern is not None and self.pattern.match(name) is not None)
+
+
+_COMPILED_NAMES = {priority_class: _CompiledGlobs.of(globs) for priority_class, globs in _NAME_GLOBS.items()}
+_COMPILED_DIRECTORIES = {priority_class: _CompiledGlobs.of(globs) for priority_class, globs in _DIRECTORY_GLOBS.items()}
+
+
 def builtin_class(path: str) -> PriorityClass:
     """The class of a path by the built-in tables alone."""
     directory, name = posixpath.split(path)
     lowered = name.lower()
-    for priority_class, globs in _NAME_GLOBS.items():
-        if any(fnmatch.fnmatchcase(lowered, glob) for glob in globs):
+    for priority_class, names in _COMPILED_NAMES.items():
+        if names.matches(lowered):
             return priority_class
-    parts = directory.lower().split("/")
-    for priority_class, dir_globs in _DIRECTORY_GLOBS.items():
-        if any(fnmatch.fnmatchcase(part, glob) for part in parts for glob in dir_globs):
-            return priority_class
+    if directory:
+        parts = directory.lower().split("/")
+        for priority_class, directories in _COMPILED_DIRECTORIES.items():
+            if any(directories.matches(part) for part in parts):
+                return priority_class
     stem, _, extension = lowered.rpartition(".")
     if not stem:  # no extension, or a dotfile such as ".bashrc"
         base = lowered.lstrip(".")

@@ -1,13 +1,11 @@
 """Talking to Git remotes: URL parsing, transports and the protocol v2 engine."""
 
-from artifactfs.remote.pktline import RemoteObjectMissingError
 from artifactfs.remote.protocol import FetchResponse, Ref, RemoteSession, open_remote
 from artifactfs.remote.url import RemoteURL, redact
 
 __all__ = [
     "FetchResponse",
     "Ref",
-    "RemoteObjectMissingError",
     "RemoteSession",
     "RemoteURL",
     "open_remote",

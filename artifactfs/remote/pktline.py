@@ -51,14 +51,6 @@ _SPECIAL = {0: FLUSH, 1: DELIM, 2: RESPONSE_END}
 _SPECIAL_BYTES = {PacketKind.FLUSH: FLUSH_PKT, PacketKind.DELIM: DELIM_PKT, PacketKind.RESPONSE_END: RESPONSE_END_PKT}
 
 
-class RemoteObjectMissingError(MissingObjectError):
-    """The remote answered ``not our ref <oid>``; ``oid`` names the object."""
-
-    def __init__(self, oid: str) -> None:
-        super().__init__(f"remote does not have object {oid}")
-        self.oid = oid
-
-
 def encode(payload: bytes | str) -> bytes:
     """Frame one data packet. Text is UTF-8 encoded and gets no implicit newline."""
     data = payload.encode() if isinstance(payload, str) else payload
@@ -139,7 +131,7 @@ def raise_for_error_packet(payload: bytes) -> None:
     message = payload[4:].decode("utf-8", "replace")
     missing = _NOT_OUR_REF_RE.search(message)
     if missing is not None:
-        raise RemoteObjectMissingError(missing.group(1))
+        raise MissingObjectError(missing.group(1))
     raise RemoteError(f"remote error: {one_line(message)}")
 
 

@@ -21,6 +21,7 @@ import trio
 
 from artifactfs import __version__
 from artifactfs.errors import (
+    MissingObjectError,
     ProtocolError,
     RemoteError,
     TransientRemoteError,
@@ -305,7 +306,7 @@ class RemoteSession:
             if not _OID_RE.fullmatch(oid):
                 raise ProtocolError(f"{self.description}: malformed object-info line {pktline.one_line(line)!r}")
             if not size:
-                raise pktline.RemoteObjectMissingError(oid)
+                raise MissingObjectError(oid)
             if not size.isdigit():
                 raise ProtocolError(f"{self.description}: malformed object-info line {pktline.one_line(line)!r}")
             sizes[oid] = int(size)

@@ -53,8 +53,13 @@ def refusal_reason(name: bytes) -> str | None:
         return "relative path component"
     if b"/" in name or b"\0" in name:
         return "slash or NUL in name"
-    if name.lower() == b".git" or not validate_path_element_hfs(name) or not validate_path_element_ntfs(name):
+    lowered = name.lower()
+    if lowered == b".git":
         return "name folds to .git"
+    # Only a name holding the letters g, i and t can fold to .git (HFS+ ignorables, NTFS short names).
+    if b"g" in lowered and b"i" in lowered and b"t" in lowered:
+        if not validate_path_element_hfs(name) or not validate_path_element_ntfs(name):
+            return "name folds to .git"
     return None
 
 

@@ -50,6 +50,7 @@ class BlobCache:
 
     def __init__(self, root: Path) -> None:
         self._objects = root / "objects"
+        self._objects_prefix = f"{self._objects}{os.sep}"
         self._tmp = root / "tmp"
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -63,12 +64,17 @@ class BlobCache:
         _check_oid(oid)
         return self._objects / oid[:2] / oid[2:]
 
+    def _location(self, oid: str) -> str:
+        """``path(oid)`` as a plain string: the hot lookups avoid pathlib's overhead."""
+        _check_oid(oid)
+        return f"{self._objects_prefix}{oid[:2]}{os.sep}{oid[2:]}"
+
     def contains(self, oid: str) -> bool:
-        return self.path(oid).is_file()
+        return os.path.isfile(self._location(oid))
 
     def size(self, oid: str) -> int | None:
         try:
-            return self.path(oid).stat().st_size
+            return os.stat(self._location(oid)).st_size
         except FileNotFoundError:
             return None
 
