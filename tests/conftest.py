@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from artifactfs.testing import FileSpec, GitHttpServer, make_bare_repo
+from artifactfs.testing.mounts import MountedTree
 
 # ---------------------------------------------------------------------------
 # Remote fixtures (owned by the artifactfs.remote / artifactfs.testing work):
@@ -73,3 +74,24 @@ def fuse() -> None:
 
     assert Path("/dev/fuse").exists(), "/dev/fuse is missing: end-to-end tests need FUSE (run scripts/install as root)"
     assert shutil.which("fusermount3"), "fusermount3 is missing: run scripts/install"
+
+
+@pytest.fixture
+def state_root(tmp_path: Path) -> Path:
+    """The ArtifactFS state root used by this test's mounts."""
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def mounts(tmp_path: Path, state_root: Path, fuse: None) -> Iterator[Callable[..., MountedTree]]:
+    """Factory ``mounts(remote, *mount_arguments, name="mnt")`` for real mounts, unmounted at teardown."""
+    created: list[MountedTree] = []
+
+    def factory(remote: str, *arguments: str, name: str = "mnt") -> MountedTree:
+        tree = MountedTree(remote, tmp_path / name, state_root, arguments)
+        created.append(tree)
+        return tree.mount()
+
+    yield factory
+    for tree in created:
+        tree.unmount()

@@ -34,11 +34,6 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str], expected: str
 
 
 @pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
 def empty_dir(tmp_path: Path) -> Path:
     path = tmp_path / "mnt"
     path.mkdir()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from artifactfs.testing import FileSpec, GitHttpServer, make_bare_repo
-from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
+from artifactfs.testing.mounts import is_mounted, run_cli
 
 SUBMODULE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -51,26 +51,6 @@ def snapshot_tree(root: Path) -> dict[str, tuple[str, int | bytes]]:
             else:
                 result[relative] = ("file", path.read_bytes() + b"|exec=%d" % bool(info.st_mode & 0o100))
     return result
-
-
-@pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def mounts(tmp_path: Path, state_root: Path, fuse: None):
-    """Factory for mounts that are always unmounted at teardown."""
-    created: list[MountedTree] = []
-
-    def factory(remote: str, *arguments: str, name: str = "mnt") -> MountedTree:
-        tree = MountedTree(remote, tmp_path / name, state_root, arguments)
-        created.append(tree)
-        return tree.mount()
-
-    yield factory
-    for tree in created:
-        tree.unmount()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ an already usable mount.
 
 from __future__ import annotations
 
-import errno
 import fnmatch
 import hashlib
 import json
@@ -28,7 +27,7 @@ import trio
 
 from artifactfs.daemon import control
 from artifactfs.daemon.notify import report_progress
-from artifactfs.daemon.recovery import detach_stale_mount
+from artifactfs.daemon.recovery import detach_stale_mount, is_stale_mount
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
@@ -42,6 +41,7 @@ from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
+from artifactfs.worktree.fsmonitor import install_hook
 from artifactfs.worktree.index import IndexRecord, write_index
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,25 @@ class _PhaseTimer:
 
     def summary(self) -> str:
         return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
+
+
+def _warm_kernel_cache(mountpoint: Path) -> None:
+    """List every directory once through the kernel, right after mount.
+
+    Each listing is one READDIRPLUS request that leaves the kernel holding
+    the entries and attributes of a whole directory, so the first
+    ``git status`` (an lstat of every tracked file) is answered from the
+    kernel's caches instead of one FUSE lookup per file: 0.16 s instead of
+    0.96 s on 5,000 files. Sizes come from object-info and symlinks are not
+    followed, so nothing is hydrated.
+    """
+    pending = [str(mountpoint)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                pending.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
+        except OSError:
+            continue  # removed meanwhile, or the mount is going away
 
 
 def blob_oid_of_file(path: Path) -> str:
@@ -126,6 +145,8 @@ class Mount:
             cache.clean_tmp()
             self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
             overlay = OverlayStore(self.mount_dir / "overlay")
+            hook = install_hook(gitdir.path, overlay.journal.path)
+            gitdir.set_config("core", "fsmonitor", str(hook))
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
@@ -159,6 +180,7 @@ class Mount:
                              self.snapshot.commit_oid, phases.summary())
                     on_ready()
                     self.hydrator.start_background()
+                    nursery.start_soon(trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint)
                     nursery.start_soon(report_progress, self.status)
                     if gitdir.shallow_commits():
                         nursery.start_soon(complete_history, session, gitdir)
@@ -325,15 +347,14 @@ def check_mountpoint(mountpoint: Path) -> None:
 
     A stale mount left by a daemon that died is detached first.
     """
+    if is_stale_mount(mountpoint):
+        detach_stale_mount(mountpoint)  # its daemon died; the state it left is reused as is
     try:
         info = os.stat(mountpoint)
     except FileNotFoundError:
         raise MountpointError(f"mount directory {mountpoint} does not exist") from None
     except OSError as error:
-        if error.errno != errno.ENOTCONN:
-            raise MountpointError(f"cannot use {mountpoint}: {error.strerror}") from None
-        detach_stale_mount(mountpoint)  # its daemon died; the state it left is reused as is
-        info = os.stat(mountpoint)
+        raise MountpointError(f"cannot use {mountpoint}: {error.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
         raise MountpointError(f"{mountpoint} is not a directory")
     if os.path.ismount(mountpoint):

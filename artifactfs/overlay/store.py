@@ -30,7 +30,6 @@ import shutil
 import sqlite3
 import stat
 import threading
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -58,12 +57,42 @@ CREATE TABLE IF NOT EXISTS entries (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
 CREATE INDEX IF NOT EXISTS entries_data_id ON entries (data_id) WHERE data_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS journal (
-    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
-    path  BLOB NOT NULL,
-    ts_ns INTEGER NOT NULL
-);
 """
+_JOURNAL_LIMIT = 8 << 20
+"""A journal larger than this is started afresh when the store opens (a new generation)."""
+
+
+class ChangeJournal:
+    """Append-only file of NUL-terminated paths, one per change, in the order they happened.
+
+    Readers address it by byte offset. It is plain bytes on purpose: git's
+    fsmonitor hook (a shell script) answers "what changed since offset N" with
+    ``tail``, in a few milliseconds. A reader whose offset refers to another
+    generation (a different inode, or beyond the end) must assume everything
+    changed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with suppress(FileNotFoundError):
+            if path.stat().st_size > _JOURNAL_LIMIT:
+                path.unlink()
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def append(self, keys: Iterable[bytes]) -> None:
+        records = b"".join(key + b"\0" for key in keys if key)
+        if records:
+            os.write(self._fd, records)
+
+    def read_since(self, offset: int) -> tuple[int, list[bytes]]:
+        with self.path.open("rb") as stream:
+            stream.seek(offset)
+            tail = stream.read()
+        return offset + len(tail), [key for key in tail.split(b"\0") if key]
+
+    def close(self) -> None:
+        os.close(self._fd)
+
 
 
 class OverlayStoreError(ArtifactFSError):
@@ -145,7 +174,7 @@ class Batch:
     moving a row (delete + put with the same ``data_id``) keeps its data file.
     """
 
-    def __init__(self, conn: sqlite3.Connection, journal: bool) -> None:
+    def __init__(self, conn: sqlite3.Connection, journal: ChangeJournal | None) -> None:
         self._conn = conn
         self._journal = journal
         self._orphan_candidates: set[str] = set()
@@ -204,12 +233,13 @@ class Batch:
         self._touched.append(encode_path(path))
 
     def _finish(self) -> list[str]:
-        """Write the journal and return the data ids that became unreferenced."""
-        if self._journal and self._touched:
-            now = time.time_ns()
-            self._conn.executemany(
-                "INSERT INTO journal (path, ts_ns) VALUES (?, ?)", ((key, now) for key in self._touched)
-            )
+        """Write the journal and return the data ids that became unreferenced.
+
+        The journal is written before the commit: after a crash it may name a
+        change that did not happen, never miss one that did.
+        """
+        if self._journal is not None and self._touched:
+            self._journal.append(self._touched)
         return [
             data_id
             for data_id in sorted(self._orphan_candidates)
@@ -240,12 +270,14 @@ class OverlayStore:
             raise OverlayStoreError(f"overlay database {self._db_path} has unknown schema version {version}")
         self._conn.executescript(_SCHEMA)
         self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        self.journal = ChangeJournal(state_dir / "journal")
         self.removed_at_startup = self._remove_unreferenced_data()
         """Names of the unreferenced data files deleted while opening (for logging)."""
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+            self.journal.close()
 
     def __enter__(self) -> OverlayStore:
         return self
@@ -300,14 +332,11 @@ class OverlayStore:
             records = self._conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY path").fetchall()
         return [_row_from_db(record) for record in records]
 
-    def changed_since(self, seq: int) -> tuple[int, list[str]]:
-        """The latest journal sequence number and the sorted paths journaled after ``seq``."""
+    def changed_since(self, offset: int) -> tuple[int, list[str]]:
+        """The journal's end offset and the sorted paths journaled after ``offset``."""
         with self._lock:
-            latest = self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
-            keys = self._conn.execute(
-                "SELECT DISTINCT path FROM journal WHERE seq > ? ORDER BY path", (seq,)
-            ).fetchall()
-        return max(latest, seq), [decode_path(key) for (key,) in keys]
+            end, keys = self.journal.read_since(offset)
+        return end, sorted({decode_path(key) for key in keys})
 
     # -- writing -------------------------------------------------------------
 
@@ -321,7 +350,7 @@ class OverlayStore:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                batch = Batch(self._conn, journal)
+                batch = Batch(self._conn, self.journal if journal else None)
                 yield batch
                 unreferenced = batch._finish()
                 self._conn.execute("COMMIT")

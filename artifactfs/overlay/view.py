@@ -202,9 +202,9 @@ class OverlayView:
             items = self._merged_children(resolved)
             return [(name, self._node_of(_join(path, name), items[name])) for name in sorted(items)]
 
-    def changed_since(self, seq: int) -> tuple[int, list[str]]:
-        """The latest change sequence number and every path changed after ``seq``."""
-        return self._store.changed_since(seq)
+    def changed_since(self, offset: int) -> tuple[int, list[str]]:
+        """The change journal's end offset and every path changed after ``offset``."""
+        return self._store.changed_since(offset)
 
     # -- creating ------------------------------------------------------------
 

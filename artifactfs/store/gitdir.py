@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
+from dulwich.config import ConfigFile
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit
 
@@ -38,6 +39,7 @@ _CONFIG_TEMPLATE = """\
 \tcheckStat = minimal
 \ttrustctime = false
 \tuntrackedCache = true
+\tfsmonitorHookVersion = 2
 [gc]
 \tauto = 0
 [maintenance]
@@ -84,6 +86,21 @@ class GitDir:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return cls(path)
+
+    def set_config(self, section: str, name: str, value: str) -> None:
+        """Set one config value (written atomically, and only if it changes)."""
+        path = self.path / "config"
+        config = ConfigFile.from_path(str(path))
+        key = (section.encode(),)
+        try:
+            if config.get(key, name.encode()) == value.encode():
+                return
+        except KeyError:
+            pass
+        config.set(key, name.encode(), value.encode())
+        temporary = path.with_name(".config.artifactfs-tmp")
+        config.write_to_path(str(temporary))
+        os.replace(temporary, path)
 
     def exists(self) -> bool:
         return (self.path / "HEAD").is_file() and (self.path / "objects").is_dir()
