@@ -328,10 +328,11 @@ class Hydrator:
                 self._sizes[oid] = size
         return size
 
-    async def sizes(self, oids: Sequence[str]) -> dict[str, int]:
+    async def sizes(self, oids: Sequence[str], *, partial: bool = False) -> dict[str, int]:
         """Sizes of blobs, from object-info when the server offers it, else by hydrating them.
 
-        Raises :class:`BlobUnavailableError` if a size cannot be had.
+        Raises :class:`BlobUnavailableError` if a size cannot be had, unless
+        ``partial``: then such blobs are left out of the result.
         """
         result: dict[str, int] = {}
         missing: list[str] = []
@@ -362,6 +363,8 @@ class Hydrator:
                     nursery.start_soon(self._size_by_hydration, oid, still_missing)
         for oid in missing:
             size = self.known_size(oid)
+            if size is None and partial:
+                continue
             if size is None:
                 blob = self._blobs.get(oid)
                 reason = blob.failure if blob and blob.failure else "size unavailable"
@@ -417,15 +420,14 @@ class Hydrator:
     async def _settle_missing_size(self, oid: str | None, chunk: list[str]) -> None:
         """object-info refused a blob: take it from the gitdir, or fall back to hydrating it."""
         suspects = [oid] if oid in chunk else chunk
+        for other in chunk:  # the rest of the chunk was taken off the queues: ask again
+            if other not in suspects and other not in self._sizes:
+                self._size_demand[other] = None
         local = await trio.to_thread.run_sync(self._hydrate_locally, suspects)
         for found, size in local:
             self._mark_hydrated(found, size)
-        if oid is None or not local:
-            for suspect in suspects:
-                if suspect not in self._sizes:
-                    self._size_pending.pop(suspect, None)
-                    self._size_demand.pop(suspect, None)
-            self._release_size_waiters(suspects)
+        self._release_size_waiters(suspects)  # sizes() hydrates whatever is still unknown
+        self._size_work.unpark_all()
 
     def _release_size_waiters(self, oids: Iterable[str]) -> None:
         for oid in oids:
