@@ -81,7 +81,8 @@ def main() -> None:
 @main.command()
 @click.argument("remote")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--ref", help="Branch, tag or commit to mount (default: the remote's HEAD).")
+@click.option("--ref", envvar="ARTIFACTFS_REF",
+              help="Branch, tag or commit to mount (default: the remote's HEAD; env ARTIFACTFS_REF).")
 @click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False),
               help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")
 @click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
@@ -99,12 +100,16 @@ def main() -> None:
 @click.option("--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.option("--metrics-address", metavar="HOST:PORT",
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs artifactfs[metrics]).")
 def mount(remote: str, directory: str, ref: str | None, root: str | None, foreground: bool, hydrate: str,
           connections: int, max_bandwidth: str | None, read_timeout: float, priority_rules: tuple[str, ...],
-          config_path: str | None, allow_other: bool, log_format: str, log_level: str) -> None:
+          config_path: str | None, allow_other: bool, log_format: str, log_level: str,
+          metrics_address: str | None) -> None:
     """Mount REMOTE (URL or path) at DIRECTORY and return once the tree is visible."""
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
+    from artifactfs.daemon.recovery import withdraw_dead_runtime
     from artifactfs.hydrator.hydrator import HydrationSettings
     from artifactfs.hydrator.priority import load_rules
     from artifactfs.remote.url import RemoteURL
@@ -113,6 +118,7 @@ def mount(remote: str, directory: str, ref: str | None, root: str | None, foregr
     mountpoint = _mountpoint(directory)
     _check_fuse()
     check_mountpoint(mountpoint)
+    metrics = _metrics_address(metrics_address)
     config_file = Path(config_path) if config_path else state.config_file()
     if config_path and not config_file.exists():
         raise UsageError(f"config file {config_file} does not exist")
@@ -126,13 +132,27 @@ def mount(remote: str, directory: str, ref: str | None, root: str | None, foregr
                                     max_bandwidth=_parse_rate(max_bandwidth)),
         priority_rules=load_rules(config_file, priority_rules),
         allow_other=allow_other,
+        metrics_address=metrics,
     )
+    withdraw_dead_runtime(state.StateRoot(options.root), mountpoint)
     log_file = state.StateRoot(options.root).mount_dir(mountpoint, parsed_remote.redacted()) / "daemon.log"
     if foreground:
         logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
         _run_daemon(options, _notify_systemd_ready)
         return
     _spawn_daemon(options, log_file, log_level, log_format)
+
+
+def _metrics_address(text: str | None) -> tuple[str, int] | None:
+    if text is None:
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("prometheus_client") is None:
+        raise UsageError("--metrics-address needs prometheus_client: pip install 'artifactfs[metrics]'")
+    from artifactfs.daemon.metrics import parse_address
+
+    return parse_address(text)
 
 
 def _notify_systemd_ready() -> None:
@@ -363,3 +383,53 @@ def list_mounts(as_json: bool, root: str | None) -> None:
         return
     for row in rows:
         click.echo(f"{row['mountpoint']}\t{row['state']}\tpid {row['pid']}\t{row.get('hydrated', '-')}\t{row['remote']}")
+
+
+# --------------------------------------------------------------------- maintenance
+
+def _parse_size(text: str) -> int:
+    cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
+    suffix = cleaned[-1:] if cleaned[-1:] in _SIZE_SUFFIXES else ""
+    try:
+        value = float(cleaned[: len(cleaned) - len(suffix)]) * _SIZE_SUFFIXES[suffix]
+    except ValueError:
+        raise UsageError(f"cannot parse size {text!r} (examples: 500M, 10G)") from None
+    if value < 0:
+        raise UsageError("size must not be negative")
+    return int(value)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_root_option
+def fsck(directory: str, root: str | None) -> None:
+    """Check DIRECTORY's state (mounted or not), repair what is safe; exit 1 on damage left."""
+    from artifactfs import state
+    from artifactfs.maintenance.fsck import fsck as check
+
+    report = check(state.StateRoot(state.state_root(root)), _mountpoint(directory))
+    click.echo(f"fsck {report.mountpoint}: state in {', '.join(map(str, report.state_dirs))}")
+    for finding in report.findings:
+        click.echo(f"  {finding.severity:<9} {finding.message}")
+    repaired, damaged = report.count("repaired"), report.count("damaged")
+    click.echo(f"result: {'clean' if report.clean else 'DAMAGED'} ({repaired} repaired, {damaged} not repairable)")
+    if not report.clean:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--max-size", default="10G", show_default=True, envvar="ARTIFACTFS_CACHE_MAX_SIZE", metavar="SIZE",
+              help="Bound for the shared blob cache, e.g. 500M (env ARTIFACTFS_CACHE_MAX_SIZE).")
+@click.option("--keep-recent", type=click.FloatRange(0), default=60.0, show_default=True, metavar="SECONDS",
+              help="Never evict blobs used this recently.")
+@_root_option
+def gc(max_size: str, keep_recent: float, root: str | None) -> None:
+    """Evict least recently used blobs until the blob cache fits in --max-size."""
+    from artifactfs import state
+    from artifactfs.maintenance.gc import collect
+    from artifactfs.store.blobcache import BlobCache
+
+    cache = BlobCache(state.StateRoot(state.state_root(root)).blob_cache_dir)
+    result = collect(cache, _parse_size(max_size), keep_recent=keep_recent)
+    click.echo(f"blob cache: {result.before_bytes} -> {result.after_bytes} bytes; evicted {result.evicted_blobs} "
+               f"blobs ({result.evicted_bytes} bytes), kept {result.kept_recent_blobs} recently used")

@@ -113,10 +113,17 @@ class StateRoot:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` runs; a zombie (exited, not yet reaped) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no /proc to look at: trust kill()
+    return status.rpartition(")")[2].split()[0] not in ("Z", "X")

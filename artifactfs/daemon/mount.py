@@ -253,7 +253,8 @@ class Mount:
         blob_oids = [entry.oid for _, entry in entries if entry.kind is not EntryKind.GITLINK]
         sizes: dict[str, int] = {}
         if self.hydrator.object_info_available:
-            sizes = await self.hydrator.sizes(blob_oids)
+            # partial: a blob the remote lacks gets EIO when read; it must not stop the mount.
+            sizes = await self.hydrator.sizes(blob_oids, partial=True)
         records = [
             IndexRecord(path.encode("utf-8", "surrogateescape"), entry.mode, entry.oid, sizes.get(entry.oid, 0))
             for path, entry in entries

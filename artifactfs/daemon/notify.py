@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+STATUS_INTERVAL = 5.0
+"""Seconds between ``STATUS=`` progress lines while systemd supervises the daemon."""
 
 
 def notify(message: str) -> bool:
@@ -17,3 +24,25 @@ def notify(message: str) -> bool:
         channel.connect(address)
         channel.sendall(message.encode())
     return True
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    """One line for ``systemctl status``: hydration progress of a running mount."""
+    hydration = status["hydration"]
+    line = (f"{status['state']}: {hydration['hydrated_blobs']}/{hydration['total_blobs']} blobs hydrated, "
+            f"{hydration['queued_blobs']} queued, {hydration['failed_blobs']} failed")
+    if hydration.get("eta_seconds") is not None:
+        line += f", ETA {hydration['eta_seconds']:.0f}s"
+    return line
+
+
+async def report_progress(status: Callable[[], dict[str, Any]], interval: float = STATUS_INTERVAL) -> None:
+    """Send a ``STATUS=`` line every ``interval`` seconds while ``$NOTIFY_SOCKET`` is set."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return
+    while True:
+        try:
+            notify("STATUS=" + progress_line(status()))
+        except OSError:
+            return  # the supervisor went away; nobody is listening any more
+        await trio.sleep(interval)

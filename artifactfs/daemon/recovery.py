@@ -1,0 +1,57 @@
+"""Cleaning up after a daemon that died without unmounting (``kill -9``, OOM, crash).
+
+Its FUSE mount stays behind with no one serving it: every access fails with
+ENOTCONN. Such a mount can only be detached (lazily, so a shell sitting in it
+does not block us); the overlay and caches under the state root are untouched
+and the next daemon picks them up.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+from artifactfs.errors import MountpointError
+from artifactfs.state import StateRoot, pid_alive
+
+log = logging.getLogger(__name__)
+
+_DEAD_CONNECTION = (errno.ENOTCONN, errno.ECONNABORTED)
+"""What the kernel answers on a FUSE mount whose daemon is gone (ECONNABORTED right after it died)."""
+
+
+def is_stale_mount(mountpoint: Path) -> bool:
+    """True when ``mountpoint`` is a FUSE mount whose daemon is gone.
+
+    ``stat`` alone is not enough: the kernel may answer it from cached
+    attributes, while ``statfs`` always asks the (missing) daemon.
+    """
+    try:
+        os.stat(mountpoint)
+        if not os.path.ismount(mountpoint):
+            return False
+        os.statvfs(mountpoint)
+    except OSError as error:
+        return error.errno in _DEAD_CONNECTION
+    return False
+
+
+def detach_stale_mount(mountpoint: Path) -> None:
+    """Lazily unmount a dead FUSE mount; raises :class:`MountpointError` if that fails."""
+    result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False)
+    if result.returncode != 0 or is_stale_mount(mountpoint):
+        raise MountpointError(f"{mountpoint} is a stale mount and cannot be detached: {result.stderr.strip()}")
+    log.warning("detached the stale mount at %s left by a daemon that died", mountpoint)
+
+
+def withdraw_dead_runtime(state: StateRoot, mountpoint: Path) -> bool:
+    """Remove the runtime record and socket of a daemon that no longer runs; True if there was one."""
+    record = state.runtime(mountpoint)
+    if record is None or pid_alive(record.pid):
+        return False
+    state.withdraw_runtime(mountpoint)
+    log.warning("removed the runtime record of dead daemon %d for %s", record.pid, mountpoint)
+    return True

@@ -1,0 +1,1 @@
+"""Offline and online upkeep of the state root: ``fsck`` and ``gc``."""
