@@ -304,3 +304,15 @@ def test_fsmonitor_hook_answers_from_the_journal(project):
     assert later != first
     assert ask("artifactfs:1:0")[1] == {"/"}, "a token from another journal must force a full scan"
     assert set(git_lines(tree, "status", "--porcelain")) == {" M docs/guide.md", "?? fresh.txt"}
+
+
+def test_commit_with_nothing_hydrated(make_repo, git_server, mounts):
+    """git's own partial-clone machinery fetches what write-tree needs; the gitdir is a valid promisor clone."""
+    files = {f"dir{d}/file{f}.txt": f"{d}-{f}\n".encode() for d in range(10) for f in range(20)}
+    make_repo("wide", files)
+    tree = mounts(git_server.url("wide"), "--hydrate", "none")
+    (tree.path / "dir3/file4.txt").write_text("rewritten\n")  # O_TRUNC: nothing to hydrate
+    tree.git("-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-am", "one file")
+    assert tree.status()["hydration"]["hydrated_blobs"] == 0
+    assert tree.git("show", "--stat", "--format=", "HEAD").stdout.split()[:1] == ["dir3/file4.txt"]
+    assert git_lines(tree, "status", "--porcelain") == []

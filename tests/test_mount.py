@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from artifactfs.testing import FileSpec, GitHttpServer, make_bare_repo
+from artifactfs.testing import FileSpec, GitHttpServer, commit_files
 from artifactfs.testing.mounts import is_mounted, run_cli
 
 SUBMODULE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -129,9 +129,9 @@ def test_concurrent_readers_share_batched_fetches(make_repo, git_server, mounts,
         thread.join()
     assert errors == []
     fetches = [request for request in git_server.requests if request.command == "fetch"]
-    wanted = sum(request.want_count for request in fetches)
-    assert len(fetches) < len(files) / 4, f"{len(fetches)} fetch requests for {len(files)} files"
-    assert wanted <= len(files) + len(fetches), "a blob was fetched twice"
+    wanted = [oid for request in fetches for oid in request.wants]
+    assert len(wanted) == len(set(wanted)) == len(files), "every blob is fetched exactly once"
+    assert max(request.want_count for request in fetches) > 1, "concurrent demands share requests"
 
 
 def test_unmount_from_another_process_and_remount_reuses_state(repo, git_server, mounts, state_root):
@@ -182,3 +182,28 @@ def test_credentials_stay_secret(make_repo, git_root, mounts, state_root, tmp_pa
     for path in state_root.rglob("*"):
         if path.is_file() and not path.is_symlink() and "/cache/blobs/" not in str(path):
             assert secret.encode() not in path.read_bytes(), f"secret written to {path}"
+
+
+def test_ref_selects_branch_tag_or_commit(make_repo, git_server, mounts):
+    path, first = make_repo("refs", {"VERSION": b"1\n"})
+    second = commit_files(path, {"VERSION": b"2\n"}, message="two")
+    commit_files(path, {"FEATURE": b"yes\n"}, branch="feature", message="feature")
+    subprocess.run(["git", "--git-dir", str(path), "tag", "-a", "-m", "v1", "v1", first], check=True)
+    by_tag = mounts(git_server.url("refs"), "--ref", "v1", name="tag")
+    assert (by_tag.path / "VERSION").read_bytes() == b"1\n"
+    assert by_tag.git("rev-parse", "HEAD").stdout.strip() == first
+    assert by_tag.git("symbolic-ref", "-q", "HEAD", check=False).returncode != 0, "a tag mounts detached"
+    by_commit = mounts(git_server.url("refs"), "--ref", second, name="commit")
+    assert (by_commit.path / "VERSION").read_bytes() == b"2\n"
+    by_branch = mounts(git_server.url("refs"), "--ref", "feature", name="branch")
+    assert (by_branch.path / "FEATURE").read_bytes() == b"yes\n"
+    assert by_branch.git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip() == "feature"
+
+
+def test_empty_remote_is_refused(git_root, git_server, state_root, tmp_path, fuse):
+    subprocess.run(["git", "init", "-q", "--bare", str(git_root / "empty.git")], check=True)
+    (tmp_path / "mnt").mkdir()
+    result = run_cli("mount", git_server.url("empty"), str(tmp_path / "mnt"), root=state_root, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().startswith("artifactfs: error: ") and "--ref" in result.stderr
+    assert not is_mounted(tmp_path / "mnt")

@@ -36,13 +36,13 @@ from artifactfs.hydrator.priority import Classifier, PriorityRule
 from artifactfs.overlay.store import OverlayStore
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
-from artifactfs.snapshot.entries import EntryKind
+from artifactfs.snapshot.entries import BaseEntry, EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.fsmonitor import install_hook
-from artifactfs.worktree.index import IndexRecord, write_index
+from artifactfs.worktree.index import CacheTree, IndexRecord, write_index
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +248,31 @@ class Mount:
         assert gitdir is not None and self.snapshot is not None and self.hydrator is not None
         if not fresh and (gitdir.path / "index").exists():
             return
-        entries = [(path, entry) for path, entry in self.snapshot.walk()
-                   if entry.kind in (EntryKind.FILE, EntryKind.SYMLINK, EntryKind.GITLINK)]
+        root = CacheTree(self.snapshot.root_tree_oid)
+        directories: dict[str, CacheTree] = {"": root}
+        entries: list[tuple[str, BaseEntry]] = []
+        for path, entry in self.snapshot.walk():
+            parent, _, name = path.rpartition("/")
+            if entry.kind is EntryKind.DIR:
+                node = CacheTree(entry.oid)
+                directories[parent].children[name.encode("utf-8", "surrogateescape")] = node
+                directories[path] = node
+                continue
+            entries.append((path, entry))
+            while True:  # every directory above counts this entry
+                directories[parent].entry_count += 1
+                if not parent:
+                    break
+                parent = parent.rpartition("/")[0]
+        for hidden in self.snapshot.hidden():
+            # The index lacks the hidden entry, so the recorded tree id would not match it.
+            parent = hidden.path.rpartition("/")[0]
+            while True:
+                if parent in directories:
+                    directories[parent].invalidate()
+                if not parent:
+                    break
+                parent = parent.rpartition("/")[0]
         blob_oids = [entry.oid for _, entry in entries if entry.kind is not EntryKind.GITLINK]
         sizes: dict[str, int] = {}
         if self.hydrator.object_info_available:
@@ -259,7 +282,7 @@ class Mount:
             IndexRecord(path.encode("utf-8", "surrogateescape"), entry.mode, entry.oid, sizes.get(entry.oid, 0))
             for path, entry in entries
         ]
-        await trio.to_thread.run_sync(write_index, gitdir.path, records, BASE_MTIME_NS)
+        await trio.to_thread.run_sync(write_index, gitdir.path, records, BASE_MTIME_NS, root)
 
     def _publish_runtime(self) -> None:
         self.state.publish_runtime(RuntimeRecord(

@@ -281,8 +281,8 @@ class Hydrator:
     async def ensure(self, oid: str, *, path: str = "", neighbours: Iterable[str] = ()) -> Path:
         """Return the cache path of blob ``oid``, fetching it first if needed.
 
-        The blob jumps the queue; ``neighbours`` (blobs in the same directory)
-        are boosted behind it. Raises :class:`BlobUnavailableError` on failure
+        The blob jumps the queue; in background mode ``neighbours`` (blobs in
+        the same directory) are boosted behind it. Raises :class:`BlobUnavailableError` on failure
         or after ``read_timeout`` seconds.
         """
         if self._cache.contains(oid):
@@ -296,7 +296,7 @@ class Hydrator:
         self._demanded.add(oid)
         if oid not in self._inflight:
             self._queue.push(oid, DEMAND)
-        for neighbour in neighbours:
+        for neighbour in neighbours if self.settings.mode == "background" else ():
             if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
                 if neighbour not in self._blobs:
                     self._register(neighbour, path)

@@ -5,6 +5,11 @@ anything. With ``core.checkStat=minimal`` it compares the whole-second mtime
 and the size; the mount reports a fixed old mtime and the exact blob size for
 every unmodified file, and this module writes the same values into the index,
 so a status straight after mount reads no file contents at all.
+
+The index also carries a cache-tree (the ``TREE`` extension) naming the tree
+object of every directory. Without it ``git commit`` must rebuild every tree
+from the index, and in a partial clone git first fetches every blob it has
+not seen; with it, only directories that changed are rebuilt.
 """
 
 from __future__ import annotations
@@ -13,13 +18,34 @@ import hashlib
 import os
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
 
 _ENTRY_HEADER = struct.Struct(">10I20sH")
 _NAME_MASK = 0x0FFF
+
+
+@dataclass
+class CacheTree:
+    """One directory of the cache-tree: its tree id (None if unknown) and subdirectories."""
+
+    oid: str | None
+    entry_count: int = 0
+    children: dict[bytes, CacheTree] = field(default_factory=dict)
+
+    def invalidate(self) -> None:
+        self.oid = None
+
+    def encode(self, name: bytes = b"") -> bytes:
+        valid = self.oid is not None
+        encoded = bytearray(name + b"\0" + b"%d %d\n" % (self.entry_count if valid else -1, len(self.children)))
+        if self.oid is not None:
+            encoded += bytes.fromhex(self.oid)
+        for child_name in sorted(self.children, key=lambda child: (len(child), child)):  # git's own order
+            encoded += self.children[child_name].encode(child_name)
+        return bytes(encoded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +60,7 @@ class IndexLockedError(ArtifactFSError):
     """A git command holds ``index.lock``; the index was left alone."""
 
 
-def encode_index(records: Iterable[IndexRecord], mtime_ns: int) -> bytes:
+def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: CacheTree | None = None) -> bytes:
     """Serialise a version-2 index with the given stat data for every entry."""
     seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
     ordered = sorted(records, key=lambda record: record.path)
@@ -48,11 +74,15 @@ def encode_index(records: Iterable[IndexRecord], mtime_ns: int) -> bytes:
         body += record.path
         entry_length = _ENTRY_HEADER.size + len(record.path)
         body += b"\0" * (8 - entry_length % 8)
+    if cache_tree is not None:
+        extension = cache_tree.encode()
+        body += b"TREE" + struct.pack(">I", len(extension)) + extension
     body += hashlib.sha1(body).digest()
     return bytes(body)
 
 
-def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int) -> None:
+def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int,
+                cache_tree: CacheTree | None = None) -> None:
     """Replace ``gitdir/index`` the way git does: via ``index.lock``, never under a running command."""
     lock = gitdir / "index.lock"
     try:
@@ -61,7 +91,7 @@ def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int) -> 
         raise IndexLockedError("a git command is running in the mount (index.lock exists)") from None
     try:
         with os.fdopen(descriptor, "wb") as stream:
-            stream.write(encode_index(records, mtime_ns))
+            stream.write(encode_index(records, mtime_ns, cache_tree))
         os.replace(lock, gitdir / "index")
     except BaseException:
         lock.unlink(missing_ok=True)
