@@ -266,6 +266,12 @@ def test_prometheus_metrics_endpoint(make_repo: MakeRepo, git_server: GitHttpSer
     assert samples["artifactfs_hydration_queue_depth"][0][1] == 0
     operations = {labels["operation"]: value for labels, value in samples["artifactfs_fuse_operations_total"]}
     assert operations["open"] >= 2 and operations["read"] >= 1
+    read_latency = {labels["le"]: value for labels, value in samples["artifactfs_fuse_operation_seconds_bucket"]
+                    if labels["operation"] == "read"}
+    assert read_latency["+Inf"] == operations["read"]
+    fetches = {labels["le"]: value for labels, value in samples["artifactfs_fetch_seconds_bucket"]}
+    assert fetches["+Inf"] >= 1 and samples["artifactfs_fetch_seconds_count"][0][1] == fetches["+Inf"]
+    assert samples["artifactfs_errors_total"][0][1] == 0
     info_labels = samples["artifactfs_mount_info"][0][0]
     assert info_labels["mountpoint"] == str(tree.path) and info_labels["head"] == status["head"]
     assert samples["process_resident_memory_bytes"][0][1] > 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from artifactfs.errors import UsageError
@@ -84,6 +84,21 @@ class MountCollector(Collector):
         yield operations
         yield GaugeMetricFamily("artifactfs_fuse_open_files", "Open file handles on the mount.",
                                 value=fuse.get("open_files", 0))
+        fuse_latency = HistogramMetricFamily("artifactfs_fuse_operation_seconds",
+                                             "Time to serve FUSE requests, by operation.", labels=["operation"])
+        for operation, histogram in sorted(fuse.get("latency", {}).items()):
+            fuse_latency.add_metric([operation], _buckets(histogram), histogram["sum"])
+        yield fuse_latency
+        fetch_latency = HistogramMetricFamily("artifactfs_fetch_seconds",
+                                              "Duration of blob fetch requests (one batch each).")
+        fetch_latency.add_metric([], _buckets(hydration["fetch_latency"]), hydration["fetch_latency"]["sum"])
+        yield fetch_latency
+        yield CounterMetricFamily("artifactfs_errors", "Fetch and object-info failures (each retry counts).",
+                                  value=hydration["errors_total"])
+
+
+def _buckets(histogram: dict[str, Any]) -> list[tuple[str, float]]:
+    return [(str(bound), count) for bound, count in histogram["buckets"]]
 
 
 def registry_for(status: StatusSource) -> CollectorRegistry:

@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import pyfuse3
 
 from artifactfs.fs.inodes import GITFILE_INODE, ROOT_INODE, InodeTable
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
+from artifactfs.latency import LatencyHistogram
 from artifactfs.overlay.errors import OverlayError
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
@@ -49,8 +51,11 @@ _R = TypeVar("_R")
 def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
     """Turn every failure of one request into the errno the kernel should see for it."""
 
+    name = method.__name__
+
     @functools.wraps(method)
     async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        started = time.perf_counter()
         try:
             return await method(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -63,8 +68,12 @@ def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[
             raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
         except Exception:
             # An escaping exception would end pyfuse3's main loop: fail this request only.
-            log.exception("%s failed", method.__name__)
+            log.exception("%s failed", name)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            operations = args[0]
+            assert isinstance(operations, Operations)
+            operations.record(name, time.perf_counter() - started)
 
     return wrapper
 
@@ -104,7 +113,7 @@ class Operations(pyfuse3.Operations):
         self._next_handle = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self.operation_counts: dict[str, int] = {}
+        self._latency: dict[str, LatencyHistogram] = {}
 
     # ------------------------------------------------------------- publishing
 
@@ -160,9 +169,6 @@ class Operations(pyfuse3.Operations):
         children = self._snapshot.children(parent) or {}
         return [entry.oid for entry in children.values() if entry.kind is EntryKind.FILE]
 
-    def _count(self, name: str) -> None:
-        self.operation_counts[name] = self.operation_counts.get(name, 0) + 1
-
     def _base_attributes(self, inode: int, mode: int, size: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
         attributes = pyfuse3.EntryAttributes()
         attributes.st_ino = inode
@@ -214,7 +220,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._count("lookup")
         parent = self._path(parent_inode)
         if name == b".":
             path = parent
@@ -242,7 +247,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
-        self._count("getattr")
         if inode == GITFILE_INODE:
             return self._gitfile_attributes()
         path = self._inodes.path(inode)
@@ -261,7 +265,6 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
                       fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._count("setattr")
         if inode == GITFILE_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         path = self._inodes.path(inode)
@@ -286,7 +289,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        self._count("readlink")
         node = self._node(self._path(inode))
         if node.kind != "symlink":
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -299,7 +301,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        self._count("opendir")
         path = self._path(inode)
         node = self._node(path)
         if node.kind not in ("dir", "gitlink"):
@@ -310,7 +311,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        self._count("readdir")
         handle = self._dirs[fh]
         if handle.listing is None or start_id == 0:
             listing: list[tuple[bytes, Node | None]] = []
@@ -348,7 +348,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._count("mkdir")
         path = self._join(self._path(parent_inode), name)
         node = self._view.mkdir(path, stat.S_IMODE(mode))
         inode = self._inodes.inode(path)
@@ -358,7 +357,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._count("rmdir")
         path = self._join(self._path(parent_inode), name)
         self._view.rmdir(path)
         self._inodes.detach(path)
@@ -367,7 +365,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._count("unlink")
         parent = self._path(parent_inode)
         if parent == "" and name == GITFILE_NAME:
             raise pyfuse3.FUSEError(errno.EPERM)
@@ -378,7 +375,6 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
                      flags: int, ctx: pyfuse3.RequestContext) -> None:
-        self._count("rename")
         old_parent = self._path(parent_inode_old)
         new_parent = self._path(parent_inode_new)
         for parent, name in ((old_parent, name_old), (new_parent, name_new)):
@@ -396,7 +392,6 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        self._count("symlink")
         path = self._join(self._path(parent_inode), name)
         node = self._view.symlink(path, target)
         inode = self._inodes.inode(path)
@@ -404,6 +399,7 @@ class Operations(pyfuse3.Operations):
         self._inodes.remember(inode)
         return attributes
 
+    @_fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
@@ -424,7 +420,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        self._count("open")
         writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if inode == GITFILE_INODE:
             if writable:
@@ -457,7 +452,6 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        self._count("create")
         path = self._join(self._path(parent_inode), name)
         node = self._view.create_file(path, stat.S_IMODE(mode))
         assert node.data_path is not None
@@ -471,7 +465,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        self._count("read")
         handle = self._files[fh]
         if handle.inode == GITFILE_INODE:
             return self._gitfile[off:off + size]
@@ -479,7 +472,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        self._count("write")
         handle = self._files[fh]
         if not handle.writable:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -492,7 +484,6 @@ class Operations(pyfuse3.Operations):
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        self._count("fsync")
         handle = self._files[fh]
         if handle.writable:
             os.fsync(handle.fd)
@@ -529,17 +520,32 @@ class Operations(pyfuse3.Operations):
         data.f_namemax = 255
         return data
 
+    @_fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
+    @_fuse_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
+    @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         return []
 
+    @_fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
+    def record(self, operation: str, seconds: float) -> None:
+        """Account one served request (called by the error-mapping wrapper of every handler)."""
+        histogram = self._latency.get(operation)
+        if histogram is None:
+            histogram = self._latency[operation] = LatencyHistogram()
+        histogram.observe(seconds)
+
     def stats(self) -> dict[str, Any]:
-        return {"open_files": len(self._files), "operations": dict(self.operation_counts)}
+        return {
+            "open_files": len(self._files),
+            "operations": {operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
+            "latency": {operation: h.as_dict() for operation, h in sorted(self._latency.items())},
+        }

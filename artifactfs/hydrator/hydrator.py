@@ -40,6 +40,7 @@ from artifactfs.errors import (
 )
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.queue import BOOST, DEMAND, HydrationQueue, level_of
+from artifactfs.latency import LatencyHistogram
 from artifactfs.remote import RemoteSession
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
@@ -166,6 +167,8 @@ class Hydrator:
         self._background_allowed = trio.Event()
         self.record: list[Arrival] = []
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
+        self._error_count = 0
+        self._fetch_latency = LatencyHistogram()
         self.started_at = time.monotonic()
 
     # ----------------------------------------------------------------- running
@@ -475,6 +478,7 @@ class Hydrator:
                 await self._fetch(oids)
             finally:
                 self._inflight.difference_update(oids)
+            self._fetch_latency.observe(time.monotonic() - started)
             self._adapt_batch(time.monotonic() - started, len(oids))
             log.debug("%s lane fetched %d blobs in %.3fs", name, len(oids), time.monotonic() - started)
 
@@ -624,6 +628,7 @@ class Hydrator:
 
     def _note_error(self, message: str) -> None:
         log.warning("%s", message)
+        self._error_count += 1
         self.errors.append(message)
 
     async def _throttle(self, amount: int) -> None:
@@ -666,4 +671,6 @@ class Hydrator:
             "object_info": self._object_info,
             "classes": {pc.label: self._counters[pc].as_dict() for pc in PriorityClass},
             "errors": list(self.errors),
+            "errors_total": self._error_count,
+            "fetch_latency": self._fetch_latency.as_dict(),
         }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import re
 import tempfile
 from collections.abc import Iterator
@@ -24,6 +25,16 @@ from artifactfs.errors import CorruptObjectError
 _OID = re.compile(r"[0-9a-f]{40}")
 _READ_CHUNK = 1 << 20
 _READ_ONLY = 0o444
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _check_oid(oid: str) -> None:
@@ -51,7 +62,8 @@ class BlobCache:
     def __init__(self, root: Path) -> None:
         self._objects = root / "objects"
         self._objects_prefix = f"{self._objects}{os.sep}"
-        self._tmp = root / "tmp"
+        self._tmp_root = root / "tmp"
+        self._tmp = self._tmp_root / str(os.getpid())  # per process: the cache is shared by mounts
         self._objects.mkdir(parents=True, exist_ok=True)
         self._tmp.mkdir(parents=True, exist_ok=True)
 
@@ -155,11 +167,25 @@ class BlobCache:
                             yield oid, entry
 
     def clean_tmp(self) -> int:
-        """Delete leftover partial files; only safe while nothing is writing to ``tmp_dir``."""
+        """Delete partial files left by processes that are gone, and this process's own.
+
+        Each process writes under its own ``tmp/<pid>``, so a mount starting up
+        never touches the in-progress writes of another running mount.
+        """
         removed = 0
-        with os.scandir(self._tmp) as entries:
+        with os.scandir(self._tmp_root) as entries:
             for entry in entries:
-                if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+                owner = int(entry.name) if entry.name.isdigit() else None
+                if owner is not None and owner != os.getpid() and _process_exists(owner):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    removed += sum(len(files) for _, _, files in os.walk(entry.path))
+                    if owner != os.getpid():
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                        continue
+                    for leftover in os.scandir(entry.path):
+                        os.unlink(leftover.path)
+                else:
                     os.unlink(entry.path)
                     removed += 1
         return removed
