@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import sqlite3
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
 
 from artifactfs.daemon.recovery import detach_stale_mount, is_stale_mount
 from artifactfs.errors import CorruptObjectError, MountpointError
-from artifactfs.overlay.store import OverlayRow, RowKind, decode_path, parent_of
+from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import StateRoot, pid_alive
@@ -32,7 +29,6 @@ from artifactfs.store.gitdir import GitDir
 
 Severity = Literal["ok", "note", "repaired", "damaged"]
 
-_DATA_ID = re.compile(r"[0-9a-f]{32}")
 _GIT_FSCK_TIMEOUT = 600.0
 
 
@@ -151,50 +147,21 @@ def _check_gitdir(gitdir: GitDir, report: FsckReport) -> Snapshot | None:
 
 
 def _check_overlay(overlay_dir: Path, base: Snapshot | None, live: bool, report: FsckReport) -> None:
-    database = overlay_dir / "overlay.db"
-    if not database.exists():
+    if not (overlay_dir / "overlay.db").exists():
         report.add("ok", f"overlay {overlay_dir}: no changes recorded")
         return
-    # A live daemon owns the database: read it only. Otherwise open it normally,
-    # which replays a WAL a killed daemon left behind, as the next mount would.
-    uri = f"file:{quote(str(database))}" + ("?mode=ro" if live else "")
     try:
-        connection = sqlite3.connect(uri, uri=True)
-    except sqlite3.Error as error:
-        report.add("damaged", f"overlay database {database} cannot be opened: {error}")
+        rows, problems = inspect_database(overlay_dir, read_only=live)
+    except OverlayStoreError as error:
+        report.add("damaged", str(error))
         return
-    try:
-        verdict = [line for (line,) in connection.execute("PRAGMA quick_check")]
-        if verdict != ["ok"]:
-            report.add("damaged", f"overlay database {database} is corrupt: {'; '.join(verdict[:3])}")
-            return
-        records = connection.execute(
-            "SELECT path, kind, mode, data_id, base_oid, target, opaque, mtime_ns FROM entries").fetchall()
-    except sqlite3.Error as error:
-        report.add("damaged", f"overlay database {database} is unreadable: {error}")
-        return
-    finally:
-        connection.close()
-    rows: dict[str, OverlayRow] = {}
-    for raw_path, kind, mode, data_id, base_oid, target, opaque, mtime_ns in records:
-        path = decode_path(raw_path)
-        try:
-            if data_id is not None and not _DATA_ID.fullmatch(data_id):
-                raise ValueError(f"bad data file id {data_id!r}")
-            rows[path] = OverlayRow(path, _row_kind(kind), mode, data_id, base_oid, target, bool(opaque), mtime_ns)
-        except ValueError as error:
-            report.add("damaged", f"overlay row {path!r} is malformed: {error}")
+    for problem in problems:
+        report.add("damaged", problem)
     referenced = _check_data_files(overlay_dir / "data", rows, live, report)
     misplaced = _check_parents(rows, base, report)
     if base is None:
         report.add("note", "overlay rows not checked against the base tree (HEAD unreadable)")
     report.add("ok", f"overlay: {len(rows)} rows, {referenced} data files, {misplaced} rows outside a directory")
-
-
-def _row_kind(kind: str) -> RowKind:
-    if kind not in ("file", "dir", "symlink", "gitlink", "whiteout"):
-        raise ValueError(f"unknown kind {kind!r}")
-    return kind  # type: ignore[return-value]
 
 
 def _check_data_files(data_dir: Path, rows: dict[str, OverlayRow], live: bool, report: FsckReport) -> int:

@@ -35,6 +35,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, cast
+from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 
@@ -427,3 +428,44 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_ROW_KINDS: frozenset[str] = frozenset({"file", "dir", "symlink", "gitlink", "whiteout"})
+
+
+def inspect_database(state_dir: Path, *, read_only: bool) -> tuple[dict[str, OverlayRow], list[str]]:
+    """Read every row of the overlay under ``state_dir`` for a consistency check.
+
+    Returns the well-formed rows and one message per malformed one. Raises
+    :class:`OverlayStoreError` if the database cannot be opened or fails
+    SQLite's own check. ``read_only`` is for a database a running daemon owns;
+    otherwise opening it replays a WAL a killed daemon left behind, as the
+    next mount would.
+    """
+    database = state_dir / "overlay.db"
+    uri = f"file:{quote(str(database))}" + ("?mode=ro" if read_only else "")
+    try:
+        connection = sqlite3.connect(uri, uri=True)
+    except sqlite3.Error as error:
+        raise OverlayStoreError(f"overlay database {database} cannot be opened: {error}") from None
+    try:
+        verdict = [line for (line,) in connection.execute("PRAGMA quick_check")]
+        if verdict != ["ok"]:
+            raise OverlayStoreError(f"overlay database {database} is corrupt: {'; '.join(verdict[:3])}")
+        records = connection.execute(f"SELECT {_COLUMNS} FROM entries").fetchall()
+    except sqlite3.Error as error:
+        raise OverlayStoreError(f"overlay database {database} is unreadable: {error}") from None
+    finally:
+        connection.close()
+    rows: dict[str, OverlayRow] = {}
+    problems: list[str] = []
+    for record in records:
+        path = decode_path(record[0])
+        kind, data_id = record[1], record[3]
+        if kind not in _ROW_KINDS:
+            problems.append(f"overlay row {path!r} is malformed: unknown kind {kind!r}")
+        elif data_id is not None and not _DATA_ID_RE.fullmatch(data_id):
+            problems.append(f"overlay row {path!r} is malformed: bad data file id {data_id!r}")
+        else:
+            rows[path] = _row_from_db(record)
+    return rows, problems
