@@ -17,7 +17,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,14 @@ class _PhaseTimer:
         return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
 
 
+def _self_and_ancestors(directory: str) -> Iterator[str]:
+    """``a/b/c``, ``a/b``, ``a``, then the root ``""``."""
+    while directory:
+        yield directory
+        directory = directory.rpartition("/")[0]
+    yield ""
+
+
 def _warm_kernel_cache(mountpoint: Path) -> None:
     """List every directory once through the kernel, right after mount.
 
@@ -143,6 +151,7 @@ class Mount:
             assert gitdir is not None
             cache = BlobCache(self.state.blob_cache_dir)
             cache.clean_tmp()
+            gitdir.remove_stale_temporaries()
             self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
             overlay = OverlayStore(self.mount_dir / "overlay")
             hook = install_hook(gitdir.path, overlay.journal.path)
@@ -259,20 +268,14 @@ class Mount:
                 directories[path] = node
                 continue
             entries.append((path, entry))
-            while True:  # every directory above counts this entry
-                directories[parent].entry_count += 1
-                if not parent:
-                    break
-                parent = parent.rpartition("/")[0]
-        for hidden in self.snapshot.hidden():
-            # The index lacks the hidden entry, so the recorded tree id would not match it.
-            parent = hidden.path.rpartition("/")[0]
-            while True:
-                if parent in directories:
-                    directories[parent].invalidate()
-                if not parent:
-                    break
-                parent = parent.rpartition("/")[0]
+            for directory in _self_and_ancestors(parent):  # every directory above counts this entry
+                directories[directory].entry_count += 1
+        with_hidden_entries = [path for path, node in directories.items()
+                               if node.oid is not None and self.snapshot.hides_entries_in(node.oid)]
+        for path in with_hidden_entries:
+            # The index lacks the hidden entries, so the recorded tree ids would not match it.
+            for directory in _self_and_ancestors(path):
+                directories[directory].invalidate()
         blob_oids = [entry.oid for _, entry in entries if entry.kind is not EntryKind.GITLINK]
         sizes: dict[str, int] = {}
         if self.hydrator.object_info_available:

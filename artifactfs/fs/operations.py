@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from artifactfs.fs.inodes import GITFILE_INODE, ROOT_INODE, InodeTable
+from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.latency import LatencyHistogram
 from artifactfs.overlay.errors import OverlayError
@@ -339,7 +339,8 @@ class Operations(pyfuse3.Operations):
         known = {oid: size for oid in oids if (size := self._hydrator.known_size(oid)) is not None}
         missing = [oid for oid in oids if oid not in known]
         if missing and self._hydrator.object_info_available:
-            known.update(await self._hydrator.sizes(missing))
+            # partial: a blob the remote lacks must not make the whole directory unlistable.
+            known.update(await self._hydrator.sizes(missing, partial=True))
         return known
 
     @_fuse_errors

@@ -503,9 +503,9 @@ class Hydrator:
             try:
                 # Wants in batch order (best first): the server packs them in that order.
                 await self._fetch_once([oid for oid in oids if oid in remaining], remaining)
-                for oid in list(remaining):
-                    self._fail(oid, "the remote did not send it", permanent=True)
-                    remaining.discard(oid)
+                if remaining:
+                    # A server refuses what it lacks; a pack without a wanted blob was altered in transit.
+                    raise CorruptObjectError(f"the pack lacked {len(remaining)} wanted blobs (altered in transit?)")
             except MissingObjectError as error:
                 if error.oid in remaining:
                     remaining.discard(error.oid)

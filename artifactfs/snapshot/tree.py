@@ -58,9 +58,18 @@ def refusal_reason(name: bytes) -> str | None:
         return "name folds to .git"
     # Only a name holding the letters g, i and t can fold to .git (HFS+ ignorables, NTFS short names).
     if b"g" in lowered and b"i" in lowered and b"t" in lowered:
-        if not validate_path_element_hfs(name) or not validate_path_element_ntfs(name):
+        if not validate_path_element_ntfs(name) or (_is_utf8(name) and not validate_path_element_hfs(name)):
             return "name folds to .git"
     return None
+
+
+def _is_utf8(name: bytes) -> bool:
+    """HFS+ folding applies to UTF-8 names only; dulwich's check refuses anything else outright."""
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _parse_directory(raw: bytes, dir_path: str, hidden: list[HiddenEntry]) -> dict[str, BaseEntry]:
@@ -152,6 +161,10 @@ class Snapshot:
                 yield child_path, child
                 if child.kind is EntryKind.DIR:
                     pending.append((child_path, child.oid))
+
+    def hides_entries_in(self, tree_oid: str) -> bool:
+        """Whether the (already parsed) directory ``tree_oid`` had entries hidden."""
+        return bool(self._trees.hidden_in(tree_oid))
 
     def hidden(self) -> list[HiddenEntry]:
         """Entries hidden so far in directories that have been parsed."""

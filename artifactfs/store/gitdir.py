@@ -22,7 +22,7 @@ from dulwich.config import ConfigFile
 from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit
 
-from artifactfs.errors import ArtifactFSError, CorruptObjectError
+from artifactfs.errors import CorruptObjectError
 
 log = logging.getLogger(__name__)
 
@@ -168,26 +168,50 @@ class GitDir:
         return self._hydration_packs >= PACK_CONSOLIDATION_THRESHOLD and not self._consolidating
 
     async def consolidate_promisor_packs(self) -> None:
-        """Merge small promisor packs into one so lookups stay fast (``git repack -a -d``).
+        """Merge the finished promisor packs into one so lookups stay fast.
 
-        Only packs with a ``.promisor`` marker are merged, and the result keeps
-        the marker, so the repository stays a valid partial clone.
+        Only packs that already have their ``.promisor`` marker are merged
+        (``git pack-objects --stdin-packs``), so a pack an indexer is still
+        writing is never touched, and the result gets the marker too: the
+        repository stays a valid partial clone throughout.
         """
         if self._consolidating:
             return
         self._consolidating = True
         try:
+            pack_dir = self.path / "objects" / "pack"
+            finished = sorted(marker.with_suffix(".pack").name for marker in pack_dir.glob("pack-*.promisor")
+                              if marker.with_suffix(".idx").exists())
+            if len(finished) < 2:
+                return
             result = await trio.run_process(
-                ["git", "--git-dir", str(self.path), "repack", "-a", "-d", "-q", "--no-write-bitmap-index"],
+                ["git", "--git-dir", str(self.path), "pack-objects", "--stdin-packs", "--quiet", str(pack_dir / "pack")],
+                stdin=("".join(f"{name}\n" for name in finished)).encode(),
                 capture_stdout=True, capture_stderr=True, check=False,
             )
             if result.returncode != 0:
                 log.warning("pack consolidation failed: %s", result.stderr.decode(errors="replace").strip())
-            else:
-                self._hydration_packs = 0
-                self._objects = None
+                return
+            merged = f"pack-{result.stdout.decode().strip()}"
+            (pack_dir / f"{merged}.promisor").write_text("artifactfs\n")
+            for name in finished:
+                stem = name.removesuffix(".pack")
+                if stem == merged:
+                    continue
+                for suffix in (".promisor", ".idx", ".rev", ".bitmap", ".pack"):  # the marker goes first
+                    (pack_dir / f"{stem}{suffix}").unlink(missing_ok=True)
+            self._hydration_packs = 0
+            self._objects = None
         finally:
             self._consolidating = False
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete half-written packs an indexer killed with its daemon left behind (start-up only)."""
+        removed = 0
+        for leftover in (self.path / "objects" / "pack").glob("tmp_*"):
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
     def pack_count(self) -> int:
         return sum(1 for _ in (self.path / "objects" / "pack").glob("pack-*.pack"))
@@ -273,7 +297,11 @@ class PackSink:
 
     async def write(self, chunk: bytes) -> None:
         assert self._process.stdin is not None
-        await self._process.stdin.send_all(chunk)
+        try:
+            await self._process.stdin.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # index-pack stopped reading: it rejected the pack (checked in finish()).
+            raise CorruptObjectError("git index-pack rejected the pack being received") from None
 
     async def close_streams(self) -> None:
         for stream in (self._process.stdin, self._process.stdout, self._process.stderr):
@@ -296,5 +324,5 @@ class PackSink:
         status = await self._process.wait()
         await self.close_streams()
         if status != 0:
-            raise ArtifactFSError(f"git index-pack failed: {errors.decode(errors='replace').strip()}")
+            raise CorruptObjectError(f"git index-pack rejected the pack: {errors.decode(errors='replace').strip()}")
         return output.decode().split()[-1]
