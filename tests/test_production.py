@@ -20,7 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,25 +50,6 @@ NAMESPACE_OPTIONS = {
 
 MountFactory = Callable[..., MountedTree]
 MakeRepo = Callable[..., tuple[Path, str]]
-
-
-@pytest.fixture
-def state_root(tmp_path: Path) -> Path:
-    return tmp_path / "state"
-
-
-@pytest.fixture
-def mounts(tmp_path: Path, state_root: Path, fuse: None) -> Iterator[MountFactory]:
-    created: list[MountedTree] = []
-
-    def factory(remote: str, *arguments: str, name: str = "mnt") -> MountedTree:
-        tree = MountedTree(remote, tmp_path / name, state_root, arguments)
-        created.append(tree)
-        return tree.mount()
-
-    yield factory
-    for tree in created:
-        tree.unmount()
 
 
 def content(spec: bytes | FileSpec) -> bytes:
