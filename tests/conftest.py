@@ -95,3 +95,23 @@ def mounts(tmp_path: Path, state_root: Path, fuse: None) -> Iterator[Callable[..
     yield factory
     for tree in created:
         tree.unmount()
+
+
+# ---------------------------------------------------------------------------
+# Robustness summary (tests/robustness.py counters, filled by test_faults,
+# test_crash, test_hostile, test_stress and test_model): one line at the end.
+# ---------------------------------------------------------------------------
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    import robustness
+
+    line = robustness.summary()
+    if line:
+        terminalreporter.write_sep("-", "robustness")
+        terminalreporter.write_line(line)
+
+
+# ---------------------------------------------------------------------------
+# End of robustness summary.
+# ---------------------------------------------------------------------------
