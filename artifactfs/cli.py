@@ -299,7 +299,9 @@ def unmount(directory: str, root: str | None) -> None:
         if state.pid_alive(record.pid):
             raise MountpointError(f"the daemon for {mountpoint} did not stop within {_UNMOUNT_WAIT:g}s")
         return
-    if _is_mounted(mountpoint):
+    from artifactfs.daemon.recovery import is_mounted
+
+    if is_mounted(mountpoint):
         result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True)
         state_root.withdraw_runtime(mountpoint)
         if result.returncode != 0:
@@ -307,14 +309,6 @@ def unmount(directory: str, root: str | None) -> None:
         return
     state_root.withdraw_runtime(mountpoint)
     raise MountpointError(f"{mountpoint} is not mounted")
-
-
-def _is_mounted(mountpoint: Path) -> bool:
-    try:
-        with open("/proc/self/mountinfo") as mounts:
-            return any(line.split()[4] == str(mountpoint) for line in mounts)
-    except OSError:
-        return os.path.ismount(mountpoint)
 
 
 @main.command()

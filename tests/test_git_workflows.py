@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.state import pid_alive
 from artifactfs.testing import FileSpec
 from artifactfs.testing.mounts import MountedTree, run_cli
 
@@ -276,7 +277,7 @@ def test_fsync_is_durable_across_a_daemon_crash(project):
     pid = tree.status()["pid"]
     os.kill(pid, 9)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     run_cli("unmount", str(tree.path), root=tree.root, check=False)
     tree.mount()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.state import pid_alive
 from artifactfs.testing import FileSpec, GitHttpServer, commit_files
 from artifactfs.testing.mounts import is_mounted, run_cli
 
@@ -142,9 +143,9 @@ def test_unmount_from_another_process_and_remount_reuses_state(repo, git_server,
     assert result.returncode == 0
     assert not is_mounted(tree.path)
     deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not os.path.exists(f"/proc/{pid}")
+    assert not pid_alive(pid)
     git_server.clear_requests()
     tree.mount()
     assert (tree.path / "src/main.py").read_bytes() == first
@@ -207,3 +208,23 @@ def test_empty_remote_is_refused(git_root, git_server, state_root, tmp_path, fus
     assert result.returncode != 0
     assert result.stderr.strip().startswith("artifactfs: error: ") and "--ref" in result.stderr
     assert not is_mounted(tmp_path / "mnt")
+
+
+def test_daemon_exits_when_its_mount_is_detached_from_outside(repo, git_server, mounts):
+    tree = mounts(git_server.url("demo"))
+    pid = tree.status()["pid"]
+    subprocess.run(["fusermount3", "-u", "-z", str(tree.path)], check=True)
+    deadline = time.monotonic() + 10
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(pid), "an orphaned daemon kept running"
+
+
+def test_unmount_during_the_post_mount_directory_walk(make_repo, git_server, mounts, state_root):
+    """The daemon walks its own mount after start-up; stopping meanwhile must not deadlock."""
+    make_repo("wide", {f"d{d}/e{e}/f.txt": b"x\n" for d in range(40) for e in range(40)})
+    tree = mounts(git_server.url("wide"))
+    pid = tree.status()["pid"]
+    result = run_cli("unmount", str(tree.path), root=state_root, check=False, timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert not is_mounted(tree.path) and not pid_alive(pid)

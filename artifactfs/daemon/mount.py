@@ -10,6 +10,7 @@ an already usable mount.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import logging
@@ -27,12 +28,12 @@ import trio
 
 from artifactfs.daemon import control
 from artifactfs.daemon.notify import report_progress
-from artifactfs.daemon.recovery import detach_stale_mount, is_stale_mount
+from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
-from artifactfs.hydrator.priority import Classifier, PriorityRule
+from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule
 from artifactfs.overlay.store import OverlayStore
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
@@ -47,6 +48,9 @@ from artifactfs.worktree.index import CacheTree, IndexRecord, write_index
 log = logging.getLogger(__name__)
 
 HEAD_POLL_INTERVAL = 0.1
+MOUNT_WATCH_INTERVAL = 1.0
+HISTORY_DEFERRAL_CAP = 15.0
+"""Seconds the history fetch waits for manifests, config and source to hydrate."""
 _BLOB_HASH_CHUNK = 1 << 20
 
 
@@ -182,18 +186,21 @@ class Mount:
                     phases.mark("fuse started")
                     await self._prepare_index(resolved is not None)
                     phases.mark("index prepared")
-                    await trio.to_thread.run_sync(os.listdir, options.mountpoint)
+                    # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
+                    await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                     self._publish_runtime()
                     self.state_name = "mounted"
                     log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
                              self.snapshot.commit_oid, phases.summary())
                     on_ready()
                     self.hydrator.start_background()
-                    nursery.start_soon(trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint)
+                    nursery.start_soon(functools.partial(
+                        trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint, abandon_on_cancel=True))
                     nursery.start_soon(report_progress, self.status)
                     if gitdir.shallow_commits():
-                        nursery.start_soon(complete_history, session, gitdir)
+                        nursery.start_soon(self._complete_history_after_source, session, gitdir)
                     nursery.start_soon(self._follow_head)
+                    nursery.start_soon(self._watch_mountpoint)
                     await self._shutdown.wait()
                     nursery.cancel_scope.cancel()
             finally:
@@ -207,6 +214,33 @@ class Mount:
         await pyfuse3.main(min_tasks=4, max_tasks=self.options.fuse_tasks)
         log.info("the kernel ended the FUSE session (external unmount)")
         self._shutdown.set()
+
+    async def _complete_history_after_source(self, session: RemoteSession, gitdir: GitDir) -> None:
+        """Fetch the rest of the history once what agents read first has arrived.
+
+        A long history is one large pack that competes with the first blob
+        batches for the server and both cores; readers need manifests and
+        source before they need ``git log``. The wait is capped so history
+        still arrives early on very large trees.
+        """
+        assert self.hydrator is not None
+        with trio.move_on_after(HISTORY_DEFERRAL_CAP):
+            await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
+        await complete_history(session, gitdir)
+
+    async def _watch_mountpoint(self) -> None:
+        """Exit when the mount disappears without us (``umount -l``, ``fusermount3 -u -z``).
+
+        A lazy unmount detaches the tree at once but keeps the FUSE session
+        open until the last reference goes, so the main loop alone would keep
+        an orphaned daemon running.
+        """
+        while True:
+            await trio.sleep(MOUNT_WATCH_INTERVAL)
+            if not is_mounted(self.options.mountpoint):
+                log.info("%s was unmounted from outside; stopping", self.options.mountpoint)
+                self._shutdown.set()
+                return
 
     async def _watch_signals(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -23,6 +23,17 @@ _DEAD_CONNECTION = (errno.ENOTCONN, errno.ECONNABORTED)
 """What the kernel answers on a FUSE mount whose daemon is gone (ECONNABORTED right after it died)."""
 
 
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether anything is mounted at ``mountpoint`` (read from the kernel's mount table, no I/O on it)."""
+    escaped = str(mountpoint).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+    escaped = escaped.replace("\n", "\\012")
+    try:
+        with open("/proc/self/mountinfo") as table:
+            return any(line.split(" ", 5)[4] == escaped for line in table)
+    except OSError:
+        return os.path.ismount(mountpoint)
+
+
 def is_stale_mount(mountpoint: Path) -> bool:
     """True when ``mountpoint`` is a FUSE mount whose daemon is gone.
 

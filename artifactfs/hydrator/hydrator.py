@@ -186,6 +186,18 @@ class Hydrator:
             nursery.start_soon(self._consolidate_packs)
             task_status.started()
 
+    async def wait_for_classes(self, last: PriorityClass, *, poll: float = 0.1) -> None:
+        """Return once every blob of the classes up to ``last`` has arrived or failed.
+
+        Returns at once when background hydration is off: nothing would ever
+        finish them.
+        """
+        while self.settings.mode == "background":
+            if all(counters.hydrated + counters.failed >= counters.total
+                   for priority_class, counters in self._counters.items() if priority_class <= last):
+                return
+            await trio.sleep(poll)
+
     def start_background(self) -> None:
         """Let the background lanes begin; until then only demand reads are served.
 

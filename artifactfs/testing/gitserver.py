@@ -14,6 +14,7 @@ import logging
 import socket
 import struct
 import subprocess
+import sys
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -173,6 +174,12 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], handler: type[_Handler], owner: GitHttpServer) -> None:
         self.owner = owner
         super().__init__(address, handler)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client dropping its keep-alive connection (a daemon unmounting) is not an error."""
+        if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
+            return
+        super().handle_error(request, client_address)
 
 
 def _is_number(text: str) -> bool:

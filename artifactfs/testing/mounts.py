@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from artifactfs.daemon import control
+from artifactfs.daemon.recovery import is_mounted
 from artifactfs.state import StateRoot
 
 
@@ -33,11 +34,6 @@ def run_cli(*arguments: str, root: Path, check: bool = True, timeout: float = 12
     if check and result.returncode != 0:
         raise AssertionError(f"artifactfs {' '.join(arguments)} failed ({result.returncode}): {result.stderr.strip()}")
     return result
-
-
-def is_mounted(path: Path) -> bool:
-    with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4] == str(path) for line in mounts)
 
 
 def force_unmount(path: Path) -> None:
