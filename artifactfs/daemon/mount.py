@@ -178,21 +178,24 @@ class Mount:
                     nursery.start_soon(self._watch_signals)
                     nursery.start_soon(self._fuse_main)
                     await nursery.start(self.hydrator.run)
-                    nursery.start_soon(self.hydrator.track, self.snapshot)
                     await nursery.start(control.serve, self.state.socket_path(options.mountpoint), self._control)
                     if options.metrics_address is not None:
                         from artifactfs.daemon.metrics import serve_metrics  # optional dependency
                         await nursery.start(serve_metrics, options.metrics_address, self.status)
                     phases.mark("fuse started")
-                    await self._prepare_index(resolved is not None)
-                    phases.mark("index prepared")
                     # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
                     await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                     self._publish_runtime()
                     self.state_name = "mounted"
+                    on_ready()
+                    phases.mark("ready")
+                    nursery.start_soon(self.hydrator.track, self.snapshot)
+                    # git waits on the .git file until the index matches the mount (see Operations.open).
+                    await self._prepare_index(resolved is not None)
+                    self.operations.release_gitfile()
+                    phases.mark("index prepared")
                     log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
                              self.snapshot.commit_oid, phases.summary())
-                    on_ready()
                     self.hydrator.start_background()
                     nursery.start_soon(functools.partial(
                         trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint, abandon_on_cancel=True))
@@ -286,7 +289,12 @@ class Mount:
         return resolved
 
     async def _prepare_index(self, fresh: bool) -> None:
-        """Write an index whose stat data matches the mount, unless git already keeps one."""
+        """Write an index whose stat data matches the mount, unless git already keeps one.
+
+        Runs after the mount is ready: sizes for every blob take one batch of
+        object-info requests, and nothing but git needs the index. A size the
+        remote cannot give is written as 0, which only costs git a re-hash.
+        """
         gitdir = self.gitdir
         assert gitdir is not None and self.snapshot is not None and self.hydrator is not None
         if not fresh and (gitdir.path / "index").exists():

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
+import trio
 
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
@@ -114,6 +115,7 @@ class Operations(pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self._latency: dict[str, LatencyHistogram] = {}
+        self._gitfile_released = trio.Event()
 
     # ------------------------------------------------------------- publishing
 
@@ -131,6 +133,10 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError:
                 pass  # the kernel already forgot it
+
+    def release_gitfile(self) -> None:
+        """The index now matches the mount: let git open ``.git``."""
+        self._gitfile_released.set()
 
     def paths_open_for_writing(self) -> set[str]:
         """Paths with a writable handle: reconciling must not take their data files away."""
@@ -425,6 +431,9 @@ class Operations(pyfuse3.Operations):
         if inode == GITFILE_INODE:
             if writable:
                 raise pyfuse3.FUSEError(errno.EPERM)
+            # git reads this file before it touches the gitdir; right after mount it
+            # waits here until the prepared index is written, instead of finding none.
+            await self._gitfile_released.wait()
             handle = self._handle()
             self._files[handle] = _FileHandle(inode, -1, False)
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)

@@ -181,8 +181,9 @@ class Hydrator:
             for index in range(max(1, self.settings.connections)):
                 nursery.start_soon(self._background_lane, background_level, f"background-{index}")
             if self._object_info:
+                nursery.start_soon(self._resolve_sizes, True)
                 for _ in range(_OBJECT_INFO_REQUESTS):
-                    nursery.start_soon(self._resolve_sizes)
+                    nursery.start_soon(self._resolve_sizes, False)
             nursery.start_soon(self._consolidate_packs)
             task_status.started()
 
@@ -396,10 +397,14 @@ class Hydrator:
 
     # ----------------------------------------------------------------- object-info
 
-    async def _resolve_sizes(self) -> None:
-        """One of a few concurrent tasks asking the remote for blob sizes (object-info)."""
+    async def _resolve_sizes(self, demand_only: bool) -> None:
+        """One of a few concurrent tasks asking the remote for blob sizes (object-info).
+
+        One of them serves only sizes a reader waits for, so a ``stat`` or a
+        listing never queues behind the bulk requests made for the whole tree.
+        """
         while self._object_info:
-            chunk = self._take_size_chunk()
+            chunk = self._take_size_chunk(demand_only)
             if not chunk:
                 await self._size_work.park()
                 continue
@@ -421,10 +426,10 @@ class Hydrator:
                     self._learn_size(oid, size)
             self._release_size_waiters(chunk)
 
-    def _take_size_chunk(self) -> list[str]:
+    def _take_size_chunk(self, demand_only: bool) -> list[str]:
         """Up to one request's worth of blobs whose size is wanted, demanded ones first."""
         chunk: dict[str, None] = {}
-        for source in (self._size_demand, self._size_pending):
+        for source in (self._size_demand,) if demand_only else (self._size_demand, self._size_pending):
             while source and len(chunk) < _OBJECT_INFO_CHUNK:
                 oid = next(iter(source))
                 del source[oid]

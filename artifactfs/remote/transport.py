@@ -11,6 +11,7 @@ protocol engine's business.
 from __future__ import annotations
 
 import logging
+import ssl
 import os
 import subprocess
 import tempfile
@@ -83,6 +84,9 @@ class HttpTransport:
         self._base = remote.url
         self._timeout = timeout
         self._client = httpx.AsyncClient(
+            # The system trust store, as git uses (honours SSL_CERT_FILE / SSL_CERT_DIR); httpx's
+            # default loads certifi's whole bundle up front, 65 ms more on every mount.
+            verify=ssl.create_default_context(),
             timeout=httpx.Timeout(timeout),
             headers={"User-Agent": USER_AGENT, "Git-Protocol": "version=2"},
         )
