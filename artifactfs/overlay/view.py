@@ -28,8 +28,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
-
 from artifactfs.overlay.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
@@ -44,6 +42,7 @@ from artifactfs.overlay.errors import (
 )
 from artifactfs.overlay.store import Batch, OverlayRow, OverlayStore, parent_of
 from artifactfs.snapshot.entries import BaseEntry, BaseTree, EntryKind
+from artifactfs.snapshot.tree import FOLDS_TO_GIT, refusal_reason
 
 NodeKind = Literal["file", "dir", "symlink", "gitlink"]
 
@@ -93,22 +92,11 @@ def check_name(name: str) -> None:
     ``.git`` in any spelling NTFS or HFS+ would fold to it (what the snapshot
     hides) is refused with EPERM; empty, ``.``, ``..``, ``/`` and NUL with EINVAL.
     """
-    if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise InvalidName(name, "invalid file name")
-    raw = name.encode("utf-8", "surrogateescape")
-    # dulwich's HFS+ check rejects malformed UTF-8 outright; such a name cannot
-    # fold to ".git", and Linux allows it, so only well-formed names are folded.
-    folds_on_hfs = _is_utf8(raw) and not validate_path_element_hfs(raw)
-    if raw.lower() == b".git" or not validate_path_element_ntfs(raw) or folds_on_hfs:
+    reason = refusal_reason(name.encode("utf-8", "surrogateescape"))
+    if reason == FOLDS_TO_GIT:
         raise ReservedName(name, "name is reserved for git")
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    if reason is not None:
+        raise InvalidName(name, "invalid file name")
 
 
 def _check_new_path(path: str) -> None:

@@ -45,8 +45,15 @@ class HiddenEntry:
     reason: str
 
 
+FOLDS_TO_GIT = "name folds to .git"
+
+
 def refusal_reason(name: bytes) -> str | None:
-    """Why a tree entry name must not appear in a working tree, or None if it is fine."""
+    """Why a name must not appear in a working tree, or None if it is fine.
+
+    The one rule for names, applied to tree entries from the remote and to
+    names created in the mount alike.
+    """
     if not name:
         return "empty name"
     if name in (b".", b".."):
@@ -55,11 +62,11 @@ def refusal_reason(name: bytes) -> str | None:
         return "slash or NUL in name"
     lowered = name.lower()
     if lowered == b".git":
-        return "name folds to .git"
+        return FOLDS_TO_GIT
     # Only a name holding the letters g, i and t can fold to .git (HFS+ ignorables, NTFS short names).
     if b"g" in lowered and b"i" in lowered and b"t" in lowered:
         if not validate_path_element_ntfs(name) or (_is_utf8(name) and not validate_path_element_hfs(name)):
-            return "name folds to .git"
+            return FOLDS_TO_GIT
     return None
 
 

@@ -21,20 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from artifactfs.errors import CorruptObjectError
+from artifactfs.state import pid_alive
 
 _OID = re.compile(r"[0-9a-f]{40}")
 _READ_CHUNK = 1 << 20
 _READ_ONLY = 0o444
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _check_oid(oid: str) -> None:
@@ -176,7 +167,7 @@ class BlobCache:
         with os.scandir(self._tmp_root) as entries:
             for entry in entries:
                 owner = int(entry.name) if entry.name.isdigit() else None
-                if owner is not None and owner != os.getpid() and _process_exists(owner):
+                if owner is not None and owner != os.getpid() and pid_alive(owner):
                     continue
                 if entry.is_dir(follow_symlinks=False):
                     removed += sum(len(files) for _, _, files in os.walk(entry.path))
