@@ -87,11 +87,11 @@ class GitDir:
             raise
         return cls(path)
 
-    def set_config(self, section: str, name: str, value: str) -> None:
+    def set_config(self, section: str, name: str, value: str, *, subsection: str | None = None) -> None:
         """Set one config value (written atomically, and only if it changes)."""
         path = self.path / "config"
         config = ConfigFile.from_path(str(path))
-        key = (section.encode(),)
+        key = (section.encode(),) if subsection is None else (section.encode(), subsection.encode())
         try:
             if config.get(key, name.encode()) == value.encode():
                 return
@@ -237,15 +237,9 @@ class GitDir:
         self._write_file_atomically("HEAD", f"ref: refs/heads/{branch}\n")
 
     def set_upstream(self, branch: str) -> None:
-        result = subprocess.run(
-            ["git", "--git-dir", str(self.path), "config", f"branch.{branch}.remote", "origin"],
-            capture_output=True, check=False,
-        )
-        if result.returncode == 0:
-            subprocess.run(
-                ["git", "--git-dir", str(self.path), "config", f"branch.{branch}.merge", f"refs/heads/{branch}"],
-                capture_output=True, check=False,
-            )
+        """Make ``branch`` track ``origin/<branch>``, as a clone does."""
+        self.set_config("branch", "remote", "origin", subsection=branch)
+        self.set_config("branch", "merge", f"refs/heads/{branch}", subsection=branch)
 
     def head_oid(self) -> str | None:
         """The commit HEAD resolves to, or None if it resolves to nothing yet."""
