@@ -1,7 +1,7 @@
 """32 workers at once on one mount: readers, writers and ``git status`` loops.
 
-``ARTIFACTFS_STRESS_SECONDS`` (default 20) is how long they run; a nightly or
-by-hand run can use 60 or more.
+``ARTIFACTFS_STRESS_SECONDS`` (default 60, a minute) is how long they run;
+shorten it for quick local iterations.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import robustness
 
 from artifactfs.testing.mounts import MountedTree
 
-STRESS_SECONDS = float(os.environ.get("ARTIFACTFS_STRESS_SECONDS", "20"))
+STRESS_SECONDS = float(os.environ.get("ARTIFACTFS_STRESS_SECONDS", "60"))
 READERS, WRITERS, STATUS_LOOPS = 12, 14, 6
 assert READERS + WRITERS + STATUS_LOOPS == 32
 
