@@ -33,7 +33,7 @@ from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitd
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
-from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule
+from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.overlay.store import OverlayStore
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
@@ -178,6 +178,8 @@ class Mount:
                     nursery.start_soon(self._watch_signals)
                     nursery.start_soon(self._fuse_main)
                     await nursery.start(self.hydrator.run)
+                    if options.hydration.mode == "background":
+                        self._fetch_root_manifests()
                     await nursery.start(control.serve, self.state.socket_path(options.mountpoint), self._control)
                     if options.metrics_address is not None:
                         from artifactfs.daemon.metrics import serve_metrics  # optional dependency
@@ -191,11 +193,17 @@ class Mount:
                     phases.mark("ready")
                     nursery.start_soon(self.hydrator.track, self.snapshot)
                     # git waits on the .git file until the index matches the mount (see Operations.open).
-                    await self._prepare_index(resolved is not None)
-                    self.operations.release_gitfile()
+                    try:
+                        await self._prepare_index(resolved is not None)
+                    except ArtifactFSError as error:
+                        log.error("could not prepare the git index (%s); git status will re-read files", error)
+                    finally:
+                        self.operations.release_gitfile()
                     phases.mark("index prepared")
                     log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
                              self.snapshot.commit_oid, phases.summary())
+                    # After the index: its object-info answers give every blob's size, and size decides
+                    # the binary class, so bulk fetching starts once classes are final.
                     self.hydrator.start_background()
                     nursery.start_soon(functools.partial(
                         trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint, abandon_on_cancel=True))
@@ -212,6 +220,13 @@ class Mount:
                 with trio.CancelScope(shield=True):
                     pyfuse3.close(unmount=True)
                 log.info("unmounted %s", options.mountpoint)
+
+    def _fetch_root_manifests(self) -> None:
+        """Start fetching the top-level manifests during start-up: what agents read first."""
+        assert self.snapshot is not None and self.hydrator is not None
+        root = self.snapshot.children("") or {}
+        self.hydrator.prefetch_paths([(name, entry.oid) for name, entry in root.items()
+                                      if entry.kind is EntryKind.FILE and builtin_class(name) is PriorityClass.MANIFEST])
 
     async def _fuse_main(self) -> None:
         await pyfuse3.main(min_tasks=4, max_tasks=self.options.fuse_tasks)

@@ -327,6 +327,13 @@ class Hydrator:
         log.error("read of %s (%s) failed: %s", blob.path or oid, oid, reason)
         raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}")
 
+    def prefetch_paths(self, blobs: Sequence[tuple[str, str]]) -> None:
+        """Fetch these (path, oid) blobs ahead of the background queue, registering them first."""
+        for path, oid in blobs:
+            if oid not in self._blobs:
+                self._register(oid, path, queue=False)
+        self.boost(oid for _, oid in blobs)
+
     def boost(self, oids: Iterable[str]) -> int:
         """Move blobs to the front of the background queue (``prefetch``); returns how many."""
         raised = 0
