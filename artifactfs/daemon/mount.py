@@ -192,6 +192,7 @@ class Mount:
                     on_ready()
                     phases.mark("ready")
                     nursery.start_soon(self.hydrator.track, self.snapshot)
+                    self.hydrator.start_background(PriorityClass.CONFIG)
                     # git waits on the .git file until the index matches the mount (see Operations.open).
                     try:
                         await self._prepare_index(resolved is not None)
@@ -203,7 +204,7 @@ class Mount:
                     log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
                              self.snapshot.commit_oid, phases.summary())
                     # After the index: its object-info answers give every blob's size, and size decides
-                    # the binary class, so bulk fetching starts once classes are final.
+                    # the binary class, so the other classes open once classes are final.
                     self.hydrator.start_background()
                     nursery.start_soon(functools.partial(
                         trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint, abandon_on_cancel=True))

@@ -81,9 +81,6 @@ class InodeTable:
         self.move(second, first)
         self.move(placeholder, second)
 
-    def known_below(self, path: str) -> list[tuple[str, int]]:
-        """Every known (path, inode) at or below ``path`` (all of them for the root)."""
-        if not path:
-            return list(self._inode_of.items())
-        prefix = path + "/"
-        return [(p, i) for p, i in self._inode_of.items() if p == path or p.startswith(prefix)]
+    def known_inodes(self) -> list[int]:
+        """Every inode that currently has a path."""
+        return list(self._inode_of.values())

@@ -89,7 +89,6 @@ class _FileHandle:
 
 @dataclass
 class _DirHandle:
-    inode: int
     path: str
     listing: list[tuple[bytes, Node | None]] | None = None
     sizes: dict[str, int] = field(default_factory=dict)
@@ -128,7 +127,7 @@ class Operations(pyfuse3.Operations):
         self._snapshot = snapshot
         if not attributes_changed:
             return
-        for _, inode in self._inodes.known_below(""):
+        for inode in self._inodes.known_inodes():
             try:
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError:
@@ -312,7 +311,7 @@ class Operations(pyfuse3.Operations):
         if node.kind not in ("dir", "gitlink"):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = self._handle()
-        self._dirs[handle] = _DirHandle(inode, path)
+        self._dirs[handle] = _DirHandle(path)
         return handle
 
     @_fuse_errors

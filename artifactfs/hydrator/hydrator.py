@@ -164,7 +164,7 @@ class Hydrator:
         self._rate = _RateMeter()
         self._throttle_until = 0.0
         self._demanded: set[str] = set()
-        self._background_allowed = trio.Event()
+        self._background_level = BOOST
         self.record: list[Arrival] = []
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
         self._error_count = 0
@@ -176,10 +176,9 @@ class Hydrator:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetch lanes and the size resolver until cancelled."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._lane, BOOST, "demand")
-            background_level = level_of(PriorityClass.BINARY) if self.settings.mode == "background" else BOOST
+            nursery.start_soon(self._lane, lambda: BOOST, "demand")
             for index in range(max(1, self.settings.connections)):
-                nursery.start_soon(self._background_lane, background_level, f"background-{index}")
+                nursery.start_soon(self._lane, lambda: self._background_level, f"background-{index}")
             if self._object_info:
                 nursery.start_soon(self._resolve_sizes, True)
                 for _ in range(_OBJECT_INFO_REQUESTS):
@@ -199,17 +198,17 @@ class Hydrator:
                 return
             await trio.sleep(poll)
 
-    def start_background(self) -> None:
-        """Let the background lanes begin; until then only demand reads are served.
+    def start_background(self, last: PriorityClass = PriorityClass.BINARY) -> None:
+        """Let the background lanes fetch classes up to ``last`` (demand reads are always served).
 
-        The mount calls this once it is ready, so start-up work (object-info for
-        the index) does not compete with bulk hydration.
+        The mount opens the manifest and config classes as soon as it is
+        ready (their class comes from the name) and the rest once object-info
+        has given every size, since size decides the binary class. With
+        ``--hydrate none`` the background lanes serve boosted blobs only.
         """
-        self._background_allowed.set()
-
-    async def _background_lane(self, max_level: int, name: str) -> None:
-        await self._background_allowed.wait()
-        await self._lane(max_level, name)
+        if self.settings.mode == "background":
+            self._background_level = max(self._background_level, level_of(last))
+            self._work.unpark_all()
 
     async def _consolidate_packs(self) -> None:
         """Keep the gitdir's promisor packs few: merge them as they multiply and once hydration ends."""
@@ -487,9 +486,9 @@ class Hydrator:
 
     # ----------------------------------------------------------------- fetching
 
-    async def _lane(self, max_level: int, name: str) -> None:
+    async def _lane(self, max_level: Callable[[], int], name: str) -> None:
         while True:
-            batch = self._queue.pop_batch(max_level, self._batch_size, self.settings.max_batch_bytes,
+            batch = self._queue.pop_batch(max_level(), self._batch_size, self.settings.max_batch_bytes,
                                           self._sizes, _UNKNOWN_SIZE_GUESS)
             batch = [(oid, level) for oid, level in batch if not self._cache.contains(oid) or self._settle(oid)]
             if not batch:
