@@ -366,3 +366,20 @@ def test_empty_pack(repo: Repo) -> None:
     parser = PackStreamParser()
     assert parser.feed(pack) == [] and parser.finish() == []
     assert parser.objects_expected == parser.objects_done == 0
+
+
+def test_stream_ending_exactly_at_the_output_limit(tmp_path: Path) -> None:
+    """64 MiB of zeros: zlib's end comes as an output slice fills, with the trailer in the same input."""
+    repo = tmp_path / "zeros.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    oid = subprocess.run(["git", "--git-dir", str(repo), "hash-object", "-w", "--stdin"], input=bytes(64 << 20),
+                         capture_output=True, check=True).stdout.decode().strip()
+    pack = subprocess.run(["git", "--git-dir", str(repo), "pack-objects", "--stdout"], input=f"{oid}\n".encode(),
+                          capture_output=True, check=True).stdout
+    for chunk in (len(pack), 65536, 4096 * 3 + 7, 1000):
+        parser = PackStreamParser(spool_dir=tmp_path, spool_threshold=16 << 20)
+        objects = [obj for start in range(0, len(pack), chunk) for obj in parser.feed(pack[start:start + chunk])]
+        objects += parser.finish()
+        assert [(obj.oid, obj.size) for obj in objects] == [(oid, 64 << 20)], chunk
+        assert objects[0].spool_path is not None and objects[0].spool_path.stat().st_size == 64 << 20
+        objects[0].spool_path.unlink()

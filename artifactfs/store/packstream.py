@@ -387,7 +387,10 @@ class PackStreamParser:
                     raise PackCorruptError(
                         f"object at offset {entry.offset} has corrupt compressed data ({exc})"
                     ) from exc
-                self._pos += len(part) - len(inflater.unconsumed_tail) - len(inflater.unused_data)
+                # When the stream ends exactly as the output limit fills, CPython reports the
+                # leftover input in both unconsumed_tail and unused_data: count it once.
+                leftover = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+                self._pos += len(part) - len(leftover)
             entry.produced += len(piece)
             if entry.produced > entry.size:
                 raise PackCorruptError(
