@@ -164,9 +164,8 @@ class Mount:
             self.view = OverlayView(overlay, self.snapshot)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
             self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
-            fuse_options = set(pyfuse3.default_options)
-            fuse_options.discard("default_permissions")
-            fuse_options |= {"fsname=artifactfs", "subtype=artifactfs", "default_permissions"}
+            fuse_options = set(pyfuse3.default_options) | {"fsname=artifactfs", "subtype=artifactfs",
+                                                           "default_permissions"}
             if options.allow_other:
                 fuse_options.add("allow_other")
             try:
