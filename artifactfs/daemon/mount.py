@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import BaseEntry, EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot
-from artifactfs.store.blobcache import BlobCache
+from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.fsmonitor import install_hook
 from artifactfs.worktree.index import CacheTree, IndexRecord, write_index
@@ -51,7 +50,6 @@ HEAD_POLL_INTERVAL = 0.1
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
-_BLOB_HASH_CHUNK = 1 << 20
 
 
 @dataclass
@@ -111,15 +109,6 @@ def _warm_kernel_cache(mountpoint: Path) -> None:
                 pending.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
         except OSError:
             continue  # removed meanwhile, or the mount is going away
-
-
-def blob_oid_of_file(path: Path) -> str:
-    """The git blob id of a file's current content."""
-    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as stream:
-        while chunk := stream.read(_BLOB_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Mount:
@@ -370,7 +359,7 @@ class Mount:
             except KeyError:
                 continue  # the commit object is not visible yet
             snapshot = Snapshot(commit, tree, self.trees)
-            report = self.view.reconcile(snapshot, blob_oid_of_file, busy=self.operations.paths_open_for_writing())
+            report = self.view.reconcile(snapshot, blob_id_of_file, busy=self.operations.paths_open_for_writing())
             self.snapshot = snapshot
             self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
             log.info("HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",

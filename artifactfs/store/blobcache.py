@@ -33,7 +33,7 @@ def _check_oid(oid: str) -> None:
         raise ValueError(f"not a hex SHA-1 object id: {oid!r}")
 
 
-def _blob_id_of_file(path: Path) -> str:
+def blob_id_of_file(path: Path) -> str:
     """Git blob oid of a file's content, read in chunks."""
     with path.open("rb") as stream:
         size = os.fstat(stream.fileno()).st_size
@@ -111,7 +111,7 @@ class BlobCache:
         """
         target = self.path(oid)
         try:
-            actual = _blob_id_of_file(path)
+            actual = blob_id_of_file(path)
             if actual != oid:
                 raise CorruptObjectError(f"blob file for {oid} hashes to {actual}")
             if target.is_file():
@@ -126,7 +126,7 @@ class BlobCache:
     def verify(self, oid: str) -> bool:
         """Rehash the stored blob; False if it is missing or damaged."""
         try:
-            return _blob_id_of_file(self.path(oid)) == oid
+            return blob_id_of_file(self.path(oid)) == oid
         except (FileNotFoundError, CorruptObjectError):
             return False
 
