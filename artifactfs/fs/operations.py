@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -169,10 +169,12 @@ class Operations(pyfuse3.Operations):
         self._next_handle += 1
         return handle
 
-    def _neighbours(self, path: str) -> list[str]:
+    def _neighbours(self, path: str) -> Iterator[tuple[str, str]]:
+        """(path, oid) of the files beside ``path``; lazy, as the hydrator reads it only on a miss."""
         parent = path.rpartition("/")[0]
-        children = self._snapshot.children(parent) or {}
-        return [entry.oid for entry in children.values() if entry.kind is EntryKind.FILE]
+        for name, entry in (self._snapshot.children(parent) or {}).items():
+            if entry.kind is EntryKind.FILE:
+                yield (f"{parent}/{name}" if parent else name), entry.oid
 
     def _base_attributes(self, inode: int, mode: int, size: int, mtime_ns: int) -> pyfuse3.EntryAttributes:
         attributes = pyfuse3.EntryAttributes()

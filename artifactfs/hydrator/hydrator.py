@@ -293,12 +293,13 @@ class Hydrator:
         """Whether sizes can be had without fetching contents."""
         return self._object_info
 
-    async def ensure(self, oid: str, *, path: str = "", neighbours: Iterable[str] = ()) -> Path:
+    async def ensure(self, oid: str, *, path: str = "", neighbours: Iterable[tuple[str, str]] = ()) -> Path:
         """Return the cache path of blob ``oid``, fetching it first if needed.
 
-        The blob jumps the queue; in background mode ``neighbours`` (blobs in
-        the same directory) are boosted behind it. Raises :class:`BlobUnavailableError` on failure
-        or after ``read_timeout`` seconds.
+        The blob jumps the queue; in background mode ``neighbours`` ((path,
+        oid) of the files in the same directory) are boosted behind it. They
+        are read only when ``oid`` has to be fetched. Raises
+        :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
         """
         if self._cache.contains(oid):
             return self._cache.path(oid)
@@ -311,12 +312,11 @@ class Hydrator:
         self._demanded.add(oid)
         if oid not in self._inflight:
             self._queue.push(oid, DEMAND)
-        for neighbour in neighbours if self.settings.mode == "background" else ():
+        for neighbour_path, neighbour in neighbours if self.settings.mode == "background" else ():
             if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
                 if neighbour not in self._blobs:
-                    self._register(neighbour, path)
-                if not self._cache.contains(neighbour):
-                    self._queue.push(neighbour, BOOST)
+                    self._register(neighbour, neighbour_path)
+                self._queue.push(neighbour, BOOST)
         self._work.unpark_all()
         with trio.move_on_after(self.settings.read_timeout):
             await event.wait()
@@ -395,8 +395,9 @@ class Hydrator:
         return result
 
     async def _size_by_hydration(self, oid: str, batch: Sequence[str]) -> None:
+        neighbours = ((self._blobs[other].path if other in self._blobs else "", other) for other in batch)
         try:
-            await self.ensure(oid, neighbours=batch)
+            await self.ensure(oid, neighbours=neighbours)
         except BlobUnavailableError:
             return  # reported below, once, by sizes()
         self.known_size(oid)
