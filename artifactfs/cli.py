@@ -36,14 +36,17 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def _scaled(cleaned: str) -> float:
+    """``500k``, ``20m``, ``1.5g`` or a plain number as bytes; ValueError if it is none of those."""
+    suffix = cleaned[-1:] if cleaned[-1:] in _SIZE_SUFFIXES else ""
+    return float(cleaned[: len(cleaned) - len(suffix)]) * _SIZE_SUFFIXES[suffix]
+
+
 def _parse_rate(text: str | None) -> int | None:
     if text is None:
         return None
-    cleaned = text.strip().lower().removesuffix("/s").removesuffix("b")
-    suffix = cleaned[-1:] if cleaned[-1:] in _SIZE_SUFFIXES else ""
-    number = cleaned[: len(cleaned) - len(suffix)]
     try:
-        value = float(number) * _SIZE_SUFFIXES[suffix]
+        value = _scaled(text.strip().lower().removesuffix("/s").removesuffix("b"))
     except ValueError:
         raise UsageError(f"cannot parse bandwidth {text!r} (examples: 500K, 20M)") from None
     if value <= 0:
@@ -382,10 +385,8 @@ def list_mounts(as_json: bool, root: str | None) -> None:
 # --------------------------------------------------------------------- maintenance
 
 def _parse_size(text: str) -> int:
-    cleaned = text.strip().lower().removesuffix("b").removesuffix("i")
-    suffix = cleaned[-1:] if cleaned[-1:] in _SIZE_SUFFIXES else ""
     try:
-        value = float(cleaned[: len(cleaned) - len(suffix)]) * _SIZE_SUFFIXES[suffix]
+        value = _scaled(text.strip().lower().removesuffix("b").removesuffix("i"))
     except ValueError:
         raise UsageError(f"cannot parse size {text!r} (examples: 500M, 10G)") from None
     if value < 0:
