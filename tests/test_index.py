@@ -57,3 +57,89 @@ def test_invalid_cache_tree_entries_are_rebuilt_by_git(tmp_path):
     root = CacheTree(None, 1, {b"d": CacheTree(None, 1)})
     (repo / ".git/index").write_bytes(encode_index([IndexRecord(b"d/f.txt", 0o100644, oid, 1)], 10**18, root))
     assert git(repo, "write-tree").strip() == git(repo, "rev-parse", "HEAD^{tree}").strip()
+
+
+def test_varint_matches_gits_encoding():
+    from artifactfs.worktree.ewah import encode_varint
+
+    assert encode_varint(0) == b"\x00"
+    assert encode_varint(127) == b"\x7f"
+    assert encode_varint(128) == b"\x80\x00"  # each continuation is offset by one
+    assert encode_varint(16511) == b"\xff\x7f"
+    assert encode_varint(16512) == b"\x80\x80\x00"
+
+
+def test_ewah_bitmap_layout():
+    from artifactfs.worktree.ewah import encode_ewah
+
+    empty = encode_ewah((), 0)
+    assert empty == bytes.fromhex("00000000" "00000001" "0000000000000000" "00000000")
+    bitmap = encode_ewah([0, 65, 69], 70)
+    bit_size, words = int.from_bytes(bitmap[:4], "big"), int.from_bytes(bitmap[4:8], "big")
+    assert (bit_size, words) == (70, 3)
+    marker, first, second = (int.from_bytes(bitmap[8 + 8 * i:16 + 8 * i], "big") for i in range(3))
+    assert marker == 2 << 33  # no run, two literal words follow
+    assert (first, second) == (1, (1 << 1) | (1 << 5))
+
+
+def _status_statistics(repo: Path, trace: Path) -> tuple[str, dict[str, int]]:
+    import json
+    import os
+
+    trace.unlink(missing_ok=True)
+    output = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
+                            check=True, env={**os.environ, "GIT_TRACE2_EVENT": str(trace),
+                                             "GIT_TRACE2_EVENT_NESTING": "10"}).stdout
+    statistics = {}
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("category") == "read_directory" and str(event.get("value")).isdigit():
+            statistics[event["key"]] = int(event["value"])
+    return output, statistics
+
+
+def test_git_trusts_the_fsmonitor_and_untracked_cache_extensions(tmp_path):
+    """On a plain checkout, git takes our FSMN and UNTR at face value: it lists no directory."""
+    from artifactfs.worktree.index import FsmonitorState, write_index
+    from artifactfs.worktree.untracked import build_untracked_cache
+
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    layout = {".gitignore": "*.log\n", "a.txt": "a", "b/c.txt": "c", "b/d/e.txt": "e", "b/d/.gitignore": "*.tmp\n",
+              "bb/g.txt": "g", "c/h.txt": "h", "c/e/i.txt": "i"}
+    for relative, content in layout.items():
+        (repo / relative).parent.mkdir(parents=True, exist_ok=True)
+        (repo / relative).write_text(content)
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.name=a", "-c", "user.email=a@b", "commit", "-qm", "x")
+    changed = tmp_path / "changed"
+    changed.write_text("")
+    hook = tmp_path / "hook"
+    hook.write_text(f"#!/bin/sh\nprintf 'token-2\\0'\ntr '\\n' '\\0' < {changed}\n")
+    hook.chmod(0o755)
+    git(repo, "config", "core.fsmonitor", str(hook))
+    git(repo, "config", "core.fsmonitorHookVersion", "2")
+    git(repo, "config", "core.untrackedCache", "true")
+
+    records, gitignores = [], {}
+    for line in git(repo, "ls-files", "-s").splitlines():
+        mode_oid_stage, path = line.split("\t")
+        mode, oid, _ = mode_oid_stage.split()
+        records.append(IndexRecord(path.encode(), int(mode, 8), oid, 0))  # wrong sizes: never looked at
+        if path.endswith(".gitignore"):
+            gitignores[path.rpartition("/")[0]] = oid
+    untracked = build_untracked_cache(repo, repo / ".git", ["", "b", "b/d", "bb", "c", "c/e"], gitignores)
+    (repo / ".git" / "index").unlink()
+    write_index(repo / ".git", records, 0, None, untracked, FsmonitorState("token-1"))
+
+    output, statistics = _status_statistics(repo, tmp_path / "trace")
+    assert output == ""
+    assert statistics["opendir"] == 0 and statistics["directory-invalidation"] == 0, statistics
+
+    (repo / "b" / "d" / "new.txt").write_text("new")
+    (repo / "b" / "d" / "x.tmp").write_text("ignored")
+    (repo / "bb" / "g.txt").write_text("changed")
+    changed.write_text("b/d/new.txt\nb/d/x.tmp\nbb/g.txt\n")
+    output, statistics = _status_statistics(repo, tmp_path / "trace")
+    assert sorted(output.splitlines()) == [" M bb/g.txt", "?? b/d/new.txt"]
+    assert statistics["opendir"] == 4, statistics  # what changed and its parents: not c, c/e

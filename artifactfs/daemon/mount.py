@@ -9,6 +9,7 @@ an already usable mount.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import json
@@ -17,7 +18,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,18 +32,18 @@ from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
-from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
+from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.overlay.store import OverlayStore
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
-from artifactfs.snapshot.entries import BaseEntry, EntryKind
+from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
-from artifactfs.worktree.fsmonitor import install_hook
-from artifactfs.worktree.index import CacheTree, IndexRecord, write_index
+from artifactfs.worktree.fsmonitor import install_hook, journal_token
+from artifactfs.worktree.prepared import list_tree, write_prepared_index
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ HEAD_POLL_INTERVAL = 0.1
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
+INDEX_SIZE_WAIT = 2.0
+"""Seconds the prepared index waits for object-info sizes; git never needs them while nothing changed."""
 
 
 @dataclass
@@ -84,33 +87,6 @@ class _PhaseTimer:
         return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
 
 
-def _self_and_ancestors(directory: str) -> Iterator[str]:
-    """``a/b/c``, ``a/b``, ``a``, then the root ``""``."""
-    while directory:
-        yield directory
-        directory = directory.rpartition("/")[0]
-    yield ""
-
-
-def _warm_kernel_cache(mountpoint: Path) -> None:
-    """List every directory once through the kernel, right after mount.
-
-    Each listing is one READDIRPLUS request that leaves the kernel holding
-    the entries and attributes of a whole directory, so the first
-    ``git status`` (an lstat of every tracked file) is answered from the
-    kernel's caches instead of one FUSE lookup per file: 0.16 s instead of
-    0.96 s on 5,000 files. Sizes come from object-info and symlinks are not
-    followed, so nothing is hydrated.
-    """
-    pending = [str(mountpoint)]
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as entries:
-                pending.extend(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
-        except OSError:
-            continue  # removed meanwhile, or the mount is going away
-
-
 class Mount:
     """Everything one running mount owns."""
 
@@ -128,6 +104,7 @@ class Mount:
         self.state_name = "starting"
         self.started_at = time.time()
         self._shutdown = trio.Event()
+        self._publish_token: str | None = None
 
     # ------------------------------------------------------------- main
 
@@ -149,6 +126,7 @@ class Mount:
             overlay = OverlayStore(self.mount_dir / "overlay")
             hook = install_hook(gitdir.path, overlay.journal.path)
             gitdir.set_config("core", "fsmonitor", str(hook))
+            self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
@@ -194,8 +172,6 @@ class Mount:
                     # After the index: its object-info answers give every blob's size, and size decides
                     # the binary class, so the other classes open once classes are final.
                     self.hydrator.start_background()
-                    nursery.start_soon(functools.partial(
-                        trio.to_thread.run_sync, _warm_kernel_cache, options.mountpoint, abandon_on_cancel=True))
                     nursery.start_soon(report_progress, self.status)
                     if gitdir.shallow_commits():
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
@@ -293,45 +269,38 @@ class Mount:
         return resolved
 
     async def _prepare_index(self, fresh: bool) -> None:
-        """Write an index whose stat data matches the mount, unless git already keeps one.
+        """Write an index git trusts at once (see :mod:`artifactfs.worktree.prepared`).
 
-        Runs after the mount is ready: sizes for every blob take one batch of
-        object-info requests, and nothing but git needs the index. A size the
-        remote cannot give is written as 0, which only costs git a re-hash.
+        Skipped when git already keeps an index for this gitdir. Runs after the
+        mount is ready; nothing but git needs the index. Sizes come from
+        object-info when the server offers it, for at most a short wait: an
+        unknown size is written as 0 and status never looks at it.
         """
         gitdir = self.gitdir
         assert gitdir is not None and self.snapshot is not None and self.hydrator is not None
+        assert self.view is not None and self._publish_token is not None
         if not fresh and (gitdir.path / "index").exists():
             return
-        root = CacheTree(self.snapshot.root_tree_oid)
-        directories: dict[str, CacheTree] = {"": root}
-        entries: list[tuple[str, BaseEntry]] = []
-        for path, entry in self.snapshot.walk():
-            parent, _, name = path.rpartition("/")
-            if entry.kind is EntryKind.DIR:
-                node = CacheTree(entry.oid)
-                directories[parent].children[name.encode("utf-8", "surrogateescape")] = node
-                directories[path] = node
-                continue
-            entries.append((path, entry))
-            for directory in _self_and_ancestors(parent):  # every directory above counts this entry
-                directories[directory].entry_count += 1
-        with_hidden_entries = [path for path, node in directories.items()
-                               if node.oid is not None and self.snapshot.hides_entries_in(node.oid)]
-        for path in with_hidden_entries:
-            # The index lacks the hidden entries, so the recorded tree ids would not match it.
-            for directory in _self_and_ancestors(path):
-                directories[directory].invalidate()
-        blob_oids = [entry.oid for _, entry in entries if entry.kind is not EntryKind.GITLINK]
-        sizes: dict[str, int] = {}
-        if self.hydrator.object_info_available:
-            # partial: a blob the remote lacks gets EIO when read; it must not stop the mount.
-            sizes = await self.hydrator.sizes(blob_oids, partial=True)
-        records = [
-            IndexRecord(path.encode("utf-8", "surrogateescape"), entry.mode, entry.oid, sizes.get(entry.oid, 0))
-            for path, entry in entries
-        ]
-        await trio.to_thread.run_sync(write_index, gitdir.path, records, BASE_MTIME_NS, root)
+        listing = await trio.to_thread.run_sync(list_tree, self.snapshot)
+        blob_oids = listing.blob_oids()
+        with trio.move_on_after(INDEX_SIZE_WAIT):
+            async with trio.open_nursery() as nursery:
+                # git reads every .gitignore on every status: one batched request, even with --hydrate none.
+                for directory, oid in listing.gitignores.items():
+                    nursery.start_soon(self._hydrate_quietly, oid, f"{directory}/.gitignore".lstrip("/"))
+                if self.hydrator.object_info_available:
+                    nursery.start_soon(functools.partial(self.hydrator.sizes, blob_oids, partial=True))
+        sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
+        changed = [row.path for row in self.view.rows()]
+        await trio.to_thread.run_sync(functools.partial(
+            write_prepared_index, listing, gitdir.path, self.options.mountpoint, mtime_ns=BASE_MTIME_NS,
+            sizes=sizes, token=self._publish_token, changed=changed))
+
+    async def _hydrate_quietly(self, oid: str, path: str) -> None:
+        """Fetch a blob ahead of its first read; a failure is the reader's to report."""
+        assert self.hydrator is not None
+        with contextlib.suppress(BlobUnavailableError):
+            await self.hydrator.ensure(oid, path=path)
 
     def _publish_runtime(self) -> None:
         self.state.publish_runtime(RuntimeRecord(

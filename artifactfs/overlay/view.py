@@ -190,6 +190,10 @@ class OverlayView:
             items = self._merged_children(resolved)
             return [(name, self._node_of(_join(path, name), items[name])) for name in sorted(items)]
 
+    def rows(self) -> list[OverlayRow]:
+        """Every overlay row: the paths that differ from the base."""
+        return self._store.all_rows()
+
     def changed_since(self, offset: int) -> tuple[int, list[str]]:
         """The change journal's end offset and every path changed after ``offset``."""
         return self._store.changed_since(offset)

@@ -33,6 +33,11 @@ def _check_oid(oid: str) -> None:
         raise ValueError(f"not a hex SHA-1 object id: {oid!r}")
 
 
+def blob_id(content: bytes) -> str:
+    """Git blob oid of ``content``."""
+    return hashlib.sha1(b"blob %d\x00" % len(content) + content).hexdigest()
+
+
 def blob_id_of_file(path: Path) -> str:
     """Git blob oid of a file's content, read in chunks."""
     with path.open("rb") as stream:

@@ -22,9 +22,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
+from artifactfs.worktree.ewah import encode_ewah
+from artifactfs.worktree.untracked import UntrackedCache
 
 _ENTRY_HEADER = struct.Struct(">10I20sH")
 _NAME_MASK = 0x0FFF
+_FSMONITOR_VERSION = 2
+
+
+@dataclass(frozen=True)
+class FsmonitorState:
+    """The ``FSMN`` extension: entries are unchanged as of ``token``, except those at ``dirty`` paths."""
+
+    token: str
+    dirty: frozenset[bytes] = frozenset()
+
+    def encode(self, ordered_paths: list[bytes]) -> bytes:
+        dirty = [position for position, path in enumerate(ordered_paths) if path in self.dirty]
+        bitmap = encode_ewah(dirty, dirty[-1] + 1 if dirty else 0)
+        return (struct.pack(">I", _FSMONITOR_VERSION) + self.token.encode() + b"\0"
+                + struct.pack(">I", len(bitmap)) + bitmap)
 
 
 @dataclass
@@ -60,8 +77,9 @@ class IndexLockedError(ArtifactFSError):
     """A git command holds ``index.lock``; the index was left alone."""
 
 
-def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: CacheTree | None = None) -> bytes:
-    """Serialise a version-2 index with the given stat data for every entry."""
+def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: CacheTree | None = None,
+                 untracked: UntrackedCache | None = None, fsmonitor: FsmonitorState | None = None) -> bytes:
+    """Serialise a version-2 index with the given stat data for every entry, and its extensions."""
     seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
     ordered = sorted(records, key=lambda record: record.path)
     body = bytearray(b"DIRC" + struct.pack(">II", 2, len(ordered)))
@@ -77,12 +95,18 @@ def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: Cach
     if cache_tree is not None:
         extension = cache_tree.encode()
         body += b"TREE" + struct.pack(">I", len(extension)) + extension
+    if untracked is not None:
+        extension = untracked.encode()
+        body += b"UNTR" + struct.pack(">I", len(extension)) + extension
+    if fsmonitor is not None:
+        extension = fsmonitor.encode([record.path for record in ordered])
+        body += b"FSMN" + struct.pack(">I", len(extension)) + extension
     body += hashlib.sha1(body).digest()
     return bytes(body)
 
 
-def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int,
-                cache_tree: CacheTree | None = None) -> None:
+def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int, cache_tree: CacheTree | None = None,
+                untracked: UntrackedCache | None = None, fsmonitor: FsmonitorState | None = None) -> None:
     """Replace ``gitdir/index`` the way git does: via ``index.lock``, never under a running command."""
     lock = gitdir / "index.lock"
     try:
@@ -91,7 +115,7 @@ def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int,
         raise IndexLockedError("a git command is running in the mount (index.lock exists)") from None
     try:
         with os.fdopen(descriptor, "wb") as stream:
-            stream.write(encode_index(records, mtime_ns, cache_tree))
+            stream.write(encode_index(records, mtime_ns, cache_tree, untracked, fsmonitor))
         os.replace(lock, gitdir / "index")
     except BaseException:
         lock.unlink(missing_ok=True)
