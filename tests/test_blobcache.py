@@ -7,12 +7,14 @@ import random
 import stat
 import subprocess
 import threading
+import zlib
 from pathlib import Path
 
 import pytest
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.store.blobcache import BlobCache
+from artifactfs.store.loose import encoded_size
 
 
 def git_blob_id(data: bytes) -> str:
@@ -31,8 +33,9 @@ def test_store_bytes_lays_out_read_only_files(cache: BlobCache, tmp_path: Path) 
     data = b"hello, world\n"
     oid = git_blob_id(data)
     path = cache.store_bytes(oid, data)
-    assert path == tmp_path / "cache" / "objects" / oid[:2] / oid[2:] == cache.path(oid)
-    assert path.read_bytes() == data
+    assert path == tmp_path / "cache" / "loose" / oid[:2] / oid[2:] == cache.path(oid)
+    assert cache.read_bytes(oid) == data
+    assert zlib.decompress(path.read_bytes()) == b"blob %d\0" % len(data) + data, "a loose object git can read"
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
     assert cache.contains(oid) and cache.size(oid) == len(data) and cache.verify(oid)
     assert cache.store_bytes(oid, data) == path, "storing twice is harmless"
@@ -52,7 +55,7 @@ def test_adopt_file_moves_verified_files_and_deletes_bad_ones(cache: BlobCache) 
     oid = git_blob_id(data)
     spooled = cache.tmp_dir / "spooled"
     spooled.write_bytes(data)
-    assert cache.adopt_file(oid, spooled).read_bytes() == data
+    assert cache.adopt_file(oid, spooled) == cache.path(oid) and cache.read_bytes(oid) == data
     assert not spooled.exists() and cache.verify(oid)
 
     again = cache.tmp_dir / "again"
@@ -72,7 +75,9 @@ def test_verify_detects_damage_and_absence(cache: BlobCache) -> None:
     oid = git_blob_id(data)
     path = cache.store_bytes(oid, data)
     os.chmod(path, 0o644)
-    path.write_bytes(b"precious bytez")
+    stored = bytearray(path.read_bytes())
+    stored[-5] ^= 0x01  # the last content byte, just before the adler32 trailer
+    path.write_bytes(bytes(stored))
     assert cache.contains(oid) and not cache.verify(oid)
     cache.remove(oid)
     assert not cache.contains(oid) and not cache.verify(oid)
@@ -85,7 +90,7 @@ def test_listing_and_totals(cache: BlobCache) -> None:
         cache.store_bytes(oid, data)
     (cache.path(next(iter(blobs))).parent / "not-an-object").write_bytes(b"x")
     assert sorted(cache.iter_oids()) == sorted(blobs)
-    assert cache.total_bytes() == sum(map(len, blobs.values()))
+    assert cache.total_bytes() == sum(encoded_size(len(data)) for data in blobs.values())
 
 
 def test_clean_tmp_removes_crash_leftovers_only(cache: BlobCache) -> None:

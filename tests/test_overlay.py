@@ -5,6 +5,7 @@ The base tree is a dict-backed implementation of the ``BaseTree`` protocol.
 
 from __future__ import annotations
 
+import io
 import errno
 import hashlib
 import os
@@ -100,10 +101,8 @@ class Env:
         self.store = OverlayStore(self.state)
         self.view = OverlayView(self.store, self.view.base)
 
-    def hydrate(self, oid: str) -> Path:
-        path = self.root / f"blob-{oid}"
-        path.write_bytes(self.base.blobs[oid])
-        return path
+    def hydrate(self, oid: str) -> io.BytesIO:
+        return io.BytesIO(self.base.blobs[oid])
 
     def write(self, path: str, content: bytes) -> Node:
         """What the FUSE layer does for open(O_WRONLY|O_TRUNC) + write."""

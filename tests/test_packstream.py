@@ -227,7 +227,7 @@ def test_adopted_spool_file_is_fetched_back_through_external_base(
 
     def from_cache(oid: str) -> bytes | None:
         asked.append(oid)
-        return cache.path(oid).read_bytes() if cache.contains(oid) else None
+        return cache.read_bytes(oid) if cache.contains(oid) else None
 
     parser = PackStreamParser(
         spool_dir=cache.tmp_dir, spool_threshold=64 << 10, external_base=from_cache

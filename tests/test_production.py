@@ -61,7 +61,7 @@ def blob_oid(data: bytes) -> str:
 
 
 def cached_blobs(state_root: Path) -> list[Path]:
-    return [path for path in (state_root / "cache/blobs/objects").glob("*/*") if path.is_file()]
+    return [path for path in (state_root / "cache/blobs/loose").glob("*/*") if path.is_file()]
 
 
 def free_port() -> int:
@@ -286,7 +286,7 @@ def test_fsck_repairs_the_cache_and_reports_lost_overlay_data(make_repo: MakeRep
     assert "result: clean (0 repaired, 0 not repairable)" in clean.stdout
     assert "mounted by daemon" in clean.stdout and re.search(r"blob cache: [1-9]\d* blobs verified", clean.stdout)
 
-    damaged_blob = state_root / "cache/blobs/objects" / blob_oid(content(FILES["package.json"]))[:2] / \
+    damaged_blob = state_root / "cache/blobs/loose" / blob_oid(content(FILES["package.json"]))[:2] / \
         blob_oid(content(FILES["package.json"]))[2:]
     os.chmod(damaged_blob, 0o644)
     damaged_blob.write_bytes(b"X" * len(content(FILES["package.json"])))

@@ -9,7 +9,6 @@ an already usable mount.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import functools
 import json
@@ -32,7 +31,7 @@ from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
-from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
+from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.overlay.store import OverlayStore
 from artifactfs.overlay.view import OverlayView
@@ -121,6 +120,7 @@ class Mount:
             assert gitdir is not None
             cache = BlobCache(self.state.blob_cache_dir)
             cache.clean_tmp()
+            gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
             self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
             overlay = OverlayStore(self.mount_dir / "overlay")
@@ -283,24 +283,19 @@ class Mount:
             return
         listing = await trio.to_thread.run_sync(list_tree, self.snapshot)
         blob_oids = listing.blob_oids()
-        with trio.move_on_after(INDEX_SIZE_WAIT):
-            async with trio.open_nursery() as nursery:
-                # git reads every .gitignore on every status: one batched request, even with --hydrate none.
-                for directory, oid in listing.gitignores.items():
-                    nursery.start_soon(self._hydrate_quietly, oid, f"{directory}/.gitignore".lstrip("/"))
-                if self.hydrator.object_info_available:
-                    nursery.start_soon(functools.partial(self.hydrator.sizes, blob_oids, partial=True))
+        if self.options.hydration.mode == "none":
+            # git reads every .gitignore on every status: fetch them in one request, not one per read.
+            # (Background hydration takes them early anyway, with the config class.)
+            self.hydrator.prefetch_paths([(f"{directory}/.gitignore".lstrip("/"), oid)
+                                          for directory, oid in listing.gitignores.items()])
+        if self.hydrator.object_info_available:
+            with trio.move_on_after(INDEX_SIZE_WAIT):
+                await self.hydrator.sizes(blob_oids, partial=True)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
         changed = [row.path for row in self.view.rows()]
         await trio.to_thread.run_sync(functools.partial(
             write_prepared_index, listing, gitdir.path, self.options.mountpoint, mtime_ns=BASE_MTIME_NS,
             sizes=sizes, token=self._publish_token, changed=changed))
-
-    async def _hydrate_quietly(self, oid: str, path: str) -> None:
-        """Fetch a blob ahead of its first read; a failure is the reader's to report."""
-        assert self.hydrator is not None
-        with contextlib.suppress(BlobUnavailableError):
-            await self.hydrator.ensure(oid, path=path)
 
     def _publish_runtime(self) -> None:
         self.state.publish_runtime(RuntimeRecord(

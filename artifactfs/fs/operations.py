@@ -36,6 +36,7 @@ from artifactfs.overlay.errors import OverlayError
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.store.loose import LooseBlobFile
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,11 @@ def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[
 class _FileHandle:
     inode: int
     fd: int
+    """A data file (overlay content), or -1."""
     writable: bool
     written: bool = False
+    blob: LooseBlobFile | None = None
+    """Set instead of ``fd`` for a file whose content is still its base blob."""
 
 
 @dataclass
@@ -264,6 +268,8 @@ class Operations(pyfuse3.Operations):
     def _orphan_attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         """Attributes of an unlinked file that is still open."""
         for handle in self._files.values():
+            if handle.inode == inode and handle.blob is not None:
+                return self._base_attributes(inode, stat.S_IFREG | 0o444, handle.blob.size, BASE_MTIME_NS)
             if handle.inode == inode:
                 info = os.fstat(handle.fd)
                 return self._base_attributes(inode, info.st_mode, info.st_size, info.st_mtime_ns)
@@ -302,7 +308,8 @@ class Operations(pyfuse3.Operations):
         if node.symlink_target is not None:
             return node.symlink_target
         assert node.base_oid is not None
-        return (await self._hydrator.ensure(node.base_oid, path=node.path)).read_bytes()
+        with LooseBlobFile.open(await self._hydrator.ensure(node.base_oid, path=node.path)) as blob:
+            return blob.read_all()
 
     # ------------------------------------------------------------- directories
 
@@ -424,7 +431,8 @@ class Operations(pyfuse3.Operations):
         node = self._node(path)  # the view may have changed while we waited
         if node.data_path is not None:
             return node
-        return self._view.copy_up(path, source)
+        with LooseBlobFile.open(source) as blob:
+            return self._view.copy_up(path, blob)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -442,7 +450,6 @@ class Operations(pyfuse3.Operations):
         node = self._node(path)
         if node.kind in ("dir", "gitlink"):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        keep_cache = False
         if writable:
             node = await self._writable(path, node, truncate=bool(flags & os.O_TRUNC))
             assert node.data_path is not None
@@ -454,11 +461,12 @@ class Operations(pyfuse3.Operations):
         else:
             assert node.base_oid is not None
             source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
-            fd = os.open(source, os.O_RDONLY)
-            keep_cache = True
+            handle = self._handle()
+            self._files[handle] = _FileHandle(inode, -1, False, blob=LooseBlobFile.open(source))
+            return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         handle = self._handle()
         self._files[handle] = _FileHandle(inode, fd, writable)
-        return pyfuse3.FileInfo(fh=handle, keep_cache=keep_cache)
+        return pyfuse3.FileInfo(fh=handle, keep_cache=False)
 
     @_fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -477,6 +485,8 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files[fh]
+        if handle.blob is not None:
+            return handle.blob.pread(size, off)
         if handle.inode == GITFILE_INODE:
             return self._gitfile[off:off + size]
         return os.pread(handle.fd, size, off)
@@ -507,6 +517,8 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
+        if handle is not None and handle.blob is not None:
+            handle.blob.close()
         if handle is None or handle.fd < 0:
             return
         os.close(handle.fd)

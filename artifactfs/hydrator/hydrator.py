@@ -183,7 +183,6 @@ class Hydrator:
                 nursery.start_soon(self._resolve_sizes, True)
                 for _ in range(_OBJECT_INFO_REQUESTS):
                     nursery.start_soon(self._resolve_sizes, False)
-            nursery.start_soon(self._consolidate_packs)
             task_status.started()
 
     async def wait_for_classes(self, last: PriorityClass, *, poll: float = 0.1) -> None:
@@ -209,16 +208,6 @@ class Hydrator:
         if self.settings.mode == "background":
             self._background_level = max(self._background_level, level_of(last))
             self._work.unpark_all()
-
-    async def _consolidate_packs(self) -> None:
-        """Keep the gitdir's promisor packs few: merge them as they multiply and once hydration ends."""
-        merged_when_complete = False
-        while True:
-            await trio.sleep(2)
-            complete = bool(self.status()["complete"])
-            if self._gitdir.wants_consolidation() or (complete and not merged_when_complete and self._gitdir.pack_count() > 2):
-                await self._gitdir.consolidate_promisor_packs()
-                merged_when_complete = complete
 
     async def track(self, snapshot: Snapshot, *, may_be_local: bool = False) -> None:
         """Register every blob of ``snapshot``; queue the missing ones by class.
@@ -574,10 +563,9 @@ class Hydrator:
 
     async def _fetch_once(self, wants: list[str], remaining: set[str]) -> None:
         parser = PackStreamParser(spool_dir=self._cache.tmp_dir, external_base=self._cached_content)
-        async with self._session.fetch(wants) as response, self._gitdir.promisor_pack_writer() as pack:
+        async with self._session.fetch(wants) as response:
             async for chunk in response.pack_chunks():
                 await self._throttle(len(chunk))
-                await pack.write(chunk)
                 arrived = await trio.to_thread.run_sync(self._ingest, parser, chunk)
                 self._deliver(arrived, remaining)
             arrived = await trio.to_thread.run_sync(self._ingest_end, parser)
@@ -607,7 +595,7 @@ class Hydrator:
         """Delta bases the server expects us to have (runs in a worker thread)."""
         if not self._cache.contains(oid):
             return None
-        return self._cache.path(oid).read_bytes()
+        return self._cache.read_bytes(oid)
 
     def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> None:
         for oid, size in arrived:

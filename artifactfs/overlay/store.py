@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal, Protocol, cast
 from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
@@ -98,6 +98,12 @@ class ChangeJournal:
 
 class OverlayStoreError(ArtifactFSError):
     """The state directory holds something this version cannot use."""
+
+
+class Readable(Protocol):
+    """Where copied-up content comes from: anything with a file-like ``read``."""
+
+    def read(self, length: int = -1, /) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,8 +366,8 @@ class OverlayStore:
                 raise
             self.discard_data(unreferenced)
 
-    def new_data_file(self, source: Path | None) -> str:
-        """Create a data file holding a copy of ``source`` (empty if None); returns its id.
+    def new_data_file(self, source: Readable | None) -> str:
+        """Create a data file holding what ``source`` reads (empty if None); returns its id.
 
         The caller must commit a row referencing the id, or :meth:`discard_data` it.
         """
@@ -374,8 +380,7 @@ class OverlayStore:
         try:
             with os.fdopen(fd, "wb") as target:
                 if source is not None:
-                    with source.open("rb") as origin:
-                        shutil.copyfileobj(origin, target, 1 << 20)
+                    shutil.copyfileobj(source, target, 1 << 20)
         except BaseException:
             self.discard_data([data_id])
             raise

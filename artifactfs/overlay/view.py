@@ -40,7 +40,7 @@ from artifactfs.overlay.errors import (
     ReservedName,
     ResourceBusy,
 )
-from artifactfs.overlay.store import Batch, OverlayRow, OverlayStore, parent_of
+from artifactfs.overlay.store import Batch, OverlayRow, OverlayStore, Readable, parent_of
 from artifactfs.snapshot.entries import BaseEntry, BaseTree, EntryKind
 from artifactfs.snapshot.tree import FOLDS_TO_GIT, refusal_reason
 
@@ -247,10 +247,10 @@ class OverlayView:
                 self._touch_parent(batch, path)
             return self._node_of(path, row)
 
-    def copy_up(self, path: str, source: Path | None) -> Node:
+    def copy_up(self, path: str, source: Readable | None) -> Node:
         """Give a file its own data file so it can be written.
 
-        ``source`` is the hydrated base blob (None: start empty, for ``O_TRUNC``).
+        ``source`` reads the hydrated base blob (None: start empty, for ``O_TRUNC``).
         A file that already has a data file is returned unchanged. Mode and a
         recorded mtime carry over.
         """

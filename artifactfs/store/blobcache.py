@@ -1,10 +1,16 @@
-"""Content-addressed cache of blob contents on local disk.
+"""Content-addressed cache of blob contents on local disk: the one place a blob lives.
 
-This module owns the cache's on-disk layout: ``root/objects/ab/<38 hex>`` holds
+This module owns the cache's on-disk layout: ``root/loose/ab/<38 hex>`` holds
 one read-only file per blob, named by its Git blob oid, and ``root/tmp/`` holds
-partial writes (including pack spool files). A file only ever appears under
-``objects/`` through an atomic rename after its content was hashed and found to
-match its name, so a reader never sees a partial or unverified blob.
+partial writes (including pack spool files). ``root/loose`` is a git object
+directory: each file is a loose object written with uncompressed deflate
+blocks (see :mod:`artifactfs.store.loose`), so git in a mount reads it through
+``objects/info/alternates`` while the mount reads content at computed offsets.
+A blob therefore exists once on disk, not again in the gitdir's packs.
+
+A file only ever appears under ``loose/`` through an atomic rename after its
+content was hashed and found to match its name, so a reader never sees a
+partial or unverified blob.
 
 Files are not fsynced: after an unclean shutdown a stored file may be damaged,
 which ``verify`` detects; the remote can always supply the blob again.
@@ -13,15 +19,18 @@ which ``verify`` detects; the remote can always supply the blob again.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.state import pid_alive
+from artifactfs.store.loose import LooseBlobFile, content_size, loose_object_id, write_loose_blob
 
 _OID = re.compile(r"[0-9a-f]{40}")
 _READ_CHUNK = 1 << 20
@@ -56,7 +65,7 @@ class BlobCache:
     """Blob files keyed by oid under ``root``; safe for concurrent readers."""
 
     def __init__(self, root: Path) -> None:
-        self._objects = root / "objects"
+        self._objects = root / "loose"
         self._objects_prefix = f"{self._objects}{os.sep}"
         self._tmp_root = root / "tmp"
         self._tmp = self._tmp_root / str(os.getpid())  # per process: the cache is shared by mounts
@@ -68,7 +77,13 @@ class BlobCache:
         """Scratch directory on the cache's filesystem, e.g. a pack parser's ``spool_dir``."""
         return self._tmp
 
+    @property
+    def objects_dir(self) -> Path:
+        """The git object directory the cache is (for a gitdir's ``objects/info/alternates``)."""
+        return self._objects
+
     def path(self, oid: str) -> Path:
+        """Where blob ``oid`` is stored, as a loose object; read it through :meth:`open`."""
         _check_oid(oid)
         return self._objects / oid[:2] / oid[2:]
 
@@ -82,9 +97,20 @@ class BlobCache:
 
     def size(self, oid: str) -> int | None:
         try:
-            return os.stat(self._location(oid)).st_size
+            return content_size(os.stat(self._location(oid)).st_size)
         except FileNotFoundError:
             return None
+
+    def open(self, oid: str) -> LooseBlobFile:
+        """The stored content of ``oid``; raises FileNotFoundError if it is not cached."""
+        try:
+            return LooseBlobFile.open(self._location(oid))
+        except ValueError as error:
+            raise CorruptObjectError(str(error)) from None
+
+    def read_bytes(self, oid: str) -> bytes:
+        with self.open(oid) as blob:
+            return blob.read_all()
 
     def store_bytes(self, oid: str, data: bytes) -> Path:
         """Store ``data`` as blob ``oid`` after checking that it hashes to ``oid``."""
@@ -96,43 +122,44 @@ class BlobCache:
             raise CorruptObjectError(f"blob data for {oid} hashes to {actual}")
         if target.is_file():
             return target
+        self._write(target, len(data), io.BytesIO(data))
+        return target
+
+    def _write(self, target: Path, size: int, source: BinaryIO) -> None:
         fd, name = tempfile.mkstemp(prefix="blob-", dir=self._tmp)
         partial = Path(name)
         try:
             with os.fdopen(fd, "wb") as stream:
-                stream.write(data)
+                write_loose_blob(stream, size, source)
             self._install(partial, target)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        return target
 
     def adopt_file(self, oid: str, path: Path) -> Path:
-        """Move the file at ``path`` into the cache as blob ``oid``.
+        """Store the content in the file at ``path`` as blob ``oid``, then delete that file.
 
-        The cache takes ownership of ``path``: it is renamed into place, or
-        deleted if its content does not hash to ``oid`` or the blob is already
-        stored. ``path`` must be on the cache's filesystem (use ``tmp_dir``).
+        The cache takes ownership of ``path``: it is deleted whether its
+        content is stored, does not hash to ``oid``, or the blob is already
+        stored. ``path`` should be in ``tmp_dir``.
         """
         target = self.path(oid)
         try:
             actual = blob_id_of_file(path)
             if actual != oid:
                 raise CorruptObjectError(f"blob file for {oid} hashes to {actual}")
-            if target.is_file():
-                path.unlink()
-            else:
-                self._install(path, target)
-        except BaseException:
+            if not target.is_file():
+                with path.open("rb") as source:
+                    self._write(target, os.fstat(source.fileno()).st_size, source)
+        finally:
             path.unlink(missing_ok=True)
-            raise
         return target
 
     def verify(self, oid: str) -> bool:
-        """Rehash the stored blob; False if it is missing or damaged."""
+        """Inflate and rehash the stored blob as git would; False if it is missing or damaged."""
         try:
-            return blob_id_of_file(self.path(oid)) == oid
-        except (FileNotFoundError, CorruptObjectError):
+            return loose_object_id(self.path(oid)) == oid
+        except (OSError, ValueError):
             return False
 
     def remove(self, oid: str) -> None:

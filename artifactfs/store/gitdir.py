@@ -26,9 +26,6 @@ from artifactfs.errors import CorruptObjectError
 
 log = logging.getLogger(__name__)
 
-PACK_CONSOLIDATION_THRESHOLD = 48
-"""Promisor packs written by the hydrator are merged once there are this many."""
-
 _CONFIG_TEMPLATE = """\
 [core]
 \trepositoryformatversion = 1
@@ -64,8 +61,6 @@ class GitDir:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._objects: DiskObjectStore | None = None
-        self._hydration_packs = 0
-        self._consolidating = False
 
     @classmethod
     def create(cls, path: Path, remote_url: str) -> GitDir:
@@ -162,48 +157,14 @@ class GitDir:
             raise
         with trio.CancelScope(shield=True):
             await sink.finish()
-        self._hydration_packs += 1
 
-    def wants_consolidation(self) -> bool:
-        return self._hydration_packs >= PACK_CONSOLIDATION_THRESHOLD and not self._consolidating
-
-    async def consolidate_promisor_packs(self) -> None:
-        """Merge the finished promisor packs into one so lookups stay fast.
-
-        Only packs that already have their ``.promisor`` marker are merged
-        (``git pack-objects --stdin-packs``), so a pack an indexer is still
-        writing is never touched, and the result gets the marker too: the
-        repository stays a valid partial clone throughout.
-        """
-        if self._consolidating:
-            return
-        self._consolidating = True
-        try:
-            pack_dir = self.path / "objects" / "pack"
-            finished = sorted(marker.with_suffix(".pack").name for marker in pack_dir.glob("pack-*.promisor")
-                              if marker.with_suffix(".idx").exists())
-            if len(finished) < 2:
-                return
-            result = await trio.run_process(
-                ["git", "--git-dir", str(self.path), "pack-objects", "--stdin-packs", "--quiet", str(pack_dir / "pack")],
-                stdin=("".join(f"{name}\n" for name in finished)).encode(),
-                capture_stdout=True, capture_stderr=True, check=False,
-            )
-            if result.returncode != 0:
-                log.warning("pack consolidation failed: %s", result.stderr.decode(errors="replace").strip())
-                return
-            merged = f"pack-{result.stdout.decode().strip()}"
-            (pack_dir / f"{merged}.promisor").write_text("artifactfs\n")
-            for name in finished:
-                stem = name.removesuffix(".pack")
-                if stem == merged:
-                    continue
-                for suffix in (".promisor", ".idx", ".rev", ".bitmap", ".pack"):  # the marker goes first
-                    (pack_dir / f"{stem}{suffix}").unlink(missing_ok=True)
-            self._hydration_packs = 0
+    def use_alternate(self, objects_dir: Path) -> None:
+        """Let git find objects in ``objects_dir`` too: the blob cache, where hydrated blobs live."""
+        alternates = f"{objects_dir}\n"
+        path = self.path / "objects" / "info" / "alternates"
+        if not path.exists() or path.read_text() != alternates:
+            self._write_file_atomically("objects/info/alternates", alternates)
             self._objects = None
-        finally:
-            self._consolidating = False
 
     def remove_stale_temporaries(self) -> int:
         """Delete half-written packs an indexer killed with its daemon left behind (start-up only)."""
@@ -212,9 +173,6 @@ class GitDir:
             leftover.unlink(missing_ok=True)
             removed += 1
         return removed
-
-    def pack_count(self) -> int:
-        return sum(1 for _ in (self.path / "objects" / "pack").glob("pack-*.pack"))
 
     # ------------------------------------------------------------- refs
 
