@@ -156,9 +156,10 @@ def fill_missing(repo: Path, missing: Sequence[str]) -> None:
     with exporter.stdout, importer.stdin:
         for line in exporter.stdout:
             importer.stdin.write(pattern.sub(placeholder, line))
-    if exporter.wait() != 0 or importer.wait() != 0:
+    exported, imported = exporter.wait(), importer.wait()
+    if exported != 0 or imported != 0:
         raise SystemExit(f"rewriting history around {len(missing)} missing blobs failed "
-                         f"(fast-export {exporter.returncode}, fast-import {importer.returncode})")
+                         f"(fast-export {exported}, fast-import {imported})")
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,8 @@ def plan_task(repo: Path, reads: int, edits: int, seed: int) -> Plan:
     sources = sorted(path for path in files if builtin_class(path) is PriorityClass.SOURCE)
     rng = random.Random(seed)
     picked = rng.sample(sources, min(reads, len(sources)))
-    return Plan(len(files), directories, tuple(manifests), tuple(picked), tuple(rng.sample(picked, min(edits, len(picked)))))
+    edited = rng.sample(picked, min(edits, len(picked)))
+    return Plan(len(files), directories, tuple(manifests), tuple(picked), tuple(edited))
 
 
 # --------------------------------------------------------------------- serving
@@ -291,7 +293,7 @@ class Task:
         self.step(EDIT, lambda: edit_files(tree, self.plan.edits))
         self.step(STATUS, lambda: self._git(tree, "status"))
         self.step(ADD, lambda: self._git(tree, "add", "-A"))
-        if self.step(COMMIT, lambda: self._git(tree, "commit", "--quiet", "-m", "agent-bench: edit three files")):
+        if self.step(COMMIT, lambda: self._git(tree, "commit", "--quiet", "-m", "agent-bench: edit files")):
             self.step(PUSH, lambda: self._git(tree, "push", "--quiet", "origin", f"HEAD:refs/heads/{branch}"))
         else:
             self.outcome.failures[PUSH] = "not run: the commit failed"
@@ -473,8 +475,8 @@ def bench(source: Path, arguments: argparse.Namespace) -> None:
               f"({prepared.dropped_refs} other refs left out), {prepared.placeholders} missing blobs replaced by "
               f"a placeholder; prepared in {prepared.seconds:.1f} s")
         print(f"task: read {len(plan.manifests)} manifests, {len(plan.sources)} source files (seed "
-              f"{arguments.seed}), edit {len(plan.edits)}; {arguments.rounds} rounds; modes {', '.join(arguments.modes)}; "
-              f"workdir {workdir} (creating a file there costs {file_creation_cost(workdir):.0f} us)", flush=True)
+              f"{arguments.seed}), edit {len(plan.edits)}; {arguments.rounds} rounds; "
+              f"modes {', '.join(arguments.modes)}; workdir {workdir} (creating a file there costs {file_creation_cost(workdir):.0f} us)", flush=True)
         warm_page_cache(prepared.path)
         results = Results()
         with serve_modes(prepared.path, arguments.modes) as endpoints:
