@@ -476,7 +476,8 @@ def bench(source: Path, arguments: argparse.Namespace) -> None:
               f"a placeholder; prepared in {prepared.seconds:.1f} s")
         print(f"task: read {len(plan.manifests)} manifests, {len(plan.sources)} source files (seed "
               f"{arguments.seed}), edit {len(plan.edits)}; {arguments.rounds} rounds; "
-              f"modes {', '.join(arguments.modes)}; workdir {workdir} (creating a file there costs {file_creation_cost(workdir):.0f} us)", flush=True)
+              f"modes {', '.join(arguments.modes)}; workdir {workdir} "
+              f"(creating a file there costs {file_creation_cost(workdir):.0f} us)", flush=True)
         warm_page_cache(prepared.path)
         results = Results()
         with serve_modes(prepared.path, arguments.modes) as endpoints:
