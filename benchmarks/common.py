@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -149,9 +150,12 @@ def file_creation_cost(workdir: Path, count: int = 500) -> float:
 # --------------------------------------------------------------------- running and timing
 
 
-def run(command: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    """Run a command, raising with its stderr on failure; returns stdout."""
-    result = subprocess.run(list(command), check=False, cwd=cwd, env=env, capture_output=True, text=True)
+def run(command: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float | None = None) -> str:
+    """Run a command, raising with its stderr on failure (or ``subprocess.TimeoutExpired``
+    after ``timeout`` seconds, the command killed); returns stdout."""
+    result = subprocess.run(list(command), check=False, cwd=cwd, env=env, capture_output=True, text=True,
+                            timeout=timeout)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout
@@ -173,6 +177,18 @@ def rotated(items: Sequence[str], round_number: int) -> list[str]:
     """``items`` starting at a different one each round, so no contender always goes first."""
     shift = round_number % len(items)
     return [*items[shift:], *items[:shift]]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (``fraction`` 0.5 for p50, 0.99 for p99) of non-empty ``values``."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[rank - 1]
+
+
+def uptime_text() -> str:
+    """``uptime`` as printed, for the load average beside the figures (the machine may be shared)."""
+    return run(["uptime"]).strip()
 
 
 @dataclass
