@@ -124,7 +124,7 @@ class Mount:
             gitdir.remove_stale_temporaries()
             self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
             overlay = OverlayStore(self.mount_dir / "overlay")
-            hook = install_hook(gitdir.path, overlay.journal.path)
+            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path)
             gitdir.set_config("core", "fsmonitor", str(hook))
             self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
             assert self.snapshot is not None

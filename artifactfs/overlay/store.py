@@ -63,21 +63,26 @@ _JOURNAL_LIMIT = 8 << 20
 """A journal larger than this is started afresh when the store opens (a new generation)."""
 
 
+
 class ChangeJournal:
     """Append-only file of NUL-terminated paths, one per change, in the order they happened.
 
     Readers address it by byte offset. It is plain bytes on purpose: git's
     fsmonitor hook (a shell script) answers "what changed since offset N" with
-    ``tail``, in a few milliseconds. A reader whose offset refers to another
-    generation (a different inode, or beyond the end) must assume everything
-    changed.
+    ``tail``, in a few milliseconds. A new generation starts when the store
+    opens with a journal past the size limit; the previous generation is kept
+    (one only), so an offset into it still answers: its rest, then the whole
+    current journal. A reader whose offset refers to an older generation, or
+    lies beyond the end, must assume everything changed.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.previous_path = path.with_name(path.name + ".previous")
+        """The generation before the current one."""
         with suppress(FileNotFoundError):
             if path.stat().st_size > _JOURNAL_LIMIT:
-                path.unlink()
+                os.replace(path, self.previous_path)
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def append(self, keys: Iterable[bytes]) -> None:
