@@ -32,7 +32,7 @@ import trio
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.latency import LatencyHistogram
-from artifactfs.overlay.errors import OverlayError
+from artifactfs.overlay.errors import errno_for
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
@@ -62,16 +62,16 @@ def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[
             return await method(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except OverlayError as error:
-            raise pyfuse3.FUSEError(error.errno) from None
         except BlobUnavailableError:
             raise pyfuse3.FUSEError(errno.EIO) from None
-        except OSError as error:
-            raise pyfuse3.FUSEError(error.errno or errno.EIO) from None
-        except Exception:
-            # An escaping exception would end pyfuse3's main loop: fail this request only.
-            log.exception("%s failed", name)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as error:
+            # Overlay refusals, data-file errors and a full disk (ENOSPC, SQLite's included) map in one place.
+            code = errno_for(error)
+            if code is None:
+                # An escaping exception would end pyfuse3's main loop: fail this request only.
+                log.exception("%s failed", name)
+                code = errno.EIO
+            raise pyfuse3.FUSEError(code) from None
         finally:
             operations = args[0]
             assert isinstance(operations, Operations)

@@ -1,8 +1,16 @@
-"""Errors raised by overlay operations, each carrying the errno the FUSE layer returns."""
+"""Errors raised by overlay operations, and the errno each failure means to a caller.
+
+:func:`errno_for` is the one place that decides which errno a failed overlay
+operation reports: the errno an :class:`OverlayError` carries, the errno of an
+``OSError`` from a data file or the journal, and ENOSPC for SQLite running out
+of room (SQLite's own "database or disk is full" and "cannot grow the
+shared-memory index" codes), so a full disk is never reported as EIO.
+"""
 
 from __future__ import annotations
 
-from errno import EBUSY, EEXIST, EINVAL, EISDIR, ENOENT, ENOTDIR, ENOTEMPTY, EPERM
+import sqlite3
+from errno import EBUSY, EDQUOT, EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTEMPTY, EPERM
 from typing import ClassVar
 
 from artifactfs.errors import ArtifactFSError
@@ -66,3 +74,25 @@ class ResourceBusy(OverlayError):
     """The root directory cannot be removed or renamed."""
 
     errno = EBUSY
+
+
+_NO_SPACE_ERRNOS = frozenset({ENOSPC, EDQUOT})
+_SQLITE_NO_SPACE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE})
+
+
+def is_no_space(error: BaseException) -> bool:
+    """Did this failure happen because the filesystem (or the user's quota) is full?"""
+    if isinstance(error, OSError):
+        return error.errno in _NO_SPACE_ERRNOS
+    return isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", None) in _SQLITE_NO_SPACE
+
+
+def errno_for(error: BaseException) -> int | None:
+    """The errno a caller should see for a failed overlay operation; None means a bug (log it)."""
+    if isinstance(error, OverlayError):
+        return error.errno
+    if isinstance(error, OSError):
+        return error.errno or EIO
+    if is_no_space(error):
+        return ENOSPC
+    return None
