@@ -17,6 +17,18 @@ Durability contract:
   unreferenced data files (removed on the next start) but never a row that
   points at a missing file.
 
+Full disk: a failed write changes nothing (a failed commit is rolled back, a
+torn journal record is cut off), so the caller gets ENOSPC and the metadata
+stays consistent. Removing entries must keep working on a full disk, because
+that is how space is freed through the mount, yet it still writes (a whiteout
+or parent row in the WAL, a journal record). For that the store keeps a
+pre-allocated *reserve* file of :data:`RESERVE_BYTES` beside the database:
+:meth:`OverlayStore.with_reserve` runs such an operation and, if it fails for
+lack of space, deletes the reserve and runs it once more; the reserve is grown
+back whenever the store frees a data file. A reserve file rather than a free
+space threshold: it is space ArtifactFS already holds, so nothing else on the
+filesystem (the blob cache, other programs) can take it first.
+
 Paths are stored as bytes (UTF-8 with ``surrogateescape``) so names that are
 not valid UTF-8 survive a round trip.
 """
@@ -30,14 +42,15 @@ import shutil
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, cast
+from typing import Literal, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
+from artifactfs.overlay.errors import is_no_space
 
 RowKind = Literal["file", "dir", "symlink", "gitlink", "whiteout"]
 
@@ -61,6 +74,13 @@ CREATE INDEX IF NOT EXISTS entries_data_id ON entries (data_id) WHERE data_id IS
 """
 _JOURNAL_LIMIT = 8 << 20
 """A journal larger than this is started afresh when the store opens (a new generation)."""
+RESERVE_BYTES = 1 << 20
+"""Space held back for removals on a full disk (one removal writes a few pages of WAL and journal)."""
+WRITABLE_MINIMUM = 256 << 10
+"""Free space (the reserve included) below which the overlay should be opened read-only: opening it
+for writing takes SQLite's shared-memory index (32 KiB) and WAL, and removals need some reserve."""
+_RESERVE_NAME = "reserve"
+_T = TypeVar("_T")
 
 
 
@@ -86,9 +106,18 @@ class ChangeJournal:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def append(self, keys: Iterable[bytes]) -> None:
-        records = b"".join(key + b"\0" for key in keys if key)
-        if records:
-            os.write(self._fd, records)
+        """Append records whole: after a failed write (ENOSPC) the journal ends where it ended before,
+        since a torn record would merge with the next one into a path that never changed."""
+        records = memoryview(b"".join(key + b"\0" for key in keys if key))
+        if not records:
+            return
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            while records:
+                records = records[os.write(self._fd, records):]
+        except OSError:
+            os.ftruncate(self._fd, end)
+            raise
 
     def read_since(self, offset: int) -> tuple[int, list[bytes]]:
         with self.path.open("rb") as stream:
@@ -263,28 +292,55 @@ class OverlayStore:
     """The overlay's rows, data files and change journal under one state directory.
 
     Safe to share between threads: every public method holds one lock.
+
+    Opening deletes the reserve (see the module docstring) so that opening and
+    the rest of a start-up have room on a full disk; :meth:`arm_reserve`
+    builds it up again. ``read_only`` opens an existing database without
+    writing it (a mount with too little space to write).
     """
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, read_only: bool = False) -> None:
         self.state_dir = state_dir
         self.data_dir = state_dir / "data"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
         self._db_path = state_dir / "overlay.db"
+        self._reserve_path = state_dir / _RESERVE_NAME
+        self._reserve_wanted = False
+        self._reserve_complete = False
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode = WAL")
+        if read_only:
+            uri = f"file:{quote(str(self._db_path))}?mode=ro"
+            self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self._release_reserve()
+            self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
+        try:
+            self._open_database(read_only)
+        except BaseException:
+            self._conn.close()
+            raise
+        self.journal = ChangeJournal(state_dir / "journal")
+        self.removed_at_startup = [] if read_only else self._remove_unreferenced_data()
+        """Names of the unreferenced data files deleted while opening (for logging)."""
+
+    def _open_database(self, read_only: bool) -> None:
+        """Check the schema version; create the schema only in a new database (an existing one is
+        not written while opening, so a full disk does not stop a remount)."""
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version not in (0, _SCHEMA_VERSION):
+            raise OverlayStoreError(f"overlay database {self._db_path} has unknown schema version {version}")
+        if read_only:
+            if version == 0:
+                raise OverlayStoreError(f"overlay database {self._db_path} was never set up; it cannot be read")
+            return
+        if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self._conn.execute("PRAGMA journal_mode = WAL")
         # NORMAL: commits reach the OS before returning (survive kill -9);
         # sync() makes them survive power loss too.
         self._conn.execute("PRAGMA synchronous = NORMAL")
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
-            self._conn.close()
-            raise OverlayStoreError(f"overlay database {self._db_path} has unknown schema version {version}")
-        self._conn.executescript(_SCHEMA)
-        self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-        self.journal = ChangeJournal(state_dir / "journal")
-        self.removed_at_startup = self._remove_unreferenced_data()
-        """Names of the unreferenced data files deleted while opening (for logging)."""
+        if version == 0:
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
         with self._lock:
@@ -367,9 +423,63 @@ class OverlayStore:
                 unreferenced = batch._finish()
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite has already rolled back a COMMIT that failed for lack of space.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             self.discard_data(unreferenced)
+
+    def with_reserve(self, operation: Callable[[], _T]) -> _T:
+        """Run ``operation``, a change that must work on a full disk (a removal, journaling a write).
+
+        If it fails for lack of space, the reserve is deleted and the operation
+        runs once more; the reserve is then built up again as far as space allows.
+        """
+        with self._lock:
+            try:
+                return operation()
+            except Exception as error:
+                if not (self._reserve_wanted and is_no_space(error) and self._release_reserve()):
+                    raise
+            try:
+                return operation()
+            finally:
+                self.arm_reserve()
+
+    def arm_reserve(self) -> None:
+        """Grow the reserve file towards :data:`RESERVE_BYTES`, as far as the free space allows.
+
+        The first call turns the reserve on; from then on space the store frees refills it.
+        """
+        with self._lock:
+            self._reserve_wanted = True
+            if self._reserve_complete:
+                return
+            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                size = os.fstat(fd).st_size
+                room = free_bytes(self.state_dir) // 4096 * 4096
+                target = min(RESERVE_BYTES, size + room)
+                if target > size:
+                    try:
+                        os.posix_fallocate(fd, 0, target)
+                    except OSError:
+                        # Taken meanwhile (try again when the store next frees space), or a
+                        # filesystem that cannot allocate: removals then rely on free space alone.
+                        return
+                self._reserve_complete = target == RESERVE_BYTES
+            finally:
+                os.close(fd)
+
+    def _release_reserve(self) -> bool:
+        """Delete the reserve; True if that freed space."""
+        self._reserve_complete = False
+        try:
+            size = os.lstat(self._reserve_path).st_size
+            os.unlink(self._reserve_path)
+        except FileNotFoundError:
+            return False
+        return size > 0
 
     def new_data_file(self, source: Readable | None) -> str:
         """Create a data file holding what ``source`` reads (empty if None); returns its id.
@@ -397,10 +507,17 @@ class OverlayStore:
         return self.data_dir / data_id
 
     def discard_data(self, data_ids: Iterable[str]) -> None:
-        """Unlink data files no row references (open descriptors keep working)."""
+        """Unlink data files no row references (open descriptors keep working).
+
+        Space freed here first refills a reserve that a removal on a full disk used.
+        """
+        freed = False
         for data_id in data_ids:
             with suppress(FileNotFoundError):
                 os.unlink(self.data_path(data_id))
+                freed = True
+        if freed and self._reserve_wanted and not self._reserve_complete:
+            self.arm_reserve()
 
     def sync(self, data_id: str | None = None) -> None:
         """Make ``data_id``'s content and every committed row durable (``fsync``)."""
@@ -430,6 +547,21 @@ class OverlayStore:
                 os.unlink(entry.path)
                 removed.append(entry.name)
         return sorted(removed)
+
+
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer can still allocate on ``directory``'s filesystem."""
+    info = os.statvfs(directory)
+    return info.f_bavail * info.f_frsize
+
+
+def space_for_writing(state_dir: Path) -> int:
+    """Free space on ``state_dir``'s filesystem plus the overlay's own reserve there."""
+    try:
+        reserve = os.lstat(state_dir / _RESERVE_NAME).st_size
+    except FileNotFoundError:
+        reserve = 0
+    return free_bytes(state_dir) + reserve
 
 
 def _fsync_path(path: Path, flags: int) -> None:

@@ -279,17 +279,25 @@ class OverlayView:
     # -- removing ------------------------------------------------------------
 
     def unlink(self, path: str) -> None:
-        """Remove a file or symlink; a whiteout hides the base's entry if it has one."""
+        """Remove a file or symlink; a whiteout hides the base's entry if it has one.
+
+        Works on a full disk (the store's reserve pays for the rows): removing is how space is freed.
+        """
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
             if node.kind in ("dir", "gitlink"):
                 raise IsADirectory(path, "is a directory")
-            with self._store.batch() as batch:
-                self._vacate(batch, resolved)
-                self._touch_parent(batch, path)
+
+            def remove() -> None:
+                with self._store.batch() as batch:
+                    self._vacate(batch, resolved)
+                    self._touch_parent(batch, path)
+
+            self._store.with_reserve(remove)
 
     def rmdir(self, path: str) -> None:
+        """Remove an empty directory; works on a full disk like :meth:`unlink`."""
         if path == "":
             raise ResourceBusy(path, "cannot remove the root directory")
         with self._lock:
@@ -299,10 +307,14 @@ class OverlayView:
                 raise NotADirectory(path, "not a directory")
             if self._merged_children(resolved):
                 raise DirectoryNotEmpty(path, "directory not empty")
-            with self._store.batch() as batch:
-                batch.delete_subtree(path)
-                self._vacate(batch, resolved)
-                self._touch_parent(batch, path)
+
+            def remove() -> None:
+                with self._store.batch() as batch:
+                    batch.delete_subtree(path)
+                    self._vacate(batch, resolved)
+                    self._touch_parent(batch, path)
+
+            self._store.with_reserve(remove)
 
     # -- renaming ------------------------------------------------------------
 
@@ -439,9 +451,17 @@ class OverlayView:
                     batch.put(replace(current, mtime_ns=mtime_ns))
 
     def note_modified(self, path: str) -> None:
-        """Journal that a file's content was written (writes bypass the database)."""
-        with self._store.batch() as batch:
-            batch.record(path)
+        """Journal that a file's content was written (writes bypass the database).
+
+        Uses the store's reserve on a full disk: a write that filled the disk must still reach the
+        journal, or git's fsmonitor would never report the file as changed.
+        """
+
+        def record() -> None:
+            with self._store.batch() as batch:
+                batch.record(path)
+
+        self._store.with_reserve(record)
 
     def sync(self, path: str | None) -> None:
         """``fsync``: make ``path``'s content (if it has a data file) and all metadata durable."""
