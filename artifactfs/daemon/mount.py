@@ -33,7 +33,8 @@ from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
-from artifactfs.overlay.store import OverlayStore
+from artifactfs.overlay.errors import is_no_space
+from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, free_bytes, space_for_writing
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
@@ -101,6 +102,7 @@ class Mount:
         self.snapshot: Snapshot | None = None
         self.trees: TreeCache | None = None
         self.state_name = "starting"
+        self.read_only = False
         self.started_at = time.time()
         self._shutdown = trio.Event()
         self._publish_token: str | None = None
@@ -123,9 +125,7 @@ class Mount:
             gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
             self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
-            overlay = OverlayStore(self.mount_dir / "overlay")
-            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path)
-            gitdir.set_config("core", "fsmonitor", str(hook))
+            overlay = self._open_overlay(gitdir)
             self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot)
@@ -135,6 +135,8 @@ class Mount:
                                                            "default_permissions"}
             if options.allow_other:
                 fuse_options.add("allow_other")
+            if self.read_only:
+                fuse_options.add("ro")
             try:
                 pyfuse3.init(self.operations, str(options.mountpoint), fuse_options)
             except RuntimeError as error:
@@ -154,6 +156,8 @@ class Mount:
                     # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
                     await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                     self._publish_runtime()
+                    if not self.read_only:
+                        overlay.arm_reserve()  # after the start-up writes, which may have needed its room
                     self.state_name = "mounted"
                     on_ready()
                     phases.mark("ready")
@@ -175,7 +179,8 @@ class Mount:
                     nursery.start_soon(report_progress, self.status)
                     if gitdir.shallow_commits():
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
-                    nursery.start_soon(self._follow_head)
+                    if not self.read_only:  # reconciling writes the overlay
+                        nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
                     await self._shutdown.wait()
                     nursery.cancel_scope.cancel()
@@ -185,6 +190,36 @@ class Mount:
                 with trio.CancelScope(shield=True):
                     pyfuse3.close(unmount=True)
                 log.info("unmounted %s", options.mountpoint)
+
+    def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
+        """Open the overlay and point git's fsmonitor at its journal.
+
+        A remount with less than :data:`WRITABLE_MINIMUM` free (the overlay's
+        reserve included) opens it read-only and mounts read-only (writes get
+        EROFS) instead of failing; a state root too full even for that is one
+        clear error.
+        """
+        directory = self.mount_dir / "overlay"
+        try:
+            if (directory / "overlay.db").exists() and space_for_writing(directory) < WRITABLE_MINIMUM:
+                overlay = OverlayStore(directory, read_only=True)
+                self.read_only = True
+                log.warning("only %d KiB free in the state root %s: mounting read-only; free some space "
+                            "there and mount again to write", free_bytes(directory) // 1024, self.options.root)
+                return overlay
+            overlay = OverlayStore(directory)
+            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path)
+            gitdir.set_config("core", "fsmonitor", str(hook))
+            return overlay
+        except Exception as error:
+            if is_no_space(error):
+                raise self._no_space_error() from None
+            raise
+
+    def _no_space_error(self) -> ArtifactFSError:
+        free = free_bytes(self.mount_dir) // 1024
+        return ArtifactFSError(f"no space left in the state root {self.options.root} ({free} KiB free); "
+                               "free some space there and mount again")
 
     def _fetch_root_manifests(self) -> None:
         """Start fetching the top-level manifests during start-up: what agents read first."""
@@ -298,13 +333,18 @@ class Mount:
             sizes=sizes, token=self._publish_token, changed=changed))
 
     def _publish_runtime(self) -> None:
-        self.state.publish_runtime(RuntimeRecord(
-            pid=os.getpid(),
-            mountpoint=str(self.options.mountpoint),
-            state_dir=str(self.mount_dir),
-            remote=self.options.remote.redacted(),
-            socket=str(self.state.socket_path(self.options.mountpoint)),
-        ))
+        try:
+            self.state.publish_runtime(RuntimeRecord(
+                pid=os.getpid(),
+                mountpoint=str(self.options.mountpoint),
+                state_dir=str(self.mount_dir),
+                remote=self.options.remote.redacted(),
+                socket=str(self.state.socket_path(self.options.mountpoint)),
+            ))
+        except OSError as error:
+            if is_no_space(error):
+                raise self._no_space_error() from None
+            raise
 
     # ------------------------------------------------------------- following HEAD
 
@@ -368,6 +408,7 @@ class Mount:
         return {
             "pid": os.getpid(),
             "state": self.state_name,
+            "read_only": self.read_only,
             "remote": self.options.remote.redacted(),
             "mountpoint": str(self.options.mountpoint),
             "head": self.snapshot.commit_oid,
