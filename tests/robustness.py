@@ -13,6 +13,7 @@ LABELS = {
     "crashes_survived": "crashes survived",
     "hostile_cases": "hostile cases tried",
     "model_steps": "model steps",
+    "full_disk_checks": "full-disk checks",
 }
 
 
