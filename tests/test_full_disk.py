@@ -108,6 +108,8 @@ def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
         small_remote: str, mounts: Callable[..., MountedTree], state_root: Path) -> None:
     tree = mount_settled(mounts, small_remote)
     root = tree.path
+    (root / "scratch").mkdir()
+    (root / "scratch/note.txt").write_bytes(b"note\n")
     fill_through_mount(root / "big.bin")
     robustness.add("full_disk_checks")
 
@@ -119,12 +121,17 @@ def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
     expect_enospc(lambda: os.symlink("README.md", root / "newlink"), must_fail=False)
     expect_enospc(lambda: os.rename(root / "src/util.py", root / "src/util2.py"), must_fail=False)
     expect_enospc(lambda: os.chmod(root / "src/main.py", 0o600), must_fail=False)
-    # Removing is how space is freed, so it works on the full disk, whatever it removes.
-    for leftover in ("new.txt", "newlink"):
+    # Removing is how space is freed, so it works on the full disk, whatever it removes:
+    # overlay files and directories, and repository files (which need a whiteout row).
+    for leftover in ("new.txt", "newlink", "scratch/note.txt", "README.md"):
         if os.path.lexists(root / leftover):
             os.unlink(root / leftover)
-    if (root / "newdir").exists():
-        os.rmdir(root / "newdir")
+            robustness.add("full_disk_checks")
+    for directory in ("newdir", "scratch"):
+        if (root / directory).exists():
+            os.rmdir(root / directory)
+            robustness.add("full_disk_checks")
+    assert not (root / "scratch").exists() and not (root / "README.md").exists()
 
     # rm through the mount works and gives the space back; writing works again.
     os.unlink(root / "big.bin")
@@ -133,6 +140,7 @@ def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
     if (root / "src/util2.py").exists():
         os.rename(root / "src/util2.py", root / "src/util.py")
     os.chmod(root / "src/main.py", 0o644)
+    tree.git("checkout", "--", "README.md")
     again = os.urandom(1 << 20)
     (root / "again.bin").write_bytes(again)
     assert (root / "again.bin").read_bytes() == again
