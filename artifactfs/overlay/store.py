@@ -455,21 +455,20 @@ class OverlayStore:
             self._reserve_wanted = True
             if self._reserve_complete:
                 return
-            fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             try:
-                size = os.fstat(fd).st_size
-                room = free_bytes(self.state_dir) // 4096 * 4096
-                target = min(RESERVE_BYTES, size + room)
-                if target > size:
-                    try:
+                fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    size = os.fstat(fd).st_size
+                    target = min(RESERVE_BYTES, size + free_bytes(self.state_dir) // 4096 * 4096)
+                    if target > size:
                         os.posix_fallocate(fd, 0, target)
-                    except OSError:
-                        # Taken meanwhile (try again when the store next frees space), or a
-                        # filesystem that cannot allocate: removals then rely on free space alone.
-                        return
-                self._reserve_complete = target == RESERVE_BYTES
-            finally:
-                os.close(fd)
+                    self._reserve_complete = target == RESERVE_BYTES
+                finally:
+                    os.close(fd)
+            except OSError:
+                # Space (or an inode) taken meanwhile: tried again when the store next frees
+                # space. On a filesystem that cannot allocate, removals rely on free space alone.
+                return
 
     def _release_reserve(self) -> bool:
         """Delete the reserve; True if that freed space."""
