@@ -156,8 +156,6 @@ class Mount:
                     # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
                     await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                     self._publish_runtime()
-                    if not self.read_only:
-                        overlay.arm_reserve()  # after the start-up writes, which may have needed its room
                     self.state_name = "mounted"
                     on_ready()
                     phases.mark("ready")
@@ -170,6 +168,8 @@ class Mount:
                         log.error("could not prepare the git index (%s); git status will re-read files", error)
                     finally:
                         self.operations.release_gitfile()
+                    if not self.read_only:
+                        overlay.arm_reserve()  # after the start-up writes, which may have needed its room
                     phases.mark("index prepared")
                     log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
                              self.snapshot.commit_oid, phases.summary())
