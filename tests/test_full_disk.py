@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import robustness
 
+from artifactfs.overlay.errors import errno_for
+from artifactfs.overlay.store import RESERVE_BYTES, OverlayRow, OverlayStore, inspect_database
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
 
@@ -78,6 +80,16 @@ def fill_through_mount(path: Path) -> int:
     assert failure.value.errno == errno.ENOSPC, failure.value
     assert written > 4 << 20, f"only {written} bytes fitted on an 8 MiB state root"
     return written
+
+
+def fill(directory: Path) -> Path:
+    """Take every free byte of ``directory``'s filesystem with a filler file."""
+    filler = directory / "filler"
+    with open(filler, "ab", buffering=0) as stream, pytest.raises(OSError) as failure:
+        while True:
+            stream.write(b"\0" * 4096)
+    assert failure.value.errno == errno.ENOSPC
+    return filler
 
 
 def expect_enospc(operation: Callable[[], object], *, must_fail: bool) -> None:
@@ -174,10 +186,7 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
     # Filled by something else while the overlay held no reserve: the remount is read-only.
     (reserve,) = state_root.glob("mounts/*/overlay/reserve")
     reserve.unlink()
-    filler = state_root / "filler"
-    with open(filler, "wb", buffering=0) as stream, pytest.raises(OSError):
-        while True:
-            stream.write(b"\0" * CHUNK)
+    filler = fill(state_root)
     os.truncate(filler, filler.stat().st_size - (128 << 10))
     tree.mount()
     status = tree.status()
@@ -194,9 +203,7 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
     tree.unmount()
 
     # Not a byte left: the mount refuses in one line that says why.
-    with open(filler, "ab", buffering=0) as stream, pytest.raises(OSError):
-        while True:
-            stream.write(b"\0" * 4096)
+    fill(state_root)
     tree.path.mkdir(exist_ok=True)
     refused_mount = run_cli("mount", small_remote, str(tree.path), root=state_root, check=False)
     assert refused_mount.returncode != 0
@@ -232,24 +239,11 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(directory)], check=True)
 
 
-def fill(directory: Path) -> Path:
-    """Take every free byte of ``directory``'s filesystem with a filler file."""
-    filler = directory / "filler"
-    with open(filler, "ab", buffering=0) as stream, pytest.raises(OSError) as failure:
-        while True:
-            stream.write(b"\0" * 4096)
-    assert failure.value.errno == errno.ENOSPC
-    return filler
-
-
 def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Path) -> None:
-    from artifactfs.overlay.errors import errno_for
-    from artifactfs.overlay.store import OverlayRow, OverlayStore, inspect_database
-
     store = OverlayStore(tiny_disk / "overlay")
     with store.batch() as batch:
         batch.put(OverlayRow("kept", "dir", 0o40755))
-    fill(tiny_disk)
+    filler = fill(tiny_disk)
     names = [f"d{number:03}-" + "n" * 200 for number in range(200)]
     committed = []
     for name in names:  # long names: sooner or later a transaction needs a page the disk lacks
@@ -272,15 +266,12 @@ def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Pa
     records = store.journal.path.read_bytes().split(b"\0")
     assert records.pop() == b"", "the journal ends in a torn record"
     assert set(records) <= {b"kept", *(name.encode() for name in names)}, records
-    (tiny_disk / "filler").unlink()
+    filler.unlink()
     rows, problems = inspect_database(tiny_disk / "overlay", read_only=False)
     assert not problems and set(rows) == {"kept", *committed}
 
 
 def test_removal_on_a_full_disk_uses_the_reserve_and_the_reserve_comes_back(tiny_disk: Path) -> None:
-    from artifactfs.overlay.errors import errno_for
-    from artifactfs.overlay.store import RESERVE_BYTES, OverlayRow, OverlayStore
-
     store = OverlayStore(tiny_disk / "overlay")
     store.arm_reserve()
     reserve = tiny_disk / "overlay" / "reserve"
