@@ -29,6 +29,7 @@ def _tree() -> dict[str, bytes]:
     files = {
         "package.json": b'{"name": "first-status"}\n',
         ".gitignore": b"*.log\nbuild/\n",
+        ".gitattributes": b"* text=auto\n",  # git then hashes each .gitignore as it parses it
         "pkg07/.gitignore": b"*.tmp\n",
     }
     for directory in range(DIRECTORIES):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from artifactfs.worktree.index import CacheTree, IndexRecord, encode_index
 
 
@@ -98,15 +100,18 @@ def _status_statistics(repo: Path, trace: Path) -> tuple[str, dict[str, int]]:
     return output, statistics
 
 
-def test_git_trusts_the_fsmonitor_and_untracked_cache_extensions(tmp_path):
+@pytest.mark.parametrize("attributes", [None, "* text=auto\n", "*.txt eol=lf\n.gitignore ident\n"])
+def test_git_trusts_the_fsmonitor_and_untracked_cache_extensions(tmp_path, attributes):
     """On a plain checkout, git takes our FSMN and UNTR at face value: it lists no directory."""
     from artifactfs.worktree.index import FsmonitorState, write_index
-    from artifactfs.worktree.untracked import build_untracked_cache
+    from artifactfs.worktree.untracked import build_untracked_cache, converting_paths, gitignore_id
 
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     layout = {".gitignore": "*.log\n", "a.txt": "a", "b/c.txt": "c", "b/d/e.txt": "e", "b/d/.gitignore": "*.tmp\n",
               "bb/g.txt": "g", "c/h.txt": "h", "c/e/i.txt": "i"}
+    if attributes is not None:
+        layout[".gitattributes"] = attributes
     for relative, content in layout.items():
         (repo / relative).parent.mkdir(parents=True, exist_ok=True)
         (repo / relative).write_text(content)
@@ -122,12 +127,15 @@ def test_git_trusts_the_fsmonitor_and_untracked_cache_extensions(tmp_path):
     git(repo, "config", "core.untrackedCache", "true")
 
     records, gitignores = [], {}
+    converted = converting_paths(repo / ".git", git(repo, "rev-parse", "HEAD^{tree}").strip(),
+                                 [".gitignore", "b/d/.gitignore"])
+    assert converted == (set() if attributes is None else {".gitignore", "b/d/.gitignore"})
     for line in git(repo, "ls-files", "-s").splitlines():
         mode_oid_stage, path = line.split("\t")
         mode, oid, _ = mode_oid_stage.split()
         records.append(IndexRecord(path.encode(), int(mode, 8), oid, 0))  # wrong sizes: never looked at
         if path.endswith(".gitignore"):
-            gitignores[path.rpartition("/")[0]] = oid
+            gitignores[path.rpartition("/")[0]] = gitignore_id(oid, (repo / path).read_bytes(), path in converted)
     untracked = build_untracked_cache(repo, repo / ".git", ["", "b", "b/d", "bb", "c", "c/e"], gitignores)
     (repo / ".git" / "index").unlink()
     write_index(repo / ".git", records, 0, None, untracked, FsmonitorState("token-1"))

@@ -9,6 +9,7 @@ an already usable mount.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import json
@@ -17,7 +18,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
-from artifactfs.hydrator.hydrator import HydrationSettings, Hydrator
+from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, free_bytes, space_for_writing
@@ -43,7 +44,9 @@ from artifactfs.state import RuntimeRecord, StateRoot
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.fsmonitor import install_hook, journal_token
-from artifactfs.worktree.prepared import list_tree, write_prepared_index
+from artifactfs.store.loose import LooseBlobFile
+from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
+from artifactfs.worktree.untracked import converting_paths, gitignore_id
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,10 @@ class _PhaseTimer:
 
     def summary(self) -> str:
         return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
+
+
+def _join(directory: str, name: str) -> str:
+    return f"{directory}/{name}" if directory else name
 
 
 class Mount:
@@ -318,19 +325,61 @@ class Mount:
             return
         listing = await trio.to_thread.run_sync(list_tree, self.snapshot)
         blob_oids = listing.blob_oids()
+        exclude_blobs = [(_join(directory, name), oid) for name, files in
+                         ((".gitignore", listing.gitignores), (".gitattributes", listing.gitattributes))
+                         for directory, oid in files.items()]
         if self.options.hydration.mode == "none":
             # git reads every .gitignore on every status: fetch them in one request, not one per read.
             # (Background hydration takes them early anyway, with the config class.)
-            self.hydrator.prefetch_paths([(f"{directory}/.gitignore".lstrip("/"), oid)
-                                          for directory, oid in listing.gitignores.items()])
+            self.hydrator.prefetch_paths(exclude_blobs)
         if self.hydrator.object_info_available:
             with trio.move_on_after(INDEX_SIZE_WAIT):
                 await self.hydrator.sizes(blob_oids, partial=True)
+        gitignore_ids = await self._gitignore_ids(listing)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
         changed = [row.path for row in self.view.rows()]
         await trio.to_thread.run_sync(functools.partial(
             write_prepared_index, listing, gitdir.path, self.options.mountpoint, mtime_ns=BASE_MTIME_NS,
-            sizes=sizes, token=self._publish_token, changed=changed))
+            sizes=sizes, token=self._publish_token, changed=changed, gitignore_ids=gitignore_ids))
+
+    async def _gitignore_ids(self, listing: TreeListing) -> dict[str, str]:
+        """The id git will compute for each ``.gitignore`` (see :mod:`artifactfs.worktree.untracked`).
+
+        Needs the ``.gitattributes`` blobs (git reads them from the gitdir,
+        where the blob cache is an alternate), and the content of each
+        ``.gitignore`` git converts; each is waited for briefly. A guess that
+        turns out wrong only makes git list that directory's subtree once.
+        """
+        assert self.hydrator is not None and self.gitdir is not None and self.snapshot is not None
+        if not listing.gitignores:
+            return {}
+        paths = {directory: _join(directory, ".gitignore") for directory in listing.gitignores}
+        converted: set[str] = set()
+        contents: dict[str, bytes] = {}
+        with trio.move_on_after(INDEX_SIZE_WAIT):
+            await self._hydrate_all(listing.gitattributes.values())
+            converted = await trio.to_thread.run_sync(converting_paths, self.gitdir.path,
+                                                      self.snapshot.root_tree_oid, sorted(paths.values()))
+            for directory, oid in listing.gitignores.items():
+                if paths[directory] in converted:
+                    with contextlib.suppress(BlobUnavailableError):
+                        with LooseBlobFile.open(await self.hydrator.ensure(oid)) as blob:
+                            contents[directory] = blob.read_all()
+        return {directory: gitignore_id(oid, contents.get(directory), paths[directory] in converted)
+                for directory, oid in listing.gitignores.items()}
+
+    async def _hydrate_all(self, oids: Iterable[str]) -> None:
+        """Wait until each blob is local or has failed; failures are the readers' to report."""
+        assert self.hydrator is not None
+        hydrator = self.hydrator
+
+        async def one(oid: str) -> None:
+            with contextlib.suppress(BlobUnavailableError):
+                await hydrator.ensure(oid)
+
+        async with trio.open_nursery() as nursery:
+            for oid in oids:
+                nursery.start_soon(one, oid)
 
     def _publish_runtime(self) -> None:
         try:

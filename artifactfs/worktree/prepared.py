@@ -33,6 +33,8 @@ class TreeListing:
     directories: list[str]
     gitignores: dict[str, str]
     """Directory path -> blob id of its ``.gitignore``: git reads these on every status."""
+    gitattributes: dict[str, str]
+    """Directory path -> blob id of its ``.gitattributes``: they decide how git hashes a ``.gitignore``."""
 
     def blob_oids(self) -> list[str]:
         return [entry.oid for _, entry in self.entries if entry.kind is not EntryKind.GITLINK]
@@ -52,6 +54,7 @@ def list_tree(snapshot: Snapshot) -> TreeListing:
     trees: dict[str, CacheTree] = {"": root}
     entries: list[tuple[str, BaseEntry]] = []
     gitignores: dict[str, str] = {}
+    gitattributes: dict[str, str] = {}
     for path, entry in snapshot.walk():
         parent, _, name = path.rpartition("/")
         if entry.kind is EntryKind.DIR:
@@ -61,6 +64,8 @@ def list_tree(snapshot: Snapshot) -> TreeListing:
             continue
         if name == PER_DIRECTORY_EXCLUDE and entry.kind is EntryKind.FILE:
             gitignores[parent] = entry.oid
+        elif name == ".gitattributes" and entry.kind is EntryKind.FILE:
+            gitattributes[parent] = entry.oid
         entries.append((path, entry))
         for directory in self_and_ancestors(parent):  # every directory above counts this entry
             trees[directory].entry_count += 1
@@ -69,16 +74,18 @@ def list_tree(snapshot: Snapshot) -> TreeListing:
             # The index lacks the hidden entries, so the recorded tree ids would not match it.
             for directory in self_and_ancestors(path):
                 trees[directory].invalidate()
-    return TreeListing(entries, root, list(trees), gitignores)
+    return TreeListing(entries, root, list(trees), gitignores, gitattributes)
 
 
 def write_prepared_index(listing: TreeListing, gitdir: Path, worktree: Path, *, mtime_ns: int,
-                         sizes: Mapping[str, int], token: str, changed: Iterable[str]) -> None:
+                         sizes: Mapping[str, int], token: str, changed: Iterable[str],
+                         gitignore_ids: Mapping[str, str]) -> None:
     """Write ``gitdir/index`` for the listed tree (runs in a worker thread).
 
     ``sizes`` maps blob ids to sizes where known; an unknown size is written as
     0, which git never looks at while the entry is fsmonitor-valid. ``changed``
-    are paths the overlay holds rows for.
+    are paths the overlay holds rows for. ``gitignore_ids`` holds the ids git
+    computes for each ``.gitignore`` (see :func:`~artifactfs.worktree.untracked.gitignore_id`).
     """
     cache_tree = listing.cache_tree
     changed = sorted(set(changed))
@@ -95,7 +102,7 @@ def write_prepared_index(listing: TreeListing, gitdir: Path, worktree: Path, *, 
             node = _cache_tree_node(cache_tree, directory)
             if node is not None:
                 node.invalidate()
-    untracked = build_untracked_cache(worktree, gitdir, listing.directories, listing.gitignores, changed)
+    untracked = build_untracked_cache(worktree, gitdir, listing.directories, gitignore_ids, changed)
     write_index(gitdir, records, mtime_ns, cache_tree, untracked, FsmonitorState(token, frozenset(dirty)))
 
 

@@ -14,8 +14,16 @@ the cache, and this module computes each exactly as git does:
 * the *global exclude files*: ``$GIT_DIR/info/exclude`` and
   ``core.excludesFile`` (by default ``$XDG_CONFIG_HOME/git/ignore``), by the
   blob id of their content, or the null id when absent;
-* each directory's ``.gitignore``, by blob id; a directory without one has
-  the null id, which tells git not to even look for it.
+* each directory's ``.gitignore``, by the id git computes for it; a
+  directory without one has the null id, which tells git not to even look
+  for it. git takes the id from the index entry, unless it would convert the
+  file on the way in (``text``, ``eol``, ``ident``, ``filter`` or
+  ``working-tree-encoding`` attributes, or ``core.autocrlf``): then it hashes
+  what it parsed, the content with a newline appended. The attributes are
+  asked of git itself (:func:`converting_paths`).
+
+Each of these only decides speed, never correctness: where an id does not
+match, git drops the cached listings below it and lists those directories.
 
 The global exclude files are those of the user the daemon runs as. git run
 by a user whose ``core.excludesFile`` differs rebuilds the cache once.
@@ -26,10 +34,12 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-from collections.abc import Iterable, Mapping
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from artifactfs.errors import ArtifactFSError
 from artifactfs.store.blobcache import blob_id
 from artifactfs.worktree.ewah import encode_ewah, encode_varint
 
@@ -97,7 +107,8 @@ def build_untracked_cache(worktree: Path, gitdir: Path, directories: Iterable[st
                           gitignores: Mapping[str, str], changed: Iterable[str] = ()) -> UntrackedCache:
     """The cache for a tree with these ``directories`` ("" is the root, "/"-separated).
 
-    ``gitignores`` maps a directory to the blob id of its ``.gitignore``;
+    ``gitignores`` maps a directory to the id git records for its
+    ``.gitignore`` (see :func:`gitignore_id`);
     directories holding or above a ``changed`` path are left invalid, so git
     lists them once.
     """
@@ -127,6 +138,68 @@ def build_untracked_cache(worktree: Path, gitdir: Path, directories: Iterable[st
     )
 
 
+def gitignore_id(blob_oid: str, content: bytes | None, converted: bool) -> str:
+    """The id git records for a per-directory ``.gitignore`` (``content`` None: not at hand, guess)."""
+    if not converted or not content:
+        return blob_oid  # an empty file gets the empty blob's id either way
+    return blob_id(content + b"\n")
+
+
+_CONVERSION_ATTRIBUTES = ("text", "crlf", "eol", "ident", "filter", "working-tree-encoding")
+_TEXT_VALUES = ("set", "input", "auto")
+
+
+def converting_paths(gitdir: Path, tree: str, paths: Sequence[str]) -> set[str]:
+    """Which ``paths`` of ``tree`` git converts when reading them from the working tree.
+
+    Mirrors ``would_convert_to_git``: the attributes come from ``git
+    check-attr --cached`` over a scratch index of ``tree`` (so the
+    ``.gitattributes`` blobs must be local), plus ``core.autocrlf`` and the
+    configured filter drivers.
+    """
+    if not paths:
+        return set()
+    with tempfile.TemporaryDirectory(prefix="artifactfs-attr-") as scratch:
+        environment = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
+        _git(gitdir, ["read-tree", tree], environment)
+        listing = _git(gitdir, ["check-attr", "--cached", "-z", "--stdin", *_CONVERSION_ATTRIBUTES], environment,
+                       stdin="\0".join(paths) + "\0")
+    attributes: dict[str, dict[str, str]] = {}
+    fields = listing.split("\0")
+    for index in range(0, len(fields) - 2, 3):
+        attributes.setdefault(fields[index], {})[fields[index + 1]] = fields[index + 2]
+    autocrlf = _git(gitdir, ["config", "--get", "core.autocrlf"], check=False).strip().lower()
+    drivers = {name.split(".")[1] for name in _git(gitdir, ["config", "--name-only", "--get-regexp",
+                                                            r"^filter\..*\.(clean|smudge|process|required)$"],
+                                                   check=False).split()}
+    return {path for path in paths if _converts(attributes.get(path, {}), autocrlf, drivers)}
+
+
+def _converts(values: Mapping[str, str], autocrlf: str, drivers: set[str]) -> bool:
+    if values.get("ident") == "set" or values.get("filter") in drivers:
+        return True
+    if values.get("working-tree-encoding", "unspecified") not in ("unspecified", "set", "unset"):
+        return True
+    for attribute in ("text", "crlf"):  # crlf is text's older spelling, consulted when text is unspecified
+        value = values.get(attribute, "unspecified")
+        if value == "unset":
+            return False
+        if value in _TEXT_VALUES:
+            return True
+    if values.get("eol") in ("lf", "crlf"):
+        return True
+    return autocrlf in ("true", "yes", "on", "1", "input")
+
+
+def _git(gitdir: Path, arguments: list[str], environment: Mapping[str, str] | None = None, *,
+         stdin: str | None = None, check: bool = True) -> str:
+    result = subprocess.run(["git", "--git-dir", str(gitdir), *arguments], input=stdin, capture_output=True,
+                            text=True, env=environment, check=False)
+    if check and result.returncode != 0:
+        raise ArtifactFSError(f"git {arguments[0]} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
 def untracked_ident(worktree: Path) -> bytes:
     """The string git ties a cache to: the working tree's real path and the system's name."""
     location = os.path.realpath(worktree)
@@ -135,10 +208,8 @@ def untracked_ident(worktree: Path) -> bytes:
 
 def global_excludes_file(gitdir: Path) -> Path | None:
     """``core.excludesFile`` as git resolves it for this user, or its XDG default."""
-    result = subprocess.run(["git", "--git-dir", str(gitdir), "config", "--path", "--get", "core.excludesFile"],
-                            capture_output=True, text=True, check=False)
-    configured = result.stdout.strip()
-    if result.returncode == 0 and configured:
+    configured = _git(gitdir, ["config", "--path", "--get", "core.excludesFile"], check=False).strip()
+    if configured:
         return Path(configured)
     config_home = os.environ.get("XDG_CONFIG_HOME")
     if config_home:
