@@ -71,6 +71,17 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except ArtifactFSError as error:
             _fail(str(error))
+        except OSError as error:  # e.g. a file of another user's state: still one line, no traceback
+            _fail(f"{error.filename}: {error.strerror}" if error.filename else str(error.strerror or error))
+
+
+def _state_root(root: str | None, *, create: bool = False) -> Any:
+    """The checked state root (``--root``, ``$ARTIFACTFS_ROOT`` or the default); see ``state.check_state_root``."""
+    from artifactfs import state
+
+    path = state.state_root(root)
+    state.check_state_root(path, create=create)
+    return state.StateRoot(path)
 
 
 @click.group(cls=_Group)
@@ -86,7 +97,7 @@ def main() -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--ref", envvar="ARTIFACTFS_REF",
               help="Branch, tag or commit to mount (default: the remote's HEAD; env ARTIFACTFS_REF).")
-@click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False),
+@click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False, readable=False),
               help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")
 @click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
 @click.option("--hydrate", type=click.Choice(["background", "none"]), default="background", show_default=True,
@@ -137,13 +148,16 @@ def mount(remote: str, directory: str, ref: str | None, root: str | None, foregr
         allow_other=allow_other,
         metrics_address=metrics,
     )
-    withdraw_dead_runtime(state.StateRoot(options.root), mountpoint)
-    log_file = state.StateRoot(options.root).mount_dir(mountpoint, parsed_remote.redacted()) / "daemon.log"
+    state_root = _state_root(root, create=True)
+    withdraw_dead_runtime(state_root, mountpoint)
+    mount_dir = state.private_dir(state_root.mount_dir(mountpoint, parsed_remote.redacted()))
     if foreground:
         logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
         _run_daemon(options, _notify_systemd_ready)
         return
-    _spawn_daemon(options, log_file, log_level, log_format)
+    log_file = mount_dir / "daemon.log"
+    log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    _spawn_daemon(options, log_file, log_fd, log_level, log_format)
 
 
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
@@ -168,26 +182,29 @@ def _run_daemon(options: Any, on_ready: Callable[[], None]) -> None:
     import setproctitle
     import trio
 
+    from artifactfs import state
     from artifactfs.daemon.mount import Mount
 
     # The command line may hold a URL with a token; replace it so /proc/PID/cmdline shows none.
     setproctitle.setproctitle(f"artifactfs mount {options.remote.redacted()} {options.mountpoint}")
+    state.use_private_umask()
     try:
         trio.run(Mount(options).run, on_ready)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from group
 
 
-def _spawn_daemon(options: Any, log_file: Path, log_level: str, log_format: str) -> NoReturn:
-    """Fork the daemon and wait until it reports ready or failed."""
+def _spawn_daemon(options: Any, log_file: Path, log_fd: int, log_level: str, log_format: str) -> NoReturn:
+    """Fork the daemon (its stdout and stderr go to ``log_fd``) and wait until it reports ready or failed."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        _daemon_child(options, log_file, log_level, log_format, write_end)
+        _daemon_child(options, log_fd, log_level, log_format, write_end)
     os.close(write_end)
+    os.close(log_fd)
     with os.fdopen(read_end, "rb") as pipe:
         message = pipe.read().decode(errors="replace").strip()
     if message == "ok":
@@ -198,21 +215,19 @@ def _spawn_daemon(options: Any, log_file: Path, log_level: str, log_format: str)
     _fail(f"the daemon exited during start-up; see {log_file}")
 
 
-def _daemon_child(options: Any, log_file: Path, log_level: str, log_format: str, ready_fd: int) -> NoReturn:
+def _daemon_child(options: Any, log_fd: int, log_level: str, log_format: str, ready_fd: int) -> NoReturn:
     from artifactfs import logs
 
     code = 0
     try:
         os.setsid()
-        log_file.parent.mkdir(parents=True, exist_ok=True)
         null = os.open(os.devnull, os.O_RDWR)
-        log_fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(null, 0)
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
         os.close(null)
         os.close(log_fd)
-        logs.configure(level=log_level, log_format=log_format, file=log_file)  # type: ignore[arg-type]
+        logs.configure(level=log_level, log_format=log_format, stream=sys.stderr)  # type: ignore[arg-type]
         ready_stream = os.fdopen(ready_fd, "wb", buffering=0)
 
         def on_ready() -> None:
@@ -253,7 +268,7 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 # --------------------------------------------------------------------- control commands
 
 def _root_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False),
+    return click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False, readable=False),
                         help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")(function)
 
 
@@ -261,7 +276,7 @@ def _find_mount(directory: str | None, root: str | None) -> tuple[Any, Path]:
     """The runtime record of the mount at DIRECTORY, or of the one containing the cwd."""
     from artifactfs import state
 
-    state_root = state.StateRoot(state.state_root(root))
+    state_root = _state_root(root)
     if directory is not None:
         mountpoint = _mountpoint(directory)
         record = state_root.runtime(mountpoint)
@@ -289,7 +304,7 @@ def unmount(directory: str, root: str | None) -> None:
     from artifactfs.daemon import control
 
     mountpoint = _mountpoint(directory)
-    state_root = state.StateRoot(state.state_root(root))
+    state_root = _state_root(root)
     record = state_root.runtime(mountpoint)
     if record is not None and state.pid_alive(record.pid):
         try:
@@ -359,7 +374,7 @@ def list_mounts(as_json: bool, root: str | None) -> None:
     from artifactfs.daemon import control
 
     rows = []
-    for record in state.StateRoot(state.state_root(root)).runtimes():
+    for record in _state_root(root).runtimes():
         row: dict[str, Any] = {"mountpoint": record.mountpoint, "pid": record.pid, "remote": record.remote}
         if not state.pid_alive(record.pid):
             row["state"] = "dead"
@@ -402,7 +417,7 @@ def fsck(directory: str, root: str | None) -> None:
     from artifactfs import state
     from artifactfs.maintenance.fsck import fsck as check
 
-    report = check(state.StateRoot(state.state_root(root)), _mountpoint(directory))
+    report = check(_state_root(root), _mountpoint(directory))
     click.echo(f"fsck {report.mountpoint}: state in {', '.join(map(str, report.state_dirs))}")
     for finding in report.findings:
         click.echo(f"  {finding.severity:<9} {finding.message}")
@@ -424,7 +439,7 @@ def gc(max_size: str, keep_recent: float, root: str | None) -> None:
     from artifactfs.maintenance.gc import collect
     from artifactfs.store.blobcache import BlobCache
 
-    cache = BlobCache(state.StateRoot(state.state_root(root)).blob_cache_dir)
+    cache = BlobCache(_state_root(root, create=True).blob_cache_dir)
     result = collect(cache, _parse_size(max_size), keep_recent=keep_recent)
     click.echo(f"blob cache: {result.before_bytes} -> {result.after_bytes} bytes; evicted {result.evicted_blobs} "
                f"blobs ({result.evicted_bytes} bytes), kept {result.kept_recent_blobs} recently used")

@@ -3,6 +3,10 @@
 Every record passes through :class:`RedactingFilter`, which scrubs URL
 userinfo and authorization headers from the formatted message, whatever
 module produced it (including httpx's own request logs).
+
+Logging writes to a stream only. A background daemon's stream is its
+``daemon.log``, which the CLI opens once through :func:`artifactfs.state.open_private`
+(owner-only, never through a symlink) and hands over as the daemon's stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +15,6 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import Literal, TextIO
 
 from artifactfs.remote.url import redact
@@ -45,15 +48,9 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(document)
 
 
-def configure(*, level: str = "INFO", log_format: LogFormat = "text", file: Path | None = None,
-              stream: TextIO | None = None) -> None:
-    """Send all ArtifactFS (and library) logging to ``file`` or ``stream``, redacted."""
-    handler: logging.Handler
-    if file is not None:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(file)
-    else:
-        handler = logging.StreamHandler(stream or sys.stderr)
+def configure(*, level: str = "INFO", log_format: LogFormat = "text", stream: TextIO | None = None) -> None:
+    """Send all ArtifactFS (and library) logging to ``stream`` (default stderr), redacted."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
     if log_format == "json":
         handler.setFormatter(JsonLinesFormatter())

@@ -14,20 +14,153 @@ directory) holds::
 
 The run key depends only on the mountpoint, so ``unmount DIR`` finds the
 daemon without knowing the remote. Nothing under the root ever holds a secret.
+
+This module also owns the rule that the state is private to its owner: every
+directory under the root is 0700 and every file 0600 (blobs 0400), whatever
+the umask; files are opened without following symlinks; and a root that other
+users can write to, or that another user owns, is refused. Everything that
+creates or opens something under the root goes through the functions here.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
+from artifactfs.errors import ArtifactFSError
+
 ROOT_ENVIRONMENT_VARIABLE = "ARTIFACTFS_ROOT"
+
+PRIVATE_DIR_MODE = 0o700
+"""Every directory under the state root."""
+PRIVATE_EXECUTABLE_MODE = 0o700
+"""The one executable ArtifactFS writes: the gitdir's fsmonitor hook."""
+PRIVATE_FILE_MODE = 0o600
+READ_ONLY_FILE_MODE = 0o400
+"""Blob cache files: never rewritten in place."""
+PRIVATE_UMASK = 0o077
+"""The daemon's umask, for what its libraries and git subprocesses create (packs, SQLite's WAL)."""
+GIT_SHARED_REPOSITORY = "0600"
+"""``core.sharedRepository`` of every gitdir: git commands run in the mount write owner-only files too."""
+_OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+
+
+class StateRootError(ArtifactFSError):
+    """The state root, or something in it, is not private to the user running ArtifactFS."""
+
+
+def check_state_root(root: Path, *, create: bool) -> None:
+    """Refuse a state root another user owns or can write to; create a missing one (0700) if ``create``.
+
+    Others who can write the root could plant symlinks or runtime records in it
+    (a sticky root of ours is fine: they cannot touch what we create there). A
+    missing root is created only here, before anything is written below it.
+    """
+    try:
+        info = os.stat(root)
+    except FileNotFoundError:
+        if create:
+            try:
+                root.parent.mkdir(parents=True, exist_ok=True)
+                os.mkdir(root, PRIVATE_DIR_MODE)
+            except FileExistsError:
+                check_state_root(root, create=False)
+            except OSError as error:
+                raise StateRootError(f"cannot create the state root {root}: {error.strerror}") from None
+        return
+    except OSError as error:
+        raise StateRootError(f"cannot use the state root {root}: {error.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StateRootError(f"the state root {root} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise StateRootError(f"the state root {root} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()});"
+                             " run this as its owner or pass another --root")
+    if info.st_mode & _OTHERS_WRITE and not info.st_mode & stat.S_ISVTX:
+        raise StateRootError(f"the state root {root} is writable by other users (mode "
+                             f"{stat.S_IMODE(info.st_mode):04o}); chmod 700 it or pass another --root")
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) 0700; an existing one must be our own directory and is made 0700.
+
+    Making an existing directory 0700 also closes state written by older
+    versions (0755 directories): nothing below it is reachable by others.
+    """
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileNotFoundError:
+        private_dir(path.parent)
+        return private_dir(path)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise StateRootError(f"refusing to use {path}: it is a symlink, and ArtifactFS never creates one there"
+                             " (remove it)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise StateRootError(f"{path} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise StateRootError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})")
+    if stat.S_IMODE(info.st_mode) != PRIVATE_DIR_MODE:
+        os.chmod(path, PRIVATE_DIR_MODE)
+    return path
+
+
+def open_private(path: Path, flags: int) -> int:
+    """``os.open`` for a file under the state root: never through a symlink, created 0600.
+
+    An existing file must be a regular file of ours; group and other bits
+    left by older versions are removed.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise StateRootError(f"refusing to open {path}: it is a symlink, and ArtifactFS never creates one"
+                                 " there (remove it)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise StateRootError(f"refusing to open {path}: it is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise StateRootError(f"refusing to open {path}: it belongs to uid {info.st_uid}, not to you")
+        if info.st_mode & 0o077:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o700)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_private_bytes(path: Path) -> bytes:
+    with os.fdopen(open_private(path, os.O_RDONLY), "rb") as stream:
+        return stream.read()
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (0600); a symlink at ``path`` is replaced, never followed."""
+    temporary = path.with_name(f".{path.name}.artifactfs-tmp")
+    try:
+        with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def use_private_umask() -> None:
+    """Make what the daemon's libraries and subprocesses create owner-only too (call once, at start)."""
+    os.umask(PRIVATE_UMASK)
 
 
 def state_root(override: str | os.PathLike[str] | None = None) -> Path:
@@ -86,11 +219,8 @@ class StateRoot:
         return self.run_dir / f"{self.run_key(mountpoint)}.json"
 
     def publish_runtime(self, record: RuntimeRecord) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        target = self.runtime_file(Path(record.mountpoint))
-        temporary = target.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record.as_dict()))
-        os.replace(temporary, target)
+        private_dir(self.run_dir)
+        write_private_file(self.runtime_file(Path(record.mountpoint)), json.dumps(record.as_dict()).encode())
 
     def withdraw_runtime(self, mountpoint: Path) -> None:
         self.runtime_file(mountpoint).unlink(missing_ok=True)
@@ -98,7 +228,7 @@ class StateRoot:
 
     def runtime(self, mountpoint: Path) -> RuntimeRecord | None:
         try:
-            return RuntimeRecord(**json.loads(self.runtime_file(mountpoint).read_text()))
+            return RuntimeRecord(**json.loads(read_private_bytes(self.runtime_file(mountpoint))))
         except (FileNotFoundError, ValueError, TypeError):
             return None
 
@@ -106,7 +236,7 @@ class StateRoot:
         records = []
         for path in sorted(self.run_dir.glob("*.json")):
             try:
-                records.append(RuntimeRecord(**json.loads(path.read_text())))
+                records.append(RuntimeRecord(**json.loads(read_private_bytes(path))))
             except (OSError, ValueError, TypeError):
                 continue
         return records

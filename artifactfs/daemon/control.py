@@ -18,6 +18,7 @@ from typing import Any
 import trio
 
 from artifactfs.errors import ArtifactFSError
+from artifactfs.state import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class ControlError(ArtifactFSError):
 
 async def serve(path: Path, handler: Handler, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Listen on ``path`` until cancelled, answering each request with ``handler``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     path.unlink(missing_ok=True)
     listener_socket = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     old_umask = os.umask(0o177)

@@ -40,7 +40,7 @@ from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import RuntimeRecord, StateRoot
+from artifactfs.state import RuntimeRecord, StateRoot, private_dir, write_private_file
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.fsmonitor import install_hook, journal_token
@@ -118,7 +118,7 @@ class Mount:
 
     async def run(self, on_ready: ReadyCallback) -> None:
         options = self.options
-        self.mount_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.mount_dir)
         phases = _PhaseTimer()
         async with await open_remote(options.remote) as session:
             self.session = session
@@ -301,13 +301,13 @@ class Mount:
 
         self.trees = TreeCache(read_tree)
         self.snapshot = Snapshot(tip.commit, tip.root_tree, self.trees)
-        (self.mount_dir / "mount.json").write_text(json.dumps({
+        write_private_file(self.mount_dir / "mount.json", json.dumps({
             "remote": self.options.remote.redacted(),
             "ref": self.options.ref,
             "commit": tip.commit,
             "branch": resolved.branch,
             "mountpoint": str(self.options.mountpoint),
-        }))
+        }).encode())
         return resolved
 
     async def _prepare_index(self, fresh: bool) -> None:

@@ -23,7 +23,7 @@ from artifactfs.errors import CorruptObjectError, MountpointError
 from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import StateRoot, pid_alive
+from artifactfs.state import StateRoot, pid_alive, read_private_bytes
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 
@@ -64,7 +64,7 @@ def state_dirs_for(state: StateRoot, mountpoint: Path) -> list[Path]:
         found.append(Path(record.state_dir))
     for description in sorted((state.root / "mounts").glob("*/mount.json")):
         try:
-            recorded = json.loads(description.read_text()).get("mountpoint")
+            recorded = json.loads(read_private_bytes(description)).get("mountpoint")
         except (OSError, ValueError, AttributeError):
             continue
         if recorded == str(mountpoint) and description.parent not in found:

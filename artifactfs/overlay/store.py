@@ -51,6 +51,7 @@ from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
+from artifactfs.state import open_private, private_dir
 
 RowKind = Literal["file", "dir", "symlink", "gitlink", "whiteout"]
 
@@ -101,9 +102,9 @@ class ChangeJournal:
         self.previous_path = path.with_name(path.name + ".previous")
         """The generation before the current one."""
         with suppress(FileNotFoundError):
-            if path.stat().st_size > _JOURNAL_LIMIT:
+            if path.lstat().st_size > _JOURNAL_LIMIT:
                 os.replace(path, self.previous_path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def append(self, keys: Iterable[bytes]) -> None:
         """Append records whole: after a failed write (ENOSPC) the journal ends where it ended before,
@@ -120,7 +121,7 @@ class ChangeJournal:
             raise
 
     def read_since(self, offset: int) -> tuple[int, list[bytes]]:
-        with self.path.open("rb") as stream:
+        with os.fdopen(open_private(self.path, os.O_RDONLY), "rb") as stream:
             stream.seek(offset)
             tail = stream.read()
         return offset + len(tail), [key for key in tail.split(b"\0") if key]
@@ -311,8 +312,10 @@ class OverlayStore:
             uri = f"file:{quote(str(self._db_path))}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(state_dir)
+            private_dir(self.data_dir)
             self._release_reserve()
+            os.close(open_private(self._db_path, os.O_RDWR | os.O_CREAT))  # 0600; SQLite's -wal and -shm copy it
             self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         try:
             self._open_database(read_only)
@@ -456,7 +459,7 @@ class OverlayStore:
             if self._reserve_complete:
                 return
             try:
-                fd = os.open(self._reserve_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                fd = open_private(self._reserve_path, os.O_WRONLY | os.O_CREAT)
                 try:
                     size = os.fstat(fd).st_size
                     target = min(RESERVE_BYTES, size + free_bytes(self.state_dir) // 4096 * 4096)
@@ -486,11 +489,7 @@ class OverlayStore:
         The caller must commit a row referencing the id, or :meth:`discard_data` it.
         """
         data_id = secrets.token_hex(16)
-        fd = os.open(
-            self.data_path(data_id),
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
+        fd = open_private(self.data_path(data_id), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         try:
             with os.fdopen(fd, "wb") as target:
                 if source is not None:

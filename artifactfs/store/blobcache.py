@@ -1,7 +1,8 @@
 """Content-addressed cache of blob contents on local disk: the one place a blob lives.
 
 This module owns the cache's on-disk layout: ``root/loose/ab/<38 hex>`` holds
-one read-only file per blob, named by its Git blob oid, and ``root/tmp/`` holds
+one owner-only, read-only file per blob (in 0700 directories, see
+:mod:`artifactfs.state`), named by its Git blob oid, and ``root/tmp/`` holds
 partial writes (including pack spool files). ``root/loose`` is a git object
 directory: each file is a loose object written with uncompressed deflate
 blocks (see :mod:`artifactfs.store.loose`), so git in a mount reads it through
@@ -29,12 +30,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from artifactfs.errors import CorruptObjectError
-from artifactfs.state import pid_alive
+from artifactfs.state import READ_ONLY_FILE_MODE, pid_alive, private_dir
 from artifactfs.store.loose import LooseBlobFile, content_size, loose_object_id, write_loose_blob
 
 _OID = re.compile(r"[0-9a-f]{40}")
 _READ_CHUNK = 1 << 20
-_READ_ONLY = 0o444
 
 
 def _check_oid(oid: str) -> None:
@@ -69,8 +69,8 @@ class BlobCache:
         self._objects_prefix = f"{self._objects}{os.sep}"
         self._tmp_root = root / "tmp"
         self._tmp = self._tmp_root / str(os.getpid())  # per process: the cache is shared by mounts
-        self._objects.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        for directory in (root, self._objects, self._tmp_root, self._tmp):
+            private_dir(directory)
 
     @property
     def tmp_dir(self) -> Path:
@@ -215,6 +215,9 @@ class BlobCache:
 
     @staticmethod
     def _install(partial: Path, target: Path) -> None:
-        os.chmod(partial, _READ_ONLY)
-        target.parent.mkdir(exist_ok=True)
-        os.replace(partial, target)
+        os.chmod(partial, READ_ONLY_FILE_MODE)
+        try:
+            os.replace(partial, target)
+        except FileNotFoundError:  # the first blob of its fan-out directory
+            private_dir(target.parent)
+            os.replace(partial, target)

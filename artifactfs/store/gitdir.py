@@ -4,10 +4,20 @@ ArtifactFS writes objects here only as promisor packs (through
 ``git index-pack``, the fastest indexer) and writes refs, ``HEAD`` and
 ``shallow`` directly. Users' git commands in the mount use this directory
 through the ``.git`` file at the mount root; nothing here is served by FUSE.
+
+What ArtifactFS writes here is owner-only (:mod:`artifactfs.state`), and
+``core.sharedRepository`` makes git's own writes owner-only as well.
+
+Each pack is indexed in a quarantine object directory of its own
+(``objects/incoming-artifactfs-*``, the way git's receive-pack does it) and
+moved into ``objects/pack`` only once complete, so a fetch that fails or is
+aborted leaves nothing behind: its quarantine, with whatever temporary files
+``git index-pack`` wrote there, is deleted at once.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import shutil
@@ -23,8 +33,13 @@ from dulwich.object_store import DiskObjectStore
 from dulwich.objects import Commit
 
 from artifactfs.errors import CorruptObjectError
+from artifactfs.state import GIT_SHARED_REPOSITORY, private_dir, write_private_file
 
 log = logging.getLogger(__name__)
+
+_QUARANTINE_PREFIX = "incoming-artifactfs-"
+_PACK_FILE_SUFFIXES = (".promisor", ".pack", ".rev", ".idx")
+"""Moved out of quarantine in this order: the index last, since it makes git and dulwich see the pack."""
 
 _CONFIG_TEMPLATE = """\
 [core]
@@ -37,6 +52,7 @@ _CONFIG_TEMPLATE = """\
 \ttrustctime = false
 \tuntrackedCache = true
 \tfsmonitorHookVersion = 2
+\tsharedRepository = {shared}
 [gc]
 \tauto = 0
 [maintenance]
@@ -68,14 +84,15 @@ class GitDir:
 
         ``remote_url`` must already be free of credentials.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".gitdir-", dir=path.parent))
+        private_dir(path.parent)
+        staging = Path(tempfile.mkdtemp(prefix=".gitdir-", dir=path.parent))  # mkdtemp makes it 0700
         try:
             for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "refs/remotes/origin", "info", "hooks"):
-                (staging / sub).mkdir(parents=True)
-            (staging / "HEAD").write_text("ref: refs/heads/main\n")
-            (staging / "config").write_text(_CONFIG_TEMPLATE.format(url=_quote_config_value(remote_url)))
-            (staging / "description").write_text("ArtifactFS mount\n")
+                private_dir(staging / sub)
+            write_private_file(staging / "HEAD", b"ref: refs/heads/main\n")
+            config = _CONFIG_TEMPLATE.format(url=_quote_config_value(remote_url), shared=GIT_SHARED_REPOSITORY)
+            write_private_file(staging / "config", config.encode())
+            write_private_file(staging / "description", b"ArtifactFS mount\n")
             os.rename(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -93,9 +110,9 @@ class GitDir:
         except KeyError:
             pass
         config.set(key, name.encode(), value.encode())
-        temporary = path.with_name(".config.artifactfs-tmp")
-        config.write_to_path(str(temporary))
-        os.replace(temporary, path)
+        serialised = io.BytesIO()
+        config.write_to_file(serialised)
+        write_private_file(path, serialised.getvalue())
 
     def exists(self) -> bool:
         return (self.path / "HEAD").is_file() and (self.path / "objects").is_dir()
@@ -140,23 +157,37 @@ class GitDir:
     async def promisor_pack_writer(self) -> AsyncIterator[PackSink]:
         """Stream a pack into ``git index-pack``; on clean exit it is a promisor pack of this gitdir.
 
-        If the body raises, the indexer is killed and nothing is added.
+        If the body raises or the indexer fails, it is killed and its
+        quarantine deleted: nothing is added and nothing is left behind.
         """
-        process = await trio.lowlevel.open_process(
-            ["git", "--git-dir", str(self.path), "index-pack", "--stdin", "--promisor=artifactfs"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        sink = PackSink(process)
+        objects = self.path / "objects"
+        quarantine = Path(tempfile.mkdtemp(prefix=_QUARANTINE_PREFIX, dir=objects))  # 0700
         try:
-            yield sink
-        except BaseException:
-            process.kill()
+            private_dir(quarantine / "pack")
+            # The indexer writes into the quarantine and reads existing objects (delta bases) through it.
+            environment = {**os.environ, "GIT_OBJECT_DIRECTORY": str(quarantine),
+                           "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects)}
+            process = await trio.lowlevel.open_process(
+                ["git", "--git-dir", str(self.path), "index-pack", "--stdin", "--promisor=artifactfs"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
+            )
+            sink = PackSink(process)
+            try:
+                yield sink
+            except BaseException:
+                process.kill()
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+                    await sink.close_streams()
+                raise
             with trio.CancelScope(shield=True):
-                await process.wait()
-                await sink.close_streams()
-            raise
-        with trio.CancelScope(shield=True):
-            await sink.finish()
+                name = await sink.finish()
+            for suffix in _PACK_FILE_SUFFIXES:
+                part = quarantine / "pack" / f"pack-{name}{suffix}"
+                if part.exists():
+                    os.replace(part, objects / "pack" / part.name)
+        finally:
+            shutil.rmtree(quarantine, ignore_errors=True)
 
     def use_alternate(self, objects_dir: Path) -> None:
         """Let git find objects in ``objects_dir`` too: the blob cache, where hydrated blobs live."""
@@ -167,8 +198,15 @@ class GitDir:
             self._objects = None
 
     def remove_stale_temporaries(self) -> int:
-        """Delete half-written packs an indexer killed with its daemon left behind (start-up only)."""
+        """Delete the quarantines (and half-written packs) a killed daemon left behind (start-up only).
+
+        A fetch that fails while the daemon runs cleans up after itself (see
+        :meth:`promisor_pack_writer`); this catches what a killed daemon could not.
+        """
         removed = 0
+        for leftover in (self.path / "objects").glob(f"{_QUARANTINE_PREFIX}*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+            removed += 1
         for leftover in (self.path / "objects" / "pack").glob("tmp_*"):
             leftover.unlink(missing_ok=True)
             removed += 1
@@ -178,10 +216,8 @@ class GitDir:
 
     def _write_file_atomically(self, relative: str, content: str) -> None:
         target = self.path / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.artifactfs-tmp")
-        temporary.write_text(content)
-        os.replace(temporary, target)
+        private_dir(target.parent)
+        write_private_file(target, content.encode())
 
     def update_ref(self, name: str, oid: str) -> None:
         self._write_file_atomically(name, oid + "\n")
@@ -276,5 +312,6 @@ class PackSink:
         status = await self._process.wait()
         await self.close_streams()
         if status != 0:
-            raise CorruptObjectError(f"git index-pack rejected the pack: {errors.decode(errors='replace').strip()}")
+            reason = "; ".join(line.strip() for line in errors.decode(errors="replace").splitlines() if line.strip())
+            raise CorruptObjectError(f"git index-pack rejected the pack: {reason}")
         return output.decode().split()[-1]

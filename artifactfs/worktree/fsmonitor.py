@@ -19,6 +19,8 @@ import os
 import shlex
 from pathlib import Path
 
+from artifactfs.state import PRIVATE_EXECUTABLE_MODE
+
 HOOK_NAME = "artifactfs-fsmonitor"
 _TOKEN_PREFIX = "artifactfs"
 
@@ -56,7 +58,7 @@ def install_hook(gitdir: Path, journal: Path, previous: Path) -> Path:
     temporary = hook.with_name(f".{HOOK_NAME}.tmp")
     temporary.write_text(_HOOK_TEMPLATE.format(journal=shlex.quote(str(journal)), previous=shlex.quote(str(previous)),
                                                prefix=_TOKEN_PREFIX))
-    temporary.chmod(0o755)
+    temporary.chmod(PRIVATE_EXECUTABLE_MODE)
     os.replace(temporary, hook)
     return hook
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
+from artifactfs.state import PRIVATE_FILE_MODE
 from artifactfs.worktree.ewah import encode_ewah
 from artifactfs.worktree.untracked import UntrackedCache
 
@@ -110,7 +111,7 @@ def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int, cac
     """Replace ``gitdir/index`` the way git does: via ``index.lock``, never under a running command."""
     lock = gitdir / "index.lock"
     try:
-        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
     except FileExistsError:
         raise IndexLockedError("a git command is running in the mount (index.lock exists)") from None
     try:
