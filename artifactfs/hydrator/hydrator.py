@@ -628,8 +628,8 @@ class Hydrator:
                 self._counters[blob.priority_class].failed += 1
             blob.failure = reason
             blob.permanent_failure = permanent
-            log.error("cannot hydrate %s (%s): %s", blob.path, oid, reason)
-        self._note_error(f"{blob.path if blob else oid}: {reason}")
+        # One log line naming the blob and the cause.
+        self._note_error(f"cannot hydrate {f'{blob.path} ({oid})' if blob else oid}: {reason}", logging.ERROR)
         self._demanded.discard(oid)
         self._wake(oid)
 
@@ -638,8 +638,8 @@ class Hydrator:
         if event is not None:
             event.set()
 
-    def _note_error(self, message: str) -> None:
-        log.warning("%s", message)
+    def _note_error(self, message: str, level: int = logging.WARNING) -> None:
+        log.log(level, "%s", message)
         self._error_count += 1
         self.errors.append(message)
 
