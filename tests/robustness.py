@@ -14,6 +14,7 @@ LABELS = {
     "hostile_cases": "hostile cases tried",
     "model_steps": "model steps",
     "full_disk_checks": "full-disk checks",
+    "private_checks": "private-state checks",
 }
 
 

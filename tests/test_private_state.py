@@ -1,0 +1,366 @@
+"""Private state: the state root is the owner's alone, and refuses to be anyone else's.
+
+Real mounts against the test git server, checked from a second user (uid
+65534 through ``setpriv``): the state root and everything under it is 0700 /
+0600 whatever the umask, planted symlinks are not followed, a root others can
+write to is refused, non-owners get one-line errors, and failed or aborted
+fetches leave no temporary packs. The rules themselves live in
+``artifactfs/state.py``; the unit tests at the end pin them down directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import robustness
+from artifactfs.remote.url import RemoteURL
+from artifactfs.state import (
+    StateRoot,
+    StateRootError,
+    check_state_root,
+    open_private,
+    private_dir,
+    write_private_file,
+)
+from artifactfs.testing import FileSpec
+from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
+
+NOBODY = 65534
+_AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+_PROJECT = Path(__file__).resolve().parent.parent
+
+
+def content(label: str, size: int) -> bytes:
+    """Deterministic, incompressible bytes, distinct per label."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
+
+
+FILES: dict[str, bytes | FileSpec] = {
+    "README.md": b"# private\n",
+    "src/secret.py": b"TOKEN_SHAPED_CONTENT = 'only for the owner'\n",
+    "bin/run.sh": FileSpec(b"#!/bin/sh\necho run\n", executable=True),
+    "docs/link": FileSpec(symlink_target="../README.md"),
+    **{f"pkg/mod{index:02d}.py": content(f"mod{index}", 10_000) for index in range(30)},
+}
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may traverse: under pytest's root-only tmp_path, the second user
+    would be stopped by a parent directory and no mode of ours would be tested."""
+    path = Path(tempfile.mkdtemp(prefix="artifactfs-private-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def state_root(shared_dir: Path) -> Path:
+    return shared_dir / "state"
+
+
+@pytest.fixture
+def umask_022() -> Iterator[None]:
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def as_nobody(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*_AS_NOBODY, *command], capture_output=True, text=True, timeout=120, cwd="/",
+                          stdin=subprocess.DEVNULL, env=env or {"PATH": os.environ["PATH"]})
+
+
+def cli_as_nobody(*arguments: str, root: Path | None) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(_PROJECT), "HOME": "/nonexistent"}
+    if root is not None:
+        env["ARTIFACTFS_ROOT"] = str(root)
+    return as_nobody(sys.executable, "-m", "artifactfs", *arguments, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, result
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("artifactfs: error: "), lines[0]
+    assert expected in lines[0], lines[0]
+    robustness.add("private_checks")
+
+
+def mount_dir_of(state_root: Path, remote: str, mountpoint: Path) -> Path:
+    return StateRoot(state_root).mount_dir(Path(os.path.realpath(mountpoint)), RemoteURL.parse(remote).redacted())
+
+
+def use_the_mount(tree: MountedTree) -> None:
+    """Read every file, write new and changed ones, and let git write its index."""
+    for relative, spec in FILES.items():
+        if isinstance(spec, bytes):
+            assert (tree.path / relative).read_bytes() == spec, relative
+    (tree.path / "notes.txt").write_text("new file\n")
+    with (tree.path / "README.md").open("a") as stream:  # copy-up of a base file
+        stream.write("changed\n")
+    (tree.path / "newdir").mkdir()
+    (tree.path / "newdir/inner.txt").write_bytes(b"inner\n")
+    status = tree.git("status", "--porcelain").stdout
+    assert "README.md" in status and "notes.txt" in status
+    tree.wait_for(lambda answer: answer["history_complete"] and answer["hydration"]["complete"])
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def test_state_is_owner_only_whatever_the_umask(make_repo, git_server, mounts, state_root, umask_022):
+    make_repo("private", FILES, extra_commits=2)
+    tree = mounts(git_server.url("private"), "--hydrate", "background")
+    use_the_mount(tree)
+
+    loose: list[str] = []
+    seen: list[Path] = []
+    for directory, subdirectories, files in os.walk(state_root):
+        for name in [*subdirectories, *files]:
+            path = Path(directory) / name
+            info = path.lstat()
+            assert not stat.S_ISLNK(info.st_mode), f"symlink in the state: {path}"
+            if stat.S_IMODE(info.st_mode) & 0o077:
+                loose.append(f"{stat.S_IMODE(info.st_mode):04o} {path.relative_to(state_root)}")
+            seen.append(path.relative_to(state_root))
+    robustness.add("private_checks", len(seen) + 1)
+    assert stat.S_IMODE(state_root.stat().st_mode) == 0o700
+    assert loose == [], "readable or writable by others:\n" + "\n".join(loose)
+
+    # The walk covered every kind of state: blobs, overlay, logs, runtime, and git's own writes.
+    names = {str(path) for path in seen}
+    mount_key = mount_dir_of(state_root, tree.remote, tree.path).relative_to(state_root)
+    for expected in ("cache/blobs/objects", f"{mount_key}/overlay/overlay.db", f"{mount_key}/overlay/journal",
+                     f"{mount_key}/daemon.log", f"{mount_key}/mount.json", f"{mount_key}/gitdir/index",
+                     f"{mount_key}/gitdir/config", f"{mount_key}/gitdir/hooks/artifactfs-fsmonitor"):
+        assert expected in names, expected
+    assert any(name.startswith("cache/blobs/objects/") and len(name) == len("cache/blobs/objects/") + 41
+               for name in names), "no blob in the cache"
+    assert any(name.endswith(".pack") and "/gitdir/objects/pack/" in name for name in names)
+    assert any(name.startswith(f"{mount_key}/overlay/data/") for name in names), "no overlay data file"
+    assert any(name.startswith("run/") and name.endswith(".json") for name in names), "no runtime record"
+
+
+def test_second_user_cannot_read_blobs_or_overlay(make_repo, git_server, mounts, state_root, shared_dir,
+                                                  umask_022):
+    make_repo("private", FILES)
+    tree = mounts(git_server.url("private"), "--hydrate", "none")
+    secret = FILES["src/secret.py"]
+    assert isinstance(secret, bytes)
+    assert (tree.path / "src/secret.py").read_bytes() == secret
+    (tree.path / "written.txt").write_text("overlay content\n")
+    blob_oid = hashlib.sha1(b"blob %d\x00" % len(secret) + secret).hexdigest()
+    blob = state_root / "cache" / "blobs" / "objects" / blob_oid[:2] / blob_oid[2:]
+    overlay = mount_dir_of(state_root, tree.remote, tree.path) / "overlay"
+    assert blob.read_bytes() == secret
+    data_files = list((overlay / "data").iterdir())
+    assert data_files, "the write left no data file"
+
+    # The check itself can fail: the second user reads a world-readable file beside the state.
+    control = shared_dir / "readable.txt"
+    control.write_text("anyone\n")
+    control.chmod(0o644)
+    assert as_nobody("cat", str(control)).stdout == "anyone\n"
+
+    for target in (blob, overlay / "overlay.db", data_files[0], overlay / "journal", state_root / "cache",
+                   mount_dir_of(state_root, tree.remote, tree.path) / "gitdir" / "config"):
+        result = as_nobody("cat", str(target))
+        assert result.returncode != 0 and "Permission denied" in result.stderr, (target, result)
+        assert secret.decode() not in result.stdout
+        robustness.add("private_checks")
+    listing = as_nobody("ls", str(state_root))
+    assert listing.returncode != 0 and "Permission denied" in listing.stderr
+
+
+# --------------------------------------------------------------------------- symlinks and refusals
+
+
+def test_planted_log_symlink_is_refused_and_not_followed(make_repo, git_server, state_root, shared_dir, tmp_path,
+                                                         fuse):
+    make_repo("private", FILES)
+    remote = git_server.url("private")
+    with MountedTree(remote, tmp_path / "mnt", state_root):
+        pass
+    log = mount_dir_of(state_root, remote, tmp_path / "mnt") / "daemon.log"
+    assert log.is_file()
+    victim = shared_dir / "victim.conf"
+    victim.write_text("root-owned, outside the state\n")
+    before = victim.stat()
+    log.unlink()
+    log.symlink_to(victim)
+
+    result = run_cli("mount", remote, str(tmp_path / "mnt"), root=state_root, check=False)
+    assert_one_line_error(result, "symlink")
+    assert str(log) in result.stderr
+    assert not is_mounted(tmp_path / "mnt")
+    assert victim.read_text() == "root-owned, outside the state\n"
+    after = victim.stat()
+    assert (after.st_size, after.st_mtime_ns, stat.S_IMODE(after.st_mode)) == \
+        (before.st_size, before.st_mtime_ns, stat.S_IMODE(before.st_mode))
+    assert log.is_symlink(), "the refusal must not touch the state either"
+
+
+@pytest.mark.parametrize("mode, owner, expected", [
+    (0o777, None, "writable by other users"),
+    (0o770, None, "writable by other users"),
+    (0o700, NOBODY, f"belongs to uid {NOBODY}"),
+])
+def test_unsafe_state_root_is_refused_and_nothing_created(make_repo, git_server, state_root, tmp_path, fuse,
+                                                          mode, owner, expected):
+    make_repo("private", FILES)
+    state_root.mkdir()
+    state_root.chmod(mode)
+    if owner is not None:
+        os.chown(state_root, owner, owner)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    result = run_cli("mount", git_server.url("private"), str(mountpoint), root=state_root, check=False)
+    assert_one_line_error(result, expected)
+    assert os.listdir(state_root) == []
+    assert not is_mounted(mountpoint)
+    assert stat.S_IMODE(state_root.stat().st_mode) == mode, "the refusal changed the root"
+
+
+# --------------------------------------------------------------------------- other users' commands
+
+
+def test_non_owner_gets_one_line_errors(make_repo, git_server, mounts, state_root):
+    make_repo("private", FILES)
+    tree = mounts(git_server.url("private"), "--hydrate", "none")
+    for command in ("unmount", "fsck", "status"):
+        # With the owner's state root, and with the second user's own (empty) default root.
+        assert_one_line_error(cli_as_nobody(command, str(tree.path), root=state_root), "belongs to uid 0")
+        result = cli_as_nobody(command, str(tree.path), root=None)
+        assert_one_line_error(result, "")
+        assert "Traceback" not in result.stderr
+    assert tree.status()["state"] == "mounted"
+    assert (tree.path / "README.md").read_bytes() == FILES["README.md"]
+
+
+# --------------------------------------------------------------------------- temporary packs
+
+
+def leftovers(objects: Path) -> list[str]:
+    """Temporary packs and indexes (``tmp_*``) and fetch quarantines anywhere under ``objects``."""
+    return sorted(str(path.relative_to(objects)) for path in objects.rglob("*")
+                  if path.name.startswith(("tmp_", "incoming-")))
+
+
+def all_fetched(status: dict[str, Any], count: int) -> bool:
+    """``count`` blobs arrived and every fetch has ended (its pack indexed or abandoned)."""
+    hydration = status["hydration"]
+    return bool(hydration["hydrated_blobs"] >= count and not hydration["inflight_blobs"]
+                and not hydration["queued_blobs"])
+
+
+def test_failed_fetches_leave_no_temporary_pack(make_repo, git_server, mounts, state_root):
+    make_repo("faulty", FILES)
+    tree = mounts(git_server.url("faulty"), "--hydrate", "none")
+    tree.wait_for(lambda status: status["history_complete"])  # no other fetch may take the faults
+    git_server.clear_requests()
+    faults = ["reset", "truncate", "flip"]
+    for fault in faults:
+        git_server.inject(fault)
+    run_cli("prefetch", str(tree.path), "pkg", root=state_root)
+    tree.wait_for(lambda status: all_fetched(status, 30), timeout=60)
+    fetches = [request for request in git_server.requests if request.command == "fetch"]
+    assert [request.fault for request in fetches[:len(faults)]] == faults, "the faults did not hit fetches"
+    assert leftovers(Path(tree.status()["gitdir"]) / "objects") == []
+    robustness.add("private_checks", len(faults))
+
+
+def test_aborted_fetch_leaves_no_temporary_pack(make_repo, git_server, mounts, state_root):
+    make_repo("stalled", FILES)
+    tree = mounts(git_server.url("stalled"), "--hydrate", "none")
+    tree.wait_for(lambda status: status["history_complete"])
+    objects = Path(tree.status()["gitdir"]) / "objects"
+    git_server.inject("stall:60")
+    run_cli("prefetch", str(tree.path), "pkg", root=state_root)
+    # Half the pack has arrived and the indexer is writing it when the mount goes away.
+    wait_until(lambda: any(objects.rglob("tmp_pack_*")), "the stalled fetch never started indexing")
+    tree.unmount()
+    assert not is_mounted(tree.path)
+    assert leftovers(objects) == []
+    robustness.add("private_checks")
+
+
+def wait_until(condition: Callable[[], bool], message: str, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
+# --------------------------------------------------------------------------- the rules, directly
+
+
+def test_state_root_rules(tmp_path: Path) -> None:
+    missing = tmp_path / "parent" / "root"
+    previous = os.umask(0)
+    try:
+        check_state_root(missing, create=True)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(missing.stat().st_mode) == 0o700
+    check_state_root(tmp_path / "absent", create=False)
+    assert not (tmp_path / "absent").exists()
+
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    check_state_root(sticky, create=False)  # ours and sticky: others cannot touch what we create
+    sticky.chmod(0o777)
+    with pytest.raises(StateRootError, match="writable by other users"):
+        check_state_root(sticky, create=False)
+    os.chown(sticky, NOBODY, NOBODY)
+    sticky.chmod(0o700)
+    with pytest.raises(StateRootError, match="belongs to uid"):
+        check_state_root(sticky, create=False)
+
+
+def test_private_dir_and_files(tmp_path: Path) -> None:
+    older = tmp_path / "older"
+    older.mkdir()
+    older.chmod(0o755)
+    assert private_dir(older / "a" / "b") == older / "a" / "b"
+    assert [stat.S_IMODE(path.stat().st_mode) for path in (older / "a", older / "a" / "b")] == [0o700, 0o700]
+    private_dir(older)
+    assert stat.S_IMODE(older.stat().st_mode) == 0o700, "state of older versions is closed"
+
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    (tmp_path / "linkdir").symlink_to(older)
+    with pytest.raises(StateRootError, match="symlink"):
+        private_dir(tmp_path / "linkdir")
+    (tmp_path / "link").symlink_to(victim)
+    with pytest.raises(StateRootError, match="symlink"):
+        open_private(tmp_path / "link", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    write_private_file(tmp_path / "link", b"replaced\n")
+    assert victim.read_text() == "untouched\n"
+    assert not (tmp_path / "link").is_symlink() and (tmp_path / "link").read_bytes() == b"replaced\n"
+    assert stat.S_IMODE((tmp_path / "link").stat().st_mode) == 0o600
+
+    loose = tmp_path / "loose"
+    loose.write_text("from an older version\n")
+    loose.chmod(0o644)
+    os.close(open_private(loose, os.O_RDONLY))
+    assert stat.S_IMODE(loose.stat().st_mode) == 0o600
