@@ -237,19 +237,28 @@ def _daemon_child(options: Any, log_fd: int, log_level: str, log_format: str, re
         try:
             _run_daemon(options, on_ready)
         except ArtifactFSError as error:
-            log.error("%s", error)
+            log.error("%s", _one_line(str(error)))
             if not ready_stream.closed:
-                ready_stream.write(f"error: {error}\n".encode())
+                ready_stream.write(f"error: {_one_line(str(error))}\n".encode())
             code = 1
         except BaseException as error:  # the parent must always hear why
-            log.error("daemon failed: %s", traceback.format_exc())
+            summary = _one_line(f"internal error: {type(error).__name__}: {error}")
+            innermost = traceback.extract_tb(error.__traceback__)[-1:]
+            where = "".join(f" (at {frame.filename}:{frame.lineno} in {frame.name})" for frame in innermost)
+            log.error("daemon failed: %s%s", summary, where)  # one line; the whole traceback at debug level
+            log.debug("traceback of the daemon's failure", exc_info=error)
             if not ready_stream.closed:
-                ready_stream.write(f"error: internal error: {type(error).__name__}: {error}\n".encode())
+                ready_stream.write(f"error: {summary}\n".encode())
             code = 2
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _one_line(message: str) -> str:
+    """An error message as the single line the CLI promises (a message may quote multi-line output)."""
+    return " ".join(message.split())
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
