@@ -19,11 +19,14 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
+
+if TYPE_CHECKING:
+    from artifactfs.state import StateRoot
 
 log = logging.getLogger("artifactfs")
 
@@ -75,7 +78,7 @@ class _Group(click.Group):
             _fail(f"{error.filename}: {error.strerror}" if error.filename else str(error.strerror or error))
 
 
-def _state_root(root: str | None, *, create: bool = False) -> Any:
+def _state_root(root: str | None, *, create: bool = False) -> StateRoot:
     """The checked state root (``--root``, ``$ARTIFACTFS_ROOT`` or the default); see ``state.check_state_root``."""
     from artifactfs import state
 

@@ -51,6 +51,7 @@ PRIVATE_UMASK = 0o077
 GIT_SHARED_REPOSITORY = "0600"
 """``core.sharedRepository`` of every gitdir: git commands run in the mount write owner-only files too."""
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+_GROUP_AND_OTHER = 0o077
 
 
 class StateRootError(ArtifactFSError):
@@ -133,8 +134,8 @@ def open_private(path: Path, flags: int) -> int:
             raise StateRootError(f"refusing to open {path}: it is not a regular file")
         if info.st_uid != os.geteuid():
             raise StateRootError(f"refusing to open {path}: it belongs to uid {info.st_uid}, not to you")
-        if info.st_mode & 0o077:
-            os.fchmod(fd, stat.S_IMODE(info.st_mode) & 0o700)
+        if info.st_mode & _GROUP_AND_OTHER:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~_GROUP_AND_OTHER)
     except BaseException:
         os.close(fd)
         raise
@@ -142,6 +143,7 @@ def open_private(path: Path, flags: int) -> int:
 
 
 def read_private_bytes(path: Path) -> bytes:
+    """The content of a file under the state root, read without following a symlink."""
     with os.fdopen(open_private(path, os.O_RDONLY), "rb") as stream:
         return stream.read()
 
