@@ -17,9 +17,10 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,8 +34,8 @@ from artifactfs.state import (
     private_dir,
     write_private_file,
 )
-from artifactfs.testing import FileSpec
-from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
+from artifactfs.testing import FileSpec, GitHttpServer
+from artifactfs.testing.mounts import MountedTree, artifactfs_command, is_mounted, run_cli
 
 NOBODY = 65534
 _AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -147,11 +148,11 @@ def test_state_is_owner_only_whatever_the_umask(make_repo, git_server, mounts, s
     # The walk covered every kind of state: blobs, overlay, logs, runtime, and git's own writes.
     names = {str(path) for path in seen}
     mount_key = mount_dir_of(state_root, tree.remote, tree.path).relative_to(state_root)
-    for expected in ("cache/blobs/objects", f"{mount_key}/overlay/overlay.db", f"{mount_key}/overlay/journal",
+    for expected in ("cache/blobs/loose", f"{mount_key}/overlay/overlay.db", f"{mount_key}/overlay/journal",
                      f"{mount_key}/daemon.log", f"{mount_key}/mount.json", f"{mount_key}/gitdir/index",
                      f"{mount_key}/gitdir/config", f"{mount_key}/gitdir/hooks/artifactfs-fsmonitor"):
         assert expected in names, expected
-    assert any(name.startswith("cache/blobs/objects/") and len(name) == len("cache/blobs/objects/") + 41
+    assert any(name.startswith("cache/blobs/loose/") and len(name) == len("cache/blobs/loose/") + 41
                for name in names), "no blob in the cache"
     assert any(name.endswith(".pack") and "/gitdir/objects/pack/" in name for name in names)
     assert any(name.startswith(f"{mount_key}/overlay/data/") for name in names), "no overlay data file"
@@ -167,9 +168,9 @@ def test_second_user_cannot_read_blobs_or_overlay(make_repo, git_server, mounts,
     assert (tree.path / "src/secret.py").read_bytes() == secret
     (tree.path / "written.txt").write_text("overlay content\n")
     blob_oid = hashlib.sha1(b"blob %d\x00" % len(secret) + secret).hexdigest()
-    blob = state_root / "cache" / "blobs" / "objects" / blob_oid[:2] / blob_oid[2:]
+    blob = state_root / "cache" / "blobs" / "loose" / blob_oid[:2] / blob_oid[2:]
     overlay = mount_dir_of(state_root, tree.remote, tree.path) / "overlay"
-    assert blob.read_bytes() == secret
+    assert zlib.decompress(blob.read_bytes()) == b"blob %d\0" % len(secret) + secret
     data_files = list((overlay / "data").iterdir())
     assert data_files, "the write left no data file"
 
@@ -255,6 +256,8 @@ def test_non_owner_gets_one_line_errors(make_repo, git_server, mounts, state_roo
 
 
 # --------------------------------------------------------------------------- temporary packs
+# Packs of commits and trees (the tip, then the history) go through git index-pack; blobs live
+# in the blob cache. The history fetch is the one that runs while the mount is up.
 
 
 def leftovers(objects: Path) -> list[str]:
@@ -263,51 +266,65 @@ def leftovers(objects: Path) -> list[str]:
                   if path.name.startswith(("tmp_", "incoming-")))
 
 
-def all_fetched(status: dict[str, Any], count: int) -> bool:
-    """``count`` blobs arrived and every fetch has ended (its pack indexed or abandoned)."""
-    hydration = status["hydration"]
-    return bool(hydration["hydrated_blobs"] >= count and not hydration["inflight_blobs"]
-                and not hydration["queued_blobs"])
+def mount_with_history_faults(server: GitHttpServer, remote: str, mountpoint: Path, root: Path,
+                              *faults: str) -> MountedTree:
+    """Mount, queueing ``faults`` as soon as the tip's fetch is under way: the history fetch,
+    which starts only after the mount is ready, takes them."""
+    mountpoint.mkdir()
+    tree = MountedTree(remote, mountpoint, root, ("--hydrate", "none"))
+    process = subprocess.Popen(artifactfs_command("mount", "--hydrate", "none", remote, str(mountpoint)),
+                               env={**os.environ, "ARTIFACTFS_ROOT": str(root)}, stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: any(request.command == "fetch" for request in server.requests), "no tip fetch")
+        for fault in faults:
+            server.inject(fault)
+        _, errors = process.communicate(timeout=120)
+    except BaseException:
+        process.kill()
+        tree.unmount()
+        raise
+    if process.returncode != 0:
+        tree.unmount()
+        raise AssertionError(f"mount failed: {errors.strip()}")
+    return tree
 
 
-def test_failed_fetches_leave_no_temporary_pack(make_repo, git_server, mounts, state_root):
-    make_repo("faulty", FILES)
-    tree = mounts(git_server.url("faulty"), "--hydrate", "none")
-    tree.wait_for(lambda status: status["history_complete"])  # no other fetch may take the faults
-    git_server.clear_requests()
-    faults = ["reset", "truncate", "flip"]
-    for fault in faults:
-        git_server.inject(fault)
-    run_cli("prefetch", str(tree.path), "pkg", root=state_root)
-    tree.wait_for(lambda status: all_fetched(status, 30), timeout=60)
-    fetches = [request for request in git_server.requests if request.command == "fetch"]
-    assert [request.fault for request in fetches[:len(faults)]] == faults, "the faults did not hit fetches"
-    assert leftovers(Path(tree.status()["gitdir"]) / "objects") == []
-    robustness.add("private_checks", len(faults))
+def test_failed_fetches_leave_no_temporary_pack(make_repo, git_server, state_root, tmp_path, fuse):
+    make_repo("faulty", FILES, extra_commits=2000)
+    faults = ["reset", "reset"]
+    tree = mount_with_history_faults(git_server, git_server.url("faulty"), tmp_path / "mnt", state_root, *faults)
+    try:
+        tree.wait_for(lambda status: status["history_complete"], timeout=60)  # after retries
+        fetches = [request for request in git_server.requests if request.command == "fetch"]
+        assert [request.fault for request in fetches[1:len(faults) + 1]] == faults, "the faults missed the history"
+        assert leftovers(Path(tree.status()["gitdir"]) / "objects") == []
+        assert tree.git("log", "--oneline").stdout.count("\n") == 2001, "the history arrived in the end"
+        robustness.add("private_checks", len(faults))
+    finally:
+        tree.unmount()
 
 
-def test_aborted_fetch_leaves_no_temporary_pack(make_repo, git_server, mounts, state_root):
-    make_repo("stalled", FILES)
-    tree = mounts(git_server.url("stalled"), "--hydrate", "none")
-    tree.wait_for(lambda status: status["history_complete"])
-    objects = Path(tree.status()["gitdir"]) / "objects"
-    git_server.inject("stall:60")
-    run_cli("prefetch", str(tree.path), "pkg", root=state_root)
-    # Half the pack has arrived and the indexer is writing it when the mount goes away.
-    wait_until(lambda: any(objects.rglob("tmp_pack_*")), "the stalled fetch never started indexing")
-    tree.unmount()
+def test_aborted_fetch_leaves_no_temporary_pack(make_repo, git_server, state_root, tmp_path, fuse):
+    make_repo("stalled", FILES, extra_commits=2000)
+    tree = mount_with_history_faults(git_server, git_server.url("stalled"), tmp_path / "mnt", state_root,
+                                     "stall:60")
+    try:
+        objects = Path(tree.status()["gitdir"]) / "objects"
+        # Half the history pack has arrived and the indexer is writing it when the mount goes away.
+        wait_until(lambda: any(objects.rglob("tmp_pack_*")), "the stalled fetch never started indexing")
+    finally:
+        tree.unmount()
     assert not is_mounted(tree.path)
     assert leftovers(objects) == []
     robustness.add("private_checks")
 
 
 def wait_until(condition: Callable[[], bool], message: str, timeout: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, message
-        time.sleep(0.02)
+        time.sleep(0.002)
 
 
 # --------------------------------------------------------------------------- the rules, directly
