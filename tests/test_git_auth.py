@@ -1,0 +1,239 @@
+"""git in a mount of a token URL, on a server that requires auth, with no credential helper.
+
+Real FUSE, real ``git http-backend`` demanding HTTP Basic auth, real git with an
+empty HOME and no system config. git's own lazy fetches must reach the daemon
+(never the origin), commit, push, fetch and pull must work, and the token must
+appear in no file and in no process's command line. Also checked here: the pack
+writer the daemon answers with, and which credential requests it answers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artifactfs.remote.credentials import asks_for
+from artifactfs.store.packstream import PackStreamParser
+from artifactfs.store.packwrite import PackWriter
+from artifactfs.testing import GitHttpServer, commit_files
+from artifactfs.testing.gitserver import RequestRecord
+from artifactfs.testing.mounts import MountedTree, artifactfs_command, force_unmount
+
+TOKEN = "tok-7c1e9a-NEVER-SHOWN"
+FILES: dict[str, bytes] = {f"src/f{index}.txt": f"file {index}\n".encode() for index in range(12)}
+FILES.update({"README.md": b"# private\n", "src/app.py": b"print('v1')\n"})
+
+
+@pytest.fixture
+def auth_server(git_root: Path) -> Iterator[GitHttpServer]:
+    with GitHttpServer(git_root, auth=("x", TOKEN)) as server:
+        yield server
+
+
+@pytest.fixture
+def isolated(tmp_path: Path) -> dict[str, str]:
+    """Environment for git and the daemon: an empty HOME, no system config, no prompts."""
+    home = tmp_path / "home"
+    home.mkdir()
+    return {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
+            "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}
+
+
+@pytest.fixture
+def token_tree(auth_server: GitHttpServer, isolated: dict[str, str], tmp_path: Path, state_root: Path,
+               fuse: None) -> Iterator[MountedTree]:
+    url = auth_server.url("private").replace("http://", f"http://x:{TOKEN}@")
+    tree = MountedTree(url, tmp_path / "mnt", state_root, ["--hydrate", "none"], env=isolated)
+    yield tree
+    tree.unmount()
+
+
+def git(tree: MountedTree, env: dict[str, str], *arguments: str) -> str:
+    result = subprocess.run(["git", *arguments], cwd=tree.path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"git {' '.join(arguments)} failed: {result.stderr.strip()}"
+    assert TOKEN not in result.stdout + result.stderr
+    return result.stdout
+
+
+def served_ref(repo: Path, ref: str = "main") -> str:
+    return subprocess.run(["git", "--git-dir", str(repo), "rev-parse", ref], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def fetches_by_git(server: GitHttpServer) -> list[RequestRecord]:
+    """Upload-pack fetches that git made itself rather than the daemon (told apart by user agent)."""
+    return [record for record in server.requests
+            if record.command == "fetch" and not record.user_agent.startswith("git/artifactfs")]
+
+
+def command_lines_with_token() -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if TOKEN.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue  # the process ended meanwhile
+    return found
+
+
+def files_with_token(*roots: Path) -> list[Path]:
+    return [path for root in roots for path in root.rglob("*")
+            if path.is_file() and not path.is_symlink() and TOKEN.encode() in path.read_bytes()]
+
+
+def wait_for_head(tree: MountedTree, commit: str) -> None:
+    tree.wait_for(lambda status: status["head"] == commit, timeout=10)
+
+
+def test_git_in_a_token_mount_fetches_commits_pushes_and_pulls(make_repo, auth_server, token_tree, isolated,
+                                                              state_root):
+    repo, _ = make_repo("private", FILES)
+    tip = commit_files(repo, {"src/app.py": b"print('v2')\n"}, message="app v2")
+    tree = token_tree.mount()
+
+    # Lazy fetches of blobs the hydrator tracks (v2) and of an older commit's blob (v1), through the daemon.
+    patch = git(tree, isolated, "log", "-p", "-1")
+    assert "-print('v1')" in patch and "+print('v2')" in patch
+    assert "+print('v2')" in git(tree, isolated, "diff", "HEAD~1", "--", "src/app.py")
+    served = tree.status()["git"]
+    assert served["blobs_from_hydrator"] >= 1 and served["objects_from_origin"] >= 1, served
+
+    # write-tree's prefetch before the commit wants every blob of the index: all of them come from the daemon.
+    (tree.path / "src/app.py").write_text("print('v3')\n")
+    git(tree, isolated, "commit", "-q", "-a", "-m", "app v3")
+    served = tree.status()["git"]
+    assert served["blobs_from_hydrator"] >= len(FILES) and served["failed_fetches"] == 0, served
+    assert fetches_by_git(auth_server) == [], "git fetched from the origin by itself"
+
+    git(tree, isolated, "push", "-q")
+    local_head = git(tree, isolated, "rev-parse", "HEAD").strip()
+    assert served_ref(repo) == local_head and local_head != tip
+    assert served["credentials_given"] == 0 and tree.status()["git"]["credentials_given"] >= 1
+
+    upstream = commit_files(repo, {"docs/new.md": b"from elsewhere\n", "src/f3.txt": b"changed upstream\n"},
+                            message="pushed from elsewhere")
+    git(tree, isolated, "fetch", "-q")
+    assert git(tree, isolated, "rev-parse", "origin/main").strip() == upstream
+    git(tree, isolated, "pull", "-q", "--ff-only")
+    assert git(tree, isolated, "rev-parse", "HEAD").strip() == upstream
+    wait_for_head(tree, upstream)
+    assert (tree.path / "docs/new.md").read_bytes() == b"from elsewhere\n"
+    assert (tree.path / "src/f3.txt").read_bytes() == b"changed upstream\n"
+    assert git(tree, isolated, "status", "--porcelain") == ""
+    # The only fetches git made itself are the user's: they ask for the new tip, never for single blobs.
+    by_git = fetches_by_git(auth_server)
+    assert by_git and all(set(record.wants) == {upstream} for record in by_git), by_git
+
+    assert command_lines_with_token() == []
+    tree.unmount()
+    assert files_with_token(state_root, Path(isolated["HOME"])) == []
+
+
+def test_remount_rewires_an_existing_gitdir(make_repo, auth_server, token_tree, isolated, state_root):
+    repo, _ = make_repo("private", FILES)
+    tree = token_tree.mount()
+    gitdir = Path(tree.status()["gitdir"])
+    tree.unmount()
+    # A gitdir written before git was routed through the daemon: none of the wiring.
+    for section in ("remote.artifactfs", f"credential.{auth_server.url('private')}"):
+        subprocess.run(["git", "--git-dir", str(gitdir), "config", "--remove-section", section], check=True)
+    subprocess.run(["git", "--git-dir", str(gitdir), "config", "--unset", "extensions.partialClone"], check=True)
+    (gitdir / "hooks" / "artifactfs-git").unlink()
+
+    tree.mount()
+    assert Path(tree.status()["gitdir"]) == gitdir, "the remount did not reuse the state"
+    (tree.path / "README.md").write_text("# private, edited after a remount\n")
+    git(tree, isolated, "commit", "-q", "-a", "-m", "after remount")
+    served = tree.status()["git"]
+    assert served["fetches"] >= 1 and served["blobs_from_hydrator"] >= len(FILES) - 1, served
+    assert fetches_by_git(auth_server) == []
+    git(tree, isolated, "push", "-q")
+    assert served_ref(repo) == git(tree, isolated, "rev-parse", "HEAD").strip()
+    tree.unmount()
+    assert files_with_token(state_root, Path(isolated["HOME"])) == []
+
+
+def test_token_is_in_no_command_line_while_mounting(make_repo, auth_server, isolated, tmp_path, state_root, fuse):
+    make_repo("private", FILES)
+    mountpoint = tmp_path / "mnt"
+    mountpoint.mkdir()
+    auth_server.inject("stall:2")  # the tip fetch: keeps the mount command waiting for "ready"
+    url = auth_server.url("private").replace("http://", f"http://x:{TOKEN}@")
+    command = subprocess.Popen([*artifactfs_command("mount", "--hydrate", "none", url, str(mountpoint))],
+                               env={**os.environ, **isolated, "ARTIFACTFS_ROOT": str(state_root)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        children: list[str] = []
+        while not children and command.poll() is None and time.monotonic() < deadline:
+            children = [pid for task in Path(f"/proc/{command.pid}/task").glob("*/children")
+                        for pid in task.read_text().split()]
+            time.sleep(0.01)
+        assert children, "the mount command never forked its daemon"
+        assert command.poll() is None, "the mount finished before its command line could be checked"
+        assert command_lines_with_token() == []
+        shown = Path(f"/proc/{command.pid}/cmdline").read_bytes()
+        assert b"mount" in shown and b"x@127.0.0.1" in shown, shown
+        _, stderr = command.communicate(timeout=60)
+        assert command.returncode == 0, stderr.decode()
+        assert command_lines_with_token() == []
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        MountedTree(url, mountpoint, state_root).unmount()
+        force_unmount(mountpoint)
+
+
+# --------------------------------------------------------------------- pure logic
+
+
+def test_pack_writer_output_parses_and_indexes(tmp_path):
+    objects = [("blob", b"hello\n"), ("blob", b""), ("blob", os.urandom(300_000)),
+               ("tree", b"100644 a\0" + bytes(20))]
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * 2_500_000)
+    written = bytearray()
+    writer = PackWriter(written.extend, len(objects) + 1)
+    for type_name, data in objects:
+        writer.add_bytes(type_name, data)
+    writer.add_file("blob", big)
+    writer.finish()
+    parser = PackStreamParser(spool_dir=tmp_path)
+    parsed = parser.feed(bytes(written)) + parser.finish()
+    assert [(obj.type_name, obj.data) for obj in parsed[:4]] == objects
+    assert parsed[4].size == 2_500_000
+    subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "repo.git")], check=True)
+    indexed = subprocess.run(["git", "--git-dir", str(tmp_path / "repo.git"), "index-pack", "--stdin"],
+                             input=bytes(written), capture_output=True)
+    assert indexed.returncode == 0, indexed.stderr.decode()
+    with pytest.raises(ValueError):
+        PackWriter(bytearray().extend, 2).finish()
+
+
+@pytest.mark.parametrize(("request_fields", "answered"), [
+    ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git"}, True),
+    ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git", "username": "x"}, True),
+    ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git", "username": "eve"}, False),
+    ({"protocol": "https", "host": "forge.example:8443", "path": "team/other.git"}, False),
+    ({"protocol": "https", "host": "forge.example:8443"}, False),
+    ({"protocol": "http", "host": "forge.example:8443", "path": "team/repo.git"}, False),
+    ({"protocol": "https", "host": "evil.example", "path": "team/repo.git"}, False),
+])
+def test_credentials_are_answered_for_the_origin_only(request_fields, answered):
+    assert asks_for("https://forge.example:8443/team/repo.git", "x", request_fields) is answered
+
+
+def test_helper_program_imports_neither_trio_nor_click():
+    probe = "import sys, artifactfs.githelper; print(sorted({'trio', 'click'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
