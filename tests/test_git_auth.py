@@ -194,6 +194,18 @@ def test_token_is_in_no_command_line_while_mounting(make_repo, auth_server, isol
         force_unmount(mountpoint)
 
 
+def test_helper_never_imports_the_repositorys_own_files(make_repo, git_server, mounts, tmp_path):
+    """git runs the helper with the mount as its working directory; a package there named like ours stays inert."""
+    marker = tmp_path / "imported-from-the-mount"
+    payload = f"open({str(marker)!r}, 'w').close()\n".encode()
+    make_repo("hostile", {**FILES, "artifactfs/__init__.py": payload, "artifactfs/githelper.py": payload})
+    tree = mounts(git_server.url("hostile"), "--hydrate", "none")
+    (tree.path / "README.md").write_text("# edited\n")
+    tree.git("-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-am", "edit")
+    assert tree.status()["git"]["fetches"] == 1
+    assert not marker.exists()
+
+
 # --------------------------------------------------------------------- pure logic
 
 
