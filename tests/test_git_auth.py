@@ -57,7 +57,7 @@ def token_tree(auth_server: GitHttpServer, isolated: dict[str, str], tmp_path: P
 
 def git(tree: MountedTree, env: dict[str, str], *arguments: str) -> str:
     result = subprocess.run(["git", *arguments], cwd=tree.path, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, **env}, stdin=subprocess.DEVNULL)
+                            env={**os.environ, **env}, stdin=subprocess.DEVNULL, check=False)
     assert result.returncode == 0, f"git {' '.join(arguments)} failed: {result.stderr.strip()}"
     assert TOKEN not in result.stdout + result.stderr
     return result.stdout
@@ -226,7 +226,7 @@ def test_pack_writer_output_parses_and_indexes(tmp_path):
     assert parsed[4].size == 2_500_000
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "repo.git")], check=True)
     indexed = subprocess.run(["git", "--git-dir", str(tmp_path / "repo.git"), "index-pack", "--stdin"],
-                             input=bytes(written), capture_output=True)
+                             input=bytes(written), capture_output=True, check=False)
     assert indexed.returncode == 0, indexed.stderr.decode()
     with pytest.raises(ValueError):
         PackWriter(bytearray().extend, 2).finish()

@@ -129,8 +129,8 @@ def _exchange(client: socket.socket, op: str, arguments: dict[str, Any]) -> tupl
     except ValueError:
         raise ControlError("the daemon closed the connection without answering") from None
     if not isinstance(answer, dict) or not answer.get("ok"):
-        error = answer.get("error", "request failed") if isinstance(answer, dict) else "malformed answer"
-        raise ControlError(str(error))
+        reason = answer.get("error", "request failed") if isinstance(answer, dict) else "malformed answer"
+        raise ControlError(str(reason))
     return answer, rest
 
 

@@ -106,7 +106,7 @@ class _CommandReader:
             chunk = await self._stream.receive_some(_READ_SIZE)
             if not chunk:
                 return None
-            self._packets.extend(self._decoder.feed(chunk))
+            self._packets.extend(self._decoder.feed(bytes(chunk)))
         return self._packets.popleft()
 
     async def command(self) -> tuple[str, list[str]] | None:
@@ -210,7 +210,7 @@ class GitService:
             return False
         await stream.send_all(pktline.FLUSH_PKT)
         self._counters["objects_sent"] += len(objects)
-        log.info("served a lazy fetch of git's: %d objects in %.3fs", len(objects), time.monotonic() - started)
+        log.info("served git's lazy fetch of %d objects in %.3fs", len(objects), time.monotonic() - started)
         return True
 
     async def _gather(self, request: FetchRequest) -> tuple[list[_Outgoing], list[tuple[str, str]]]:
