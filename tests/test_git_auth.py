@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.daemon.gitserve import FetchRequest
+from artifactfs.errors import ProtocolError
 from artifactfs.remote.credentials import asks_for
 from artifactfs.store.packstream import PackStreamParser
 from artifactfs.store.packwrite import PackWriter
@@ -230,6 +232,17 @@ def test_pack_writer_output_parses_and_indexes(tmp_path):
     assert indexed.returncode == 0, indexed.stderr.decode()
     with pytest.raises(ValueError):
         PackWriter(bytearray().extend, 2).finish()
+
+
+def test_fetch_requests_are_parsed_strictly():
+    oid = "a" * 40
+    request = FetchRequest.parse(["thin-pack", "no-progress", "ofs-delta", "filter blob:none",
+                                  f"want {oid}", f"shallow {'b' * 40}", "done"])
+    assert (request.wants, request.shallows, request.haves, request.filter_spec, request.done) == (
+        [oid], ["b" * 40], [], "blob:none", True)
+    for unsupported in (["deepen 1", f"want {oid}"], ["want-ref refs/heads/main"], ["want nothex"], ["done"]):
+        with pytest.raises(ProtocolError):
+            FetchRequest.parse(unsupported)
 
 
 @pytest.mark.parametrize(("request_fields", "answered"), [

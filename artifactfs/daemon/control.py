@@ -80,7 +80,7 @@ async def serve(path: Path, handler: Handler, *, streams: Mapping[str, StreamHan
                 request = json.loads(line)
                 if not isinstance(request, dict):
                     raise ValueError("request is not an object")
-                stream_handler = stream_handlers.get(request.get("op"))  # type: ignore[arg-type]
+                stream_handler = stream_handlers.get(request.get("op"))
                 if stream_handler is not None and rest:
                     raise ValueError("data sent before the answer to a stream request")
                 answer = {"ok": True} if stream_handler is not None else await handler(request)
