@@ -76,14 +76,16 @@ def fetches_by_git(server: GitHttpServer) -> list[RequestRecord]:
             if record.command == "fetch" and not record.user_agent.startswith("git/artifactfs")]
 
 
-def command_lines_with_token() -> list[int]:
+def command_lines_with_token() -> list[str]:
+    """``PID: command line`` of every process whose command line holds the token."""
     found = []
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            if TOKEN.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
+            shown = cmdline.read_bytes()
         except OSError:
             continue  # the process ended meanwhile
+        if TOKEN.encode() in shown:
+            found.append(cmdline.parent.name + ": " + shown.replace(b"\0", b" ").decode(errors="replace"))
     return found
 
 
@@ -105,7 +107,7 @@ def test_git_in_a_token_mount_fetches_commits_pushes_and_pulls(make_repo, auth_s
     # Lazy fetches of blobs the hydrator tracks (v2) and of an older commit's blob (v1), through the daemon.
     patch = git(tree, isolated, "log", "-p", "-1")
     assert "-print('v1')" in patch and "+print('v2')" in patch
-    assert "+print('v2')" in git(tree, isolated, "diff", "HEAD~1", "--", "src/app.py")
+    assert "+print('v2')" in git(tree, isolated, "diff", "HEAD~1", "HEAD", "--", "src/app.py")
     served = tree.status()["git"]
     assert served["blobs_from_hydrator"] >= 1 and served["objects_from_origin"] >= 1, served
 
@@ -212,20 +214,16 @@ def test_helper_never_imports_the_repositorys_own_files(make_repo, git_server, m
 
 
 def test_pack_writer_output_parses_and_indexes(tmp_path):
-    objects = [("blob", b"hello\n"), ("blob", b""), ("blob", os.urandom(300_000)),
-               ("tree", b"100644 a\0" + bytes(20))]
-    big = tmp_path / "big"
-    big.write_bytes(b"x" * 2_500_000)
+    objects = [("blob", b"hello\n"), ("blob", b""), ("blob", os.urandom(300_000)), ("blob", b"x" * 2_500_000),
+               ("tree", b"100644 a\0" + bytes(20)), ("commit", b"tree " + b"0" * 40 + b"\n\nmessage\n")]
     written = bytearray()
-    writer = PackWriter(written.extend, len(objects) + 1)
+    writer = PackWriter(written.extend, len(objects))
     for type_name, data in objects:
         writer.add_bytes(type_name, data)
-    writer.add_file("blob", big)
     writer.finish()
     parser = PackStreamParser(spool_dir=tmp_path)
     parsed = parser.feed(bytes(written)) + parser.finish()
-    assert [(obj.type_name, obj.data) for obj in parsed[:4]] == objects
-    assert parsed[4].size == 2_500_000
+    assert [(obj.type_name, obj.data) for obj in parsed] == objects
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "repo.git")], check=True)
     indexed = subprocess.run(["git", "--git-dir", str(tmp_path / "repo.git"), "index-pack", "--stdin"],
                              input=bytes(written), capture_output=True, check=False)

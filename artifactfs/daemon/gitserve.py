@@ -8,12 +8,16 @@ upload-pack session over the control socket to :meth:`GitService.upload_pack`.
 That speaks protocol v2 (gitprotocol-v2(5)):
 
 * ``ls-refs`` lists no refs: this remote exists only to hand out objects;
-* ``fetch`` gathers the wanted objects and sends them back as one pack of
-  whole objects. Blobs the hydrator tracks (or the blob cache holds) come
-  through :meth:`Hydrator.ensure` at demand priority, so they share its
-  batching, cache, verification and retries. Anything else (blobs of older
-  commits, history that is not local yet) is fetched from the origin with
-  the request's filter and parsed, which checks every object against its id.
+* ``fetch`` makes every wanted object available, then answers with one
+  pack. Blobs the hydrator tracks (or the blob cache holds) come through
+  :meth:`Hydrator.ensure` at demand priority, so they share its batching,
+  verification and retries. Anything else (blobs of older commits, history
+  that is not local yet) is fetched from the origin with the request's
+  filter and parsed, which checks every object against its id; its blobs
+  are stored in the blob cache too. The cache is a git object directory the
+  gitdir lists in ``objects/info/alternates``, so git finds every blob
+  there once the fetch returns, and the pack carries only commits and trees
+  (usually none: an empty pack). A blob is never stored twice.
 
 git's credential helper in the gitdir asks :meth:`GitService.credential`,
 which answers only for the origin's protocol, host and path, with what the
@@ -28,7 +32,6 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import trio
@@ -84,15 +87,6 @@ class FetchRequest:
         return request
 
 
-@dataclass(frozen=True)
-class _Outgoing:
-    """One object of the pack to send: content in memory, or a verified blob file."""
-
-    type_name: str
-    data: bytes | None = None
-    path: Path | None = None
-
-
 class _CommandReader:
     """Protocol-v2 command requests, read off the connection one at a time."""
 
@@ -144,8 +138,8 @@ class GitService:
         self._hydrator = hydrator
         self._cache = cache
         self._remote = remote
-        self._counters = {"sessions": 0, "fetches": 0, "failed_fetches": 0, "objects_sent": 0,
-                          "blobs_from_hydrator": 0, "objects_from_origin": 0, "credentials_given": 0}
+        self._counters = {"sessions": 0, "fetches": 0, "failed_fetches": 0, "blobs_from_hydrator": 0,
+                          "objects_from_origin": 0, "objects_in_packs": 0, "credentials_given": 0}
 
     def status(self) -> dict[str, int]:
         return dict(self._counters)
@@ -201,56 +195,56 @@ class GitService:
             await stream.send_all(pktline.encode(f"ERR {pktline.one_line(str(error))}\n"))
             return False
         await stream.send_all(_response_head(request, shallow_info))
-        try:
-            await trio.to_thread.run_sync(self._write_pack, objects, stream)
-        except OSError as error:  # a cached blob was evicted while being packed
-            self._counters["failed_fetches"] += 1
-            log.warning("git's lazy fetch failed while sending the pack: %s", error)
-            await stream.send_all(pktline.encode(b"\x03" + f"ArtifactFS: {error}".encode()))
-            return False
+        await trio.to_thread.run_sync(self._write_pack, objects, stream)
         await stream.send_all(pktline.FLUSH_PKT)
-        self._counters["objects_sent"] += len(objects)
-        log.info("served git's lazy fetch of %d objects in %.3fs", len(objects), time.monotonic() - started)
+        self._counters["objects_in_packs"] += len(objects)
+        log.info("served git's lazy fetch of %d objects (%d in the pack) in %.3fs",
+                 len(set(request.wants)), len(objects), time.monotonic() - started)
         return True
 
-    async def _gather(self, request: FetchRequest) -> tuple[list[_Outgoing], list[tuple[str, str]]]:
-        """Every wanted object (blobs through the hydrator, the rest from the origin), and shallow-info."""
+    async def _gather(self, request: FetchRequest) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
+        """Make every wanted object available: blobs in the cache (through the hydrator, or from the
+        origin), the rest returned as (type, content) for the pack; and the origin's shallow-info."""
         wants = list(dict.fromkeys(request.wants))
         local = [oid for oid in wants if self._hydrator.tracks(oid) or self._cache.contains(oid)]
         elsewhere = [oid for oid in wants if oid not in set(local)]
-        paths: dict[str, Path] = {}
         failures: list[ArtifactFSError] = []
-        forwarded: list[_Outgoing] = []
+        forwarded: dict[str, tuple[str, bytes] | None] = {}
         shallow_info: list[tuple[str, str]] = []
-
-        async def ensure(oid: str) -> None:
-            try:
-                paths[oid] = await self._hydrator.ensure(oid)
-            except ArtifactFSError as error:
-                failures.append(error)
-
         async with trio.open_nursery() as nursery:
+
+            def fail(error: ArtifactFSError) -> None:  # one missing object fails the fetch: stop waiting
+                failures.append(error)
+                nursery.cancel_scope.cancel()
+
+            async def ensure(oid: str) -> None:
+                try:
+                    await self._hydrator.ensure(oid)
+                except ArtifactFSError as error:
+                    fail(error)
+
             for oid in local:
                 nursery.start_soon(ensure, oid)
             if elsewhere:
                 try:
                     forwarded, shallow_info = await self._forward(elsewhere, request)
                 except ArtifactFSError as error:
-                    failures.append(error)
-                    nursery.cancel_scope.cancel()
+                    fail(error)
         if failures:
             raise failures[0]
         self._counters["blobs_from_hydrator"] += len(local)
         self._counters["objects_from_origin"] += len(forwarded)
-        return forwarded + [_Outgoing("blob", path=paths[oid]) for oid in local], shallow_info
+        return [obj for obj in forwarded.values() if obj is not None], shallow_info
 
-    async def _forward(self, wants: list[str], request: FetchRequest) -> tuple[list[_Outgoing], list[tuple[str, str]]]:
-        """Fetch objects the hydrator does not know from the origin; keep blobs in the cache."""
+    async def _forward(self, wants: list[str], request: FetchRequest
+                       ) -> tuple[dict[str, tuple[str, bytes] | None], list[tuple[str, str]]]:
+        """Fetch objects the hydrator does not know from the origin. Blobs go to the cache (None
+        in the result); other objects are returned as (type, content), keyed by id."""
         session = self._session
         filter_spec = request.filter_spec if session.supports("fetch", "filter") else None
         shallows = request.shallows if session.supports("fetch", "shallow") else []
         parser = PackStreamParser(spool_dir=self._cache.tmp_dir)
-        received: dict[str, _Outgoing] = {}
+        received: dict[str, tuple[str, bytes] | None] = {}
         finished = False
         try:
             async with session.fetch(wants, filter_spec=filter_spec, shallows=shallows,
@@ -267,36 +261,34 @@ class GitService:
         missing = [oid for oid in wants if oid not in received]
         if missing:
             raise CorruptObjectError(f"the origin's pack lacks {len(missing)} wanted objects (e.g. {missing[0]})")
-        return list(received.values()), shallow_info
+        return received, shallow_info
 
-    def _keep(self, objects: Sequence[PackObject], received: dict[str, _Outgoing]) -> None:
+    def _keep(self, objects: Sequence[PackObject], received: dict[str, tuple[str, bytes] | None]) -> None:
         """Store parsed blobs in the cache (checked again against their ids); keep the rest in memory."""
         for obj in objects:
             if obj.type_name == "blob":
                 if obj.spool_path is not None:
-                    path = self._cache.adopt_file(obj.oid, obj.spool_path)
+                    self._cache.adopt_file(obj.oid, obj.spool_path)
                 else:
                     assert obj.data is not None
-                    path = self._cache.store_bytes(obj.oid, obj.data)
-                received[obj.oid] = _Outgoing("blob", path=path)
+                    self._cache.store_bytes(obj.oid, obj.data)
+                received[obj.oid] = None
             elif obj.spool_path is not None:
-                received[obj.oid] = _Outgoing(obj.type_name, data=obj.spool_path.read_bytes())
+                received[obj.oid] = (obj.type_name, obj.spool_path.read_bytes())
                 obj.spool_path.unlink()
             else:
-                received[obj.oid] = _Outgoing(obj.type_name, data=obj.data)
+                assert obj.data is not None
+                received[obj.oid] = (obj.type_name, obj.data)
 
-    def _write_pack(self, objects: Sequence[_Outgoing], stream: trio.SocketStream) -> None:
+    @staticmethod
+    def _write_pack(objects: Sequence[tuple[str, bytes]], stream: trio.SocketStream) -> None:
         """Write the pack as side-band 1 packets (runs in a worker thread)."""
         def sink(data: bytes) -> None:
             trio.from_thread.run(stream.send_all, _band_one(data))
 
         writer = PackWriter(sink, len(objects))
-        for obj in objects:
-            if obj.data is not None:
-                writer.add_bytes(obj.type_name, obj.data)
-            else:
-                assert obj.path is not None
-                writer.add_file(obj.type_name, obj.path)
+        for type_name, data in objects:
+            writer.add_bytes(type_name, data)
         writer.finish()
 
 

@@ -7,19 +7,16 @@ everything before it. Reading packs is :mod:`artifactfs.store.packstream`'s job.
 
 Entries are never deltified: the receiver (``git index-pack``) then has no
 base to resolve, and the sender needs no delta search. Content is compressed
-at zlib level 1, streamed in pieces, so a large blob is never held in memory.
+at zlib level 1: the pack crosses a local socket, not a network.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import zlib
 from collections.abc import Callable
-from pathlib import Path
 
 _TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
-_READ_PIECE = 1 << 20
 _FLUSH_AT = 1 << 16
 _COMPRESSION_LEVEL = 1
 
@@ -46,8 +43,8 @@ def entry_header(type_name: str, size: int) -> bytes:
 class PackWriter:
     """Emits a pack of exactly ``count`` objects to ``sink`` in pieces of about 64 KiB.
 
-    Add objects with :meth:`add_bytes` or :meth:`add_file`, then call
-    :meth:`finish`, which checks the count and writes the trailer.
+    Add objects with :meth:`add_bytes`, then call :meth:`finish`, which
+    checks the count and writes the trailer.
     """
 
     def __init__(self, sink: Callable[[bytes], None], count: int) -> None:
@@ -65,20 +62,6 @@ class PackWriter:
         compressor = zlib.compressobj(_COMPRESSION_LEVEL)
         self._emit(compressor.compress(data))
         self._emit(compressor.flush())
-
-    def add_file(self, type_name: str, path: Path) -> None:
-        """Add the content of the file at ``path`` (read in pieces) as one object."""
-        with path.open("rb") as stream:
-            size = os.fstat(stream.fileno()).st_size
-            self._start(type_name, size)
-            compressor = zlib.compressobj(_COMPRESSION_LEVEL)
-            seen = 0
-            while piece := stream.read(_READ_PIECE):
-                seen += len(piece)
-                self._emit(compressor.compress(piece))
-            if seen != size:
-                raise OSError(f"{path} changed size while being packed")
-            self._emit(compressor.flush())
 
     def finish(self) -> None:
         if self._added != self._count:
