@@ -87,7 +87,7 @@ def _scrub_command_line() -> None:
     rewritten, so this runs before any command does: a token is visible only
     while the interpreter starts.
     """
-    from artifactfs.remote.url import redact
+    from artifactfs.redaction import redact
 
     try:
         arguments = Path("/proc/self/cmdline").read_bytes().rstrip(b"\0").split(b"\0")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Literal, TextIO
 
-from artifactfs.remote.url import redact
+from artifactfs.redaction import redact
 
 LogFormat = Literal["text", "json"]
 
