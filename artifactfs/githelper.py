@@ -20,6 +20,8 @@ from pathlib import Path
 from artifactfs.daemon import control
 
 _USAGE = "usage: python -m artifactfs.githelper SOCKET (upload-pack [REPOSITORY] | credential ACTION)"
+_CREDENTIAL_WAIT = 90.0
+"""Seconds to wait for the daemon's answer, which may ask the user's own credential helpers first."""
 
 
 def _credential(socket: Path, action: str) -> None:
@@ -33,7 +35,7 @@ def _credential(socket: Path, action: str) -> None:
             fields[key] = value
     if action != "get":
         return  # store and erase: the daemon keeps what it has; nothing is written anywhere
-    answer = control.request(socket, "credential", action=action, fields=fields)
+    answer = control.request(socket, "credential", timeout=_CREDENTIAL_WAIT, action=action, fields=fields)
     if answer.get("username") and "password" in answer:
         sys.stdout.write(f"username={answer['username']}\npassword={answer['password']}\n")
 

@@ -166,6 +166,28 @@ def test_remount_rewires_an_existing_gitdir(make_repo, auth_server, token_tree, 
     assert files_with_token(state_root, Path(isolated["HOME"])) == []
 
 
+def test_credentials_from_the_users_helper_reach_git_through_the_daemon(make_repo, auth_server, isolated, tmp_path,
+                                                                        state_root, fuse):
+    """No token in the URL: the daemon fills it from the user's helper, and git in the mount gets it from the daemon."""
+    repo, _ = make_repo("private", FILES)
+    store = tmp_path / "credentials"
+    store.write_text(f"http://x:{TOKEN}@127.0.0.1:{auth_server.port}\n")
+    Path(isolated["HOME"], ".gitconfig").write_text(f"[credential]\n\thelper = store --file={store}\n")
+    tree = MountedTree(auth_server.url("private"), tmp_path / "mnt", state_root, ["--hydrate", "none"], env=isolated)
+    try:
+        tree.mount()
+        (tree.path / "README.md").write_text("# private, edited\n")
+        git(tree, isolated, "commit", "-q", "-a", "-m", "edit")
+        git(tree, isolated, "push", "-q")
+        assert served_ref(repo) == git(tree, isolated, "rev-parse", "HEAD").strip()
+        assert tree.status()["git"]["credentials_given"] >= 1
+        assert fetches_by_git(auth_server) == []
+        assert command_lines_with_token() == []
+    finally:
+        tree.unmount()
+    assert files_with_token(state_root) == []
+
+
 def test_token_is_in_no_command_line_while_mounting(make_repo, auth_server, isolated, tmp_path, state_root, fuse):
     make_repo("private", FILES)
     mountpoint = tmp_path / "mnt"
