@@ -91,6 +91,28 @@ def _state_root(root: str | None, *, create: bool = False) -> StateRoot:
 @click.version_option(package_name="artifactfs")
 def main() -> None:
     """Mount any Git remote as a lazily hydrated, writable working tree."""
+    _scrub_command_line()
+
+
+def _scrub_command_line() -> None:
+    """Rewrite this process's command line without passwords (a remote URL may carry a token).
+
+    ``ps`` and ``/proc/PID/cmdline`` show the arguments as given until they are
+    rewritten, so this runs before any command does: a token is visible only
+    while the interpreter starts.
+    """
+    from artifactfs.redaction import redact
+
+    try:
+        arguments = Path("/proc/self/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return
+    shown = [argument.decode("utf-8", "surrogateescape") for argument in arguments]
+    scrubbed = [redact(argument) for argument in shown]
+    if scrubbed != shown:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(scrubbed))
 
 
 # --------------------------------------------------------------------- mount

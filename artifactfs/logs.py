@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Literal, TextIO
 
-from artifactfs.remote.url import redact
+from artifactfs.redaction import redact
 
 LogFormat = Literal["text", "json"]
 

@@ -308,12 +308,14 @@ def test_fsmonitor_hook_answers_from_the_journal(project):
 
 
 def test_commit_with_nothing_hydrated(make_repo, git_server, mounts):
-    """git's own partial-clone machinery fetches what write-tree needs; the gitdir is a valid promisor clone."""
+    """write-tree's prefetch of every missing blob is one lazy fetch, which the daemon serves through the hydrator."""
     files = {f"dir{d}/file{f}.txt": f"{d}-{f}\n".encode() for d in range(10) for f in range(20)}
     make_repo("wide", files)
     tree = mounts(git_server.url("wide"), "--hydrate", "none")
     (tree.path / "dir3/file4.txt").write_text("rewritten\n")  # O_TRUNC: nothing to hydrate
     tree.git("-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "-am", "one file")
-    assert tree.status()["hydration"]["hydrated_blobs"] == 0
+    status = tree.status()
+    assert status["git"]["fetches"] == 1 and status["git"]["blobs_from_hydrator"] == len(files) - 1
+    assert status["hydration"]["hydrated_blobs"] == len(files) - 1
     assert tree.git("show", "--stat", "--format=", "HEAD").stdout.split()[:1] == ["dir3/file4.txt"]
     assert git_lines(tree, "status", "--porcelain") == []

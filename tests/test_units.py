@@ -20,7 +20,7 @@ from artifactfs.hydrator.priority import (
     load_rules,
 )
 from artifactfs.hydrator.queue import BOOST, DEMAND, HydrationQueue, level_of
-from artifactfs.remote.url import redact
+from artifactfs.redaction import redact
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache, refusal_reason
 from artifactfs.testing import git_env
@@ -434,7 +434,7 @@ def test_encoded_index_layout() -> None:
     assert int.from_bytes(long_entry[60:62], "big") == 0x0FFF  # name length saturates
 
 
-# --------------------------------------------------------------------------- remote.url.redact
+# --------------------------------------------------------------------------- redaction.redact
 
 
 @pytest.mark.parametrize(("text", "expected"), [

@@ -27,6 +27,7 @@ import pyfuse3
 import trio
 
 from artifactfs.daemon import control
+from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
@@ -43,6 +44,7 @@ from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot, private_dir, write_private_file
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
+from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import install_hook, journal_token
 from artifactfs.store.loose import LooseBlobFile
 from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
@@ -104,6 +106,7 @@ class Mount:
         self.session: RemoteSession | None = None
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
+        self.git_service: GitService | None = None
         self.operations: Operations | None = None
         self.view: OverlayView | None = None
         self.snapshot: Snapshot | None = None
@@ -134,6 +137,8 @@ class Mount:
             self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
             overlay = self._open_overlay(gitdir)
             self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
+            install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
+            git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote)
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
@@ -155,7 +160,8 @@ class Mount:
                     await nursery.start(self.hydrator.run)
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
-                    await nursery.start(control.serve, self.state.socket_path(options.mountpoint), self._control)
+                    serve_control = functools.partial(control.serve, streams={"upload-pack": git_service.upload_pack})
+                    await nursery.start(serve_control, self.state.socket_path(options.mountpoint), self._control)
                     if options.metrics_address is not None:
                         from artifactfs.daemon.metrics import serve_metrics  # optional dependency
                         await nursery.start(serve_metrics, options.metrics_address, self.status)
@@ -433,6 +439,9 @@ class Mount:
             if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
                 raise ArtifactFSError("prefetch needs a list of paths")
             return {"ok": True, "boosted": self.prefetch(paths)}
+        if op == "credential":
+            assert self.git_service is not None
+            return {"ok": True, **await self.git_service.credential(request)}
         if op == "record":
             assert self.hydrator is not None
             return {"ok": True, "record": [arrival.__dict__ for arrival in self.hydrator.record]}
@@ -454,6 +463,7 @@ class Mount:
 
     def status(self) -> dict[str, Any]:
         assert self.snapshot is not None and self.hydrator is not None and self.gitdir is not None
+        assert self.git_service is not None
         return {
             "pid": os.getpid(),
             "state": self.state_name,
@@ -465,6 +475,7 @@ class Mount:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "history_complete": not self.gitdir.shallow_commits(),
             "hydration": self.hydrator.status(),
+            "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
         }
 

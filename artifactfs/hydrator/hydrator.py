@@ -331,6 +331,10 @@ class Hydrator:
         self._work.unpark_all()
         return raised
 
+    def tracks(self, oid: str) -> bool:
+        """Whether ``oid`` is a blob of a tree given to this hydrator (so fetching it by id is one blob)."""
+        return oid in self._blobs
+
     def known_size(self, oid: str) -> int | None:
         size = self._sizes.get(oid)
         if size is None:

@@ -1,4 +1,5 @@
-"""HTTP credentials from ``git credential``: fill, approve and reject.
+"""HTTP credentials: asking ``git credential`` (fill, approve, reject), and
+deciding which of git's own credential requests the mount may answer.
 
 Secrets travel only on the helper's stdin/stdout, never in argv, the
 environment, log lines or exception messages.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
@@ -25,6 +27,23 @@ class Credential:
     password: str = field(repr=False)
 
 
+def describe(url: str) -> dict[str, str]:
+    """The ``protocol``, ``host`` and ``path`` git's credential protocol names ``url`` by
+    (``url`` carries no userinfo; ``host`` keeps an explicit port)."""
+    parts = urlsplit(url)
+    return {"protocol": parts.scheme, "host": parts.netloc, "path": unquote(parts.path.lstrip("/"))}
+
+
+def asks_for(url: str, username: str | None, request: Mapping[str, str]) -> bool:
+    """Whether git's credential ``request`` is about exactly ``url``: same protocol,
+    host and path (git sends the path only with ``credential.useHttpPath``, which
+    the gitdir sets for the origin), and the same user when both name one."""
+    if any(request.get(key) != value for key, value in describe(url).items()):
+        return False
+    asked_user = request.get("username")
+    return asked_user is None or username is None or asked_user == username
+
+
 class GitCredentialHelper:
     """Asks the user's configured git credential helpers about one HTTP(S) URL.
 
@@ -33,12 +52,7 @@ class GitCredentialHelper:
     """
 
     def __init__(self, url: str, username: str | None, *, timeout: float) -> None:
-        parts = urlsplit(url)
-        self._description = {
-            "protocol": parts.scheme,
-            "host": parts.netloc,
-            "path": unquote(parts.path.lstrip("/")),
-        }
+        self._description = describe(url)
         self._username = username
         self._timeout = timeout
 

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from artifactfs.errors import MissingObjectError, ProtocolError, RemoteError
-from artifactfs.remote.url import redact
+from artifactfs.redaction import redact
 
 MAX_PKT_LEN = 65520
 """Largest packet, length prefix included (LARGE_PACKET_MAX in git)."""

@@ -27,6 +27,7 @@ from artifactfs.errors import (
     TransientRemoteError,
 )
 from artifactfs.remote import pktline
+from artifactfs.remote.credentials import Credential
 from artifactfs.remote.pktline import Packet, PacketKind
 from artifactfs.remote.transport import Transport, open_transport
 from artifactfs.remote.url import RemoteURL
@@ -311,6 +312,14 @@ class RemoteSession:
                 raise ProtocolError(f"{self.description}: malformed object-info line {pktline.one_line(line)!r}")
             sizes[oid] = int(size)
         return sizes
+
+    def supports(self, command: str, feature: str) -> bool:
+        """Whether the remote advertised ``feature`` for ``command`` (e.g. fetch's ``filter``)."""
+        return feature in self._features(command)
+
+    async def credential(self) -> Credential | None:
+        """Credentials git in the mount may use for this remote (see :meth:`Transport.credential`)."""
+        return await self._transport.credential()
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):

@@ -63,6 +63,10 @@ class Transport(Protocol):
         """Send one command request; the context yields the response byte chunks."""
         ...
 
+    async def credential(self) -> Credential | None:
+        """Credentials for git in the mount to reach the same remote, or None."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -136,6 +140,14 @@ class HttpTransport:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def credential(self) -> Credential | None:
+        """The credentials this transport authenticates with (from the URL, or filled
+        after a 401); if it has none, what the user's credential helpers know now.
+        The latter are not kept: the remote has not confirmed them."""
+        if self._credential is not None:
+            return self._credential
+        return await GitCredentialHelper(self._base, self._username, timeout=self._timeout).fill()
 
     async def _send(
         self, method: str, url: str, body: bytes | None, *, expected_type: str, follow_redirects: bool
@@ -305,6 +317,10 @@ class LocalTransport:
             stderr.seek(0)
             message = one_line(stderr.read().decode("utf-8", "replace")) or f"exit status {status}"
             raise RemoteError(f"{self._path}: git upload-pack failed: {message}")
+
+    async def credential(self) -> Credential | None:
+        """A local repository needs none."""
+        return None
 
     async def aclose(self) -> None:
         """Nothing to release: every request runs its own process."""

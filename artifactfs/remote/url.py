@@ -1,8 +1,8 @@
 """Remote locations: parsing, validating and displaying Git remote URLs.
 
 This module owns the one place where user-supplied remote text becomes a
-:class:`RemoteURL`, and the scrubbing of credentials from any text that may be
-shown or logged (:func:`redact`).
+:class:`RemoteURL`; scrubbing credentials from text is
+:func:`artifactfs.redaction.redact`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,10 @@ from typing import Literal
 from urllib.parse import quote, unquote, urlsplit
 
 from artifactfs.errors import InvalidRemoteError
+from artifactfs.redaction import redact
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^/\s?#@:]*)(?::[^/\s?#]*)?@")
-_AUTH_HEADER_RE = re.compile(r"(?i)\b((?:proxy-)?authorization\s*[:=]\s*)[^\r\n]+")
-_PASSWORD_LINE_RE = re.compile(r"(?im)^(password\s*=).*$")
 
 
 @dataclass(frozen=True)
@@ -111,14 +109,6 @@ class RemoteURL:
             scheme, _, rest = self.url.partition("://")
             return f"{scheme}://{quote(self.username, safe='')}@{rest}"
         return self.url
-
-
-def redact(text: str) -> str:
-    """Scrub passwords from URL userinfo, ``Authorization`` header values and
-    ``password=`` lines (git credential format) in arbitrary text."""
-    text = _USERINFO_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}@" if m.group(2) else m.group(1), text)
-    text = _AUTH_HEADER_RE.sub(r"\1<redacted>", text)
-    return _PASSWORD_LINE_RE.sub(r"\1<redacted>", text)
 
 
 def _first_line(exc: BaseException) -> str:

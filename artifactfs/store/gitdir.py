@@ -110,9 +110,29 @@ class GitDir:
         except KeyError:
             pass
         config.set(key, name.encode(), value.encode())
+        self._write_config(config)
+
+    def set_config_values(self, section: str, name: str, values: list[str], *, subsection: str | None = None) -> None:
+        """Make ``values``, in order, the only values of a multi-valued key (written atomically, only if they change)."""
+        path = self.path / "config"
+        config = ConfigFile.from_path(str(path))
+        key = (section.encode(),) if subsection is None else (section.encode(), subsection.encode())
+        wanted = [value.encode() for value in values]
+        try:
+            if list(config.get_multivar(key, name.encode())) == wanted:
+                return
+        except KeyError:
+            pass
+        if config.has_section(key):
+            config[key].pop(name.encode(), None)
+        for value in wanted:
+            config.add(key, name.encode(), value)
+        self._write_config(config)
+
+    def _write_config(self, config: ConfigFile) -> None:
         serialised = io.BytesIO()
         config.write_to_file(serialised)
-        write_private_file(path, serialised.getvalue())
+        write_private_file(self.path / "config", serialised.getvalue())
 
     def exists(self) -> bool:
         return (self.path / "HEAD").is_file() and (self.path / "objects").is_dir()

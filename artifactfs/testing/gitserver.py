@@ -48,6 +48,7 @@ class RequestRecord:
     fault: str | None
     response_bytes: int = 0
     arguments: tuple[str, ...] = field(default=())
+    user_agent: str = ""
 
     @property
     def want_count(self) -> int:
@@ -137,7 +138,7 @@ class GitHttpServer:
         with self._lock:
             self._records.clear()
 
-    def _record(self, body: bytes) -> RequestRecord:
+    def _record(self, body: bytes, user_agent: str) -> RequestRecord:
         """Parse an upload-pack request, record it, and take a fault if it is a fetch."""
         command = ""
         arguments: list[str] = []
@@ -159,7 +160,8 @@ class GitHttpServer:
         filters = [line.split(" ", 1)[1] for line in arguments if line.startswith("filter ")]
         with self._lock:
             fault = self._faults.popleft() if command == "fetch" and self._faults else None
-            record = RequestRecord(command, wants, filters[0] if filters else None, fault, 0, tuple(arguments))
+            record = RequestRecord(command, wants, filters[0] if filters else None, fault, 0, tuple(arguments),
+                                   user_agent)
             self._records.append(record)
         return record
 
@@ -221,7 +223,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "POST" and path_info.endswith("/git-upload-pack"):
             body = self._read_body()
             decoded = gzip.decompress(body) if self.headers.get("Content-Encoding") == "gzip" else body
-            record = owner._record(decoded)
+            record = owner._record(decoded, self.headers.get("User-Agent", ""))
             if record.fault == "500":
                 self._reply(500, b"injected failure\n", {})
                 return
