@@ -148,12 +148,17 @@ def read_private_bytes(path: Path) -> bytes:
         return stream.read()
 
 
-def write_private_file(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (0600); a symlink at ``path`` is replaced, never followed."""
+def write_private_file(path: Path, data: bytes, *, executable: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically (0600, or 0700 if ``executable``).
+
+    A symlink at ``path`` is replaced, never followed.
+    """
     temporary = path.with_name(f".{path.name}.artifactfs-tmp")
     try:
         with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stream:
             stream.write(data)
+            if executable:
+                os.fchmod(stream.fileno(), PRIVATE_EXECUTABLE_MODE)
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -20,13 +20,13 @@ interpreter, the package and the control socket may have moved:
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 
 import artifactfs
 from artifactfs.remote.url import RemoteURL
+from artifactfs.state import private_dir, write_private_file
 from artifactfs.store.gitdir import GitDir
 
 SCRIPT_NAME = "artifactfs-git"
@@ -57,14 +57,10 @@ def install_bridge(gitdir: GitDir, remote: RemoteURL, socket: Path) -> Path:
 
 
 def _write_script(gitdir: Path, socket: Path) -> Path:
-    script = gitdir / "hooks" / SCRIPT_NAME
-    script.parent.mkdir(parents=True, exist_ok=True)
+    script = private_dir(gitdir / "hooks") / SCRIPT_NAME
     # -P keeps the working directory (the mount: the repository's own files) off sys.path.
     package_root = Path(artifactfs.__file__).resolve().parent.parent
-    temporary = script.with_name(f".{SCRIPT_NAME}.tmp")
-    temporary.write_text(_SCRIPT_TEMPLATE.format(
+    write_private_file(script, _SCRIPT_TEMPLATE.format(
         package_root=shlex.quote(str(package_root)), python=shlex.quote(sys.executable),
-        socket=shlex.quote(str(socket))))
-    temporary.chmod(0o755)
-    os.replace(temporary, script)
+        socket=shlex.quote(str(socket))).encode(), executable=True)
     return script

@@ -15,11 +15,10 @@ The hook is a POSIX shell script rather than Python: it runs before every
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
-from artifactfs.state import PRIVATE_EXECUTABLE_MODE
+from artifactfs.state import private_dir, write_private_file
 
 HOOK_NAME = "artifactfs-fsmonitor"
 _TOKEN_PREFIX = "artifactfs"
@@ -53,13 +52,9 @@ printf '/\\0'
 
 def install_hook(gitdir: Path, journal: Path, previous: Path) -> Path:
     """Write the hook for ``journal`` (and its ``previous`` generation) into ``gitdir/hooks``; returns its path."""
-    hook = gitdir / "hooks" / HOOK_NAME
-    hook.parent.mkdir(parents=True, exist_ok=True)
-    temporary = hook.with_name(f".{HOOK_NAME}.tmp")
-    temporary.write_text(_HOOK_TEMPLATE.format(journal=shlex.quote(str(journal)), previous=shlex.quote(str(previous)),
-                                               prefix=_TOKEN_PREFIX))
-    temporary.chmod(PRIVATE_EXECUTABLE_MODE)
-    os.replace(temporary, hook)
+    hook = private_dir(gitdir / "hooks") / HOOK_NAME
+    write_private_file(hook, _HOOK_TEMPLATE.format(journal=shlex.quote(str(journal)), previous=shlex.quote(str(previous)),
+                                                   prefix=_TOKEN_PREFIX).encode(), executable=True)
     return hook
 
 

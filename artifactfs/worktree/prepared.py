@@ -19,7 +19,12 @@ from pathlib import Path
 
 from artifactfs.snapshot.entries import BaseEntry, EntryKind
 from artifactfs.snapshot.tree import Snapshot
-from artifactfs.worktree.index import CacheTree, FsmonitorState, IndexRecord, write_index
+from artifactfs.worktree.index import (
+    CacheTree,
+    FsmonitorState,
+    IndexRecord,
+    write_index,
+)
 from artifactfs.worktree.untracked import PER_DIRECTORY_EXCLUDE, build_untracked_cache
 
 
