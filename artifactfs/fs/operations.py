@@ -220,11 +220,21 @@ class Operations(pyfuse3.Operations):
             attributes.attr_timeout = 0  # size still unknown: make the kernel ask again
         return attributes
 
-    async def _attributes(self, inode: int, node: Node) -> pyfuse3.EntryAttributes:
+    async def _attributes(self, inode: int, node: Node, *, fetch: bool = False) -> pyfuse3.EntryAttributes:
+        """Attributes with the exact size when it can be had without fetching content (object-info).
+
+        Otherwise the size is left unknown, with attribute timeout 0, unless
+        ``fetch`` (a ``getattr``: someone asks for the size): then the file's
+        whole directory is fetched in one request, so ``ls -l`` or ``find
+        -size`` cost one request per directory. A ``lookup`` never fetches:
+        opening a file must cost its own blob only.
+        """
         oid = self._content_oid(node)
         size = None
         if oid is not None:
-            size = (await self._hydrator.sizes([oid]))[oid]
+            size = self._hydrator.known_size(oid)
+            if size is None and (fetch or self._hydrator.object_info_available):
+                size = (await self._hydrator.sizes([oid], neighbours=self._neighbours(node.path)))[oid]
         return self._attributes_with_size(inode, node, size)
 
     # ------------------------------------------------------------- lookup & attributes
@@ -263,7 +273,7 @@ class Operations(pyfuse3.Operations):
         path = self._inodes.path(inode)
         if path is None:
             return self._orphan_attributes(inode)
-        return await self._attributes(inode, self._node(path))
+        return await self._attributes(inode, self._node(path), fetch=True)
 
     def _orphan_attributes(self, inode: int) -> pyfuse3.EntryAttributes:
         """Attributes of an unlinked file that is still open."""

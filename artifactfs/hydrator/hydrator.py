@@ -39,7 +39,7 @@ from artifactfs.errors import (
     TransientRemoteError,
 )
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
-from artifactfs.hydrator.queue import BOOST, DEMAND, HydrationQueue, level_of
+from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
 from artifactfs.latency import LatencyHistogram
 from artifactfs.remote import RemoteSession
 from artifactfs.snapshot.entries import EntryKind
@@ -57,6 +57,8 @@ _UNKNOWN_SIZE_GUESS = 16 << 10
 _OBJECT_INFO_CHUNK = 2048
 _OBJECT_INFO_REQUESTS = 3
 _MIN_BATCH = 16
+_DEMAND_LANES = 2
+"""Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
 
 
 class BlobUnavailableError(ArtifactFSError):
@@ -154,7 +156,10 @@ class Hydrator:
         self._counters = {priority_class: ClassCounters() for priority_class in PriorityClass}
         self._waiters: dict[str, trio.Event] = {}
         self._inflight: set[str] = set()
+        self._urgent_inflight: dict[str, int] = {}
+        """Blobs in flight on a demand or stat lane, with that lane's level."""
         self._work = trio.lowlevel.ParkingLot()
+        self._demand_work = trio.lowlevel.ParkingLot()
         self._batch_size = settings.initial_batch
         self._size_pending: dict[str, None] = {}
         self._size_demand: dict[str, None] = {}
@@ -174,11 +179,20 @@ class Hydrator:
     # ----------------------------------------------------------------- running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the fetch lanes and the size resolver until cancelled."""
+        """Run the fetch lanes and the size resolver until cancelled.
+
+        Demand lanes serve only blobs a reader is blocked on, so a read never
+        waits behind a directory fetched for ``stat``, a boosted or a
+        background batch; the stat lane serves directories whose sizes a
+        ``stat`` asked for; background lanes serve boosted blobs (neighbours,
+        ``prefetch``), then the classes.
+        """
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._lane, lambda: BOOST, "demand")
+            for index in range(_DEMAND_LANES):
+                nursery.start_soon(self._lane, self._taker(DEMAND), self._demand_work, f"demand-{index}")
+            nursery.start_soon(self._lane, self._taker(STAT), self._demand_work, "stat")
             for index in range(max(1, self.settings.connections)):
-                nursery.start_soon(self._lane, lambda: self._background_level, f"background-{index}")
+                nursery.start_soon(self._lane, self._take_background, self._work, f"background-{index}")
             if self._object_info:
                 nursery.start_soon(self._resolve_sizes, True)
                 for _ in range(_OBJECT_INFO_REQUESTS):
@@ -285,41 +299,67 @@ class Hydrator:
     async def ensure(self, oid: str, *, path: str = "", neighbours: Iterable[tuple[str, str]] = ()) -> Path:
         """Return the cache path of blob ``oid``, fetching it first if needed.
 
-        The blob jumps the queue; in background mode ``neighbours`` ((path,
-        oid) of the files in the same directory) are boosted behind it. They
-        are read only when ``oid`` has to be fetched. Raises
-        :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
+        The blob goes to a demand lane; in background mode ``neighbours``
+        ((path, oid) of the files in the same directory) are boosted on the
+        background lanes. They are read only when ``oid`` has to be fetched
+        and was not queued at boost level already (its directory was boosted).
+        Raises :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
         """
         if self._cache.contains(oid):
             return self._cache.path(oid)
-        if oid not in self._blobs:
-            self._register(oid, path)
-        blob = self._blobs[oid]
+        blob = self._tracked(oid, path)
         if blob.permanent_failure:
             raise BlobUnavailableError(f"blob {oid} ({blob.path}): {blob.failure}")
-        event = self._waiters.setdefault(oid, trio.Event())
         self._demanded.add(oid)
-        if oid not in self._inflight:
-            self._queue.push(oid, DEMAND)
-        for neighbour_path, neighbour in neighbours if self.settings.mode == "background" else ():
-            if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
-                if neighbour not in self._blobs:
-                    self._register(neighbour, neighbour_path)
-                self._queue.push(neighbour, BOOST)
-        self._work.unpark_all()
-        with trio.move_on_after(self.settings.read_timeout):
-            await event.wait()
+        if self.settings.mode == "background" and oid not in self._inflight and not self._queued_at(oid, BOOST):
+            for neighbour_path, neighbour in neighbours:
+                if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
+                    self._tracked(neighbour, neighbour_path)
+                    self._queue.push(neighbour, BOOST)
+            self._work.unpark_all()
+        await self._arrival([oid], DEMAND)
         if self._cache.contains(oid):
             return self._cache.path(oid)
         reason = blob.failure or f"timed out after {self.settings.read_timeout:g}s"
         log.error("read of %s (%s) failed: %s", blob.path or oid, oid, reason)
         raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}")
 
+    def _tracked(self, oid: str, path: str) -> _Blob:
+        """The accounting record of ``oid``, registered (without queueing) on first sight."""
+        blob = self._blobs.get(oid)
+        if blob is None:
+            self._register(oid, path)
+            blob = self._blobs[oid]
+        return blob
+
+    def _queued_at(self, oid: str, level: int) -> bool:
+        """Whether ``oid`` is queued at ``level`` or better."""
+        queued = self._queue.level(oid)
+        return queued is not None and queued <= level
+
+    async def _arrival(self, oids: Sequence[str], level: int) -> None:
+        """Queue ``oids`` at ``level`` (DEMAND or STAT); wait until each arrived or failed, at most ``read_timeout`` s.
+
+        A blob in flight in a background batch, or (for DEMAND) in a
+        directory fetched for ``stat``, is asked for once more on its own:
+        whichever copy arrives first wakes the reader.
+        """
+        events = []
+        for oid in oids:
+            if self._cache.contains(oid):
+                continue
+            events.append(self._waiters.setdefault(oid, trio.Event()))
+            if self._urgent_inflight.get(oid, BOOST) > level:
+                self._queue.push(oid, level)
+        self._demand_work.unpark_all()
+        with trio.move_on_after(self.settings.read_timeout):
+            for event in events:
+                await event.wait()
+
     def prefetch_paths(self, blobs: Sequence[tuple[str, str]]) -> None:
         """Fetch these (path, oid) blobs ahead of the background queue, registering them first."""
         for path, oid in blobs:
-            if oid not in self._blobs:
-                self._register(oid, path, queue=False)
+            self._tracked(oid, path)
         self.boost(oid for _, oid in blobs)
 
     def boost(self, oids: Iterable[str]) -> int:
@@ -343,10 +383,13 @@ class Hydrator:
                 self._sizes[oid] = size
         return size
 
-    async def sizes(self, oids: Sequence[str], *, partial: bool = False) -> dict[str, int]:
+    async def sizes(self, oids: Sequence[str], *, partial: bool = False,
+                    neighbours: Iterable[tuple[str, str]] = ()) -> dict[str, int]:
         """Sizes of blobs, from object-info when the server offers it, else by hydrating them.
 
-        Raises :class:`BlobUnavailableError` if a size cannot be had, unless
+        Hydrating for sizes fetches ``neighbours`` ((path, oid) of the files
+        in the same directory) in the same request. Raises
+        :class:`BlobUnavailableError` if a size cannot be had, unless
         ``partial``: then such blobs are left out of the result.
         """
         result: dict[str, int] = {}
@@ -373,9 +416,8 @@ class Hydrator:
         else:
             still_missing = missing
         if still_missing:
-            async with trio.open_nursery() as nursery:
-                for oid in still_missing:
-                    nursery.start_soon(self._size_by_hydration, oid, still_missing)
+            # With object-info, the rest of the directory has sizes without its content.
+            await self._size_by_hydration(still_missing, () if self._object_info else neighbours)
         for oid in missing:
             size = self.known_size(oid)
             if size is None and partial:
@@ -387,13 +429,26 @@ class Hydrator:
             result[oid] = size
         return result
 
-    async def _size_by_hydration(self, oid: str, batch: Sequence[str]) -> None:
-        neighbours = ((self._blobs[other].path if other in self._blobs else "", other) for other in batch)
-        try:
-            await self.ensure(oid, neighbours=neighbours)
-        except BlobUnavailableError:
-            return  # reported below, once, by sizes()
-        self.known_size(oid)
+    async def _size_by_hydration(self, oids: Sequence[str], neighbours: Iterable[tuple[str, str]]) -> None:
+        """Learn sizes by fetching contents: ``oids`` alone on a demand lane, their directory on the stat lane.
+
+        The first ``stat`` in a directory sends its file(s) in a request of
+        their own (a permission check before ``open`` is a ``stat`` too, so
+        opening a file never waits for its whole directory) and the rest of
+        the unhydrated ``neighbours`` in one request beside it; a ``stat`` of
+        any of those then waits for that request. So ``ls -l`` or ``find
+        -size`` cost about two requests per directory, not one per file.
+        Failures are reported by :meth:`sizes`.
+        """
+        wanted = [oid for oid in oids if not ((blob := self._blobs.get(oid)) and blob.permanent_failure)]
+        if all(oid in self._urgent_inflight or self._queued_at(oid, STAT) for oid in wanted):
+            await self._arrival(wanted, STAT)
+            return
+        for path, oid in neighbours:
+            if (oid not in wanted and oid not in self._urgent_inflight and not self._cache.contains(oid)
+                    and not self._tracked(oid, path).permanent_failure):
+                self._queue.push(oid, STAT)
+        await self._arrival(wanted, DEMAND)
 
     # ----------------------------------------------------------------- object-info
 
@@ -480,24 +535,42 @@ class Hydrator:
 
     # ----------------------------------------------------------------- fetching
 
-    async def _lane(self, max_level: Callable[[], int], name: str) -> None:
+    async def _lane(self, take: Callable[[], list[tuple[str, int]]], work: trio.lowlevel.ParkingLot, name: str) -> None:
+        """One fetch request at a time: take a batch, fetch it, repeat; park while there is nothing to take."""
         while True:
-            batch = self._queue.pop_batch(max_level(), self._batch_size, self.settings.max_batch_bytes,
-                                          self._sizes, _UNKNOWN_SIZE_GUESS)
-            batch = [(oid, level) for oid, level in batch if not self._cache.contains(oid) or self._settle(oid)]
+            batch = [(oid, level) for oid, level in take() if not self._cache.contains(oid) or self._settle(oid)]
             if not batch:
-                await self._work.park()
+                await work.park()
                 continue
             oids = [oid for oid, _ in batch]
+            urgent = batch[0][1] <= STAT
             self._inflight.update(oids)
+            if urgent:
+                self._urgent_inflight.update(batch)
             started = time.monotonic()
             try:
                 await self._fetch(oids)
             finally:
                 self._inflight.difference_update(oids)
-            self._fetch_latency.observe(time.monotonic() - started)
-            self._adapt_batch(time.monotonic() - started, len(oids))
-            log.debug("%s lane fetched %d blobs in %.3fs", name, len(oids), time.monotonic() - started)
+                for oid, level in batch:
+                    if self._urgent_inflight.get(oid) == level:
+                        del self._urgent_inflight[oid]
+            elapsed = time.monotonic() - started
+            self._fetch_latency.observe(elapsed)
+            if not urgent:
+                self._adapt_batch(elapsed, len(oids))
+            log.debug("%s lane fetched %d blobs in %.3fs", name, len(oids), elapsed)
+
+    def _taker(self, level: int) -> Callable[[], list[tuple[str, int]]]:
+        """What a demand (or the stat) lane takes: every blob queued at ``level``, up to one batch's limits."""
+        settings = self.settings
+        return lambda: self._queue.pop_batch(level, settings.max_batch, settings.max_batch_bytes, self._sizes,
+                                             _UNKNOWN_SIZE_GUESS, min_level=level)
+
+    def _take_background(self) -> list[tuple[str, int]]:
+        """Boosted blobs first, then the classes background hydration has opened."""
+        return self._queue.pop_batch(self._background_level, self._batch_size, self.settings.max_batch_bytes,
+                                     self._sizes, _UNKNOWN_SIZE_GUESS, min_level=BOOST)
 
     def _settle(self, oid: str) -> bool:
         """A queued blob turned out to be cached already: account for it, drop it from the batch."""
