@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import logging
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,10 @@ _OBJECT_INFO_REQUESTS = 3
 _MIN_BATCH = 16
 _DEMAND_LANES = 2
 """Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
+_INLINE_CACHE_CHECKS = 64
+"""Batches up to this size are checked against the cache on the event loop; larger ones in a thread."""
+_SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the GIL while another waits (Python's default is 0.005)."""
 
 
 class BlobUnavailableError(ArtifactFSError):
@@ -160,6 +165,7 @@ class Hydrator:
         """Blobs in flight on a demand or stat lane, with that lane's level."""
         self._work = trio.lowlevel.ParkingLot()
         self._demand_work = trio.lowlevel.ParkingLot()
+        self._parse_thread = trio.CapacityLimiter(1)
         self._batch_size = settings.initial_batch
         self._size_pending: dict[str, None] = {}
         self._size_demand: dict[str, None] = {}
@@ -187,6 +193,9 @@ class Hydrator:
         ``stat`` asked for; background lanes serve boosted blobs (neighbours,
         ``prefetch``), then the classes.
         """
+        # Background batches are parsed in worker threads that hold the GIL; the event loop
+        # (FUSE requests, demand lanes) must get it back within a millisecond, not five.
+        sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
         async with trio.open_nursery() as nursery:
             for index in range(_DEMAND_LANES):
                 nursery.start_soon(self._lane, self._taker(DEMAND), self._demand_work, f"demand-{index}")
@@ -535,10 +544,11 @@ class Hydrator:
 
     # ----------------------------------------------------------------- fetching
 
-    async def _lane(self, take: Callable[[], list[tuple[str, int]]], work: trio.lowlevel.ParkingLot, name: str) -> None:
+    async def _lane(self, take: Callable[[], list[tuple[str, int]]], work: trio.lowlevel.ParkingLot,
+                    name: str) -> None:
         """One fetch request at a time: take a batch, fetch it, repeat; park while there is nothing to take."""
         while True:
-            batch = [(oid, level) for oid, level in take() if not self._cache.contains(oid) or self._settle(oid)]
+            batch = take()
             if not batch:
                 await work.park()
                 continue
@@ -549,12 +559,16 @@ class Hydrator:
                 self._urgent_inflight.update(batch)
             started = time.monotonic()
             try:
-                await self._fetch(oids)
+                oids = await self._uncached(oids)
+                if oids:
+                    await self._fetch(oids)
             finally:
-                self._inflight.difference_update(oids)
                 for oid, level in batch:
+                    self._inflight.discard(oid)
                     if self._urgent_inflight.get(oid) == level:
                         del self._urgent_inflight[oid]
+            if not oids:
+                continue
             elapsed = time.monotonic() - started
             self._fetch_latency.observe(elapsed)
             if not urgent:
@@ -572,10 +586,19 @@ class Hydrator:
         return self._queue.pop_batch(self._background_level, self._batch_size, self.settings.max_batch_bytes,
                                      self._sizes, _UNKNOWN_SIZE_GUESS, min_level=BOOST)
 
-    def _settle(self, oid: str) -> bool:
-        """A queued blob turned out to be cached already: account for it, drop it from the batch."""
-        self._mark_hydrated(oid, self._cache.size(oid) or 0)
-        return False
+    async def _uncached(self, oids: list[str]) -> list[str]:
+        """Drop the blobs that reached the cache since they were queued (another mount sharing it stored them).
+
+        A large batch is checked in a worker thread: thousands of ``stat`` calls
+        would otherwise hold up every FUSE request.
+        """
+        def cached() -> set[str]:
+            return {oid for oid in oids if self._cache.contains(oid)}
+
+        found = cached() if len(oids) <= _INLINE_CACHE_CHECKS else await trio.to_thread.run_sync(cached)
+        for oid in found:
+            self._mark_hydrated(oid, self._cache.size(oid) or 0)
+        return [oid for oid in oids if oid not in found] if found else oids
 
     def _adapt_batch(self, elapsed: float, count: int) -> None:
         if count < self._batch_size:
@@ -640,13 +663,26 @@ class Hydrator:
 
     async def _fetch_once(self, wants: list[str], remaining: set[str]) -> None:
         parser = PackStreamParser(spool_dir=self._cache.tmp_dir, external_base=self._cached_content)
+        # A demand request is parsed on the event loop: a thread hop (and the GIL held by
+        # background parsing) would cost a blocked reader more than its few blobs take.
+        inline = all(self._urgent_inflight.get(oid) == DEMAND for oid in wants)
         async with self._session.fetch(wants) as response:
             async for chunk in response.pack_chunks():
                 await self._throttle(len(chunk))
-                arrived = await trio.to_thread.run_sync(self._ingest, parser, chunk)
-                self._deliver(arrived, remaining)
-            arrived = await trio.to_thread.run_sync(self._ingest_end, parser)
-            self._deliver(arrived, remaining)
+                self._deliver(self._ingest(parser, chunk) if inline
+                              else await self._in_parse_thread(self._ingest, parser, chunk), remaining)
+            self._deliver(self._ingest_end(parser) if inline
+                          else await self._in_parse_thread(self._ingest_end, parser), remaining)
+
+    async def _in_parse_thread(self, function: Callable[..., list[tuple[str, int]]],
+                               *args: object) -> list[tuple[str, int]]:
+        """Run a background batch's parsing step in the one parse thread.
+
+        Parsing holds the GIL most of the time: more threads would not parse
+        faster, only make the event loop (FUSE requests, demand reads) wait
+        longer to get the GIL back.
+        """
+        return await trio.to_thread.run_sync(function, *args, limiter=self._parse_thread)
 
     def _ingest(self, parser: PackStreamParser, chunk: bytes) -> list[tuple[str, int]]:
         """Parse a chunk and store every completed blob (runs in a worker thread)."""
