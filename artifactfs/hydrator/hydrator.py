@@ -334,7 +334,7 @@ class Hydrator:
         raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}")
 
     def _tracked(self, oid: str, path: str) -> _Blob:
-        """The accounting record of ``oid``, registered (without queueing) on first sight."""
+        """The accounting record of ``oid``, registered (and queued for the background) on first sight."""
         blob = self._blobs.get(oid)
         if blob is None:
             self._register(oid, path)
@@ -396,10 +396,11 @@ class Hydrator:
                     neighbours: Iterable[tuple[str, str]] = ()) -> dict[str, int]:
         """Sizes of blobs, from object-info when the server offers it, else by hydrating them.
 
-        Hydrating for sizes fetches ``neighbours`` ((path, oid) of the files
-        in the same directory) in the same request. Raises
+        Hydrating for sizes also fetches ``neighbours`` ((path, oid) of the
+        files in the same directory), see :meth:`_size_by_hydration`. Raises
         :class:`BlobUnavailableError` if a size cannot be had, unless
-        ``partial``: then such blobs are left out of the result.
+        ``partial`` (a listing, the index): then blobs whose size object-info
+        did not give are left out, and nothing is fetched.
         """
         result: dict[str, int] = {}
         missing: list[str] = []
@@ -424,7 +425,7 @@ class Hydrator:
             still_missing = [oid for oid in missing if oid not in self._sizes]
         else:
             still_missing = missing
-        if still_missing:
+        if still_missing and not partial:
             # With object-info, the rest of the directory has sizes without its content.
             await self._size_by_hydration(still_missing, () if self._object_info else neighbours)
         for oid in missing:
