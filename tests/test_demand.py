@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -159,3 +160,39 @@ def test_a_demand_read_does_not_wait_for_stalled_background_batches(make_repo, g
     assert requests.index(serving[0]) > max(requests.index(request) for request in stalled)
     status = tree.status()["hydration"]
     assert not status["complete"] and status["inflight_blobs"] >= sum(r.want_count for r in stalled)
+
+    # A file whose blob is in flight in one of the stalled batches is asked for again, on its own.
+    stalled_path = next(path for path in sorted(files) if oids[path] in stalled[0].wants)
+    started = time.monotonic()
+    assert (tree.path / stalled_path).read_bytes() == files[stalled_path]
+    elapsed = time.monotonic() - started
+    assert elapsed < DEMAND_BOUND, f"the read waited {elapsed:.2f}s for the stalled batch holding its blob"
+    assert time.monotonic() - stalled_from < STALL_SECONDS
+    assert [request.wants for request in fetches(git_server) if oids[stalled_path] in request.wants
+            and request.fault is None] == [(oids[stalled_path],)]
+
+
+def test_a_demand_read_does_not_wait_for_another_stalled_demand(make_repo, git_server, mounts):
+    files = {f"src/f{index}.py": content(f"two{index}", 800) for index in range(4)}
+    repo, _ = make_repo("two", files)
+    oids = blob_ids(repo)
+    tree = mounts(git_server.url("two"), "--hydrate", "none")
+    tree.wait_for(lambda status: status["history_complete"])  # no other fetch may take the fault
+    git_server.clear_requests()
+    git_server.inject(f"stall:{STALL_SECONDS:g}")
+    stalled_from = time.monotonic()
+    first = threading.Thread(target=(tree.path / "src/f0.py").read_bytes)
+    first.start()
+    deadline = time.monotonic() + 10
+    while not fetches(git_server):
+        assert time.monotonic() < deadline, "the first read made no request"
+        time.sleep(0.01)
+    assert fetches(git_server)[0].wants == (oids["src/f0.py"],) and fetches(git_server)[0].fault
+
+    started = time.monotonic()
+    assert (tree.path / "src/f1.py").read_bytes() == files["src/f1.py"]
+    elapsed = time.monotonic() - started
+    assert elapsed < DEMAND_BOUND, f"the second read waited {elapsed:.2f}s behind the stalled one"
+    assert time.monotonic() - stalled_from < STALL_SECONDS
+    first.join()
+    assert [request.wants for request in fetches(git_server)] == [(oids["src/f0.py"],), (oids["src/f1.py"],)]
