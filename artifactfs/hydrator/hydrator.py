@@ -238,17 +238,26 @@ class Hydrator:
         With ``may_be_local`` (a tree git made or fetched in the mount), blobs
         new to the hydrator are first looked up in the gitdir: a commit's new
         blobs exist only there, and the remote would refuse them. Walks the
-        tree with a checkpoint every few hundred entries so a huge tree never
+        tree with a checkpoint every few hundred entries, and looks the new
+        blobs up in the cache in a worker thread (a ``stat`` each, which on
+        the event loop would wait for the GIL each time), so a huge tree never
         stalls FUSE requests.
         """
-        new_oids: list[str] = []
+        found: dict[str, str] = {}
         for count, (path, entry) in enumerate(snapshot.walk()):
             if count % 512 == 0:
                 await trio.sleep(0)
-            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK) or entry.oid in self._blobs:
-                continue
-            if self._register(entry.oid, path, queue=not may_be_local) is not None and may_be_local:
-                new_oids.append(entry.oid)
+            if entry.kind in (EntryKind.FILE, EntryKind.SYMLINK) and entry.oid not in self._blobs:
+                found.setdefault(entry.oid, path)
+        cached = await trio.to_thread.run_sync(lambda: {oid: self._cache.size(oid) for oid in found})
+        new_oids: list[str] = []
+        for count, (oid, path) in enumerate(found.items()):
+            if count % 512 == 0:
+                await trio.sleep(0)
+            if oid in self._blobs:
+                continue  # a read registered it meanwhile
+            if self._register(oid, path, cached[oid], queue=not may_be_local) is not None and may_be_local:
+                new_oids.append(oid)
         if new_oids:
             local = await trio.to_thread.run_sync(self._hydrate_locally, new_oids)
             for oid, size in local:
@@ -271,14 +280,14 @@ class Hydrator:
                 found.append((oid, len(content)))
         return found
 
-    def _register(self, oid: str, path: str, *, queue: bool = True) -> _Blob | None:
-        """Start accounting for a blob; returns it if it still has to be hydrated."""
+    def _register(self, oid: str, path: str, size: int | None, *, queue: bool = True) -> _Blob | None:
+        """Start accounting for a blob (``size``: its size in the cache, None if not there);
+        returns it if it still has to be hydrated."""
         priority_class = self._classifier.classify(path, self._sizes.get(oid))
         blob = _Blob(path, priority_class)
         self._blobs[oid] = blob
         counters = self._counters[priority_class]
         counters.total += 1
-        size = self._cache.size(oid)
         if size is not None:
             self._sizes[oid] = size
             blob.hydrated = True
@@ -309,10 +318,11 @@ class Hydrator:
         """Return the cache path of blob ``oid``, fetching it first if needed.
 
         The blob goes to a demand lane; in background mode ``neighbours``
-        ((path, oid) of the files in the same directory) are boosted on the
-        background lanes. They are read only when ``oid`` has to be fetched
-        and was not queued at boost level already (its directory was boosted).
-        Raises :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
+        ((path, oid) of the files in the same directory) are then boosted on
+        the background lanes, once the demand request is on its way. They are
+        read only when ``oid`` has to be fetched and was not queued at boost
+        level already (its directory was boosted). Raises
+        :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
         """
         if self._cache.contains(oid):
             return self._cache.path(oid)
@@ -320,13 +330,18 @@ class Hydrator:
         if blob.permanent_failure:
             raise BlobUnavailableError(f"blob {oid} ({blob.path}): {blob.failure}")
         self._demanded.add(oid)
-        if self.settings.mode == "background" and oid not in self._inflight and not self._queued_at(oid, BOOST):
+        boost = self.settings.mode == "background" and oid not in self._inflight and not self._queued_at(oid, BOOST)
+        events = self._request([oid], DEMAND)
+        if boost:
+            await trio.sleep(0)  # a demand lane sends the request first
             for neighbour_path, neighbour in neighbours:
-                if neighbour != oid and neighbour not in self._inflight and not self._cache.contains(neighbour):
-                    self._tracked(neighbour, neighbour_path)
+                # The hydrator's own record, not the cache: a stat per file would wait for the GIL each time.
+                if neighbour == oid or neighbour in self._inflight:
+                    continue
+                if not self._tracked(neighbour, neighbour_path).hydrated:
                     self._queue.push(neighbour, BOOST)
             self._work.unpark_all()
-        await self._arrival([oid], DEMAND)
+        await self._wait(events)
         if self._cache.contains(oid):
             return self._cache.path(oid)
         reason = blob.failure or f"timed out after {self.settings.read_timeout:g}s"
@@ -337,7 +352,7 @@ class Hydrator:
         """The accounting record of ``oid``, registered (and queued for the background) on first sight."""
         blob = self._blobs.get(oid)
         if blob is None:
-            self._register(oid, path)
+            self._register(oid, path, self._cache.size(oid))
             blob = self._blobs[oid]
         return blob
 
@@ -346,8 +361,8 @@ class Hydrator:
         queued = self._queue.level(oid)
         return queued is not None and queued <= level
 
-    async def _arrival(self, oids: Sequence[str], level: int) -> None:
-        """Queue ``oids`` at ``level`` (DEMAND or STAT); wait until each arrived or failed, at most ``read_timeout`` s.
+    def _request(self, oids: Sequence[str], level: int) -> list[trio.Event]:
+        """Queue ``oids`` at ``level`` (DEMAND or STAT) for the urgent lanes; returns the events their arrivals set.
 
         A blob in flight in a background batch, or (for DEMAND) in a
         directory fetched for ``stat``, is asked for once more on its own:
@@ -355,12 +370,18 @@ class Hydrator:
         """
         events = []
         for oid in oids:
-            if self._cache.contains(oid):
+            size = self._cache.size(oid)
+            if size is not None:  # stored by a parse not yet delivered, or by another mount
+                self._mark_hydrated(oid, size)
                 continue
             events.append(self._waiters.setdefault(oid, trio.Event()))
             if self._urgent_inflight.get(oid, BOOST) > level:
                 self._queue.push(oid, level)
         self._demand_work.unpark_all()
+        return events
+
+    async def _wait(self, events: Sequence[trio.Event]) -> None:
+        """Wait until every event is set (each blob arrived or failed), at most ``read_timeout`` seconds."""
         with trio.move_on_after(self.settings.read_timeout):
             for event in events:
                 await event.wait()
@@ -385,8 +406,13 @@ class Hydrator:
         return oid in self._blobs
 
     def known_size(self, oid: str) -> int | None:
+        """The size of ``oid`` if known without asking the remote.
+
+        A tracked blob's size is in memory once known; only untracked ones
+        cost a look at the cache (a ``stat`` on the event loop).
+        """
         size = self._sizes.get(oid)
-        if size is None:
+        if size is None and oid not in self._blobs:
             size = self._cache.size(oid)
             if size is not None:
                 self._sizes[oid] = size
@@ -413,9 +439,12 @@ class Hydrator:
         if not missing:
             return result
         if self._object_info:
+            # More than one request's worth (the index asking for the whole tree) is bulk work:
+            # a stat's or a listing's sizes must not queue behind it.
+            wanted = self._size_demand if len(missing) <= _OBJECT_INFO_CHUNK else self._size_pending
             events = []
             for oid in missing:
-                self._size_demand[oid] = None
+                wanted[oid] = None
                 events.append(self._size_waiters.setdefault(oid, trio.Event()))
             self._size_work.unpark_all()
             with trio.move_on_after(self.settings.read_timeout):
@@ -452,13 +481,14 @@ class Hydrator:
         """
         wanted = [oid for oid in oids if not ((blob := self._blobs.get(oid)) and blob.permanent_failure)]
         if all(oid in self._urgent_inflight or self._queued_at(oid, STAT) for oid in wanted):
-            await self._arrival(wanted, STAT)
+            await self._wait(self._request(wanted, STAT))
             return
         for path, oid in neighbours:
-            if (oid not in wanted and oid not in self._urgent_inflight and not self._cache.contains(oid)
-                    and not self._tracked(oid, path).permanent_failure):
-                self._queue.push(oid, STAT)
-        await self._arrival(wanted, DEMAND)
+            if oid not in wanted and oid not in self._urgent_inflight:
+                blob = self._tracked(oid, path)
+                if not blob.hydrated and not blob.permanent_failure:
+                    self._queue.push(oid, STAT)
+        await self._wait(self._request(wanted, DEMAND))
 
     # ----------------------------------------------------------------- object-info
 
