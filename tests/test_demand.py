@@ -138,9 +138,15 @@ def test_a_demand_read_does_not_wait_for_stalled_background_batches(make_repo, g
              for directory in range(12) for index in range(150)}
     repo, _ = make_repo("load", files)
     oids = blob_ids(repo)
-    tree = mounts(git_server.url("load"), "--connections", "3")
+    # A first mount fetches the tree and the history; the remount below reuses them, so its
+    # first fetch requests are the background lanes' own, and those are the ones stalled.
+    first = mounts(git_server.url("load"), "--hydrate", "none")
+    first.wait_for(lambda status: status["history_complete"])
+    first.unmount()
+    git_server.clear_requests()
     for _ in range(3):
         git_server.inject(f"stall:{STALL_SECONDS:g}")
+    tree = mounts(git_server.url("load"), "--connections", "3")
     deadline = time.monotonic() + 30
     while len([request for request in fetches(git_server) if request.fault]) < 3:
         assert time.monotonic() < deadline, "the background lanes never made three requests"
