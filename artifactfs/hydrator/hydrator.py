@@ -60,6 +60,9 @@ _OBJECT_INFO_REQUESTS = 3
 _MIN_BATCH = 16
 _DEMAND_LANES = 2
 """Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
+_SMALL_BATCH = 16
+_SMALL_BATCH_BYTES = 1 << 20
+"""A background batch this small answers about as fast as a demand request of its own."""
 _INLINE_CACHE_CHECKS = 64
 """Batches up to this size are checked against the cache on the event loop; larger ones in a thread."""
 _SWITCH_INTERVAL = 0.001
@@ -163,6 +166,8 @@ class Hydrator:
         self._inflight: set[str] = set()
         self._urgent_inflight: dict[str, int] = {}
         """Blobs in flight on a demand or stat lane, with that lane's level."""
+        self._small_inflight: set[str] = set()
+        """Blobs in flight in a small background batch (a reader waits for it rather than ask again)."""
         self._work = trio.lowlevel.ParkingLot()
         self._demand_work = trio.lowlevel.ParkingLot()
         self._parse_thread = trio.CapacityLimiter(1)
@@ -364,7 +369,7 @@ class Hydrator:
     def _request(self, oids: Sequence[str], level: int) -> list[trio.Event]:
         """Queue ``oids`` at ``level`` (DEMAND or STAT) for the urgent lanes; returns the events their arrivals set.
 
-        A blob in flight in a background batch, or (for DEMAND) in a
+        A blob in flight in a large background batch, or (for DEMAND) in a
         directory fetched for ``stat``, is asked for once more on its own:
         whichever copy arrives first wakes the reader.
         """
@@ -375,7 +380,8 @@ class Hydrator:
                 self._mark_hydrated(oid, size)
                 continue
             events.append(self._waiters.setdefault(oid, trio.Event()))
-            if self._urgent_inflight.get(oid, BOOST) > level:
+            carried = self._urgent_inflight.get(oid, DEMAND if oid in self._small_inflight else BOOST)
+            if carried > level:
                 self._queue.push(oid, level)
         self._demand_work.unpark_all()
         return events
@@ -585,9 +591,13 @@ class Hydrator:
                 continue
             oids = [oid for oid, _ in batch]
             urgent = batch[0][1] <= STAT
+            small = not urgent and len(oids) <= _SMALL_BATCH and sum(
+                self._sizes.get(oid, _UNKNOWN_SIZE_GUESS) for oid in oids) <= _SMALL_BATCH_BYTES
             self._inflight.update(oids)
             if urgent:
                 self._urgent_inflight.update(batch)
+            elif small:
+                self._small_inflight.update(oids)
             started = time.monotonic()
             try:
                 oids = await self._uncached(oids)
@@ -596,6 +606,8 @@ class Hydrator:
             finally:
                 for oid, level in batch:
                     self._inflight.discard(oid)
+                    if small:
+                        self._small_inflight.discard(oid)
                     if self._urgent_inflight.get(oid) == level:
                         del self._urgent_inflight[oid]
             if not oids:
