@@ -143,6 +143,7 @@ class Mount:
             self.view = OverlayView(overlay, self.snapshot)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
             self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
+            self.hydrator.on_size_corrected = self._size_corrected
             fuse_options = set(pyfuse3.default_options) | {"fsname=artifactfs", "subtype=artifactfs",
                                                            "default_permissions"}
             if options.allow_other:
@@ -257,7 +258,15 @@ class Mount:
         assert self.hydrator is not None
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
-        await complete_history(session, gitdir)
+        await complete_history(session, gitdir, self.hydrator.health)
+
+    def _size_corrected(self, oid: str) -> None:
+        """A blob's verified size differs from the one reported: tell the kernel and git's fsmonitor."""
+        assert self.snapshot is not None and self.operations is not None and self.view is not None
+        paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
+        self.operations.size_corrected(paths)
+        for path in paths:
+            self.view.note_modified(path)
 
     async def _watch_mountpoint(self) -> None:
         """Exit when the mount disappears without us (``umount -l``, ``fusermount3 -u -z``).
