@@ -170,8 +170,8 @@ class Hydrator:
         self._hinted: set[str] = set()
         """Blobs whose size is an object-info hint, not yet confirmed by the verified blob."""
         self._size_attempts: collections.Counter[str] = collections.Counter()
-        self.on_size_corrected: Callable[[str], None] | None = None
-        """Called with a blob id whose verified size differs from the size reported before."""
+        self.on_size_corrected: Callable[[str, int], None] | None = None
+        """Called with a blob id and its verified size when that differs from the size reported before."""
         self.health = RemoteHealth()
         self._backoff = HYDRATION_BACKOFF
         self._retrying: dict[str, int] = {}
@@ -548,7 +548,7 @@ class Hydrator:
         if blob is not None:
             self._counters[blob.priority_class].total_bytes += verified_size - hinted
         if self.on_size_corrected is not None:
-            self.on_size_corrected(oid)
+            self.on_size_corrected(oid, verified_size)
 
     # ----------------------------------------------------------------- fetching
 
