@@ -146,6 +146,7 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(make
             assert len(tree.git("log", "--oneline").stdout.splitlines()) == 6
     log = daemon_log(state_root)
     assert "remote unreachable" in log and "remote reachable again" in log
+    robustness.add("outages_survived")
 
 
 # --------------------------------------------------------------------------- (b) object-info lies
@@ -175,7 +176,9 @@ def test_corrupt_and_truncated_object_info_replies_never_reach_reads_or_stat(mak
             assert hydration["object_info"], "a bad reply must never turn sizes off"
             robustness.add("faults_injected", proxy.total_injected)
             assert proxy.injected["info-flip"] >= 1 and proxy.injected["info-truncate"] >= 1, proxy.injected
-    assert "object-info said" in daemon_log(state_root), "no wrong hint was ever corrected: the test proved nothing"
+    corrected = daemon_log(state_root).count("object-info said")
+    assert corrected, "no wrong hint was ever corrected: the test proved nothing"
+    robustness.add("sizes_corrected", corrected)
 
 
 # --------------------------------------------------------------------------- (c) missing blobs
@@ -218,6 +221,9 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_server,
         assert hydration["hydrated_blobs"] == hydration["total_blobs"] - 12, hydration
         assert elapsed < 20, f"full hydration took {elapsed:.1f}s with a dozen blobs missing"
 
+        missing_oids = set(oids.values())
+        asked = [request for request in git_server.requests if missing_oids & set(request.wants)]
+        assert len(asked) <= 3 * 12, f"{len(asked)} fetches asked for missing blobs: isolation is not fast"
         for path in missing_paths:
             began = time.monotonic()
             with pytest.raises(OSError) as raised:
@@ -225,6 +231,8 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_server,
             assert raised.value.errno == errno.EIO
             assert time.monotonic() - began < 1.0, "a known-missing blob must fail at once"
         assert_exact(tree, {path: data for path, data in expected.items() if path not in oids})
+        assert [request for request in git_server.requests if missing_oids & set(request.wants)] == asked, \
+            "a blob known to be missing was asked for again"
 
         began = time.monotonic()
         result = subprocess.run(["git", "status", "--porcelain"], cwd=tree.path, capture_output=True, text=True,
@@ -237,3 +245,57 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_server,
     for path, oid in oids.items():
         lines = [line for line in log.splitlines() if oid in line and "cannot hydrate" in line]
         assert len(lines) == 1 and path in lines[0] and "not found on the remote" in lines[0], lines
+    robustness.add("missing_blobs_isolated", len(oids))
+
+
+# --------------------------------------------------------------------------- full disk while hydrating
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 48 MiB tmpfs: a real filesystem that fills up."""
+    mountpoint = tmp_path / "small"
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def test_a_full_disk_pauses_hydration_until_space_returns(make_repo, git_server, small_disk, tmp_path, fuse):
+    rng = random.Random(6)
+    files: dict[str, bytes | FileSpec] = {f"data/blob{index:02d}.bin": rng.randbytes(1 << 20) for index in range(16)}
+    files["README.md"] = b"small\n"
+    repo, _ = make_repo("roomy", files)
+    expected = served_contents(repo)
+    state_root = small_disk / "state"
+    ballast = small_disk / "ballast"
+    # Blobs take their size twice (cache and promisor packs): 16 MiB of blobs cannot fit beside the ballast.
+    ballast.write_bytes(b"\0" * (26 << 20))
+    with MountedTree(git_server.url("roomy"), tmp_path / "mnt", state_root, ["--read-timeout", "2"]) as tree:
+        paused = tree.wait_for(lambda s: s["hydration"]["paused"] == "disk full", timeout=60)["hydration"]
+        assert paused["failed_blobs"] == 0, "a full disk must not fail blobs for good"
+        assert not paused["complete"]
+        arrived = {arrival["path"] for arrival in tree.record()}
+        waiting = sorted(path for path in expected if path not in arrived)
+        assert waiting, "nothing was left to hydrate when the disk filled"
+
+        # A reader of a blob that cannot be stored now gets EIO after the read timeout, not at once.
+        started = time.monotonic()
+        with pytest.raises(OSError) as raised:
+            read_fresh(tree.path / waiting[0])
+        assert raised.value.errno == errno.EIO
+        assert time.monotonic() - started >= 1.8
+        # Paused means idle: no fetch is attempted while the disk stays full.
+        requests = len(git_server.requests)
+        time.sleep(2)
+        assert len(git_server.requests) - requests <= 1, "hydration kept fetching into a full disk"
+        assert os.path.ismount(tree.path) and tree.status()["hydration"]["paused"] == "disk full"
+
+        ballast.unlink()
+        final = tree.wait_for(lambda s: s["hydration"]["complete"], timeout=90)["hydration"]
+        assert final["paused"] is None and final["failed_blobs"] == 0, final
+        assert final["hydrated_blobs"] == final["total_blobs"]
+        assert_exact(tree, expected)
+    robustness.add("disk_full_pauses")

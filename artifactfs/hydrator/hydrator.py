@@ -672,7 +672,8 @@ class Hydrator:
         """Queue ``oids`` again once the backoff (or the pause) is over; their readers keep waiting."""
         for oid in oids:
             blob = self._blobs.get(oid)
-            if blob is None or blob.hydrated or blob.permanent_failure:
+            # The cache, not the hydrated flag, says what is here: gc may have evicted a hydrated blob.
+            if blob is None or blob.permanent_failure or self._cache.contains(oid):
                 continue
             if oid in self._demanded:
                 level = DEMAND
@@ -694,9 +695,8 @@ class Hydrator:
                 await recovered.wait()
             retrying, self._retrying = self._retrying, {}
             for oid, level in retrying.items():
-                blob = self._blobs[oid]
-                if not blob.hydrated and not blob.permanent_failure and oid not in self._inflight:
-                    self._queue.push(oid, level)
+                if not self._blobs[oid].permanent_failure and oid not in self._inflight:
+                    self._queue.push(oid, level)  # a lane drops it if it arrived meanwhile
             self._work.unpark_all()
 
     async def _disk_full(self) -> bool:
