@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import shutil
 import subprocess
 import threading
 import time
@@ -28,10 +29,15 @@ from artifactfs.testing.mounts import MountedTree
 OUTAGE_SECONDS = float(os.environ.get("ARTIFACTFS_OUTAGE_SECONDS", "15"))
 
 
+def blob_ids(repo: Path) -> dict[str, str]:
+    """path -> blob id of every regular file of the served repository's HEAD."""
+    listing = git(repo, "ls-tree", "-r", "-z", "HEAD").decode().split("\0")
+    return {line.split("\t", 1)[1]: line.split()[2] for line in listing if line and line.split()[0] != "120000"}
+
+
 def served_contents(repo: Path) -> dict[str, bytes]:
     """Every regular file of the served repository's HEAD, as ``git cat-file`` gives it."""
-    listing = git(repo, "ls-tree", "-r", "-z", "HEAD").decode().split("\0")
-    entries = [(line.split("\t", 1)[1], line.split()[2]) for line in listing if line and line.split()[0] != "120000"]
+    entries = list(blob_ids(repo).items())
     batch = subprocess.run(["git", f"--git-dir={repo}", "cat-file", "--batch"], capture_output=True, check=True,
                            input="".join(f"{oid}\n" for _, oid in entries).encode()).stdout
     contents: dict[str, bytes] = {}
@@ -105,8 +111,8 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(make
             status = tree.wait_for(lambda s: s["hydration"]["remote"]["state"] == "unreachable"
                                    and s["hydration"]["inflight_blobs"] == 0, timeout=30)
             assert not status["hydration"]["complete"], "an outage must never look like complete hydration"
-            arrived = {arrival["path"] for arrival in tree.record()}
-            pending = sorted(path for path in expected if path not in arrived)
+            arrived = {arrival["oid"] for arrival in tree.record()}
+            pending = sorted(path for path, oid in blob_ids(repo).items() if oid not in arrived)
             assert pending, "the outage came too late to matter: everything had arrived"
             victim = pending[-1]
 
@@ -270,15 +276,16 @@ def test_a_full_disk_pauses_hydration_until_space_returns(make_repo, git_server,
     repo, _ = make_repo("roomy", files)
     expected = served_contents(repo)
     state_root = small_disk / "state"
+    state_root.mkdir()
     ballast = small_disk / "ballast"
-    # Blobs take their size twice (cache and promisor packs): 16 MiB of blobs cannot fit beside the ballast.
-    ballast.write_bytes(b"\0" * (26 << 20))
+    # Leave 6 MiB: the 16 MiB of blobs cannot fit beside the ballast, the mount itself can.
+    ballast.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - (6 << 20)))
     with MountedTree(git_server.url("roomy"), tmp_path / "mnt", state_root, ["--read-timeout", "2"]) as tree:
         paused = tree.wait_for(lambda s: s["hydration"]["paused"] == "disk full", timeout=60)["hydration"]
         assert paused["failed_blobs"] == 0, "a full disk must not fail blobs for good"
         assert not paused["complete"]
-        arrived = {arrival["path"] for arrival in tree.record()}
-        waiting = sorted(path for path in expected if path not in arrived)
+        arrived = {arrival["oid"] for arrival in tree.record()}
+        waiting = sorted(path for path, oid in blob_ids(repo).items() if oid not in arrived)
         assert waiting, "nothing was left to hydrate when the disk filled"
 
         # A reader of a blob that cannot be stored now gets EIO after the read timeout, not at once.
