@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import robustness
 
-from artifactfs.testing import FileSpec, git
+from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.faultproxy import FaultProxy
 from artifactfs.testing.mounts import MountedTree
 
@@ -208,7 +208,9 @@ def delete_objects(repo: Path, oids: set[str]) -> None:
         assert probe.returncode != 0, f"{oid} is still served"
 
 
-def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_server, state_root, tmp_path, fuse):
+@pytest.mark.parametrize("object_info", [True, False], ids=["object-info", "no-object-info"])
+def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_root, state_root, tmp_path, fuse,
+                                                          object_info):
     files = mixed_files(3, 400)
     repo, _ = make_repo("holey", files)
     expected = served_contents(repo)
@@ -219,7 +221,8 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_server,
     delete_objects(repo, set(oids.values()))
 
     started = time.monotonic()
-    with MountedTree(git_server.url("holey"), tmp_path / "mnt", state_root, ["--read-timeout", "120"]) as tree:
+    with GitHttpServer(git_root, object_info=object_info) as git_server, \
+            MountedTree(git_server.url("holey"), tmp_path / "mnt", state_root, ["--read-timeout", "120"]) as tree:
         final = tree.wait_for(lambda s: s["hydration"]["complete"], timeout=120)
         elapsed = time.monotonic() - started
         hydration: dict[str, Any] = final["hydration"]
