@@ -150,7 +150,8 @@ async def retry_forever(call: Callable[[], Awaitable[_T]], what: str, health: Re
             if verdict is None:
                 raise
             attempt += 1
-            health.failed(f"{what}: {error}")
+            if verdict is Verdict.TRANSIENT:
+                health.failed(f"{what}: {error}")
             delay = backoff.delay(attempt)
             log.warning("%s failed (attempt %d, %s): %s; next try in %.1fs", what, attempt, verdict.value, error, delay)
             recovered = health.recovered

@@ -160,6 +160,28 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(make
     robustness.add("outages_survived")
 
 
+def test_history_fetch_survives_corrupt_packs_resets_and_5xx(make_repo, git_server, state_root, tmp_path, fuse):
+    """Every fetch fails (the history fetch included) for a while after ready: the daemon keeps serving."""
+    repo, _ = make_repo("history", mixed_files(5, 120, large=4), extra_commits=20)
+    expected = served_contents(repo)
+    with FaultProxy(f"http://127.0.0.1:{git_server.port}", seed=9) as proxy:
+        with MountedTree(proxy.url("history"), tmp_path / "mnt", state_root, ["--max-bandwidth", "2M"]) as tree:
+            pid = tree.status()["pid"]
+            proxy.configure(probability=1.0, kinds=("flip-raw", "truncate", "reset", "5xx"))
+            deadline = time.monotonic() + 60
+            while daemon_log(state_root).count("history fetch failed") < 3:
+                assert time.monotonic() < deadline, "the history fetch was never tried under faults"
+                assert os.path.ismount(tree.path) and tree.status()["pid"] == pid
+                time.sleep(0.2)
+            robustness.add("faults_injected", proxy.total_injected)
+            assert not tree.status()["history_complete"]
+            proxy.stop_faults()
+            final = tree.wait_for(lambda s: s["history_complete"] and s["hydration"]["complete"], timeout=120)
+            assert final["pid"] == pid and final["hydration"]["failed_blobs"] == 0
+            assert len(tree.git("log", "--oneline").stdout.splitlines()) == 21
+            assert_exact(tree, expected)
+
+
 # --------------------------------------------------------------------------- (b) object-info lies
 
 
