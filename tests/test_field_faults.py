@@ -167,7 +167,7 @@ def test_history_fetch_survives_corrupt_packs_resets_and_5xx(make_repo, git_serv
     with FaultProxy(f"http://127.0.0.1:{git_server.port}", seed=9) as proxy:
         with MountedTree(proxy.url("history"), tmp_path / "mnt", state_root, ["--max-bandwidth", "2M"]) as tree:
             pid = tree.status()["pid"]
-            proxy.configure(probability=1.0, kinds=("flip-raw", "truncate", "reset", "5xx"))
+            proxy.configure(probability=1.0, kinds=("flip", "flip-raw", "truncate", "reset", "5xx"))
             deadline = time.monotonic() + 60
             while daemon_log(state_root).count("history fetch failed") < 3:
                 assert time.monotonic() < deadline, "the history fetch was never tried under faults"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dulwich.objects import Commit
 
-from artifactfs.errors import ProtocolError, UnknownRefError
+from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
 from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
 from artifactfs.store.gitdir import GitDir
@@ -144,6 +144,10 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
                     remaining.discard(oid)
                 else:
                     remaining.add(oid)
+        # A pack whose objects were altered in transit indexes fine under other ids: check the tips arrived.
+        lacking = [oid for oid in wants if not gitdir.has_object(oid)]
+        if lacking:
+            raise CorruptObjectError(f"the history pack lacked {len(lacking)} wanted objects (altered in transit?)")
         gitdir.write_shallow(sorted(remaining))
     for ref in published:
         if ref.name.startswith("refs/heads/"):
