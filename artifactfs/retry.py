@@ -18,7 +18,6 @@ This module owns the three decisions behind that:
 from __future__ import annotations
 
 import enum
-import errno
 import logging
 import random
 import time
@@ -28,13 +27,11 @@ from typing import Any, TypeVar
 
 import trio
 
-from artifactfs.errors import CorruptObjectError, MissingObjectError, RemoteError
+from artifactfs.errors import NO_SPACE_ERRNOS, CorruptObjectError, MissingObjectError, RemoteError
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class Verdict(enum.Enum):
@@ -50,7 +47,7 @@ def classify(error: BaseException) -> Verdict | None:
     """What ``error`` means for a retry; None for failures that are not the remote's or the disk's (bugs)."""
     if isinstance(error, MissingObjectError):
         return Verdict.PERMANENT
-    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+    if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
         return Verdict.NO_SPACE
     if isinstance(error, RemoteError | CorruptObjectError | OSError | trio.BrokenResourceError):
         # Resets, refusals, timeouts, 5xx, auth or routing trouble, truncated or corrupt

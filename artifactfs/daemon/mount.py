@@ -121,6 +121,7 @@ class Mount:
         self._index_sizes: dict[str, int] = {}
         """Verified sizes that differ from what the index may hold (see _size_corrected)."""
         self._index_prepared = False
+        self._index_sizes_failing = False
 
     # ------------------------------------------------------------- main
 
@@ -271,8 +272,11 @@ class Mount:
         assert self.snapshot is not None and self.operations is not None and self.view is not None
         paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
         self.operations.size_corrected(paths)
-        for path in paths:
-            self.view.note_modified(path)
+        try:
+            for path in paths:
+                self.view.note_modified(path)
+        except (ArtifactFSError, OSError) as error:  # a full disk, a read-only overlay: the kernel is fixed at least
+            log.warning("could not journal the corrected size of %s: %s", oid, error)
         self._index_sizes[oid] = size
         self._apply_index_sizes()  # at once (rare, and a few ms): the next git status must see it
 
@@ -286,6 +290,11 @@ class Mount:
             correct_index_sizes(self.gitdir.path, pending)
         except IndexLockedError:
             return
+        except OSError as error:  # a full disk: try again later (said once, not every round)
+            (log.debug if self._index_sizes_failing else log.warning)("could not correct sizes in git's index: %s", error)
+            self._index_sizes_failing = True
+            return
+        self._index_sizes_failing = False
         for oid in pending:
             self._index_sizes.pop(oid, None)
 
