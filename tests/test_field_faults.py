@@ -1,4 +1,5 @@
-"""Field faults after mount: outages, lying object-info replies, blobs missing on the server.
+"""Field faults after mount: an outage, failing history fetches, lying object-info replies,
+blobs missing on the server, and a full disk under the state root.
 
 Real FUSE, the real ``git http-backend`` server and, in front of it, the fault
 proxy (artifactfs/testing/faultproxy.py). Every byte read is compared with
