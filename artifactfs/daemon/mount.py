@@ -45,7 +45,7 @@ from artifactfs.state import RuntimeRecord, StateRoot, private_dir, write_privat
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.bridge import install_bridge
-from artifactfs.worktree.fsmonitor import install_hook, journal_token
+from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
 from artifactfs.store.loose import LooseBlobFile
 from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
 from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
@@ -229,7 +229,8 @@ class Mount:
                             "there and mount again to write", free_bytes(directory) // 1024, self.options.root)
                 return overlay
             overlay = OverlayStore(directory)
-            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path)
+            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path,
+                                git_version=git_version())
             gitdir.set_config("core", "fsmonitor", str(hook))
             return overlay
         except Exception as error:
