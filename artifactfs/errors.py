@@ -8,6 +8,11 @@ retryable.
 
 from __future__ import annotations
 
+import errno
+
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A full filesystem, or a full quota: the disk's problem, not the remote's nor the caller's."""
+
 
 class ArtifactFSError(Exception):
     """Base class: ``str(error)`` is the one-line message shown to the user."""

@@ -151,8 +151,18 @@ def read_private_bytes(path: Path) -> bytes:
 def write_private_file(path: Path, data: bytes, *, executable: bool = False) -> None:
     """Replace ``path`` with ``data`` atomically (0600, or 0700 if ``executable``).
 
-    A symlink at ``path`` is replaced, never followed.
+    A symlink at ``path`` is replaced, never followed. A file that already
+    holds ``data`` with that mode is left alone, so a mount that rewrites its
+    scripts and config on every start needs no free space when nothing changed.
     """
+    mode = PRIVATE_EXECUTABLE_MODE if executable else PRIVATE_FILE_MODE
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == mode and info.st_size == len(data) \
+                and read_private_bytes(path) == data:
+            return
+    except (FileNotFoundError, StateRootError):
+        pass  # absent, or not ours to read: replaced below
     temporary = path.with_name(f".{path.name}.artifactfs-tmp")
     try:
         with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stream:

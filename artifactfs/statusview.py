@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from artifactfs.retry import describe_health
+
 _BAR_WIDTH = 28
 
 
@@ -27,10 +29,12 @@ def render(status: dict[str, Any]) -> str:
     hydration = status["hydration"]
     lines = [
         f"mount:    {status['mountpoint']}  ({status['state']}, pid {status['pid']})",
-        f"remote:   {status['remote']}",
+        f"remote:   {status['remote']}  [{describe_health(hydration['remote'])}]",
         f"head:     {status['head']}  (history {'complete' if status.get('history_complete') else 'arriving'})",
         f"blobs:    {hydration['hydrated_blobs']}/{hydration['total_blobs']} hydrated, "
-        f"{hydration['failed_blobs']} failed, {hydration['queued_blobs']} queued  [{hydration['mode']}]",
+        f"{hydration['failed_blobs']} failed, {hydration['queued_blobs']} queued, "
+        f"{hydration['retrying_blobs']} awaiting retry  [{hydration['mode']}]"
+        + (f"  PAUSED: {hydration['paused']}" if hydration["paused"] else ""),
         f"bytes:    {_human_bytes(hydration['hydrated_bytes'])} of {_human_bytes(hydration['total_bytes'])}",
     ]
     rate = hydration.get("rate_bytes_per_second") or 0

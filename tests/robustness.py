@@ -1,4 +1,4 @@
-"""Counters the robustness tests (faults, crashes, hostile trees, stress, model)
+"""Counters the robustness tests (faults, crashes, hostile trees, stress, model, field faults)
 add to; ``conftest.pytest_terminal_summary`` prints them in one line."""
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ LABELS = {
     "model_steps": "model steps",
     "full_disk_checks": "full-disk checks",
     "private_checks": "private-state checks",
+    "outages_survived": "outages survived",
+    "sizes_corrected": "wrong sizes corrected",
+    "missing_blobs_isolated": "missing blobs isolated",
+    "disk_full_pauses": "disk-full pauses",
 }
 
 

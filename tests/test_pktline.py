@@ -107,3 +107,13 @@ def test_err_packets_map_to_errors() -> None:
         pktline.raise_for_error_packet(b"ERR access denied")
     assert not isinstance(other.value, MissingObjectError)
     pktline.raise_for_error_packet(b"ERRATA is not an error packet")
+
+
+def test_not_our_ref_is_a_missing_object_whether_or_not_it_names_one() -> None:
+    oid = "3b18e512dba79e4c8300dd08aeb37f8e728b8dad"
+    with pytest.raises(MissingObjectError) as unnamed:
+        pktline.raise_for_error_packet(b"ERR upload-pack: not our ref")
+    assert unnamed.value.oid is None
+    with pytest.raises(MissingObjectError) as fatal:
+        pktline.split_sideband(b"\x03fatal: git upload-pack: not our ref " + oid.encode() + b"\n")
+    assert fatal.value.oid == oid

@@ -45,14 +45,16 @@ from artifactfs.state import RuntimeRecord, StateRoot, private_dir, write_privat
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.bridge import install_bridge
-from artifactfs.worktree.fsmonitor import install_hook, journal_token
+from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
 from artifactfs.store.loose import LooseBlobFile
+from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
 from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
 from artifactfs.worktree.untracked import converting_paths, gitignore_id
 
 log = logging.getLogger(__name__)
 
 HEAD_POLL_INTERVAL = 0.1
+INDEX_CORRECTION_INTERVAL = 0.5
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
@@ -116,6 +118,10 @@ class Mount:
         self.started_at = time.time()
         self._shutdown = trio.Event()
         self._publish_token: str | None = None
+        self._index_sizes: dict[str, int] = {}
+        """Verified sizes that differ from what the index may hold (see _size_corrected)."""
+        self._index_prepared = False
+        self._index_sizes_failing = False
 
     # ------------------------------------------------------------- main
 
@@ -143,6 +149,7 @@ class Mount:
             self.view = OverlayView(overlay, self.snapshot)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
             self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
+            self.hydrator.on_size_corrected = self._size_corrected
             fuse_options = set(pyfuse3.default_options) | {"fsname=artifactfs", "subtype=artifactfs",
                                                            "default_permissions"}
             if options.allow_other:
@@ -184,6 +191,7 @@ class Mount:
                     if not self.read_only:
                         overlay.arm_reserve()  # after the start-up writes, which may have needed its room
                     phases.mark("index prepared")
+                    nursery.start_soon(self._correct_index_sizes)
                     log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
                              self.snapshot.commit_oid, phases.summary())
                     # After the index: its object-info answers give every blob's size, and size decides
@@ -221,7 +229,8 @@ class Mount:
                             "there and mount again to write", free_bytes(directory) // 1024, self.options.root)
                 return overlay
             overlay = OverlayStore(directory)
-            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path)
+            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path,
+                                git_version=git_version())
             gitdir.set_config("core", "fsmonitor", str(hook))
             return overlay
         except Exception as error:
@@ -257,7 +266,45 @@ class Mount:
         assert self.hydrator is not None
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
-        await complete_history(session, gitdir)
+        await complete_history(session, gitdir, self.hydrator.health)
+
+    def _size_corrected(self, oid: str, size: int) -> None:
+        """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
+        assert self.snapshot is not None and self.operations is not None and self.view is not None
+        paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
+        self.operations.size_corrected(paths)
+        try:
+            for path in paths:
+                self.view.note_modified(path)
+        except (ArtifactFSError, OSError) as error:  # a full disk, a read-only overlay: the kernel is fixed at least
+            log.warning("could not journal the corrected size of %s: %s", oid, error)
+        self._index_sizes[oid] = size
+        self._apply_index_sizes()  # at once (rare, and a few ms): the next git status must see it
+
+    def _apply_index_sizes(self) -> None:
+        """Write corrected sizes into git's index, once it is prepared and no git command holds it."""
+        assert self.gitdir is not None
+        if not self._index_sizes or not self._index_prepared or self.gitdir.git_busy():
+            return
+        pending = dict(self._index_sizes)
+        try:
+            correct_index_sizes(self.gitdir.path, pending)
+        except IndexLockedError:
+            return
+        except OSError as error:  # a full disk: try again later (said once, not every round)
+            (log.debug if self._index_sizes_failing else log.warning)("could not correct sizes in git's index: %s", error)
+            self._index_sizes_failing = True
+            return
+        self._index_sizes_failing = False
+        for oid in pending:
+            self._index_sizes.pop(oid, None)
+
+    async def _correct_index_sizes(self) -> None:
+        """Retry corrections that found the index busy (or not yet prepared)."""
+        self._index_prepared = True
+        while True:
+            self._apply_index_sizes()
+            await trio.sleep(INDEX_CORRECTION_INTERVAL)
 
     async def _watch_mountpoint(self) -> None:
         """Exit when the mount disappears without us (``umount -l``, ``fusermount3 -u -z``).

@@ -9,6 +9,8 @@ from typing import Any
 
 import trio
 
+from artifactfs.retry import describe_health
+
 STATUS_INTERVAL = 5.0
 """Seconds between ``STATUS=`` progress lines while systemd supervises the daemon."""
 
@@ -33,6 +35,12 @@ def progress_line(status: dict[str, Any]) -> str:
             f"{hydration['queued_blobs']} queued, {hydration['failed_blobs']} failed")
     if hydration.get("eta_seconds") is not None:
         line += f", ETA {hydration['eta_seconds']:.0f}s"
+    if hydration["retrying_blobs"]:
+        line += f", {hydration['retrying_blobs']} awaiting retry"
+    if hydration["paused"]:
+        line += f", paused: {hydration['paused']}"
+    if hydration["remote"]["state"] != "ok":
+        line += f", remote {describe_health(hydration['remote'])}"
     return line
 
 

@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import trio
 from dulwich.objects import Commit
 
-from artifactfs.errors import ProtocolError, TransientRemoteError, UnknownRefError
+from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
 from artifactfs.remote import Ref, RemoteSession
+from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackStreamParser
 
@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 INFINITE_DEPTH = 0x7FFFFFFF
 _OID = re.compile(r"[0-9a-f]{40}")
-_HISTORY_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -118,16 +117,13 @@ async def create_gitdir(session: RemoteSession, path: Path, remote_display: str,
     return GitDir(path), tip
 
 
-async def complete_history(session: RemoteSession, gitdir: GitDir) -> None:
-    """Fetch the remaining (blobless) history of every branch and tag, then record the refs."""
-    for attempt in range(1, _HISTORY_ATTEMPTS + 1):
-        try:
-            await _fetch_history_once(session, gitdir)
-            return
-        except TransientRemoteError as error:
-            log.warning("history fetch failed (attempt %d): %s", attempt, error)
-            await trio.sleep(min(0.5 * 2 ** attempt, 30))
-    log.error("history is still incomplete after %d attempts; git log shows only what is local", _HISTORY_ATTEMPTS)
+async def complete_history(session: RemoteSession, gitdir: GitDir, health: RemoteHealth) -> None:
+    """Fetch the remaining (blobless) history of every branch and tag, then record the refs.
+
+    Runs after the mount is ready, so it never gives up and never ends the
+    daemon: every failure waits and tries again (see :mod:`artifactfs.retry`).
+    """
+    await retry_forever(lambda: _fetch_history_once(session, gitdir), "history fetch", health, HISTORY_BACKOFF)
 
 
 async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
@@ -148,6 +144,11 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
                     remaining.discard(oid)
                 else:
                     remaining.add(oid)
+        # A pack whose objects were altered in transit indexes fine under other ids: check the branch tips
+        # arrived (commits, always sent; a tag may name a blob, which the filter leaves out).
+        lacking = [ref.name for ref in published if ref.name.startswith("refs/heads/") and not gitdir.has_object(ref.oid)]
+        if lacking:
+            raise CorruptObjectError(f"the history pack lacked {len(lacking)} branch tips (altered in transit?)")
         gitdir.write_shallow(sorted(remaining))
     for ref in published:
         if ref.name.startswith("refs/heads/"):

@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -136,6 +136,16 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError:
                 pass  # the kernel already forgot it
+
+    def size_corrected(self, paths: Iterable[str]) -> None:
+        """These files' sizes were reported wrong (an object-info hint): the kernel must ask again."""
+        for path in paths:
+            inode = self._inodes.known(path)
+            if inode is not None:
+                try:
+                    pyfuse3.invalidate_inode(inode, attr_only=True)
+                except OSError:
+                    pass  # the kernel already forgot it
 
     def release_gitfile(self) -> None:
         """The index now matches the mount: let git open ``.git``."""
@@ -471,8 +481,11 @@ class Operations(pyfuse3.Operations):
         else:
             assert node.base_oid is not None
             source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
+            blob = LooseBlobFile.open(source)
+            # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
+            self._hydrator.settle_size(node.base_oid, blob.size)
             handle = self._handle()
-            self._files[handle] = _FileHandle(inode, -1, False, blob=LooseBlobFile.open(source))
+            self._files[handle] = _FileHandle(inode, -1, False, blob=blob)
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         handle = self._handle()
         self._files[handle] = _FileHandle(inode, fd, writable)

@@ -8,41 +8,45 @@ protocol-v2 ``fetch``. Each blob is handed to its waiters as soon as it has been
 parsed out of the pack stream and verified, and the same stream is indexed into
 the gitdir as a promisor pack so git in the mount never downloads it again.
 
-Failure policy, in one place:
+Failure policy, in one place (errors are classified by :mod:`artifactfs.retry`):
 
-* a transient error (connection reset, 5xx, truncated or corrupt pack) retries
-  the blobs that have not arrived yet, with exponential backoff and jitter;
-* a blob the server does not have fails the whole request, so the batch is
-  split until that blob is isolated; only its readers get EIO;
+* a transient error (refused, reset, timeout, 5xx, truncated or corrupt pack)
+  puts the blobs that have not arrived back in the queue once a backoff with
+  jitter has passed; background lanes start nothing before then, and the
+  first answer from the remote ends every wait. Hydration never gives up on
+  them, so it resumes by itself after an outage;
+* a blob the server does not have fails the whole request: the blob the
+  server names (or, if it names none, each half of the batch, concurrently)
+  is taken out and the rest fetched at once; the missing blob fails for good,
+  with one log line, and its readers get EIO at once from then on;
+* a full disk while storing blobs pauses every lane until free space grows;
 * a reader waits at most ``read_timeout`` seconds, then gets EIO.
+
+Sizes from ``object-info`` are hints: the size of the verified blob replaces
+a different hint, and :attr:`Hydrator.on_size_corrected` tells the mount.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import random
+import shutil
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import trio
 import trio.lowlevel
 
-from artifactfs.errors import (
-    ArtifactFSError,
-    CorruptObjectError,
-    MissingObjectError,
-    RemoteError,
-    TransientRemoteError,
-)
+from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObjectError
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
 from artifactfs.latency import LatencyHistogram
 from artifactfs.remote import RemoteSession
+from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.store.blobcache import BlobCache
@@ -52,12 +56,16 @@ from artifactfs.store.packstream import PackObject, PackStreamParser
 log = logging.getLogger(__name__)
 
 HydrationMode = Literal["background", "none"]
-_T = TypeVar("_T")
 
 _UNKNOWN_SIZE_GUESS = 16 << 10
 _OBJECT_INFO_CHUNK = 2048
 _OBJECT_INFO_REQUESTS = 3
 _MIN_BATCH = 16
+_OBJECT_INFO_ATTEMPTS = 3
+"""Failed object-info requests after which a blob's size is left to hydration."""
+_LOW_SPACE = 1 << 20
+"""A fetch that fails with less free space than this on the cache's disk failed for want of space."""
+_SPACE_BACKOFF = Backoff(base=0.5, cap=30.0)
 _DEMAND_LANES = 2
 """Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
 _SMALL_BATCH = 16
@@ -83,8 +91,6 @@ class HydrationSettings:
     max_batch_bytes: int = 64 << 20
     read_timeout: float = 120.0
     """Seconds a read waits for its blob before failing with EIO."""
-    retries: int = 5
-    backoff_base: float = 0.2
     max_bandwidth: int | None = None
     """Bytes per second across all fetches, or None for no limit."""
 
@@ -169,7 +175,6 @@ class Hydrator:
         self._small_inflight: set[str] = set()
         """Blobs in flight in a small background batch (a reader waits for it rather than ask again)."""
         self._work = trio.lowlevel.ParkingLot()
-        self._demand_work = trio.lowlevel.ParkingLot()
         self._parse_thread = trio.CapacityLimiter(1)
         self._batch_size = settings.initial_batch
         self._size_pending: dict[str, None] = {}
@@ -177,6 +182,23 @@ class Hydrator:
         self._size_waiters: dict[str, trio.Event] = {}
         self._size_work = trio.lowlevel.ParkingLot()
         self._object_info = session.object_info_supported
+        self._hinted: set[str] = set()
+        """Blobs whose size is an object-info hint, not yet confirmed by the verified blob."""
+        self._size_attempts: collections.Counter[str] = collections.Counter()
+        self.on_size_corrected: Callable[[str, int], None] | None = None
+        """Called with a blob id and its verified size when that differs from the size reported before."""
+        self.health = RemoteHealth()
+        self._backoff = HYDRATION_BACKOFF
+        self._retrying: dict[str, int] = {}
+        """Blobs whose fetch failed transiently, with the level they go back to the queue at."""
+        self._retry_work = trio.lowlevel.ParkingLot()
+        self._gate_until = 0.0
+        """Trio time before which background fetches wait (set by a transient failure)."""
+        self._space_restored: trio.Event | None = None
+        """Set while hydration is paused for a full disk; fires when space returns."""
+        self._space_floor = 0
+        self._space_pauses = 0
+        self._space_work = trio.lowlevel.ParkingLot()
         self._rate = _RateMeter()
         self._throttle_until = 0.0
         self._demanded: set[str] = set()
@@ -203,10 +225,12 @@ class Hydrator:
         sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
         async with trio.open_nursery() as nursery:
             for index in range(_DEMAND_LANES):
-                nursery.start_soon(self._lane, self._taker(DEMAND), self._demand_work, f"demand-{index}")
-            nursery.start_soon(self._lane, self._taker(STAT), self._demand_work, "stat")
+                nursery.start_soon(self._lane, self._taker(DEMAND), f"demand-{index}")
+            nursery.start_soon(self._lane, self._taker(STAT), "stat")
             for index in range(max(1, self.settings.connections)):
-                nursery.start_soon(self._lane, self._take_background, self._work, f"background-{index}")
+                nursery.start_soon(self._lane, self._take_background, f"background-{index}", True)
+            nursery.start_soon(self._requeue_retries)
+            nursery.start_soon(self._watch_space)
             if self._object_info:
                 nursery.start_soon(self._resolve_sizes, True)
                 for _ in range(_OBJECT_INFO_REQUESTS):
@@ -288,6 +312,8 @@ class Hydrator:
     def _register(self, oid: str, path: str, size: int | None, *, queue: bool = True) -> _Blob | None:
         """Start accounting for a blob (``size``: its size in the cache, None if not there);
         returns it if it still has to be hydrated."""
+        if size is not None:
+            self._settle_hint(oid, size)  # before the blob counts anywhere: nothing to correct but the hint
         priority_class = self._classifier.classify(path, self._sizes.get(oid))
         blob = _Blob(path, priority_class)
         self._blobs[oid] = blob
@@ -383,7 +409,7 @@ class Hydrator:
             carried = self._urgent_inflight.get(oid, DEMAND if oid in self._small_inflight else BOOST)
             if carried > level:
                 self._queue.push(oid, level)
-        self._demand_work.unpark_all()
+        self._work.unpark_all()
         return events
 
     async def _wait(self, events: Sequence[trio.Event]) -> None:
@@ -503,29 +529,48 @@ class Hydrator:
 
         One of them serves only sizes a reader waits for, so a ``stat`` or a
         listing never queues behind the bulk requests made for the whole tree.
+        A failed request never turns object-info off: its readers fall back
+        to hydration, and the other blobs are asked for again after a backoff.
         """
-        while self._object_info:
+        while True:
+            await self._wait_to_start(gated=not demand_only, stores=False)
             chunk = self._take_size_chunk(demand_only)
             if not chunk:
                 await self._size_work.park()
                 continue
             try:
-                sizes = await self._with_retries(lambda: self._session.object_info(chunk), "object-info")
-            except MissingObjectError as error:
-                await self._settle_missing_size(error.oid, chunk)
+                sizes = await self._session.object_info(chunk)
+            except Exception as error:
+                verdict = classify(error)
+                if verdict is None:
+                    raise
+                if isinstance(error, MissingObjectError):
+                    self._remote_answered()
+                    await self._settle_missing_size(error.oid, chunk)
+                else:
+                    self._size_request_failed(chunk, error)
                 continue
-            except RemoteError as error:
-                log.warning("object-info failed (%s); sizes will come from hydration", error)
-                self._object_info = False
-                self._release_size_waiters(chunk + list(self._size_demand))
-                self._size_pending.clear()
-                self._size_demand.clear()
-                return
+            self._remote_answered()
             for oid in chunk:
                 size = sizes.get(oid)
                 if size is not None:
-                    self._learn_size(oid, size)
+                    self._learn_size(oid, size, verified=False)
             self._release_size_waiters(chunk)
+
+    def _size_request_failed(self, chunk: list[str], error: Exception) -> None:
+        """An object-info request failed or its reply was unusable: nothing of it is believed.
+
+        Readers waiting for these sizes are released at once (their sizes
+        come from hydration); the rest is asked for again after the backoff,
+        up to a few times each.
+        """
+        self._remote_failed(f"object-info for {len(chunk)} blobs failed", error)
+        waited = {oid for oid in chunk if oid in self._size_waiters}
+        for oid in chunk:
+            self._size_attempts[oid] += 1
+            if oid not in waited and self._size_attempts[oid] < _OBJECT_INFO_ATTEMPTS:
+                self._size_pending[oid] = None
+        self._release_size_waiters(waited)
 
     def _take_size_chunk(self, demand_only: bool) -> list[str]:
         """Up to one request's worth of blobs whose size is wanted, demanded ones first."""
@@ -556,10 +601,15 @@ class Hydrator:
             if event is not None:
                 event.set()
 
-    def _learn_size(self, oid: str, size: int) -> None:
+    def _learn_size(self, oid: str, size: int, *, verified: bool) -> None:
+        """Record a blob's size: ``verified`` (from the blob itself) or a hint from object-info."""
         if oid in self._sizes:
+            if verified:
+                self._settle_hint(oid, size)
             return
         self._sizes[oid] = size
+        if not verified:
+            self._hinted.add(oid)
         blob = self._blobs.get(oid)
         if blob is None:
             return
@@ -579,15 +629,36 @@ class Hydrator:
                 self._queue.discard(oid)
                 self._queue.push(oid, level_of(reclassified))
 
+    def settle_size(self, oid: str, verified_size: int) -> None:
+        """The size of the verified blob ``oid`` as served (an open file's length): it wins over any hint."""
+        self._settle_hint(oid, verified_size)
+
+    def _settle_hint(self, oid: str, verified_size: int) -> None:
+        """Replace an object-info hint with the verified size; a different hint is corrected everywhere."""
+        if oid not in self._hinted:
+            return
+        self._hinted.discard(oid)
+        hinted = self._sizes.get(oid)
+        self._sizes[oid] = verified_size
+        if hinted is None or hinted == verified_size:
+            return
+        blob = self._blobs.get(oid)
+        log.warning("object-info said %d bytes for %s (%s) but the verified blob has %d; using %d",
+                    hinted, blob.path if blob else "?", oid, verified_size, verified_size)
+        if blob is not None:
+            self._counters[blob.priority_class].total_bytes += verified_size - hinted
+        if self.on_size_corrected is not None:
+            self.on_size_corrected(oid, verified_size)
+
     # ----------------------------------------------------------------- fetching
 
-    async def _lane(self, take: Callable[[], list[tuple[str, int]]], work: trio.lowlevel.ParkingLot,
-                    name: str) -> None:
+    async def _lane(self, take: Callable[[], list[tuple[str, int]]], name: str, gated: bool = False) -> None:
         """One fetch request at a time: take a batch, fetch it, repeat; park while there is nothing to take."""
         while True:
+            await self._wait_to_start(gated=gated, stores=True)
             batch = take()
             if not batch:
-                await work.park()
+                await self._work.park()
                 continue
             oids = [oid for oid, _ in batch]
             urgent = batch[0][1] <= STAT
@@ -652,57 +723,152 @@ class Hydrator:
             self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
 
     async def _fetch(self, oids: list[str]) -> None:
-        """Fetch ``oids`` until each has arrived or failed for good."""
+        """One attempt at ``oids``: deliver what arrives, fail what the remote lacks, retry the rest later."""
         remaining = set(oids)
-        attempt = 0
         while remaining:
+            # Wants in batch order (best first): the server packs them in that order.
+            ordered = [oid for oid in oids if oid in remaining]
             try:
-                # Wants in batch order (best first): the server packs them in that order.
-                await self._fetch_once([oid for oid in oids if oid in remaining], remaining)
+                await self._fetch_once(ordered, remaining)
                 if remaining:
                     # A server refuses what it lacks; a pack without a wanted blob was altered in transit.
                     raise CorruptObjectError(f"the pack lacked {len(remaining)} wanted blobs (altered in transit?)")
-            except MissingObjectError as error:
-                if error.oid in remaining:
-                    remaining.discard(error.oid)
-                    local = await trio.to_thread.run_sync(self._hydrate_locally, [error.oid])
-                    if local:
-                        self._deliver(local, remaining)
-                    else:
-                        self._fail(error.oid, "not found on the remote", permanent=True)
-                elif len(remaining) == 1:
-                    self._fail(remaining.pop(), "not found on the remote", permanent=True)
-                else:
-                    ordered = [oid for oid in oids if oid in remaining]
-                    middle = len(ordered) // 2
-                    await self._fetch(ordered[:middle])
-                    await self._fetch(ordered[middle:])
-                    return
-            except (TransientRemoteError, CorruptObjectError, RemoteError, OSError) as error:
-                attempt += 1
-                self._note_error(f"fetch of {len(remaining)} blobs failed (attempt {attempt}): {error}")
-                self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
-                if attempt > self.settings.retries or not isinstance(error, TransientRemoteError | CorruptObjectError | OSError):
-                    for oid in list(remaining):
-                        self._fail(oid, str(error), permanent=False)
-                    return
-                await trio.sleep(self._backoff(attempt))
-
-    def _backoff(self, attempt: int) -> float:
-        base = self.settings.backoff_base * (2 ** (attempt - 1))
-        return min(base, 10.0) * random.uniform(0.5, 1.5)
-
-    async def _with_retries(self, call: Callable[[], Awaitable[_T]], what: str) -> _T:
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except TransientRemoteError as error:
-                attempt += 1
-                if attempt > self.settings.retries:
+            except Exception as error:
+                verdict = classify(error)
+                if verdict is None:
                     raise
-                self._note_error(f"{what} failed (attempt {attempt}): {error}")
-                await trio.sleep(self._backoff(attempt))
+                if verdict is Verdict.PERMANENT:
+                    assert isinstance(error, MissingObjectError)
+                    self._remote_answered()
+                    if error.oid in remaining:
+                        remaining.discard(error.oid)
+                        await self._missing(error.oid)
+                        continue  # the rest at once, without the blob the server named
+                    await self._split(ordered)
+                    return
+                self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
+                if verdict is Verdict.NO_SPACE or await self._disk_full():
+                    self._pause_for_space(error)
+                else:
+                    self._note_error(f"fetch of {len(remaining)} blobs failed "
+                                     f"(attempt {self.health.consecutive_failures + 1}): {error}")
+                    self._remote_failed(f"fetch of {len(remaining)} blobs failed", error)
+                self._retry_later(ordered)
+                return
+            self._remote_answered()
+            self._space_pauses = 0
+
+    async def _split(self, oids: list[str]) -> None:
+        """The remote lacks one of ``oids`` but did not say which: try each half, concurrently."""
+        if len(oids) == 1:
+            await self._missing(oids[0])
+            return
+        middle = len(oids) // 2
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch, oids[:middle])
+            nursery.start_soon(self._fetch, oids[middle:])
+
+    async def _missing(self, oid: str) -> None:
+        """The remote does not have ``oid``: take it from the gitdir (git made it here), or fail it for good."""
+        local = await trio.to_thread.run_sync(self._hydrate_locally, [oid])
+        if local:
+            self._deliver(local, set())
+        else:
+            self._fail(oid, "not found on the remote")
+
+    # ----------------------------------------------------------------- retries and pauses
+
+    async def _wait_to_start(self, *, gated: bool, stores: bool) -> None:
+        """Wait while the disk is full (``stores``), and while a backoff runs (``gated``)."""
+        while True:
+            paused = self._space_restored
+            if stores and paused is not None:
+                await paused.wait()
+                continue
+            if gated and trio.current_time() < self._gate_until:
+                recovered = self.health.recovered
+                with trio.move_on_at(self._gate_until):
+                    await recovered.wait()
+                continue
+            return
+
+    def _remote_answered(self) -> None:
+        """A request succeeded: the remote is back, so every waiting retry goes now."""
+        self._gate_until = 0.0
+        self.health.succeeded()
+        if self._retrying:
+            self._retry_work.unpark_all()
+
+    def _remote_failed(self, what: str, error: Exception) -> None:
+        """A transient failure: hold background requests back for the next backoff interval."""
+        self.health.failed(f"{what}: {error}")
+        delay = self._backoff.delay(self.health.consecutive_failures)
+        self._gate_until = max(self._gate_until, trio.current_time() + delay)
+
+    def _retry_later(self, oids: Iterable[str]) -> None:
+        """Queue ``oids`` again once the backoff (or the pause) is over; their readers keep waiting."""
+        for oid in oids:
+            blob = self._blobs.get(oid)
+            # The cache, not the hydrated flag, says what is here: gc may have evicted a hydrated blob.
+            if blob is None or blob.permanent_failure or self._cache.contains(oid):
+                continue
+            if oid in self._demanded:
+                level = DEMAND
+            elif self.settings.mode == "background":
+                level = level_of(blob.priority_class)
+            else:
+                level = BOOST  # with --hydrate none only boosted blobs were asked for
+            self._retrying[oid] = min(level, self._retrying.get(oid, level))
+        self._retry_work.unpark_all()
+
+    async def _requeue_retries(self) -> None:
+        """Put failed-transient blobs back in the queue when the backoff ends or the remote answers."""
+        while True:
+            if not self._retrying:
+                await self._retry_work.park()
+                continue
+            recovered = self.health.recovered
+            with trio.move_on_at(self._gate_until):
+                await recovered.wait()
+            retrying, self._retrying = self._retrying, {}
+            for oid, level in retrying.items():
+                if not self._blobs[oid].permanent_failure and oid not in self._inflight:
+                    self._queue.push(oid, level)  # a lane drops it if it arrived meanwhile
+            self._work.unpark_all()
+
+    async def _disk_full(self) -> bool:
+        return await trio.to_thread.run_sync(self._free_bytes) < _LOW_SPACE
+
+    def _free_bytes(self) -> int:
+        return shutil.disk_usage(self._cache.tmp_dir).free
+
+    def _pause_for_space(self, error: Exception) -> None:
+        """Storing blobs failed for want of space: every lane waits until free space grows."""
+        if self._space_restored is not None:
+            return
+        self._space_restored = trio.Event()
+        self._space_floor = self._free_bytes() + _LOW_SPACE
+        self._space_pauses += 1
+        self._note_error(f"disk full while storing blobs ({error}); hydration paused until space returns")
+        self._space_work.unpark_all()
+
+    async def _watch_space(self) -> None:
+        """While hydration is paused for space, poll free space (with backoff) and resume once it grew."""
+        while True:
+            restored = self._space_restored
+            if restored is None:
+                await self._space_work.park()
+                continue
+            attempt = self._space_pauses
+            while True:
+                await trio.sleep(_SPACE_BACKOFF.delay(attempt))
+                attempt += 1
+                free = await trio.to_thread.run_sync(self._free_bytes)
+                if free >= self._space_floor:
+                    break
+            log.warning("%d bytes free again; hydration resumes", free)
+            self._space_restored = None
+            restored.set()
 
     async def _fetch_once(self, wants: list[str], remaining: set[str]) -> None:
         parser = PackStreamParser(spool_dir=self._cache.tmp_dir, external_base=self._cached_content)
@@ -762,7 +928,7 @@ class Hydrator:
     def _mark_hydrated(self, oid: str, size: int) -> None:
         blob = self._blobs.get(oid)
         if blob is not None and not blob.hydrated:
-            self._learn_size(oid, size)
+            self._learn_size(oid, size, verified=True)
             blob.hydrated = True
             counters = self._counters[blob.priority_class]
             counters.hydrated += 1
@@ -772,21 +938,23 @@ class Hydrator:
                 blob.failure = None
             self.record.append(Arrival(oid, blob.path, blob.priority_class.label, oid in self._demanded, time.monotonic()))
         else:
-            self._sizes.setdefault(oid, size)
+            self._learn_size(oid, size, verified=True)
         self._queue.discard(oid)
         self._demanded.discard(oid)
         self._wake(oid)
 
-    def _fail(self, oid: str, reason: str, *, permanent: bool) -> None:
+    def _fail(self, oid: str, reason: str) -> None:
+        """``oid`` cannot be had, ever: one log line, its readers get EIO now and from now on."""
         blob = self._blobs.get(oid)
         if blob is not None:
             if blob.failure is None:
                 self._counters[blob.priority_class].failed += 1
             blob.failure = reason
-            blob.permanent_failure = permanent
+            blob.permanent_failure = True
         # One log line naming the blob and the cause.
         self._note_error(f"cannot hydrate {f'{blob.path} ({oid})' if blob else oid}: {reason}", logging.ERROR)
         self._demanded.discard(oid)
+        self._queue.discard(oid)
         self._wake(oid)
 
     def _wake(self, oid: str) -> None:
@@ -821,7 +989,8 @@ class Hydrator:
             totals.hydrated_bytes += counters.hydrated_bytes
         rate = self._rate.rate()
         remaining_bytes = max(totals.total_bytes - totals.hydrated_bytes, 0)
-        complete = totals.hydrated + totals.failed >= totals.total
+        # Blobs waiting for a retry are neither hydrated nor failed: an outage never looks complete.
+        complete = totals.hydrated + totals.failed >= totals.total and not self._retrying
         eta = None if complete or rate <= 0 or self.settings.mode == "none" else remaining_bytes / rate
         return {
             "mode": self.settings.mode,
@@ -831,6 +1000,9 @@ class Hydrator:
             "total_bytes": totals.total_bytes,
             "hydrated_bytes": totals.hydrated_bytes,
             "queued_blobs": len(self._queue),
+            "retrying_blobs": len(self._retrying),
+            "paused": "disk full" if self._space_restored is not None else None,
+            "remote": self.health.as_dict(),
             "inflight_blobs": len(self._inflight),
             "rate_bytes_per_second": round(rate, 1),
             "eta_seconds": None if eta is None else round(eta, 1),

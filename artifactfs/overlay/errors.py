@@ -10,10 +10,10 @@ shared-memory index" codes), so a full disk is never reported as EIO.
 from __future__ import annotations
 
 import sqlite3
-from errno import EBUSY, EDQUOT, EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTEMPTY, EPERM
+from errno import EBUSY, EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTEMPTY, EPERM
 from typing import ClassVar
 
-from artifactfs.errors import ArtifactFSError
+from artifactfs.errors import NO_SPACE_ERRNOS, ArtifactFSError
 
 
 class OverlayError(ArtifactFSError):
@@ -76,14 +76,13 @@ class ResourceBusy(OverlayError):
     errno = EBUSY
 
 
-_NO_SPACE_ERRNOS = frozenset({ENOSPC, EDQUOT})
 _SQLITE_NO_SPACE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR_SHMSIZE})
 
 
 def is_no_space(error: BaseException) -> bool:
     """Did this failure happen because the filesystem (or the user's quota) is full?"""
     if isinstance(error, OSError):
-        return error.errno in _NO_SPACE_ERRNOS
+        return error.errno in NO_SPACE_ERRNOS
     return isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", None) in _SQLITE_NO_SPACE
 
 

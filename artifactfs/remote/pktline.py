@@ -23,7 +23,7 @@ FLUSH_PKT = b"0000"
 DELIM_PKT = b"0001"
 RESPONSE_END_PKT = b"0002"
 
-_NOT_OUR_REF_RE = re.compile(r"not our ref ([0-9a-f]{40}(?:[0-9a-f]{24})?)\b")
+_NOT_OUR_REF_RE = re.compile(r"not our ref(?: ([0-9a-f]{40}(?:[0-9a-f]{24})?)\b)?")
 _MAX_MESSAGE = 400
 
 
@@ -129,17 +129,23 @@ def raise_for_error_packet(payload: bytes) -> None:
     if not payload.startswith(b"ERR "):
         return
     message = payload[4:].decode("utf-8", "replace")
+    _raise_if_missing(message)
+    raise RemoteError(f"remote error: {one_line(message)}")
+
+
+def _raise_if_missing(message: str) -> None:
+    """Raise :class:`MissingObjectError` for git's "not our ref", naming the object when the message does."""
     missing = _NOT_OUR_REF_RE.search(message)
     if missing is not None:
-        raise MissingObjectError(missing.group(1))
-    raise RemoteError(f"remote error: {one_line(message)}")
+        raise MissingObjectError(missing.group(1), f"remote does not have object {missing.group(1) or '(unnamed)'}")
 
 
 def split_sideband(payload: bytes) -> tuple[int, bytes]:
     """Demultiplex one side-band-64k packet into ``(band, data)``.
 
     Band 1 carries pack data and band 2 progress text; band 3 (a fatal error)
-    is raised as :class:`RemoteError` with the server's text.
+    is raised as :class:`RemoteError` with the server's text (a missing object
+    as :class:`MissingObjectError`).
     """
     if not payload:
         raise ProtocolError("empty side-band packet")
@@ -148,5 +154,7 @@ def split_sideband(payload: bytes) -> tuple[int, bytes]:
     if band in (1, 2):
         return band, data
     if band == 3:
-        raise RemoteError(f"remote error: {one_line(data.decode('utf-8', 'replace'))}")
+        message = data.decode("utf-8", "replace")
+        _raise_if_missing(message)
+        raise RemoteError(f"remote error: {one_line(message)}")
     raise ProtocolError(f"invalid side-band channel {band}")

@@ -288,7 +288,13 @@ class RemoteSession:
                 shallow_info.append((kind, oid))
 
     async def object_info(self, oids: Sequence[str]) -> dict[str, int]:
-        """Sizes of the given objects, without their content."""
+        """Sizes of the given objects, without their content.
+
+        A reply must answer for exactly the objects asked about; one that
+        does not (cut short, or naming others) is a :class:`ProtocolError`.
+        The sizes are the server's word only: callers check them against
+        the blobs once they have them.
+        """
         if not self.object_info_supported:
             raise RemoteError(f"{self.description}: remote does not support object-info")
         if not oids:
@@ -311,6 +317,8 @@ class RemoteSession:
             if not size.isdigit():
                 raise ProtocolError(f"{self.description}: malformed object-info line {pktline.one_line(line)!r}")
             sizes[oid] = int(size)
+        if len(lines) - 1 != len(oids) or sizes.keys() != set(oids):
+            raise ProtocolError(f"{self.description}: object-info answered for {len(sizes)} of {len(set(oids))} objects")
         return sizes
 
     def supports(self, command: str, feature: str) -> bool:

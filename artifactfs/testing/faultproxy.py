@@ -24,6 +24,16 @@ probability (:meth:`FaultProxy.configure`):
 ``flip-raw``
     one byte of compressed object data inverted (past the pack header and the
     object's entry header), checksums left alone.
+``info-flip``
+    an ``object-info`` reply with the first digit of one size changed (949
+    becomes 849, 12 becomes 22): well-formed, plausible and wrong.
+``info-truncate``
+    an ``object-info`` reply cut in the middle (a clean end of HTTP body).
+
+Besides faults per request, :meth:`FaultProxy.go_down` stops answering
+altogether, as a server that was switched off: the listening socket closes
+(new connections are refused) and open connections are reset.
+:meth:`FaultProxy.come_back` listens on the same port again.
 
 Every fault injected is counted in :attr:`FaultProxy.injected`.
 """
@@ -53,7 +63,7 @@ from artifactfs.remote.pktline import Packet, PacketKind
 
 log = logging.getLogger("artifactfs.testing.faultproxy")
 
-FAULT_KINDS = ("reset", "5xx", "stall", "truncate", "flip", "flip-raw")
+FAULT_KINDS = ("reset", "5xx", "stall", "truncate", "flip", "flip-raw", "info-flip", "info-truncate")
 DEFAULT_KINDS = ("reset", "5xx", "stall", "truncate", "flip")
 _IO_TIMEOUT = 120.0
 _SIDEBAND_DATA = 65515  # largest band-1 payload in one pkt-line (65520 - 4 - 1)
@@ -109,6 +119,11 @@ class FaultProxy:
         """``flip`` faults drawn for a response that had no object to alter (sent unchanged)."""
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._port = 0
+        self._down = False
+        self._connections: set[socket.socket] = set()
+        self.refused_while_down = 0
+        """Connections reset because the proxy was down (open ones at :meth:`go_down`)."""
 
     # ------------------------------------------------------------------ control
 
@@ -165,23 +180,27 @@ class FaultProxy:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if not self._port:
             raise RuntimeError("proxy is not running")
-        return int(self._server.server_address[1])
+        return self._port
 
     def url(self, name: str) -> str:
         suffix = "" if name.endswith(".git") else ".git"
         return f"http://127.0.0.1:{self.port}/{name}{suffix}"
 
     def start(self) -> None:
-        if self._server is not None:
+        if self._server is not None or self._port:
             raise RuntimeError("proxy already started")
-        self._server = _Server(("127.0.0.1", 0), _Handler, self)
+        self._listen()
+
+    def _listen(self) -> None:
+        self._server = _Server(("127.0.0.1", self._port), _Handler, self)
+        self._port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
                                         name="fault-proxy", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def _close_listener(self) -> None:
         if self._server is None:
             return
         self._server.shutdown()
@@ -190,6 +209,49 @@ class FaultProxy:
             self._thread.join()
         self._server = None
         self._thread = None
+
+    def stop(self) -> None:
+        self._close_listener()
+        self._port = 0
+
+    @property
+    def is_down(self) -> bool:
+        return self._down
+
+    def go_down(self) -> None:
+        """Stop answering: refuse new connections and reset the open ones (a server switched off)."""
+        with self._lock:
+            self._down = True
+            open_connections = list(self._connections)
+        self._close_listener()
+        for connection in open_connections:
+            self._reset(connection)
+
+    def come_back(self) -> None:
+        """Answer again, on the same port."""
+        with self._lock:
+            self._down = False
+        self._listen()
+
+    def _reset(self, connection: socket.socket) -> None:
+        with self._lock:
+            self.refused_while_down += 1
+        try:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by its handler
+
+    def _track(self, connection: socket.socket, active: bool) -> bool:
+        """Register a client connection (False if the proxy is down: the caller resets it)."""
+        with self._lock:
+            if not active:
+                self._connections.discard(connection)
+                return True
+            if self._down:
+                return False
+            self._connections.add(connection)
+            return True
 
     def __enter__(self) -> Self:
         self.start()
@@ -249,6 +311,16 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         owner = self.server.owner
+        if not owner._track(self.connection, True):
+            owner._reset(self.connection)
+            return
+        try:
+            self._serve_requests()
+        finally:
+            owner._track(self.connection, False)
+
+    def _serve_requests(self) -> None:
+        owner = self.server.owner
         self.connection.settimeout(_IO_TIMEOUT)
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         while True:
@@ -275,9 +347,12 @@ class _Handler(socketserver.StreamRequestHandler):
                        b"injected fault\n")
             return True
         response = owner._forward(request)
+        if owner.is_down:
+            return False  # switched off while upstream answered: the connection was reset
         body = response.body
-        if fault in ("flip", "flip-raw"):
-            altered = _alter_fetch_response(body, raw=fault == "flip-raw", choose=owner._choose)
+        if fault in ("flip", "flip-raw", "info-flip"):
+            altered = (_alter_object_info(body, choose=owner._choose) if fault == "info-flip"
+                       else _alter_fetch_response(body, raw=fault == "flip-raw", choose=owner._choose))
             if altered is None:
                 with owner._lock:
                     owner.flip_misses += 1
@@ -288,8 +363,10 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(response.head, response.headers, body)
             return (request.header("Connection") or "").lower() != "close"
         owner._count(fault)
+        if fault == "info-truncate":
+            fault = "truncate"
         cut = len(body) // 2
-        if fault in ("flip", "flip-raw"):
+        if fault in ("flip", "flip-raw", "info-flip"):
             self._send(response.head, response.headers, body)
             return True
         if fault == "truncate":
@@ -379,6 +456,26 @@ def _read_exactly(read: Callable[[int], bytes], size: int) -> bytes:
     if len(data) != size:
         raise ValueError("connection closed inside a body")
     return bytes(data)
+
+
+# ---------------------------------------------------------------------- object-info surgery
+
+
+def _alter_object_info(response: bytes, *, choose: Callable[[int], int]) -> bytes | None:
+    """The object-info reply with the first digit of one size changed, or None if it has no size."""
+    try:
+        packets = pktline.decode_all(response)
+    except ProtocolError:
+        return None
+    candidates = [index for index, packet in enumerate(packets)
+                  if packet.kind is PacketKind.DATA and packet.text().partition(" ")[2].isdigit()]
+    if not candidates:
+        return None
+    index = candidates[choose(len(candidates))]
+    oid, _, size = packets[index].text().partition(" ")
+    first = "8" if size[0] == "9" else str(int(size[0]) + 1)
+    packets[index] = Packet(PacketKind.DATA, f"{oid} {first}{size[1:]}\n".encode())
+    return b"".join(pktline.encode_packet(packet) for packet in packets)
 
 
 # ---------------------------------------------------------------------- pack surgery

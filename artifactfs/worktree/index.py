@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,3 +121,61 @@ def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int, cac
     except BaseException:
         lock.unlink(missing_ok=True)
         raise
+
+
+def correct_index_sizes(gitdir: Path, sizes: Mapping[str, int]) -> int:
+    """Record the verified size of each blob in ``sizes`` in every index entry naming it; returns how many changed.
+
+    For blobs whose size was reported wrong before they were verified: git
+    trusts a non-zero recorded size that differs from ``lstat`` as a
+    modification without reading the file, so a wrong size makes an
+    unmodified file look modified. Handles index versions 2 and 3 (git's
+    defaults; version 4 is left alone), under ``index.lock`` like git itself.
+    Raises :class:`IndexLockedError` while a git command holds the lock.
+    """
+    lock = gitdir / "index.lock"
+    try:
+        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise IndexLockedError("a git command is running in the mount (index.lock exists)") from None
+    try:
+        with os.fdopen(descriptor, "wb") as stream:
+            try:
+                data = bytearray((gitdir / "index").read_bytes())
+            except FileNotFoundError:
+                return 0
+            changed = _patch_sizes(data, sizes)
+            if changed:
+                stream.write(data)
+        if changed:
+            os.replace(lock, gitdir / "index")
+        return changed
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _patch_sizes(data: bytearray, sizes: Mapping[str, int]) -> int:
+    if not sizes or data[:4] != b"DIRC":
+        return 0
+    version, count = struct.unpack_from(">II", data, 4)
+    if version not in (2, 3):
+        return 0
+    hash_size = len(next(iter(sizes))) // 2
+    position = 12
+    changed = 0
+    for _ in range(count):
+        flags = struct.unpack_from(">H", data, position + 40 + hash_size)[0]
+        header = 40 + hash_size + 2 + (2 if version == 3 and flags & 0x4000 else 0)
+        name_length = flags & _NAME_MASK
+        if name_length == _NAME_MASK:
+            name_length = data.index(b"\0", position + header) - (position + header)
+        wanted = sizes.get(data[position + 40:position + 40 + hash_size].hex())
+        if wanted is not None and struct.unpack_from(">I", data, position + 36)[0] != wanted & 0xFFFFFFFF:
+            struct.pack_into(">I", data, position + 36, wanted & 0xFFFFFFFF)
+            changed += 1
+        entry_length = header + name_length
+        position += entry_length + 8 - entry_length % 8
+    if changed:
+        trailer = len(data) - hash_size
+        data[trailer:] = hashlib.new("sha1" if hash_size == 20 else "sha256", bytes(data[:trailer])).digest()
+    return changed

@@ -1,0 +1,130 @@
+"""The retry policy (artifactfs/retry.py) on trio's MockClock: classification, backoff, health."""
+
+from __future__ import annotations
+
+import errno
+import random
+
+import pytest
+import trio
+import trio.testing
+
+from artifactfs.errors import (
+    AuthenticationError,
+    CorruptObjectError,
+    MissingObjectError,
+    ProtocolError,
+    RemoteUnreachableError,
+    TransientRemoteError,
+)
+from artifactfs.retry import Backoff, RemoteHealth, Verdict, classify, describe_health, retry_forever
+
+
+@pytest.mark.parametrize(("error", "verdict"), [
+    (MissingObjectError("a" * 40), Verdict.PERMANENT),
+    (OSError(errno.ENOSPC, "No space left on device"), Verdict.NO_SPACE),
+    (OSError(errno.EDQUOT, "Disk quota exceeded"), Verdict.NO_SPACE),
+    (RemoteUnreachableError("cannot connect (connection refused)"), Verdict.TRANSIENT),
+    (TransientRemoteError("server error (HTTP 503)"), Verdict.TRANSIENT),
+    (CorruptObjectError("packfile checksum mismatch"), Verdict.TRANSIENT),
+    (ProtocolError("malformed object-info line"), Verdict.TRANSIENT),
+    (AuthenticationError("authentication failed (HTTP 401)"), Verdict.TRANSIENT),
+    (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), Verdict.TRANSIENT),
+    (trio.BrokenResourceError(), Verdict.TRANSIENT),
+    (ValueError("a bug"), None),
+    (KeyError("a bug"), None),
+])
+def test_classification(error: BaseException, verdict: Verdict | None) -> None:
+    assert classify(error) is verdict
+
+
+def test_backoff_doubles_within_jitter_and_is_capped() -> None:
+    backoff = Backoff(base=0.5, cap=8.0, jitter=0.25, rng=random.Random(1))
+    for attempt, nominal in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (6, 8.0), (200, 8.0)]:
+        delays = [backoff.delay(attempt) for _ in range(50)]
+        assert all(nominal * 0.75 <= delay <= nominal * 1.25 for delay in delays), (attempt, delays)
+        assert len(set(delays)) > 1, "jitter must spread retries"
+
+
+def run_mocked(main):  # type: ignore[no-untyped-def]
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    return trio.run(main, clock=clock)
+
+
+def test_retry_forever_backs_off_until_the_remote_answers() -> None:
+    backoff = Backoff(base=1.0, cap=4.0, jitter=0.0)
+    health = RemoteHealth()
+    attempts: list[float] = []
+    states: list[str] = []
+
+    async def flaky() -> str:
+        attempts.append(trio.current_time())
+        states.append(health.state)
+        if len(attempts) <= 6:
+            raise RemoteUnreachableError("cannot connect (connection refused)")
+        return "done"
+
+    async def main() -> tuple[str, float]:
+        start = trio.current_time()
+        result = await retry_forever(flaky, "history fetch", health, backoff)
+        return result, trio.current_time() - start
+
+    result, elapsed = run_mocked(main)
+    assert result == "done"
+    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    assert gaps == pytest.approx([1.0, 2.0, 4.0, 4.0, 4.0, 4.0])  # doubled, then capped: never a busy loop
+    assert elapsed == pytest.approx(19.0)
+    assert states[:3] == ["ok", "ok", "unreachable"]  # two failures in a row make an outage
+    assert health.state == "ok" and health.consecutive_failures == 0
+    assert "connection refused" in (health.last_error or "")
+
+
+def test_permanent_failures_are_retried_too_but_bugs_propagate() -> None:
+    health = RemoteHealth()
+    calls = 0
+
+    async def missing_then_bug() -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise MissingObjectError("b" * 40)
+        raise ValueError("a bug, not the remote")
+
+    async def main() -> None:
+        await retry_forever(missing_then_bug, "ref update", health, Backoff(base=1.0, cap=1.0, jitter=0.0))
+
+    with pytest.raises(ValueError):
+        run_mocked(main)
+    assert calls == 2
+
+
+def test_an_answer_elsewhere_ends_the_backoff_at_once() -> None:
+    """While one caller backs off for a minute, another caller's success sends it again right away."""
+    health = RemoteHealth()
+    times: list[float] = []
+
+    async def down_once() -> None:
+        times.append(trio.current_time())
+        if len(times) == 1:
+            raise TransientRemoteError("connection broken")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(retry_forever, down_once, "history fetch", health, Backoff(base=60.0, cap=60.0))
+            await trio.sleep(5)
+            health.succeeded()
+
+    run_mocked(main)
+    assert times[1] - times[0] == pytest.approx(5.0)
+
+
+def test_health_reports_outage_and_recovery() -> None:
+    health = RemoteHealth(threshold=2)
+    health.failed("fetch: connection refused")
+    assert health.state == "ok"
+    health.failed("fetch: connection refused")
+    assert health.state == "unreachable"
+    described = describe_health(health.as_dict())
+    assert described.startswith("unreachable since ") and "connection refused" in described
+    health.succeeded()
+    assert health.as_dict()["state"] == "ok" and describe_health(health.as_dict()) == "ok"
