@@ -47,7 +47,8 @@ def _delta(before: dict[str, int], after: dict[str, int], *operations: str) -> i
 
 
 def _fetches(server: GitHttpServer) -> int:
-    return sum(1 for record in server.requests if record.command == "fetch")
+    """Blob fetches: the history arrives in the background with a filter, whenever it is ready."""
+    return sum(1 for record in server.requests if record.command == "fetch" and not record.has_filter)
 
 
 def _traced_status(tree: MountedTree, trace: Path) -> tuple[str, dict[str, int]]:

@@ -401,6 +401,7 @@ def test_hydrated_blobs_live_once_and_git_reads_them(make_repo, git_root, mounts
     server.start()
     try:
         tree = mounts(server.url("packs"), "--hydrate", "none")
+        tree.wait_for(lambda status: status["history_complete"])  # its pack lands in the gitdir, as it should
         gitdir = Path(tree.status()["gitdir"])
         pack_dir = gitdir / "objects" / "pack"
         packs_before = sorted(pack_dir.glob("pack-*.pack"))
