@@ -319,11 +319,16 @@ def test_a_full_disk_pauses_hydration_until_space_returns(make_repo, git_server,
         waiting = sorted(path for path, oid in blob_ids(repo).items() if oid not in arrived)
         assert waiting, "nothing was left to hydrate when the disk filled"
 
-        # A reader of a blob that cannot be stored now gets EIO after the read timeout, not at once.
+        # A reader of a blob that cannot be stored now gets ENOSPC after the read timeout, not at once;
+        # so does a writer, whose copy-up needs the blob.
         started = time.monotonic()
         with pytest.raises(OSError) as raised:
             read_fresh(tree.path / waiting[0])
-        assert raised.value.errno == errno.EIO
+        assert raised.value.errno == errno.ENOSPC
+        with pytest.raises(OSError) as raised:
+            with open(tree.path / waiting[-1], "r+b") as stream:
+                stream.write(b"x")
+        assert raised.value.errno == errno.ENOSPC
         assert time.monotonic() - started >= 1.8
         # Paused means idle: no fetch is attempted while the disk stays full.
         requests = len(git_server.requests)

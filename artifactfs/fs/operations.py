@@ -62,8 +62,8 @@ def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[
             return await method(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except BlobUnavailableError:
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except BlobUnavailableError as error:
+            raise pyfuse3.FUSEError(error.errno) from None
         except Exception as error:
             # Overlay refusals, data-file errors and a full disk (ENOSPC, SQLite's included) map in one place.
             code = errno_for(error)

@@ -29,6 +29,7 @@ a different hint, and :attr:`Hydrator.on_size_corrected` tells the mount.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import shutil
 import sys
@@ -78,7 +79,11 @@ _SWITCH_INTERVAL = 0.001
 
 
 class BlobUnavailableError(ArtifactFSError):
-    """A blob could not be fetched; the reader gets EIO."""
+    """A blob could not be had; the reader gets ``errno``: EIO, or ENOSPC when the local disk is the cause."""
+
+    def __init__(self, message: str, *, errno_value: int = errno.EIO) -> None:
+        super().__init__(message)
+        self.errno = errno_value
 
 
 @dataclass
@@ -376,8 +381,13 @@ class Hydrator:
         if self._cache.contains(oid):
             return self._cache.path(oid)
         reason = blob.failure or f"timed out after {self.settings.read_timeout:g}s"
+        if self._space_restored is not None:
+            reason = f"{reason}; the state root is full, so hydration is paused"
+        elif self.health.state == "unreachable":
+            reason = f"{reason}; the remote is unreachable ({self.health.last_error})"
         log.error("read of %s (%s) failed: %s", blob.path or oid, oid, reason)
-        raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}")
+        raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}",
+                                   errno_value=errno.ENOSPC if self._space_restored is not None else errno.EIO)
 
     def _tracked(self, oid: str, path: str) -> _Blob:
         """The accounting record of ``oid``, registered (and queued for the background) on first sight."""
