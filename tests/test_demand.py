@@ -8,7 +8,6 @@ read under load) is generous and checked against the request order too.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import threading
@@ -16,19 +15,10 @@ import time
 from pathlib import Path
 
 from artifactfs.testing import GitHttpServer, RequestRecord, git
+from artifactfs.testing.repos import distinct_content as content
 
 STALL_SECONDS = 12.0
 DEMAND_BOUND = 2.0
-
-
-def content(label: str, size: int) -> bytes:
-    """Deterministic bytes, distinct per label (so no two blobs are deltas of each other)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def fetches(server: GitHttpServer) -> list[RequestRecord]:

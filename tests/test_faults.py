@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import robustness
 
-from artifactfs.store.blobcache import BlobCache
 from artifactfs.maintenance.gc import collect
+from artifactfs.store.blobcache import BlobCache
 from artifactfs.testing import FileSpec
 from artifactfs.testing.faultproxy import FaultProxy, _alter_pack, _parse_pack
-from artifactfs.testing.mounts import MountedTree, run_cli
+from artifactfs.testing.mounts import MountedTree, read_fresh, run_cli
 
 FAULT_SECONDS = float(os.environ.get("ARTIFACTFS_FAULT_SECONDS", "12"))
 READERS = 8
@@ -47,19 +47,6 @@ def faulty_repo_files(seed: int = 7) -> dict[str, bytes | FileSpec]:
     return files
 
 
-def read_file(path: Path) -> bytes:
-    """Read through a fresh open, then drop the file's page cache so the next read asks FUSE again."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
 def evict_blob_cache(state_root: Path) -> int:
     """What ``artifactfs gc --max-size 0`` does: every later read has to fetch again."""
     return collect(BlobCache(state_root / "cache" / "blobs"), 0, keep_recent=0).evicted_blobs
@@ -76,7 +63,7 @@ class ReadLedger:
     def check(self, mount: Path, relative: str, expected: bytes) -> bool:
         """One verified read; True if it returned the right bytes."""
         try:
-            data = read_file(mount / relative)
+            data = read_fresh(mount / relative)
         except OSError as error:
             with self.lock:
                 if error.errno == errno.EIO:
@@ -240,7 +227,7 @@ def test_corrupt_pack_bytes_do_not_kill_the_daemon(make_repo, git_server, state_
                 run_cli("prefetch", str(tree.path), "large", root=state_root)
                 for relative in ("large/big2.dat", "large/big1.dat", "large/big0.dat"):
                     try:
-                        data: bytes | int = read_file(tree.path / relative)
+                        data: bytes | int = read_fresh(tree.path / relative)
                     except OSError as error:
                         data = error.errno or 0
                     assert data == files[relative], f"{relative}: {data if isinstance(data, int) else 'wrong bytes'}"
@@ -254,7 +241,7 @@ def test_blob_altered_in_transit_is_refetched(solo, git_server, state_root, tmp_
         with MountedTree(proxy.url("solo"), tmp_path / "mnt", state_root, ["--hydrate", "none"]) as tree:
             proxy.inject("flip")
             robustness.add("faults_injected")
-            assert read_file(tree.path / "solo/only.bin") == solo
+            assert read_fresh(tree.path / "solo/only.bin") == solo
             assert proxy.injected["flip"] == 1
             hydration = tree.status()["hydration"]
             assert hydration["failed_blobs"] == 0

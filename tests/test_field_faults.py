@@ -27,7 +27,7 @@ from artifactfs.daemon.notify import progress_line
 from artifactfs.statusview import render
 from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.faultproxy import FaultProxy
-from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.mounts import MountedTree, read_fresh, small_tmpfs
 
 OUTAGE_SECONDS = float(os.environ.get("ARTIFACTFS_OUTAGE_SECONDS", "15"))
 
@@ -53,19 +53,6 @@ def served_contents(repo: Path) -> dict[str, bytes]:
         contents[path] = batch[header_end + 1:header_end + 1 + size]
         position = header_end + 1 + size + 1
     return contents
-
-
-def read_fresh(path: Path) -> bytes:
-    """Read through a fresh open, then drop the page cache so a later read asks FUSE again."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
 
 
 def assert_exact(tree: MountedTree, expected: dict[str, bytes]) -> None:
@@ -291,13 +278,8 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_root, s
 @pytest.fixture
 def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A 48 MiB tmpfs: a real filesystem that fills up."""
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(mountpoint)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "small", "48m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def test_a_full_disk_pauses_hydration_until_space_returns(make_repo, git_server, small_disk, tmp_path, fuse):

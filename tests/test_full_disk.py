@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,9 +17,14 @@ import pytest
 import robustness
 
 from artifactfs.overlay.errors import errno_for
-from artifactfs.overlay.store import RESERVE_BYTES, OverlayRow, OverlayStore, inspect_database
+from artifactfs.overlay.store import (
+    RESERVE_BYTES,
+    OverlayRow,
+    OverlayStore,
+    inspect_database,
+)
 from artifactfs.testing import FileSpec, GitHttpServer
-from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
+from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli, small_tmpfs
 
 STATE_SIZE = "8m"
 CHUNK = 256 << 10
@@ -39,14 +43,8 @@ PLAIN_FILES = {path: content for path, content in FILES.items() if isinstance(co
 @pytest.fixture
 def state_root(tmp_path: Path) -> Iterator[Path]:
     """The state root on its own small tmpfs (overrides conftest's), unmounted after the mounts."""
-    root = tmp_path / "state"
-    root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={STATE_SIZE},mode=0700", "tmpfs", str(root)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "state", STATE_SIZE) as root:
         yield root
-    finally:
-        if subprocess.run(["umount", str(root)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(root)], check=True)
 
 
 @pytest.fixture
@@ -230,13 +228,8 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    directory = tmp_path / "tiny"
-    directory.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(directory)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "tiny", "2m") as directory:
         yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Path) -> None:

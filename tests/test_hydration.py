@@ -7,7 +7,6 @@ never from timings.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -21,18 +20,9 @@ import pytest
 from artifactfs.hydrator.priority import PriorityClass
 from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.mounts import MountedTree, run_cli
+from artifactfs.testing.repos import distinct_content as content
 
 CLASS_ORDER = [priority_class.label for priority_class in PriorityClass]
-
-
-def content(label: str, size: int = 300) -> bytes:
-    """Deterministic, incompressible-looking bytes, distinct per label (so no two blobs delta)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 def wait_complete(tree: MountedTree, timeout: float = 30.0) -> dict[str, Any]:

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
 import robustness
+
 from artifactfs.remote.url import RemoteURL
 from artifactfs.state import (
     StateRoot,
@@ -35,21 +35,17 @@ from artifactfs.state import (
     write_private_file,
 )
 from artifactfs.testing import FileSpec, GitHttpServer
-from artifactfs.testing.mounts import MountedTree, artifactfs_command, is_mounted, run_cli
+from artifactfs.testing.mounts import (
+    MountedTree,
+    artifactfs_command,
+    is_mounted,
+    run_cli,
+)
+from artifactfs.testing.repos import distinct_content as content
 
 NOBODY = 65534
 _AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
 _PROJECT = Path(__file__).resolve().parent.parent
-
-
-def content(label: str, size: int) -> bytes:
-    """Deterministic, incompressible bytes, distinct per label."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:size])
 
 
 FILES: dict[str, bytes | FileSpec] = {

@@ -22,11 +22,16 @@ _COMPRESSION_LEVEL = 1
 
 
 def entry_header(type_name: str, size: int) -> bytes:
-    """An entry's type-and-size header: 3 type bits and 4 size bits, then 7 size bits per byte."""
+    """An entry's type-and-size header for a whole object of ``type_name``."""
     try:
         type_number = _TYPE_NUMBERS[type_name]
     except KeyError:
         raise ValueError(f"not a packable object type: {type_name!r}") from None
+    return encode_entry_header(type_number, size)
+
+
+def encode_entry_header(type_number: int, size: int) -> bytes:
+    """3 type bits and 4 size bits, then 7 size bits per byte (delta types 6 and 7 included)."""
     if size < 0:
         raise ValueError("object size must not be negative")
     first = (type_number << 4) | (size & 0x0F)

@@ -60,6 +60,7 @@ from urllib.parse import urlsplit
 from artifactfs.errors import ProtocolError
 from artifactfs.remote import pktline
 from artifactfs.remote.pktline import Packet, PacketKind
+from artifactfs.store.packwrite import encode_entry_header
 
 log = logging.getLogger("artifactfs.testing.faultproxy")
 
@@ -572,18 +573,6 @@ def _parse_pack(pack: bytes) -> list[_PackEntry] | None:
     return entries
 
 
-def _entry_header(kind: int, size: int) -> bytes:
-    byte = (kind << 4) | (size & 15)
-    size >>= 4
-    out = bytearray()
-    while size:
-        out.append(byte | 0x80)
-        byte = size & 0x7F
-        size >>= 7
-    out.append(byte)
-    return bytes(out)
-
-
 def _ofs_encoding(distance: int) -> bytes:
     out = bytearray([distance & 0x7F])
     distance >>= 7
@@ -620,7 +609,7 @@ def _alter_pack(pack: bytes, *, raw: bool, choose: Callable[[int], int]) -> byte
     for entry in entries:
         start = len(out)
         new_offsets[entry.offset] = start
-        out += _entry_header(entry.kind, entry.size)
+        out += encode_entry_header(entry.kind, entry.size)
         if entry.kind == 6:
             assert entry.base_offset is not None
             out += _ofs_encoding(start - new_offsets[entry.base_offset])

@@ -7,6 +7,7 @@ per thousand commits.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Iterable, Mapping
@@ -152,3 +153,13 @@ def _quote(name: str) -> str:
 def _fast_import(path: Path, branch: str, commits: list[bytes]) -> str:
     git(path, "fast-import", "--quiet", "--done", input=b"".join(commits) + b"done\n")
     return git(path, "rev-parse", f"refs/heads/{branch}").decode().strip()
+
+
+def distinct_content(label: str, size: int = 300) -> bytes:
+    """Deterministic, incompressible bytes, distinct per label (so no two blobs are deltas of each other)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
+        counter += 1
+    return bytes(out[:size])
