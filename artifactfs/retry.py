@@ -157,3 +157,32 @@ async def retry_forever(call: Callable[[], Awaitable[_T]], what: str, health: Re
             continue
         health.succeeded()
         return result
+
+
+async def retry_while_transient(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth,
+                                backoff: Backoff, deadline: float) -> _T:
+    """Run ``call`` until it succeeds, retrying transient failures only, until ``deadline`` (trio time).
+
+    For a caller that waits on the answer (git's own lazy fetch): a
+    permanent failure, a full disk or a bug is raised at once, and the last
+    transient error is raised once the next try would start after ``deadline``.
+    """
+    attempt = 0
+    while True:
+        try:
+            result = await call()
+        except Exception as error:
+            if classify(error) is not Verdict.TRANSIENT:
+                raise
+            attempt += 1
+            health.failed(f"{what}: {error}")
+            delay = backoff.delay(attempt)
+            if trio.current_time() + delay > deadline:
+                raise
+            log.warning("%s failed (attempt %d): %s; next try in %.1fs", what, attempt, error, delay)
+            recovered = health.recovered
+            with trio.move_on_after(delay):
+                await recovered.wait()
+            continue
+        health.succeeded()
+        return result

@@ -17,7 +17,15 @@ from artifactfs.errors import (
     RemoteUnreachableError,
     TransientRemoteError,
 )
-from artifactfs.retry import Backoff, RemoteHealth, Verdict, classify, describe_health, retry_forever
+from artifactfs.retry import (
+    Backoff,
+    RemoteHealth,
+    Verdict,
+    classify,
+    describe_health,
+    retry_forever,
+    retry_while_transient,
+)
 
 
 @pytest.mark.parametrize(("error", "verdict"), [
@@ -128,3 +136,38 @@ def test_health_reports_outage_and_recovery() -> None:
     assert described.startswith("unreachable since ") and "connection refused" in described
     health.succeeded()
     assert health.as_dict()["state"] == "ok" and describe_health(health.as_dict()) == "ok"
+
+
+def test_retry_while_transient_gives_a_waiting_caller_an_answer_in_time() -> None:
+    backoff = Backoff(base=1.0, cap=4.0, jitter=0.0)
+
+    async def main() -> tuple[list[float], list[float], list[float]]:
+        start = trio.current_time()
+        tries: dict[str, list[float]] = {"recovers": [], "missing": [], "down": []}
+
+        async def recovers() -> str:
+            tries["recovers"].append(trio.current_time() - start)
+            if len(tries["recovers"]) < 3:
+                raise TransientRemoteError("server error (HTTP 503)")
+            return "pack"
+
+        async def missing() -> str:
+            tries["missing"].append(trio.current_time() - start)
+            raise MissingObjectError("b" * 40)
+
+        async def down() -> str:
+            tries["down"].append(trio.current_time() - start)
+            raise RemoteUnreachableError("cannot connect (connection refused)")
+
+        assert await retry_while_transient(recovers, "lazy fetch", RemoteHealth(), backoff, start + 60) == "pack"
+        with pytest.raises(MissingObjectError):  # permanent: no retry
+            await retry_while_transient(missing, "lazy fetch", RemoteHealth(), backoff, start + 60)
+        now = trio.current_time() - start
+        with pytest.raises(RemoteUnreachableError):  # the caller's deadline ends the tries
+            await retry_while_transient(down, "lazy fetch", RemoteHealth(), backoff, trio.current_time() + 5)
+        return tries["recovers"], tries["missing"], [at - now for at in tries["down"]]
+
+    recovers, missing, down = run_mocked(main)
+    assert recovers == [0.0, 1.0, 3.0]
+    assert missing == [3.0]
+    assert down == [0.0, 1.0, 3.0]  # the next try, at 7 s, would start after the 5 s deadline

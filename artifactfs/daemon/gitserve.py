@@ -42,6 +42,7 @@ from artifactfs.remote import RemoteSession, RemoteURL, pktline
 from artifactfs.remote.credentials import asks_for
 from artifactfs.remote.pktline import Packet, PacketKind, PktLineDecoder
 from artifactfs.remote.protocol import AGENT
+from artifactfs.retry import HYDRATION_BACKOFF, retry_while_transient
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.packstream import PackObject, PackStreamParser
 from artifactfs.store.packwrite import PackWriter
@@ -227,9 +228,14 @@ class GitService:
                 nursery.start_soon(ensure, oid)
             if elsewhere:
                 try:
-                    forwarded, shallow_info = await self._forward(elsewhere, request)
+                    forwarded, shallow_info = await retry_while_transient(
+                        lambda: self._forward(elsewhere, request), "git's lazy fetch from the origin",
+                        self._hydrator.health, HYDRATION_BACKOFF,
+                        trio.current_time() + self._hydrator.settings.read_timeout)
                 except ArtifactFSError as error:
                     fail(error)
+                except (OSError, trio.BrokenResourceError) as error:  # the origin stayed out of reach
+                    fail(ArtifactFSError(f"fetch from the origin failed: {error}"))
         if failures:
             raise failures[0]
         self._counters["blobs_from_hydrator"] += len(local)
