@@ -253,6 +253,8 @@ def test_prometheus_metrics_endpoint(make_repo: MakeRepo, git_server: GitHttpSer
     fetches = {labels["le"]: value for labels, value in samples["artifactfs_fetch_seconds_bucket"]}
     assert fetches["+Inf"] >= 1 and samples["artifactfs_fetch_seconds_count"][0][1] == fetches["+Inf"]
     assert samples["artifactfs_errors_total"][0][1] == 0
+    assert samples["artifactfs_remote_up"][0][1] == 1
+    assert samples["artifactfs_hydration_paused"][0][1] == 0 and samples["artifactfs_hydration_retrying_blobs"][0][1] == 0
     info_labels = samples["artifactfs_mount_info"][0][0]
     assert info_labels["mountpoint"] == str(tree.path) and info_labels["head"] == status["head"]
     assert samples["process_resident_memory_bytes"][0][1] > 0

@@ -57,7 +57,7 @@ class MountCollector(Collector):
         per_class = {
             "artifactfs_tree_blobs": ("Blobs in the mounted tree.", "total"),
             "artifactfs_hydrated_blobs": ("Blobs available locally.", "hydrated"),
-            "artifactfs_failed_blobs": ("Blobs whose last fetch failed.", "failed"),
+            "artifactfs_failed_blobs": ("Blobs the remote does not have (their reads get EIO).", "failed"),
             "artifactfs_tree_bytes": ("Known size of the blobs in the tree.", "total_bytes"),
             "artifactfs_hydrated_bytes": ("Bytes of the blobs available locally.", "hydrated_bytes"),
         }
@@ -73,6 +73,13 @@ class MountCollector(Collector):
         yield GaugeMetricFamily("artifactfs_hydration_rate_bytes_per_second",
                                 "Hydration throughput over the last few seconds.",
                                 value=hydration["rate_bytes_per_second"])
+        yield GaugeMetricFamily("artifactfs_hydration_retrying_blobs",
+                                "Blobs waiting out a backoff after a transient failure.",
+                                value=hydration["retrying_blobs"])
+        yield GaugeMetricFamily("artifactfs_hydration_paused", "1 while hydration waits for space in the state root.",
+                                value=1 if hydration["paused"] else 0)
+        yield GaugeMetricFamily("artifactfs_remote_up", "1 while the remote answers, 0 during an outage.",
+                                value=1 if hydration["remote"]["state"] == "ok" else 0)
         yield GaugeMetricFamily("artifactfs_hydration_recent_errors",
                                 "Fetch errors kept in the status (the last 20 at most).",
                                 value=len(hydration["errors"]))
