@@ -184,7 +184,7 @@ class Mount:
                     # git waits on the .git file until the index matches the mount (see Operations.open).
                     try:
                         await self._prepare_index(resolved is not None)
-                    except ArtifactFSError as error:
+                    except (ArtifactFSError, OSError) as error:  # a full disk, too: the mount stays a mount
                         log.error("could not prepare the git index (%s); git status will re-read files", error)
                     finally:
                         self.operations.release_gitfile()
@@ -411,11 +411,16 @@ class Mount:
         contents: dict[str, bytes] = {}
         with trio.move_on_after(INDEX_SIZE_WAIT):
             await self._hydrate_all(listing.gitattributes.values())
-            converted = await trio.to_thread.run_sync(converting_paths, self.gitdir.path,
-                                                      self.snapshot.root_tree_oid, sorted(paths.values()))
+            try:
+                # Abandoned on timeout: git may be waiting on a lazy fetch of a .gitattributes blob.
+                converted = await trio.to_thread.run_sync(functools.partial(
+                    converting_paths, self.gitdir.path, self.snapshot.root_tree_oid, sorted(paths.values())),
+                    abandon_on_cancel=True)
+            except ArtifactFSError as error:
+                log.warning("cannot tell which .gitignore files git converts (%s); guessing none", error)
             for directory, oid in listing.gitignores.items():
                 if paths[directory] in converted:
-                    with contextlib.suppress(BlobUnavailableError):
+                    with contextlib.suppress(BlobUnavailableError, OSError, ValueError):  # then a guess
                         with LooseBlobFile.open(await self.hydrator.ensure(oid)) as blob:
                             contents[directory] = blob.read_all()
         return {directory: gitignore_id(oid, contents.get(directory), paths[directory] in converted)
