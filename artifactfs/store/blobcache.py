@@ -19,12 +19,13 @@ which ``verify`` detects; the remote can always supply the blob again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import itertools
 import os
-import shutil
 import re
-import tempfile
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -69,6 +70,7 @@ class BlobCache:
         self._objects_prefix = f"{self._objects}{os.sep}"
         self._tmp_root = root / "tmp"
         self._tmp = self._tmp_root / str(os.getpid())  # per process: the cache is shared by mounts
+        self._serial = itertools.count()
         for directory in (root, self._objects, self._tmp_root, self._tmp):
             private_dir(directory)
 
@@ -126,14 +128,23 @@ class BlobCache:
         return target
 
     def _write(self, target: Path, size: int, source: BinaryIO) -> None:
-        fd, name = tempfile.mkstemp(prefix="blob-", dir=self._tmp)
-        partial = Path(name)
+        # A serial number, not tempfile.mkstemp: the scratch directory is this process's own, and
+        # mkstemp's random names cost as much as the rest of storing a small blob.
+        while True:
+            partial = f"{self._tmp}{os.sep}blob-{next(self._serial)}"
+            try:
+                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             READ_ONLY_FILE_MODE)
+                break
+            except FileExistsError:
+                continue  # left by an earlier process with this pid
         try:
             with os.fdopen(fd, "wb") as stream:
                 write_loose_blob(stream, size, source)
             self._install(partial, target)
         except BaseException:
-            partial.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(partial)
             raise
 
     def adopt_file(self, oid: str, path: Path) -> Path:
@@ -214,8 +225,8 @@ class BlobCache:
         return removed
 
     @staticmethod
-    def _install(partial: Path, target: Path) -> None:
-        os.chmod(partial, READ_ONLY_FILE_MODE)
+    def _install(partial: str, target: Path) -> None:
+        """Rename a finished, read-only scratch file into place."""
         try:
             os.replace(partial, target)
         except FileNotFoundError:  # the first blob of its fan-out directory
