@@ -138,25 +138,7 @@ async def retry_forever(call: Callable[[], Awaitable[_T]], what: str, health: Re
     is logged and retried; an unclassified one (a bug) propagates. The wait
     ends early when another caller sees the remote answer again.
     """
-    attempt = 0
-    while True:
-        try:
-            result = await call()
-        except Exception as error:
-            verdict = classify(error)
-            if verdict is None:
-                raise
-            attempt += 1
-            if verdict is Verdict.TRANSIENT:
-                health.failed(f"{what}: {error}")
-            delay = backoff.delay(attempt)
-            log.warning("%s failed (attempt %d, %s): %s; next try in %.1fs", what, attempt, verdict.value, error, delay)
-            recovered = health.recovered
-            with trio.move_on_after(delay):
-                await recovered.wait()
-            continue
-        health.succeeded()
-        return result
+    return await _retry(call, what, health, backoff, retried=frozenset(Verdict), deadline=None)
 
 
 async def retry_while_transient(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth,
@@ -167,19 +149,27 @@ async def retry_while_transient(call: Callable[[], Awaitable[_T]], what: str, he
     permanent failure, a full disk or a bug is raised at once, and the last
     transient error is raised once the next try would start after ``deadline``.
     """
+    return await _retry(call, what, health, backoff, retried=frozenset({Verdict.TRANSIENT}), deadline=deadline)
+
+
+async def _retry(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth, backoff: Backoff, *,
+                 retried: frozenset[Verdict], deadline: float | None) -> _T:
+    """The one retry loop: failures classified as one of ``retried`` wait out ``backoff`` and go again."""
     attempt = 0
     while True:
         try:
             result = await call()
         except Exception as error:
-            if classify(error) is not Verdict.TRANSIENT:
+            verdict = classify(error)
+            if verdict not in retried:
                 raise
             attempt += 1
-            health.failed(f"{what}: {error}")
+            if verdict is Verdict.TRANSIENT:
+                health.failed(f"{what}: {error}")
             delay = backoff.delay(attempt)
-            if trio.current_time() + delay > deadline:
+            if deadline is not None and trio.current_time() + delay > deadline:
                 raise
-            log.warning("%s failed (attempt %d): %s; next try in %.1fs", what, attempt, error, delay)
+            log.warning("%s failed (attempt %d, %s): %s; next try in %.1fs", what, attempt, verdict.value, error, delay)
             recovered = health.recovered
             with trio.move_on_after(delay):
                 await recovered.wait()
