@@ -32,7 +32,7 @@ from typing import BinaryIO
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.state import READ_ONLY_FILE_MODE, pid_alive, private_dir
-from artifactfs.store.loose import LooseBlobFile, content_size, loose_object_id, write_loose_blob
+from artifactfs.store.loose import LooseBlobFile, blob_header, content_size, loose_object_id, write_loose_blob
 
 _OID = re.compile(r"[0-9a-f]{40}")
 _READ_CHUNK = 1 << 20
@@ -45,14 +45,16 @@ def _check_oid(oid: str) -> None:
 
 def blob_id(content: bytes) -> str:
     """Git blob oid of ``content``."""
-    return hashlib.sha1(b"blob %d\x00" % len(content) + content).hexdigest()
+    hasher = hashlib.sha1(blob_header(len(content)))
+    hasher.update(content)
+    return hasher.hexdigest()
 
 
 def blob_id_of_file(path: Path) -> str:
     """Git blob oid of a file's content, read in chunks."""
     with path.open("rb") as stream:
         size = os.fstat(stream.fileno()).st_size
-        hasher = hashlib.sha1(b"blob %d\x00" % size)
+        hasher = hashlib.sha1(blob_header(size))
         seen = 0
         while chunk := stream.read(_READ_CHUNK):
             hasher.update(chunk)
@@ -117,9 +119,7 @@ class BlobCache:
     def store_bytes(self, oid: str, data: bytes) -> Path:
         """Store ``data`` as blob ``oid`` after checking that it hashes to ``oid``."""
         target = self.path(oid)
-        hasher = hashlib.sha1(b"blob %d\x00" % len(data))
-        hasher.update(data)
-        actual = hasher.hexdigest()
+        actual = blob_id(data)
         if actual != oid:
             raise CorruptObjectError(f"blob data for {oid} hashes to {actual}")
         if target.is_file():

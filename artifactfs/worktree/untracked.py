@@ -140,9 +140,17 @@ def build_untracked_cache(worktree: Path, gitdir: Path, directories: Iterable[st
 
 def gitignore_id(blob_oid: str, content: bytes | None, converted: bool) -> str:
     """The id git records for a per-directory ``.gitignore`` (``content`` None: not at hand, guess)."""
-    if not converted or not content:
-        return blob_oid  # an empty file gets the empty blob's id either way
-    return blob_id(content + b"\n")
+    if not converted or content is None:
+        return blob_oid
+    return _parsed_id(content)
+
+
+def _parsed_id(content: bytes) -> str:
+    """The id git gives an exclude file it read itself: of what it parsed, the content plus a newline.
+
+    An empty file gets the empty blob's id (nothing is appended).
+    """
+    return blob_id(content + b"\n" if content else content)
 
 
 _CONVERSION_ATTRIBUTES = ("text", "crlf", "eol", "ident", "filter", "working-tree-encoding")
@@ -219,15 +227,11 @@ def global_excludes_file(gitdir: Path) -> Path | None:
 
 
 def _exclude_file_id(path: Path | None) -> str | None:
-    """The id git records for a global exclude file, or None when git would not read it.
-
-    git hashes what it parsed: the content with a newline appended (none for
-    an empty file), as a blob.
-    """
+    """The id git records for a global exclude file (see :func:`_parsed_id`), or None when git would not read it."""
     if path is None or not os.access(path, os.R_OK):
         return None
     try:
         content = path.read_bytes()
     except OSError:
         return None
-    return blob_id(content + b"\n" if content else content)
+    return _parsed_id(content)
