@@ -448,7 +448,6 @@ def _parse_size(text: str) -> int:
 @_root_option
 def fsck(directory: str, root: str | None) -> None:
     """Check DIRECTORY's state (mounted or not), repair what is safe; exit 1 on damage left."""
-    from artifactfs import state
     from artifactfs.maintenance.fsck import fsck as check
 
     report = check(_state_root(root), _mountpoint(directory))
@@ -469,7 +468,6 @@ def fsck(directory: str, root: str | None) -> None:
 @_root_option
 def gc(max_size: str, keep_recent: float, root: str | None) -> None:
     """Evict least recently used blobs until the blob cache fits in --max-size."""
-    from artifactfs import state
     from artifactfs.maintenance.gc import collect
     from artifactfs.store.blobcache import BlobCache
 

@@ -89,6 +89,12 @@ def check_state_root(root: Path, *, create: bool) -> None:
                              f"{stat.S_IMODE(info.st_mode):04o}); chmod 700 it or pass another --root")
 
 
+def free_bytes(directory: Path) -> int:
+    """Bytes an unprivileged writer can still allocate on ``directory``'s filesystem."""
+    info = os.statvfs(directory)
+    return info.f_bavail * info.f_frsize
+
+
 def private_dir(path: Path) -> Path:
     """Create ``path`` (and missing parents) 0700; an existing one must be our own directory and is made 0700.
 

@@ -23,6 +23,7 @@ from artifactfs.overlay.store import (
     OverlayStore,
     inspect_database,
 )
+from artifactfs.state import free_bytes
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli, small_tmpfs
 
@@ -51,11 +52,6 @@ def state_root(tmp_path: Path) -> Iterator[Path]:
 def small_remote(make_repo: Callable[..., tuple[Path, str]], git_server: GitHttpServer) -> str:
     make_repo("small", FILES)
     return git_server.url("small")
-
-
-def free_bytes(path: Path) -> int:
-    info = os.statvfs(path)
-    return info.f_bavail * info.f_frsize
 
 
 def mount_settled(mounts: Callable[..., MountedTree], remote: str) -> MountedTree:

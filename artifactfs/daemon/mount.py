@@ -36,12 +36,12 @@ from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.overlay.errors import is_no_space
-from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, free_bytes, space_for_writing
+from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import RuntimeRecord, StateRoot, private_dir, write_private_file
+from artifactfs.state import RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.bridge import install_bridge

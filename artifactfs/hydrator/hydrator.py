@@ -31,7 +31,6 @@ from __future__ import annotations
 import collections
 import errno
 import logging
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +49,7 @@ from artifactfs.remote import RemoteSession
 from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.state import free_bytes
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
@@ -847,17 +847,14 @@ class Hydrator:
             self._work.unpark_all()
 
     async def _disk_full(self) -> bool:
-        return await trio.to_thread.run_sync(self._free_bytes) < _LOW_SPACE
-
-    def _free_bytes(self) -> int:
-        return shutil.disk_usage(self._cache.tmp_dir).free
+        return await trio.to_thread.run_sync(free_bytes, self._cache.tmp_dir) < _LOW_SPACE
 
     def _pause_for_space(self, error: Exception) -> None:
         """Storing blobs failed for want of space: every lane waits until free space grows."""
         if self._space_restored is not None:
             return
         self._space_restored = trio.Event()
-        self._space_floor = self._free_bytes() + _LOW_SPACE
+        self._space_floor = free_bytes(self._cache.tmp_dir) + _LOW_SPACE
         self._space_pauses += 1
         self._note_error(f"disk full while storing blobs ({error}); hydration paused until space returns")
         self._space_work.unpark_all()
@@ -873,7 +870,7 @@ class Hydrator:
             while True:
                 await trio.sleep(_SPACE_BACKOFF.delay(attempt))
                 attempt += 1
-                free = await trio.to_thread.run_sync(self._free_bytes)
+                free = await trio.to_thread.run_sync(free_bytes, self._cache.tmp_dir)
                 if free >= self._space_floor:
                     break
             log.warning("%d bytes free again; hydration resumes", free)

@@ -51,7 +51,7 @@ from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
-from artifactfs.state import open_private, private_dir
+from artifactfs.state import free_bytes, open_private, private_dir
 
 RowKind = Literal["file", "dir", "symlink", "gitlink", "whiteout"]
 
@@ -545,12 +545,6 @@ class OverlayStore:
                 os.unlink(entry.path)
                 removed.append(entry.name)
         return sorted(removed)
-
-
-def free_bytes(directory: Path) -> int:
-    """Bytes an unprivileged writer can still allocate on ``directory``'s filesystem."""
-    info = os.statvfs(directory)
-    return info.f_bavail * info.f_frsize
 
 
 def space_for_writing(state_dir: Path) -> int:
