@@ -117,34 +117,86 @@ def _scrub_command_line() -> None:
 
 # --------------------------------------------------------------------- mount
 
+
 @main.command()
 @click.argument("remote")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--ref", envvar="ARTIFACTFS_REF",
-              help="Branch, tag or commit to mount (default: the remote's HEAD; env ARTIFACTFS_REF).")
-@click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False, readable=False),
-              help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")
+@click.option(
+    "--ref",
+    envvar="ARTIFACTFS_REF",
+    help="Branch, tag or commit to mount (default: the remote's HEAD; env ARTIFACTFS_REF).",
+)
+@click.option(
+    "--root",
+    envvar="ARTIFACTFS_ROOT",
+    type=click.Path(file_okay=False, readable=False),
+    help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).",
+)
 @click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
-@click.option("--hydrate", type=click.Choice(["background", "none"]), default="background", show_default=True,
-              help="Fetch every blob in the background, or only what is read.")
-@click.option("--connections", type=click.IntRange(1, 16), default=3, show_default=True,
-              help="Background fetch requests in flight at once.")
+@click.option(
+    "--hydrate",
+    type=click.Choice(["background", "none"]),
+    default="background",
+    show_default=True,
+    help="Fetch every blob in the background, or only what is read.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(1, 16),
+    default=3,
+    show_default=True,
+    help="Background fetch requests in flight at once.",
+)
 @click.option("--max-bandwidth", metavar="RATE", help="Cap fetch bandwidth, e.g. 20M (bytes per second).")
-@click.option("--read-timeout", type=click.FloatRange(0.1), default=120.0, show_default=True,
-              help="Seconds a read waits for its blob before failing with EIO.")
-@click.option("--priority", "priority_rules", multiple=True, metavar="CLASS=GLOB",
-              help="Put matching paths in a hydration class (repeatable).")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file with a [priority] table (default: user config dir).")
-@click.option("--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other).")
+@click.option(
+    "--read-timeout",
+    type=click.FloatRange(0.1),
+    default=120.0,
+    show_default=True,
+    help="Seconds a read waits for its blob before failing with EIO.",
+)
+@click.option(
+    "--priority",
+    "priority_rules",
+    multiple=True,
+    metavar="CLASS=GLOB",
+    help="Put matching paths in a hydration class (repeatable).",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file with a [priority] table (default: user config dir).",
+)
+@click.option(
+    "--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other)."
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
-@click.option("--metrics-address", metavar="HOST:PORT",
-              help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs artifactfs[metrics]).")
-def mount(remote: str, directory: str, ref: str | None, root: str | None, foreground: bool, hydrate: str,
-          connections: int, max_bandwidth: str | None, read_timeout: float, priority_rules: tuple[str, ...],
-          config_path: str | None, allow_other: bool, log_format: str, log_level: str,
-          metrics_address: str | None) -> None:
+@click.option(
+    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+)
+@click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs artifactfs[metrics]).",
+)
+def mount(
+    remote: str,
+    directory: str,
+    ref: str | None,
+    root: str | None,
+    foreground: bool,
+    hydrate: str,
+    connections: int,
+    max_bandwidth: str | None,
+    read_timeout: float,
+    priority_rules: tuple[str, ...],
+    config_path: str | None,
+    allow_other: bool,
+    log_format: str,
+    log_level: str,
+    metrics_address: str | None,
+) -> None:
     """Mount REMOTE (URL or path) at DIRECTORY and return once the tree is visible."""
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
@@ -166,9 +218,12 @@ def mount(remote: str, directory: str, ref: str | None, root: str | None, foregr
         mountpoint=mountpoint,
         root=state.state_root(root),
         ref=ref,
-        hydration=HydrationSettings(mode="background" if hydrate == "background" else "none",
-                                    connections=connections, read_timeout=read_timeout,
-                                    max_bandwidth=_parse_rate(max_bandwidth)),
+        hydration=HydrationSettings(
+            mode="background" if hydrate == "background" else "none",
+            connections=connections,
+            read_timeout=read_timeout,
+            max_bandwidth=_parse_rate(max_bandwidth),
+        ),
         priority_rules=load_rules(config_file, priority_rules),
         allow_other=allow_other,
         metrics_address=metrics,
@@ -235,7 +290,7 @@ def _spawn_daemon(options: Any, log_file: Path, log_fd: int, log_level: str, log
     if message == "ok":
         sys.exit(0)
     if message.startswith("error: "):
-        _fail(message[len("error: "):])
+        _fail(message[len("error: ") :])
     os.waitpid(pid, os.WNOHANG)  # reap it if it is already gone
     _fail(f"the daemon exited during start-up; see {log_file}")
 
@@ -301,9 +356,14 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 # --------------------------------------------------------------------- control commands
 
+
 def _root_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--root", envvar="ARTIFACTFS_ROOT", type=click.Path(file_okay=False, readable=False),
-                        help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).")(function)
+    return click.option(
+        "--root",
+        envvar="ARTIFACTFS_ROOT",
+        type=click.Path(file_okay=False, readable=False),
+        help="State directory (default: platform data dir; env ARTIFACTFS_ROOT).",
+    )(function)
 
 
 def _find_mount(directory: str | None, root: str | None) -> tuple[Any, Path]:
@@ -428,10 +488,13 @@ def list_mounts(as_json: bool, root: str | None) -> None:
         click.echo("no mounts")
         return
     for row in rows:
-        click.echo(f"{row['mountpoint']}\t{row['state']}\tpid {row['pid']}\t{row.get('hydrated', '-')}\t{row['remote']}")
+        click.echo(
+            f"{row['mountpoint']}\t{row['state']}\tpid {row['pid']}\t{row.get('hydrated', '-')}\t{row['remote']}"
+        )
 
 
 # --------------------------------------------------------------------- maintenance
+
 
 def _parse_size(text: str) -> int:
     try:
@@ -455,16 +518,30 @@ def fsck(directory: str, root: str | None) -> None:
     for finding in report.findings:
         click.echo(f"  {finding.severity:<9} {finding.message}")
     repaired, damaged = report.count("repaired"), report.count("damaged")
-    click.echo(f"result: {'clean' if report.clean else 'DAMAGED'} ({repaired} repaired, {damaged} not repairable)")
+    click.echo(
+        f"result: {'clean' if report.clean else 'DAMAGED'} ({repaired} repaired, {damaged} not repairable)"
+    )
     if not report.clean:
         sys.exit(1)
 
 
 @main.command()
-@click.option("--max-size", default="10G", show_default=True, envvar="ARTIFACTFS_CACHE_MAX_SIZE", metavar="SIZE",
-              help="Bound for the shared blob cache, e.g. 500M (env ARTIFACTFS_CACHE_MAX_SIZE).")
-@click.option("--keep-recent", type=click.FloatRange(0), default=60.0, show_default=True, metavar="SECONDS",
-              help="Never evict blobs used this recently.")
+@click.option(
+    "--max-size",
+    default="10G",
+    show_default=True,
+    envvar="ARTIFACTFS_CACHE_MAX_SIZE",
+    metavar="SIZE",
+    help="Bound for the shared blob cache, e.g. 500M (env ARTIFACTFS_CACHE_MAX_SIZE).",
+)
+@click.option(
+    "--keep-recent",
+    type=click.FloatRange(0),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Never evict blobs used this recently.",
+)
 @_root_option
 def gc(max_size: str, keep_recent: float, root: str | None) -> None:
     """Evict least recently used blobs until the blob cache fits in --max-size."""
@@ -473,5 +550,7 @@ def gc(max_size: str, keep_recent: float, root: str | None) -> None:
 
     cache = BlobCache(_state_root(root, create=True).blob_cache_dir)
     result = collect(cache, _parse_size(max_size), keep_recent=keep_recent)
-    click.echo(f"blob cache: {result.before_bytes} -> {result.after_bytes} bytes; evicted {result.evicted_blobs} "
-               f"blobs ({result.evicted_bytes} bytes), kept {result.kept_recent_blobs} recently used")
+    click.echo(
+        f"blob cache: {result.before_bytes} -> {result.after_bytes} bytes; evicted {result.evicted_blobs} "
+        f"blobs ({result.evicted_bytes} bytes), kept {result.kept_recent_blobs} recently used"
+    )

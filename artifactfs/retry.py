@@ -68,7 +68,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retrying after ``attempt`` consecutive failures (``attempt`` >= 1)."""
         exponent = min(max(attempt, 1) - 1, 62)
-        nominal = min(self.base * 2 ** exponent, self.cap)
+        nominal = min(self.base * 2**exponent, self.cap)
         return nominal * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
@@ -130,8 +130,9 @@ def describe_health(health: Mapping[str, Any]) -> str:
     return f"{health['state']} since {since} ({health['last_error']})"
 
 
-async def retry_forever(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth,
-                        backoff: Backoff) -> _T:
+async def retry_forever(
+    call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth, backoff: Backoff
+) -> _T:
     """Run ``call`` until it succeeds, waiting ``backoff`` between attempts.
 
     Every classified failure (even a permanent one: refs and history move on)
@@ -141,19 +142,29 @@ async def retry_forever(call: Callable[[], Awaitable[_T]], what: str, health: Re
     return await _retry(call, what, health, backoff, retried=frozenset(Verdict), deadline=None)
 
 
-async def retry_while_transient(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth,
-                                backoff: Backoff, deadline: float) -> _T:
+async def retry_while_transient(
+    call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth, backoff: Backoff, deadline: float
+) -> _T:
     """Run ``call`` until it succeeds, retrying transient failures only, until ``deadline`` (trio time).
 
     For a caller that waits on the answer (git's own lazy fetch): a
     permanent failure, a full disk or a bug is raised at once, and the last
     transient error is raised once the next try would start after ``deadline``.
     """
-    return await _retry(call, what, health, backoff, retried=frozenset({Verdict.TRANSIENT}), deadline=deadline)
+    return await _retry(
+        call, what, health, backoff, retried=frozenset({Verdict.TRANSIENT}), deadline=deadline
+    )
 
 
-async def _retry(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHealth, backoff: Backoff, *,
-                 retried: frozenset[Verdict], deadline: float | None) -> _T:
+async def _retry(
+    call: Callable[[], Awaitable[_T]],
+    what: str,
+    health: RemoteHealth,
+    backoff: Backoff,
+    *,
+    retried: frozenset[Verdict],
+    deadline: float | None,
+) -> _T:
     """The one retry loop: failures classified as one of ``retried`` wait out ``backoff`` and go again."""
     attempt = 0
     while True:
@@ -169,7 +180,14 @@ async def _retry(call: Callable[[], Awaitable[_T]], what: str, health: RemoteHea
             delay = backoff.delay(attempt)
             if deadline is not None and trio.current_time() + delay > deadline:
                 raise
-            log.warning("%s failed (attempt %d, %s): %s; next try in %.1fs", what, attempt, verdict.value, error, delay)
+            log.warning(
+                "%s failed (attempt %d, %s): %s; next try in %.1fs",
+                what,
+                attempt,
+                verdict.value,
+                error,
+                delay,
+            )
             recovered = health.recovered
             with trio.move_on_after(delay):
                 await recovered.wait()

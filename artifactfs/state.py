@@ -82,11 +82,15 @@ def check_state_root(root: Path, *, create: bool) -> None:
     if not stat.S_ISDIR(info.st_mode):
         raise StateRootError(f"the state root {root} is not a directory")
     if info.st_uid != os.geteuid():
-        raise StateRootError(f"the state root {root} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()});"
-                             " run this as its owner or pass another --root")
+        raise StateRootError(
+            f"the state root {root} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()});"
+            " run this as its owner or pass another --root"
+        )
     if info.st_mode & _OTHERS_WRITE and not info.st_mode & stat.S_ISVTX:
-        raise StateRootError(f"the state root {root} is writable by other users (mode "
-                             f"{stat.S_IMODE(info.st_mode):04o}); chmod 700 it or pass another --root")
+        raise StateRootError(
+            f"the state root {root} is writable by other users (mode "
+            f"{stat.S_IMODE(info.st_mode):04o}); chmod 700 it or pass another --root"
+        )
 
 
 def free_bytes(directory: Path) -> int:
@@ -110,8 +114,9 @@ def private_dir(path: Path) -> Path:
         pass
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
-        raise StateRootError(f"refusing to use {path}: it is a symlink, and ArtifactFS never creates one there"
-                             " (remove it)")
+        raise StateRootError(
+            f"refusing to use {path}: it is a symlink, and ArtifactFS never creates one there (remove it)"
+        )
     if not stat.S_ISDIR(info.st_mode):
         raise StateRootError(f"{path} is not a directory")
     if info.st_uid != os.geteuid():
@@ -131,8 +136,10 @@ def open_private(path: Path, flags: int) -> int:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     except OSError as error:
         if error.errno == errno.ELOOP:
-            raise StateRootError(f"refusing to open {path}: it is a symlink, and ArtifactFS never creates one"
-                                 " there (remove it)") from None
+            raise StateRootError(
+                f"refusing to open {path}: it is a symlink, and ArtifactFS never creates one"
+                " there (remove it)"
+            ) from None
         raise
     try:
         info = os.fstat(fd)
@@ -164,8 +171,12 @@ def write_private_file(path: Path, data: bytes, *, executable: bool = False) -> 
     mode = PRIVATE_EXECUTABLE_MODE if executable else PRIVATE_FILE_MODE
     try:
         info = os.lstat(path)
-        if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) == mode and info.st_size == len(data) \
-                and read_private_bytes(path) == data:
+        if (
+            stat.S_ISREG(info.st_mode)
+            and stat.S_IMODE(info.st_mode) == mode
+            and info.st_size == len(data)
+            and read_private_bytes(path) == data
+        ):
             return
     except (FileNotFoundError, StateRootError):
         pass  # absent, or not ours to read: replaced below

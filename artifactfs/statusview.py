@@ -42,9 +42,11 @@ def render(status: dict[str, Any]) -> str:
     lines.append(f"rate:     {_human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
     lines.append("classes:")
     for label, counters in hydration["classes"].items():
-        lines.append(f"  {label:<9}{_bar(counters['hydrated'], counters['total'])} "
-                     f"{counters['hydrated']}/{counters['total']}"
-                     + (f", {counters['failed']} failed" if counters["failed"] else ""))
+        lines.append(
+            f"  {label:<9}{_bar(counters['hydrated'], counters['total'])} "
+            f"{counters['hydrated']}/{counters['total']}"
+            + (f", {counters['failed']} failed" if counters["failed"] else "")
+        )
     if hydration["errors"]:
         lines.append("recent errors:")
         lines.extend(f"  {message}" for message in hydration["errors"][-5:])

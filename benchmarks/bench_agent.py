@@ -115,9 +115,15 @@ def prepare_copy(source: Path, destination: Path) -> Prepared:
     run(["git", "init", "--quiet", "--bare", str(destination)], env=git_env())
     for key, value in {**SERVED_CONFIG, **EXTRA_SERVING_CONFIG}.items():
         git(destination, "config", key, value)
-    shutil.copytree(source / "objects", destination / "objects", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("*.promisor", "alternates"))
-    refs = git(source, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/").decode()
+    shutil.copytree(
+        source / "objects",
+        destination / "objects",
+        dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns("*.promisor", "alternates"),
+    )
+    refs = git(
+        source, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/"
+    ).decode()
     (destination / "packed-refs").write_text(refs)
     all_refs = len(git(source, "for-each-ref", "--format=%(refname)").splitlines())
     head = git(source, "symbolic-ref", "HEAD").decode().strip()
@@ -147,19 +153,34 @@ def fill_missing(repo: Path, missing: Sequence[str]) -> None:
     placeholder = git(repo, "hash-object", "-w", "--stdin", input=PLACEHOLDER).decode().strip().encode()
     pattern = re.compile(b"|".join(oid.encode() for oid in missing))
     environment = git_env()
-    exporter = subprocess.Popen(["git", f"--git-dir={repo}", "fast-export", "--all", "--no-data",
-                                 "--signed-tags=strip", "--reencode=no"],
-                                stdout=subprocess.PIPE, env=environment)
-    importer = subprocess.Popen(["git", f"--git-dir={repo}", "fast-import", "--force", "--quiet"],
-                                stdin=subprocess.PIPE, env=environment)
+    exporter = subprocess.Popen(
+        [
+            "git",
+            f"--git-dir={repo}",
+            "fast-export",
+            "--all",
+            "--no-data",
+            "--signed-tags=strip",
+            "--reencode=no",
+        ],
+        stdout=subprocess.PIPE,
+        env=environment,
+    )
+    importer = subprocess.Popen(
+        ["git", f"--git-dir={repo}", "fast-import", "--force", "--quiet"],
+        stdin=subprocess.PIPE,
+        env=environment,
+    )
     assert exporter.stdout is not None and importer.stdin is not None
     with exporter.stdout, importer.stdin:
         for line in exporter.stdout:
             importer.stdin.write(pattern.sub(placeholder, line))
     exported, imported = exporter.wait(), importer.wait()
     if exported != 0 or imported != 0:
-        raise SystemExit(f"rewriting history around {len(missing)} missing blobs failed "
-                         f"(fast-export {exported}, fast-import {imported})")
+        raise SystemExit(
+            f"rewriting history around {len(missing)} missing blobs failed "
+            f"(fast-export {exported}, fast-import {imported})"
+        )
 
 
 @dataclass(frozen=True)
@@ -217,8 +238,11 @@ def serve_modes(repo: Path, modes: Sequence[str]) -> Iterator[dict[str, Endpoint
             root = Path(stack.enter_context(scratch(repo.parent, f"serve-{mode}")))
             (root / "repo.git").symlink_to(repo)
             token = secrets.token_urlsafe(18) if mode == "auth" else None
-            server = stack.enter_context(GitHttpServer(root, object_info=mode != "no-object-info",
-                                                       auth=(AUTH_USER, token) if token else None))
+            server = stack.enter_context(
+                GitHttpServer(
+                    root, object_info=mode != "no-object-info", auth=(AUTH_USER, token) if token else None
+                )
+            )
             url = server.url("repo")
             if token:
                 url = url.replace("http://", f"http://{AUTH_USER}:{token}@", 1)
@@ -302,8 +326,10 @@ class Task:
         run(["git", *arguments], cwd=tree, env=self.environment, timeout=self.timeout)
 
     def _mount_environment(self) -> dict[str, str]:
-        return {name: self.environment[name] for name in ("GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL",
-                                                          "GIT_TERMINAL_PROMPT")}
+        return {
+            name: self.environment[name]
+            for name in ("GIT_CONFIG_NOSYSTEM", "GIT_CONFIG_GLOBAL", "GIT_TERMINAL_PROMPT")
+        }
 
 
 def read_files(tree: Path, paths: Sequence[str], latencies: list[float]) -> None:
@@ -402,39 +428,64 @@ def report_mode(results: Results, mode: str, plan: Plan) -> list[list[str]]:
     rows = []
     for step in (*STEPS, TOTAL):
         ours, full, blobless = (results.median(mode, contender, step) for contender in CONTENDERS)
-        rows.append([step, *(cell(results, mode, contender, step) for contender in CONTENDERS),
-                     ratio_cell(ours, full), ratio_cell(ours, blobless)])
+        rows.append(
+            [
+                step,
+                *(cell(results, mode, contender, step) for contender in CONTENDERS),
+                ratio_cell(ours, full),
+                ratio_cell(ours, blobless),
+            ]
+        )
     print(table(["step (median)", *CONTENDERS, f"time vs {FULL}", f"time vs {BLOBLESS}"], rows))
     print(f"(time ratios of {ARTIFACTFS} to each clone: below 1.00x {ARTIFACTFS} is faster)")
     print()
     latency_rows = []
     for contender in CONTENDERS:
         values = results.latencies(mode, contender)
-        latency_rows.append([contender, str(len(values)),
-                             seconds_text(percentile(values, 0.5)) if values else "n/a",
-                             seconds_text(percentile(values, 0.99)) if values else "n/a"])
+        latency_rows.append(
+            [
+                contender,
+                str(len(values)),
+                seconds_text(percentile(values, 0.5)) if values else "n/a",
+                seconds_text(percentile(values, 0.99)) if values else "n/a",
+            ]
+        )
     print(f"reads of {len(plan.sources)} source files, every round pooled:")
     print(table(["contender", "reads", "p50", "p99"], latency_rows))
     ours_status = results.median(mode, ARTIFACTFS, STATUS)
     native_status = results.median(mode, FULL, STATUS)
-    print(f"\nfirst `git status` after mount: {_seconds_or_na(ours_status)} vs the same status in the "
-          f"full clone {_seconds_or_na(native_status)} ({ratio_cell(ours_status, native_status)})")
+    print(
+        f"\nfirst `git status` after mount: {_seconds_or_na(ours_status)} vs the same status in the "
+        f"full clone {_seconds_or_na(native_status)} ({ratio_cell(ours_status, native_status)})"
+    )
     ours_total = results.median(mode, ARTIFACTFS, TOTAL)
     full_total = results.median(mode, FULL, TOTAL)
     ours_reads = results.latencies(mode, ARTIFACTFS)
     p50 = percentile(ours_reads, 0.5) if ours_reads else None
     p99 = percentile(ours_reads, 0.99) if ours_reads else None
     return [
-        goal_row(f"{mode}: task >= {SPEEDUP_GOAL:.0f}x faster than a full clone",
-                 f"{ratio_cell(full_total, ours_total)} faster",
-                 ours_total is not None and full_total is not None and full_total >= SPEEDUP_GOAL * ours_total),
-        goal_row(f"{mode}: first status <= {FIRST_STATUS_GOAL:.0f}x native", ratio_cell(ours_status, native_status),
-                 ours_status is not None and native_status is not None
-                 and ours_status <= FIRST_STATUS_GOAL * native_status),
-        goal_row(f"{mode}: source read p50 <= {READ_P50_GOAL * 1000:.0f} ms", _seconds_or_na(p50),
-                 p50 is not None and p50 <= READ_P50_GOAL),
-        goal_row(f"{mode}: source read p99 <= {READ_P99_GOAL * 1000:.0f} ms", _seconds_or_na(p99),
-                 p99 is not None and p99 <= READ_P99_GOAL),
+        goal_row(
+            f"{mode}: task >= {SPEEDUP_GOAL:.0f}x faster than a full clone",
+            f"{ratio_cell(full_total, ours_total)} faster",
+            ours_total is not None and full_total is not None and full_total >= SPEEDUP_GOAL * ours_total,
+        ),
+        goal_row(
+            f"{mode}: first status <= {FIRST_STATUS_GOAL:.0f}x native",
+            ratio_cell(ours_status, native_status),
+            ours_status is not None
+            and native_status is not None
+            and ours_status <= FIRST_STATUS_GOAL * native_status,
+        ),
+        goal_row(
+            f"{mode}: source read p50 <= {READ_P50_GOAL * 1000:.0f} ms",
+            _seconds_or_na(p50),
+            p50 is not None and p50 <= READ_P50_GOAL,
+        ),
+        goal_row(
+            f"{mode}: source read p99 <= {READ_P99_GOAL * 1000:.0f} ms",
+            _seconds_or_na(p99),
+            p99 is not None and p99 <= READ_P99_GOAL,
+        ),
     ]
 
 
@@ -470,14 +521,19 @@ def bench(source: Path, arguments: argparse.Namespace) -> None:
         plan = plan_task(prepared.path, arguments.reads, arguments.edits, arguments.seed)
         commits = int(git(prepared.path, "rev-list", "--count", "HEAD").decode())
         print(f"\n## An agent's first task: {source}")
-        print(f"{commits} commits on HEAD, {plan.files} files and {plan.directories} "
-              f"directories at the tip; served copy has {prepared.kept_refs} branches and tags "
-              f"({prepared.dropped_refs} other refs left out), {prepared.placeholders} missing blobs replaced by "
-              f"a placeholder; prepared in {prepared.seconds:.1f} s")
-        print(f"task: read {len(plan.manifests)} manifests, {len(plan.sources)} source files (seed "
-              f"{arguments.seed}), edit {len(plan.edits)}; {arguments.rounds} rounds; "
-              f"modes {', '.join(arguments.modes)}; workdir {workdir} "
-              f"(creating a file there costs {file_creation_cost(workdir):.0f} us)", flush=True)
+        print(
+            f"{commits} commits on HEAD, {plan.files} files and {plan.directories} "
+            f"directories at the tip; served copy has {prepared.kept_refs} branches and tags "
+            f"({prepared.dropped_refs} other refs left out), {prepared.placeholders} missing blobs replaced by "
+            f"a placeholder; prepared in {prepared.seconds:.1f} s"
+        )
+        print(
+            f"task: read {len(plan.manifests)} manifests, {len(plan.sources)} source files (seed "
+            f"{arguments.seed}), edit {len(plan.edits)}; {arguments.rounds} rounds; "
+            f"modes {', '.join(arguments.modes)}; workdir {workdir} "
+            f"(creating a file there costs {file_creation_cost(workdir):.0f} us)",
+            flush=True,
+        )
         warm_page_cache(prepared.path)
         results = Results()
         with serve_modes(prepared.path, arguments.modes) as endpoints:
@@ -487,7 +543,9 @@ def bench(source: Path, arguments: argparse.Namespace) -> None:
                         slug = contender.replace(" ", "-")
                         with scratch(workdir, f"agent-{slug}") as base:
                             task = Task(endpoints[mode], plan, arguments.step_timeout)
-                            outcome = task.run(contender, base, f"agent-bench/{mode}/{slug}/{round_number + 1}")
+                            outcome = task.run(
+                                contender, base, f"agent-bench/{mode}/{slug}/{round_number + 1}"
+                            )
                         results.add(mode, contender, outcome)
                         print(progress(mode, contender, round_number, arguments.rounds, outcome), flush=True)
     goals = []
@@ -508,18 +566,34 @@ def mode_list(text: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("repo", type=Path, help="bare repository with long history (a mirror) to serve a copy of")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "repo", type=Path, help="bare repository with long history (a mirror) to serve a copy of"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
-    parser.add_argument("--modes", type=mode_list, default=list(MODES),
-                        help=f"serving modes, comma-separated (default {','.join(MODES)})")
+    parser.add_argument(
+        "--modes",
+        type=mode_list,
+        default=list(MODES),
+        help=f"serving modes, comma-separated (default {','.join(MODES)})",
+    )
     parser.add_argument("--reads", type=int, default=300, help="source files read (default 300)")
     parser.add_argument("--edits", type=int, default=3, help="files edited, among those read (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the file choice (default 0)")
-    parser.add_argument("--step-timeout", type=float, default=600.0,
-                        help="seconds before a clone or git command counts as failed (default 600)")
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                        help=f"where the served copy, clones, mounts and state roots go (default {DEFAULT_WORKDIR})")
+    parser.add_argument(
+        "--step-timeout",
+        type=float,
+        default=600.0,
+        help="seconds before a clone or git command counts as failed (default 600)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"where the served copy, clones, mounts and state roots go (default {DEFAULT_WORKDIR})",
+    )
     arguments = parser.parse_args()
     if arguments.rounds < 1:
         parser.error("--rounds must be at least 1")

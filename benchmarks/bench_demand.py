@@ -30,7 +30,17 @@ from artifactfs.hydrator.priority import builtin_class
 from artifactfs.remote import RemoteURL, open_remote
 from artifactfs.testing import git
 from artifactfs.testing.mounts import MountedTree
-from benchmarks.common import Corpus, argument_parser, banner, goal_row, goals_table, scratch, selected_corpora, served, table
+from benchmarks.common import (
+    Corpus,
+    argument_parser,
+    banner,
+    goal_row,
+    goals_table,
+    scratch,
+    selected_corpora,
+    served,
+    table,
+)
 
 SMALL_FILE = 256 << 10
 GOAL_P50 = 0.010
@@ -76,8 +86,9 @@ async def _timed_fetch(url: str, oid: str) -> float:
         return time.perf_counter() - started
 
 
-def measure_reads(url: str, workdir: Path, paths: list[str], others: list[str], *,
-                  hydrate: str) -> tuple[list[float], list[float], int]:
+def measure_reads(
+    url: str, workdir: Path, paths: list[str], others: list[str], *, hydrate: str
+) -> tuple[list[float], list[float], int]:
     """Mount fresh and read ``paths`` one at a time, each after one raw fetch of a blob from ``others``.
 
     Returns the latencies of the reads whose blob was demanded, those of the
@@ -122,30 +133,64 @@ def bench(corpus: Corpus, arguments: argparse.Namespace) -> None:
             paths = reading_order(files, arguments.reads, seed)
             others = random.Random(seed + 1).choices(sorted(files.values()), k=len(paths))
             for name, hydrate in ((IDLE, "none"), (LOADED, "background")):
-                latencies, baseline, found_local = measure_reads(url, arguments.workdir, paths, others, hydrate=hydrate)
+                latencies, baseline, found_local = measure_reads(
+                    url, arguments.workdir, paths, others, hydrate=hydrate
+                )
                 reads[name] += latencies
                 fetches[name] += baseline
                 local[name] += found_local
-            print(f"round {round_number + 1}/{arguments.rounds}: idle p50 {ms(statistics.median(reads[IDLE]))}, "
-                  f"loaded p50 {ms(statistics.median(reads[LOADED]) if reads[LOADED] else 0.0)}", flush=True)
+            print(
+                f"round {round_number + 1}/{arguments.rounds}: idle p50 {ms(statistics.median(reads[IDLE]))}, "
+                f"loaded p50 {ms(statistics.median(reads[LOADED]) if reads[LOADED] else 0.0)}",
+                flush=True,
+            )
     rows = []
     goals = []
     for name in (IDLE, LOADED):
         request = statistics.median(fetches[name])
-        rows.append([f"{name}: one raw v2 fetch of one blob (baseline)", str(len(fetches[name])), ms(request),
-                     ms(percentile(fetches[name], 0.99)), "1.0x", "-"])
+        rows.append(
+            [
+                f"{name}: one raw v2 fetch of one blob (baseline)",
+                str(len(fetches[name])),
+                ms(request),
+                ms(percentile(fetches[name], 0.99)),
+                "1.0x",
+                "-",
+            ]
+        )
         latencies = reads[name]
         if not latencies:
             rows.append([f"{name}: demand read", "0", "-", "-", "-", str(local[name])])
             continue
         p50, p99 = statistics.median(latencies), percentile(latencies, 0.99)
-        rows.append([f"{name}: demand read", str(len(latencies)), ms(p50), ms(p99), f"{p50 / request:.1f}x",
-                     str(local[name])])
+        rows.append(
+            [
+                f"{name}: demand read",
+                str(len(latencies)),
+                ms(p50),
+                ms(p99),
+                f"{p50 / request:.1f}x",
+                str(local[name]),
+            ]
+        )
         goals.append(goal_row(f"{name}: p50 <= 10 ms", ms(p50), p50 <= GOAL_P50))
         goals.append(goal_row(f"{name}: p99 <= 50 ms", ms(p99), p99 <= GOAL_P99))
-    print(f"\n{len(files)} files under 256 KiB at the tip; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
-    print(table(["non-local file < 256 KiB, read one at a time", "samples", "p50", "p99", "p50 / baseline",
-                 "skipped (already local)"], rows))
+    print(
+        f"\n{len(files)} files under 256 KiB at the tip; load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n"
+    )
+    print(
+        table(
+            [
+                "non-local file < 256 KiB, read one at a time",
+                "samples",
+                "p50",
+                "p99",
+                "p50 / baseline",
+                "skipped (already local)",
+            ],
+            rows,
+        )
+    )
     print()
     print(goals_table(goals))
 

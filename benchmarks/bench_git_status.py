@@ -53,8 +53,11 @@ SIDES = ("artifactfs", "native")
 
 def files_to_modify(repo: Path) -> list[str]:
     """``MODIFIED_FILES`` source files spread over the tip."""
-    sources = [path for path in git(repo, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines()
-               if builtin_class(path) is PriorityClass.SOURCE]
+    sources = [
+        path
+        for path in git(repo, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines()
+        if builtin_class(path) is PriorityClass.SOURCE
+    ]
     step = max(1, len(sources) // MODIFIED_FILES)
     return sources[::step][:MODIFIED_FILES]
 
@@ -80,8 +83,14 @@ def bench(corpus: Corpus, rounds: int, workdir: Path) -> None:
         mount = MountedTree(url, base / "mnt", base / "state")
         try:
             mount.mount()
-            mount.wait_for(lambda status: status["hydration"]["complete"] and status["history_complete"]
-                           and status["hydration"]["total_blobs"] >= expected, timeout=HYDRATION_TIMEOUT)
+            mount.wait_for(
+                lambda status: (
+                    status["hydration"]["complete"]
+                    and status["history_complete"]
+                    and status["hydration"]["total_blobs"] >= expected
+                ),
+                timeout=HYDRATION_TIMEOUT,
+            )
             trees = {"artifactfs": mount.path, "native": base / "native"}
             for side in SIDES:
                 git_seconds(trees[side], ["status"])
@@ -93,25 +102,43 @@ def bench(corpus: Corpus, rounds: int, workdir: Path) -> None:
                     modify(trees[side], paths, round_number)
                     for name, arguments in CYCLE:
                         samples[side].add(name, git_seconds(trees[side], arguments))
-                print(f"round {round_number + 1}/{rounds}: status (modified) "
-                      f"{seconds_text(samples['artifactfs'].values[CYCLE[0][0]][-1])} vs "
-                      f"{seconds_text(samples['native'].values[CYCLE[0][0]][-1])} native", flush=True)
+                print(
+                    f"round {round_number + 1}/{rounds}: status (modified) "
+                    f"{seconds_text(samples['artifactfs'].values[CYCLE[0][0]][-1])} vs "
+                    f"{seconds_text(samples['native'].values[CYCLE[0][0]][-1])} native",
+                    flush=True,
+                )
         finally:
             mount.unmount()
     names = [CLEAN, *(name for name, _ in CYCLE)]
     print()
-    print(table(["command (median)", "artifactfs", "native", "ratio"], [
-        [name, seconds_text(samples["artifactfs"].median(name)), seconds_text(samples["native"].median(name)),
-         ratio_text(samples["artifactfs"].median(name), samples["native"].median(name))]
-        for name in names
-    ]))
+    print(
+        table(
+            ["command (median)", "artifactfs", "native", "ratio"],
+            [
+                [
+                    name,
+                    seconds_text(samples["artifactfs"].median(name)),
+                    seconds_text(samples["native"].median(name)),
+                    ratio_text(samples["artifactfs"].median(name), samples["native"].median(name)),
+                ]
+                for name in names
+            ],
+        )
+    )
     print()
-    print(goals_table([
-        goal_row(f"{name} <= 1.5x native",
-                 ratio_text(samples["artifactfs"].median(name), samples["native"].median(name)),
-                 samples["artifactfs"].median(name) <= 1.5 * samples["native"].median(name))
-        for name in (CLEAN, CYCLE[0][0])
-    ]))
+    print(
+        goals_table(
+            [
+                goal_row(
+                    f"{name} <= 1.5x native",
+                    ratio_text(samples["artifactfs"].median(name), samples["native"].median(name)),
+                    samples["artifactfs"].median(name) <= 1.5 * samples["native"].median(name),
+                )
+                for name in (CLEAN, CYCLE[0][0])
+            ]
+        )
+    )
 
 
 def main() -> None:

@@ -56,7 +56,9 @@ def class_done(status: dict[str, Any], label: str) -> bool:
     return bool(counters["hydrated"] + counters["failed"] >= counters["total"])
 
 
-def measure_mount(url: str, workdir: Path, expected_blobs: int, samples: Samples, memory: list[dict[str, int]]) -> None:
+def measure_mount(
+    url: str, workdir: Path, expected_blobs: int, samples: Samples, memory: list[dict[str, int]]
+) -> None:
     """Mount from a fresh state root and time each hydration milestone from the mount's start."""
     with scratch(workdir, "hydrate") as base:
         tree = MountedTree(url, base / "mnt", base / "state")
@@ -129,28 +131,45 @@ def bench(corpus: Corpus, rounds: int, workdir: Path) -> None:
         for round_number in range(rounds):
             for name in rotated(list(contenders), round_number):
                 contenders[name]()
-            print(f"round {round_number + 1}/{rounds}: all blobs {seconds_text(samples.values[EVERYTHING][-1])}, "
-                  f"blobless clone {seconds_text(samples.values[BLOBLESS][-1])}, "
-                  f"peak RSS {memory[-1]['VmHWM'] / 1024:.0f} MiB", flush=True)
+            print(
+                f"round {round_number + 1}/{rounds}: all blobs {seconds_text(samples.values[EVERYTHING][-1])}, "
+                f"blobless clone {seconds_text(samples.values[BLOBLESS][-1])}, "
+                f"peak RSS {memory[-1]['VmHWM'] / 1024:.0f} MiB",
+                flush=True,
+            )
     print(f"\n{expected} distinct blobs at the tip\n")
     print(samples_table(samples, [MOUNTED, MANIFESTS, SOURCES, EVERYTHING, HISTORY, BLOBLESS, FULL]))
     everything = samples.median(EVERYTHING)
     manifests = samples.median(MANIFESTS)
     blobless = samples.median(BLOBLESS)
     print()
-    print(table(["ratio (medians)", "value"], [
-        [f"every blob / {BLOBLESS}", ratio_text(everything, blobless)],
-        [f"every blob / {FULL}", ratio_text(everything, samples.median(FULL))],
-        [f"manifests / {BLOBLESS}", ratio_text(manifests, blobless)],
-    ]))
+    print(
+        table(
+            ["ratio (medians)", "value"],
+            [
+                [f"every blob / {BLOBLESS}", ratio_text(everything, blobless)],
+                [f"every blob / {FULL}", ratio_text(everything, samples.median(FULL))],
+                [f"manifests / {BLOBLESS}", ratio_text(manifests, blobless)],
+            ],
+        )
+    )
     peaks = sorted(entry["VmHWM"] for entry in memory)
-    print(f"\ndaemon peak RSS (VmHWM) once every blob and the history are in: median {peaks[len(peaks) // 2] / 1024:.0f} MiB, "
-          f"max {peaks[-1] / 1024:.0f} MiB; RSS at the end: max {max(e['VmRSS'] for e in memory) / 1024:.0f} MiB\n")
-    print(goals_table([
-        goal_row("all manifests <= 1 s", seconds_text(manifests), manifests <= 1.0),
-        goal_row("full hydration <= 1.0x blobless clone + checkout", ratio_text(everything, blobless),
-                 everything <= blobless),
-    ]))
+    print(
+        f"\ndaemon peak RSS (VmHWM) once every blob and the history are in: median {peaks[len(peaks) // 2] / 1024:.0f} MiB, "
+        f"max {peaks[-1] / 1024:.0f} MiB; RSS at the end: max {max(e['VmRSS'] for e in memory) / 1024:.0f} MiB\n"
+    )
+    print(
+        goals_table(
+            [
+                goal_row("all manifests <= 1 s", seconds_text(manifests), manifests <= 1.0),
+                goal_row(
+                    "full hydration <= 1.0x blobless clone + checkout",
+                    ratio_text(everything, blobless),
+                    everything <= blobless,
+                ),
+            ]
+        )
+    )
 
 
 def main() -> None:

@@ -59,8 +59,10 @@ LONG_HISTORY = 100_000
 def first_manifest(repo: Path) -> str:
     """``package.json`` at the root if there is one, else the shallowest manifest of the tip."""
     paths = git(repo, "ls-tree", "-r", "--name-only", "HEAD").decode().splitlines()
-    manifests = sorted((path for path in paths if builtin_class(path) is PriorityClass.MANIFEST),
-                       key=lambda path: (path.count("/"), path != "package.json", path))
+    manifests = sorted(
+        (path for path in paths if builtin_class(path) is PriorityClass.MANIFEST),
+        key=lambda path: (path.count("/"), path != "package.json", path),
+    )
     if not manifests:
         raise SystemExit(f"{repo} has no manifest file at its tip")
     return manifests[0]
@@ -107,23 +109,40 @@ def bench(corpus: Corpus, rounds: int, workdir: Path) -> None:
         for round_number in range(rounds):
             for name in rotated(list(contenders), round_number):
                 contenders[name]()
-            print(f"round {round_number + 1}/{rounds}: mount {seconds_text(samples.values[MOUNT_LISTABLE][-1])}, "
-                  f"blobless clone {seconds_text(samples.values[BLOBLESS][-1])}", flush=True)
+            print(
+                f"round {round_number + 1}/{rounds}: mount {seconds_text(samples.values[MOUNT_LISTABLE][-1])}, "
+                f"blobless clone {seconds_text(samples.values[BLOBLESS][-1])}",
+                flush=True,
+            )
     print(f"\nmanifest read: {manifest}\n")
     print(samples_table(samples, [MOUNT_LISTABLE, MOUNT_MANIFEST, *CLONES, CLI_FLOOR]))
     mount = samples.median(MOUNT_LISTABLE)
     print()
-    print(table(["ratio (medians)", "value"], [
-        [f"mount / {name}", ratio_text(mount, samples.median(name))] for name in CLONES
-    ] + [[f"mount -> manifest / {BLOBLESS}", ratio_text(samples.median(MOUNT_MANIFEST), samples.median(BLOBLESS))]]))
+    print(
+        table(
+            ["ratio (medians)", "value"],
+            [[f"mount / {name}", ratio_text(mount, samples.median(name))] for name in CLONES]
+            + [
+                [
+                    f"mount -> manifest / {BLOBLESS}",
+                    ratio_text(samples.median(MOUNT_MANIFEST), samples.median(BLOBLESS)),
+                ]
+            ],
+        )
+    )
     blobless = samples.median(BLOBLESS)
     goals = [
         goal_row("mount < 0.5 s", seconds_text(mount), mount < 0.5),
         goal_row("mount <= 0.5x blobless clone", ratio_text(mount, blobless), mount <= 0.5 * blobless),
     ]
     if commits >= LONG_HISTORY:
-        goals.append(goal_row(f"mount <= 0.15x blobless clone ({commits} commits)", ratio_text(mount, blobless),
-                              mount <= 0.15 * blobless))
+        goals.append(
+            goal_row(
+                f"mount <= 0.15x blobless clone ({commits} commits)",
+                ratio_text(mount, blobless),
+                mount <= 0.15 * blobless,
+            )
+        )
     print()
     print(goals_table(goals))
 

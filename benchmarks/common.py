@@ -54,16 +54,34 @@ def parse_corpus_spec(text: str) -> tuple[int, int]:
 
 def argument_parser(description: str, default_corpora: Sequence[str], rounds: int) -> argparse.ArgumentParser:
     """The options every benchmark shares."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", action="append", type=parse_corpus_spec, metavar="FILESxCOMMITS",
-                        help=f"synthetic corpus to use, repeatable (default: {' and '.join(default_corpora)})")
-    parser.add_argument("--repo", action="append", type=Path, metavar="PATH",
-                        help="use this existing bare repository (e.g. a mirror) instead; repeatable")
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus",
+        action="append",
+        type=parse_corpus_spec,
+        metavar="FILESxCOMMITS",
+        help=f"synthetic corpus to use, repeatable (default: {' and '.join(default_corpora)})",
+    )
+    parser.add_argument(
+        "--repo",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help="use this existing bare repository (e.g. a mirror) instead; repeatable",
+    )
     parser.add_argument("--rounds", type=int, default=rounds, help=f"measured rounds (default {rounds})")
     parser.add_argument("--seed", type=int, default=0, help="corpus generator seed")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"corpus cache (default {DEFAULT_CACHE})")
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR,
-                        help=f"where clones, mounts and state roots go (default {DEFAULT_WORKDIR})")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"corpus cache (default {DEFAULT_CACHE})"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"where clones, mounts and state roots go (default {DEFAULT_WORKDIR})",
+    )
     parser.set_defaults(default_corpora=[parse_corpus_spec(spec) for spec in default_corpora])
     return parser
 
@@ -78,8 +96,12 @@ def selected_corpora(arguments: argparse.Namespace) -> list[Corpus]:
             corpora.append(Corpus(repo.name, repo))
         return corpora
     specs = arguments.corpus or arguments.default_corpora
-    return [Corpus(f"{files} files / {commits} commits", corpus_path(files, commits, arguments.seed, arguments.cache))
-            for files, commits in specs]
+    return [
+        Corpus(
+            f"{files} files / {commits} commits", corpus_path(files, commits, arguments.seed, arguments.cache)
+        )
+        for files, commits in specs
+    ]
 
 
 def check_served_config(repo: Path) -> None:
@@ -88,8 +110,13 @@ def check_served_config(repo: Path) -> None:
         sys.exit(f"{repo} is not a bare repository")
     missing = []
     for key, value in SERVED_CONFIG.items():
-        found = subprocess.run(["git", f"--git-dir={repo}", "config", "--get", key],
-                               check=False, capture_output=True, text=True, env=git_env())
+        found = subprocess.run(
+            ["git", f"--git-dir={repo}", "config", "--get", key],
+            check=False,
+            capture_output=True,
+            text=True,
+            env=git_env(),
+        )
         if found.stdout.strip() != value:
             missing.append(f"git --git-dir={repo} config {key} {value}")
     if missing:
@@ -150,12 +177,18 @@ def file_creation_cost(workdir: Path, count: int = 500) -> float:
 # --------------------------------------------------------------------- running and timing
 
 
-def run(command: Sequence[str], *, cwd: Path | None = None, env: dict[str, str] | None = None,
-        timeout: float | None = None) -> str:
+def run(
+    command: Sequence[str],
+    *,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+) -> str:
     """Run a command, raising with its stderr on failure (or ``subprocess.TimeoutExpired``
     after ``timeout`` seconds, the command killed); returns stdout."""
-    result = subprocess.run(list(command), check=False, cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        list(command), check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
     return result.stdout
@@ -222,12 +255,16 @@ def ratio_text(numerator: float, denominator: float) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A markdown table with padded columns."""
-    widths = [max(len(headers[column]), *(len(row[column]) for row in rows)) for column in range(len(headers))]
+    widths = [
+        max(len(headers[column]), *(len(row[column]) for row in rows)) for column in range(len(headers))
+    ]
 
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
 
-    return "\n".join([line(headers), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, rows)])
+    return "\n".join(
+        [line(headers), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, rows)]
+    )
 
 
 def samples_table(samples: Samples, names: Sequence[str] | None = None) -> str:
@@ -250,6 +287,9 @@ def goals_table(rows: Sequence[Sequence[str]]) -> str:
 def banner(title: str, corpus: Corpus, rounds: int, workdir: Path) -> None:
     """What is being measured and on what, before the first round."""
     print(f"\n## {title}: {corpus.label}")
-    print(f"repository {corpus.path} ({corpus.commit_count} commits); {rounds} rounds; "
-          f"workdir {workdir} (creating a file there costs {file_creation_cost(workdir):.0f} us); "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"repository {corpus.path} ({corpus.commit_count} commits); {rounds} rounds; "
+        f"workdir {workdir} (creating a file there costs {file_creation_cost(workdir):.0f} us); "
+        f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+        flush=True,
+    )

@@ -59,7 +59,18 @@ _AUTHORS = (
     "Ken Okafor <ken@example.com>",
     "Barbara Liskov <barbara@example.com>",
 )
-_VERBS = ("fix", "add", "refactor", "speed up", "clean up", "document", "test", "rename", "simplify", "harden")
+_VERBS = (
+    "fix",
+    "add",
+    "refactor",
+    "speed up",
+    "clean up",
+    "document",
+    "test",
+    "rename",
+    "simplify",
+    "harden",
+)
 _LANGUAGES = ("ts", "ts", "go", "rs", "py")
 _TEXT_EXTENSIONS = ("csv", "snap", "svg", "tsv")
 _BINARY_EXTENSIONS = ("png", "zip", "woff2", "jpg")
@@ -72,8 +83,38 @@ _EDIT_WEIGHTS = {"source": 1.0, "manifest": 0.5, "docs": 0.3, "config": 0.15, "t
 
 
 def _words(rng: random.Random, count: int) -> list[str]:
-    syllables = ["ka", "lo", "mi", "ren", "tor", "sa", "vel", "qui", "dan", "po", "zu", "fer", "gil", "an", "ex",
-                 "ob", "ist", "ul", "mar", "ne", "cor", "tix", "bra", "sho", "ven", "al", "id", "op", "ux", "yr"]
+    syllables = [
+        "ka",
+        "lo",
+        "mi",
+        "ren",
+        "tor",
+        "sa",
+        "vel",
+        "qui",
+        "dan",
+        "po",
+        "zu",
+        "fer",
+        "gil",
+        "an",
+        "ex",
+        "ob",
+        "ist",
+        "ul",
+        "mar",
+        "ne",
+        "cor",
+        "tix",
+        "bra",
+        "sho",
+        "ven",
+        "al",
+        "id",
+        "op",
+        "ux",
+        "yr",
+    ]
     words: set[str] = set()
     while len(words) < count:
         words.add("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
@@ -128,7 +169,9 @@ def _make_pools(rng: random.Random) -> Pools:
             lambda: "",
         ],
         "go": [
-            lambda: f"func ({w()[0]} *{cap()}{cap()}) {cap()}{cap()}(ctx context.Context, {w()} {cap()}) error {{",
+            lambda: (
+                f"func ({w()[0]} *{cap()}{cap()}) {cap()}{cap()}(ctx context.Context, {w()} {cap()}) error {{"
+            ),
             lambda: f"\t{w()}, err := {w()}.{cap()}{cap()}(ctx, {w()}, {rng.randint(0, 999)})",
             lambda: "\tif err != nil {",
             lambda: f'\t\treturn fmt.Errorf("{sentence(2, 5)}: %w", err)',
@@ -140,11 +183,15 @@ def _make_pools(rng: random.Random) -> Pools:
             lambda: "",
         ],
         "rs": [
-            lambda: f"pub fn {w()}_{w()}(&self, {w()}: &{cap()}, {w()}: usize) -> Result<{cap()}, {cap()}Error> {{",
+            lambda: (
+                f"pub fn {w()}_{w()}(&self, {w()}: &{cap()}, {w()}: usize) -> Result<{cap()}, {cap()}Error> {{"
+            ),
             lambda: f"    let {w()} = self.{w()}.{w()}_{w()}(&{w()}, {rng.randint(0, 999)})?;",
             lambda: f"    // {sentence(4, 12)}",
             lambda: f"use crate::{w()}::{{{cap()}{cap()}, {w()}_{w()}}};",
-            lambda: f"pub struct {cap()}{cap()} {{ {w()}: Vec<{cap()}>, {w()}: u{rng.choice((8, 16, 32, 64))} }}",
+            lambda: (
+                f"pub struct {cap()}{cap()} {{ {w()}: Vec<{cap()}>, {w()}: u{rng.choice((8, 16, 32, 64))} }}"
+            ),
             lambda: f"    if {w()}.len() > {rng.randint(1, 64)} && !{w()}.is_empty() {{",
             lambda: f'        return Err({cap()}Error::new("{sentence(2, 6)}"));',
             lambda: f"    Ok({cap()}::from({w()}))",
@@ -177,8 +224,13 @@ def _make_pools(rng: random.Random) -> Pools:
         "rs": [f'{w()}-{w()} = "{version()}"\n'.encode() for _ in range(2000)],
         "py": [f'    "{w()}-{w()}>={version()}",\n'.encode() for _ in range(2000)],
     }
-    text = [",".join(str(rng.randint(0, 100000)) if rng.random() < 0.5 else w() for _ in range(rng.randint(3, 9))).encode()
-            + b"\n" for _ in range(4000)]
+    text = [
+        ",".join(
+            str(rng.randint(0, 100000)) if rng.random() < 0.5 else w() for _ in range(rng.randint(3, 9))
+        ).encode()
+        + b"\n"
+        for _ in range(4000)
+    ]
     return Pools(source=source, prose=prose, deps=deps, text=text)
 
 
@@ -268,24 +320,39 @@ class _Layout:
         comment = "#" if language == "py" else "//"
         prefix = f"{comment} {path}: generated benchmark source\n\n".encode()
         pool = self.pools.source[language]
-        return TextFile(path, "source", prefix, pool, self._pick_lines(pool, _log_uniform(self.rng, 1024, 20480)))
+        return TextFile(
+            path, "source", prefix, pool, self._pick_lines(pool, _log_uniform(self.rng, 1024, 20480))
+        )
 
     def doc(self, path: str, title: str, low: int = 1024, high: int = 8192) -> TextFile:
         pool = self.pools.prose
-        return TextFile(path, "docs", f"# {title}\n\n".encode(), pool, self._pick_lines(pool, _log_uniform(self.rng, low, high)))
+        return TextFile(
+            path,
+            "docs",
+            f"# {title}\n\n".encode(),
+            pool,
+            self._pick_lines(pool, _log_uniform(self.rng, low, high)),
+        )
 
     def text(self, path: str) -> TextFile:
         pool = self.pools.text
-        return TextFile(path, "text", f"# fixture {path}\n".encode(), pool,
-                        self._pick_lines(pool, _log_uniform(self.rng, 512, 30720)))
+        return TextFile(
+            path,
+            "text",
+            f"# fixture {path}\n".encode(),
+            pool,
+            self._pick_lines(pool, _log_uniform(self.rng, 512, 30720)),
+        )
 
     def manifest(self, path: str, language: str, name: str) -> TextFile:
         pool = self.pools.deps[language]
         lines = [self.rng.randrange(len(pool)) for _ in range(self.rng.randint(3, 25))]
         if language == "ts":
-            prefix = (f'{{\n  "name": "@mono/{name}",\n  "version": "1.0.0",\n  "private": true,\n'
-                      f'  "main": "dist/index.js",\n  "scripts": {{ "build": "tsc -b", "test": "vitest run" }},\n'
-                      f'  "dependencies": {{\n')
+            prefix = (
+                f'{{\n  "name": "@mono/{name}",\n  "version": "1.0.0",\n  "private": true,\n'
+                f'  "main": "dist/index.js",\n  "scripts": {{ "build": "tsc -b", "test": "vitest run" }},\n'
+                f'  "dependencies": {{\n'
+            )
             suffix = '    "typescript": "^5.4.0"\n  }\n}\n'
         elif language == "go":
             prefix = f"module github.com/mono/{name}\n\ngo 1.22\n\nrequire (\n"
@@ -294,8 +361,10 @@ class _Layout:
             prefix = f'[package]\nname = "{name}"\nversion = "0.1.0"\nedition = "2021"\n\n[dependencies]\n'
             suffix = ""
         else:
-            prefix = (f'[project]\nname = "{name}"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
-                      f"dependencies = [\n")
+            prefix = (
+                f'[project]\nname = "{name}"\nversion = "0.1.0"\nrequires-python = ">=3.11"\n'
+                f"dependencies = [\n"
+            )
             suffix = ']\n\n[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
         return TextFile(path, "manifest", prefix.encode(), pool, lines, suffix.encode())
 
@@ -319,23 +388,38 @@ class _Layout:
         """One package directory; its files in a plausible order (the caller may truncate)."""
         rng = self.rng
         base = f"packages/{name}"
-        manifest_name = {"ts": "package.json", "go": "go.mod", "rs": "Cargo.toml", "py": "pyproject.toml"}[language]
-        out: list[TextFile | BinaryFile] = [self.manifest(f"{base}/{manifest_name}", language, name),
-                                            self.doc(f"{base}/README.md", name)]
+        manifest_name = {"ts": "package.json", "go": "go.mod", "rs": "Cargo.toml", "py": "pyproject.toml"}[
+            language
+        ]
+        out: list[TextFile | BinaryFile] = [
+            self.manifest(f"{base}/{manifest_name}", language, name),
+            self.doc(f"{base}/README.md", name),
+        ]
         for config_name, chance in ((".gitignore", 0.5), ("Dockerfile", 0.25), ("Makefile", 0.3)):
             if rng.random() < chance:
                 out.append(self.config(f"{base}/{config_name}"))
         if language == "ts" and rng.random() < 0.3:
             out.append(self.config(f"{base}/.eslintrc.json"))
-        source_root = {"ts": "src", "go": "internal", "rs": "src", "py": f"src/{name.replace('-', '_')}"}[language]
+        source_root = {"ts": "src", "go": "internal", "rs": "src", "py": f"src/{name.replace('-', '_')}"}[
+            language
+        ]
         subdirs = [""] + [self._word() for _ in range(rng.randint(0, 3))]
         for _ in range(rng.randint(10, 30)):
             sub = rng.choice(subdirs)
-            stem = f"{self._word()}_{self._word()}" if language in ("py", "rs", "go") else f"{self._word()}{self._word().capitalize()}"
+            stem = (
+                f"{self._word()}_{self._word()}"
+                if language in ("py", "rs", "go")
+                else f"{self._word()}{self._word().capitalize()}"
+            )
             extension = "tsx" if language == "ts" and rng.random() < 0.2 else language
             directory = f"{base}/{source_root}/{sub}" if sub else f"{base}/{source_root}"
             out.append(self.source(f"{directory}/{stem}.{extension}", language))
-        tests = {"ts": ("tests", ".test.ts"), "go": ("internal", "_test.go"), "rs": ("tests", ".rs"), "py": ("tests", ".py")}
+        tests = {
+            "ts": ("tests", ".test.ts"),
+            "go": ("internal", "_test.go"),
+            "rs": ("tests", ".rs"),
+            "py": ("tests", ".py"),
+        }
         test_dir, test_suffix = tests[language]
         for _ in range(rng.randint(2, 8)):
             prefix = "test_" if language == "py" else ""
@@ -350,7 +434,9 @@ class _Layout:
 
     def _word(self) -> str:
         line = self.pools.prose[self.rng.randrange(len(self.pools.prose))].decode()
-        candidates = [token for token in line.replace(".", " ").split() if token.isalpha() and token.islower()]
+        candidates = [
+            token for token in line.replace(".", " ").split() if token.isalpha() and token.islower()
+        ]
         return self.rng.choice(candidates) if candidates else "misc"
 
 
@@ -369,8 +455,12 @@ def _layout(rng: random.Random, pools: Pools, count: int) -> list[TextFile | Bin
         layout.config("Dockerfile"),
         layout.config(".github/workflows/ci.yml"),
     ]
-    root += [layout.doc(f"docs/{layout._word()}-{index}.md", "Guide") for index in range(max(1, count // 200))]
-    root += [layout.source(f"tools/{layout._word()}_{index}.py", "py") for index in range(max(1, count // 500))]
+    root += [
+        layout.doc(f"docs/{layout._word()}-{index}.md", "Guide") for index in range(max(1, count // 200))
+    ]
+    root += [
+        layout.source(f"tools/{layout._word()}_{index}.py", "py") for index in range(max(1, count // 500))
+    ]
     root += [layout.binary(f"docs/images/diagram-{index}.png") for index in range(max(1, count // 2500))]
     files: dict[str, TextFile | BinaryFile] = {}
     for item in root:
@@ -411,7 +501,9 @@ def _plan_history(rng: random.Random, files: list[TextFile | BinaryFile], commit
     return plan
 
 
-def _write_stream(out: IO[bytes], rng: random.Random, files: list[TextFile | BinaryFile], plan: list[list[int]]) -> None:
+def _write_stream(
+    out: IO[bytes], rng: random.Random, files: list[TextFile | BinaryFile], plan: list[list[int]]
+) -> None:
     """Every version of every file as marked blobs, then the commits.
 
     A path's versions go out consecutively and newest first: fast-import deltifies
@@ -449,12 +541,16 @@ def _write_stream(out: IO[bytes], rng: random.Random, files: list[TextFile | Bin
             verb = rng.choice(_VERBS)
             message = f"{package}: {verb} {first.rsplit('/', 1)[-1]}\n"
             if rng.random() < 0.4:
-                message += f"\nThis {verb}s the handling of {len(changed)} file(s) touched in change #{number}.\n"
+                message += (
+                    f"\nThis {verb}s the handling of {len(changed)} file(s) touched in change #{number}.\n"
+                )
         author = _AUTHORS[rng.randrange(len(_AUTHORS))]
         when = EPOCH + number * COMMIT_SPACING_SECONDS
         encoded = message.encode()
-        out.write(b"commit refs/heads/%s\nauthor %s %d +0000\ncommitter %s %d +0000\ndata %d\n%s"
-                  % (BRANCH.encode(), author.encode(), when, author.encode(), when, len(encoded), encoded))
+        out.write(
+            b"commit refs/heads/%s\nauthor %s %d +0000\ncommitter %s %d +0000\ndata %d\n%s"
+            % (BRANCH.encode(), author.encode(), when, author.encode(), when, len(encoded), encoded)
+        )
         for index in changed:
             out.write(b"M 100644 :%d %s\n" % (first_mark[index] + used[index], files[index].path.encode()))
             if number:
@@ -472,11 +568,16 @@ def build_corpus(path: Path, *, files: int, commits: int, seed: int = 0) -> str:
     pools = _make_pools(rng)
     layout = _layout(rng, pools, files)
     plan = _plan_history(rng, layout, commits)
-    subprocess.run(["git", "init", "--quiet", "--bare", f"--initial-branch={BRANCH}", str(path)], env=git_env(), check=True)
+    subprocess.run(
+        ["git", "init", "--quiet", "--bare", f"--initial-branch={BRANCH}", str(path)],
+        env=git_env(),
+        check=True,
+    )
     for key, value in {**SERVED_CONFIG, **EXTRA_SERVING_CONFIG}.items():
         git(path, "config", key, value)
-    importer = subprocess.Popen(["git", f"--git-dir={path}", "fast-import", "--quiet", "--done"],
-                                stdin=subprocess.PIPE, env=git_env())
+    importer = subprocess.Popen(
+        ["git", f"--git-dir={path}", "fast-import", "--quiet", "--done"], stdin=subprocess.PIPE, env=git_env()
+    )
     assert importer.stdin is not None
     try:
         with importer.stdin as stream:
@@ -490,7 +591,9 @@ def build_corpus(path: Path, *, files: int, commits: int, seed: int = 0) -> str:
     return git(path, "rev-parse", f"refs/heads/{BRANCH}").decode().strip()
 
 
-def corpus_path(files: int, commits: int, seed: int = 0, cache: Path = DEFAULT_CACHE, *, quiet: bool = False) -> Path:
+def corpus_path(
+    files: int, commits: int, seed: int = 0, cache: Path = DEFAULT_CACHE, *, quiet: bool = False
+) -> Path:
     """The cached corpus for these parameters, building it first if needed."""
     target = cache / f"monorepo-v{CORPUS_VERSION}-f{files}-c{commits}-s{seed}.git"
     if (target / "packed-refs").exists():
@@ -513,7 +616,9 @@ def corpus_path(files: int, commits: int, seed: int = 0, cache: Path = DEFAULT_C
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--commits", type=int, default=40000)
     parser.add_argument("--seed", type=int, default=0)

@@ -24,14 +24,27 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-MANIFESTS = ("package.json", "pyproject.toml", "requirements.txt", "go.mod", "Cargo.toml", "Gemfile", "pom.xml")
-IDENTITY = {"GIT_AUTHOR_NAME": "ArtifactFS agent", "GIT_AUTHOR_EMAIL": "agent@artifactfs.invalid",
-            "GIT_COMMITTER_NAME": "ArtifactFS agent", "GIT_COMMITTER_EMAIL": "agent@artifactfs.invalid"}
+MANIFESTS = (
+    "package.json",
+    "pyproject.toml",
+    "requirements.txt",
+    "go.mod",
+    "Cargo.toml",
+    "Gemfile",
+    "pom.xml",
+)
+IDENTITY = {
+    "GIT_AUTHOR_NAME": "ArtifactFS agent",
+    "GIT_AUTHOR_EMAIL": "agent@artifactfs.invalid",
+    "GIT_COMMITTER_NAME": "ArtifactFS agent",
+    "GIT_COMMITTER_EMAIL": "agent@artifactfs.invalid",
+}
 
 
 def run(*command: str, cwd: Path | None = None) -> str:
-    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False,
-                            env={**IDENTITY, **os.environ})
+    result = subprocess.run(
+        command, cwd=cwd, capture_output=True, text=True, check=False, env={**IDENTITY, **os.environ}
+    )
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:2])} failed: {result.stderr.strip()}")
     return result.stdout
@@ -43,7 +56,10 @@ def describe(path: Path) -> str:
     if path.name == "package.json":
         document = json.loads(text)
         dependencies = len(document.get("dependencies", {})) + len(document.get("devDependencies", {}))
-        return f"{document.get('name', '?')} {document.get('version', '')}".strip() + f", {dependencies} dependencies"
+        return (
+            f"{document.get('name', '?')} {document.get('version', '')}".strip()
+            + f", {dependencies} dependencies"
+        )
     if path.name == "pyproject.toml":
         project = tomllib.loads(text).get("project", {})
         return f"{project.get('name', '?')}, {len(project.get('dependencies', []))} dependencies"
@@ -83,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         commit = run("git", "rev-parse", "HEAD", cwd=mountpoint).strip()
         print(f"pushed {commit}: {args.output}\n{summary}", end="")
     finally:
-        unmounted = subprocess.run(["artifactfs", "unmount", str(mountpoint)], capture_output=True, text=True,
-                                   check=False)
+        unmounted = subprocess.run(
+            ["artifactfs", "unmount", str(mountpoint)], capture_output=True, text=True, check=False
+        )
         if unmounted.returncode != 0:
             print(f"agent: unmount failed: {unmounted.stderr.strip()}", file=sys.stderr)
     return unmounted.returncode and 1

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from artifactfs.testing import GitHttpServer, SERVED_CONFIG
+from artifactfs.testing import SERVED_CONFIG, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, run_cli
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -39,7 +39,9 @@ def main() -> int:
     workspace = Path(tempfile.mkdtemp(prefix="artifactfs-demo-"))
     served = workspace / "served"
     served.mkdir()
-    subprocess.run(["git", "clone", "-q", "--bare", str(REPOSITORY), str(served / "artifactfs.git")], check=True)
+    subprocess.run(
+        ["git", "clone", "-q", "--bare", str(REPOSITORY), str(served / "artifactfs.git")], check=True
+    )
     for key, value in SERVED_CONFIG.items():
         subprocess.run(["git", "--git-dir", str(served / "artifactfs.git"), "config", key, value], check=True)
 
@@ -59,8 +61,20 @@ def main() -> int:
             step("edit and commit")
             (tree.path / "DEMO.txt").write_text("written inside an ArtifactFS mount\n")
             show(["git", "add", "DEMO.txt"], tree.path)
-            show(["git", "-c", "user.name=Demo", "-c", "user.email=demo@example.com",
-                  "commit", "-q", "-m", "Demo commit"], tree.path)
+            show(
+                [
+                    "git",
+                    "-c",
+                    "user.name=Demo",
+                    "-c",
+                    "user.email=demo@example.com",
+                    "commit",
+                    "-q",
+                    "-m",
+                    "Demo commit",
+                ],
+                tree.path,
+            )
             show(["git", "log", "--oneline", "-1"], tree.path)
             step("hydration progress")
             time.sleep(0.5)

@@ -72,7 +72,9 @@ def fuse() -> None:
     """Assert that real FUSE mounts can be made on this machine."""
     import shutil
 
-    assert Path("/dev/fuse").exists(), "/dev/fuse is missing: end-to-end tests need FUSE (run scripts/install as root)"
+    assert Path("/dev/fuse").exists(), (
+        "/dev/fuse is missing: end-to-end tests need FUSE (run scripts/install as root)"
+    )
     assert shutil.which("fusermount3"), "fusermount3 is missing: run scripts/install"
 
 

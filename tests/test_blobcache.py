@@ -18,9 +18,7 @@ from artifactfs.store.loose import encoded_size
 
 
 def git_blob_id(data: bytes) -> str:
-    done = subprocess.run(
-        ["git", "hash-object", "--stdin"], input=data, check=True, capture_output=True
-    )
+    done = subprocess.run(["git", "hash-object", "--stdin"], input=data, check=True, capture_output=True)
     return done.stdout.decode().strip()
 
 
@@ -35,7 +33,9 @@ def test_store_bytes_lays_out_read_only_files(cache: BlobCache, tmp_path: Path) 
     path = cache.store_bytes(oid, data)
     assert path == tmp_path / "cache" / "loose" / oid[:2] / oid[2:] == cache.path(oid)
     assert cache.read_bytes(oid) == data
-    assert zlib.decompress(path.read_bytes()) == b"blob %d\0" % len(data) + data, "a loose object git can read"
+    assert zlib.decompress(path.read_bytes()) == b"blob %d\0" % len(data) + data, (
+        "a loose object git can read"
+    )
     assert stat.S_IMODE(path.stat().st_mode) == 0o400  # owner-only (artifactfs.state)
     assert cache.contains(oid) and cache.size(oid) == len(data) and cache.verify(oid)
     assert cache.store_bytes(oid, data) == path, "storing twice is harmless"

@@ -20,8 +20,9 @@ def closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess[str], expected: str, state_root: Path,
-                         mountpoint: Path | None = None) -> None:
+def assert_clean_failure(
+    result: subprocess.CompletedProcess[str], expected: str, state_root: Path, mountpoint: Path | None = None
+) -> None:
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0
     assert len(lines) == 1, result.stderr
@@ -41,19 +42,29 @@ def empty_dir(tmp_path: Path) -> Path:
 
 
 def mount(remote: str, directory: Path, state_root: Path, *extra: str, env: dict[str, str] | None = None):
-    return run_cli("mount", *extra, remote, str(directory), root=state_root, check=False,
-                   env={"GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0", **(env or {})})
+    return run_cli(
+        "mount",
+        *extra,
+        remote,
+        str(directory),
+        root=state_root,
+        check=False,
+        env={"GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+    )
 
 
-@pytest.mark.parametrize("remote, expected", [
-    ("", "empty"),
-    ("http://", "url"),
-    ("https://exa mple.com/repo.git", "url"),
-    ("http://example.com:99999/repo.git", "port"),
-    ("ssh://git@example.com/repo.git", "unsupported"),
-    ("git@example.com:org/repo.git", "unsupported"),
-    ("/no/such/repository", "does not exist"),
-])
+@pytest.mark.parametrize(
+    "remote, expected",
+    [
+        ("", "empty"),
+        ("http://", "url"),
+        ("https://exa mple.com/repo.git", "url"),
+        ("http://example.com:99999/repo.git", "port"),
+        ("ssh://git@example.com/repo.git", "unsupported"),
+        ("git@example.com:org/repo.git", "unsupported"),
+        ("/no/such/repository", "does not exist"),
+    ],
+)
 def test_malformed_remote(remote, expected, empty_dir, state_root, fuse):
     assert_clean_failure(mount(remote, empty_dir, state_root), expected, state_root, empty_dir)
 
@@ -64,7 +75,9 @@ def test_unreachable_remote(empty_dir, state_root, fuse):
 
 
 def test_not_a_repository(git_server, empty_dir, state_root, fuse):
-    assert_clean_failure(mount(git_server.url("missing"), empty_dir, state_root), "no git repository", state_root, empty_dir)
+    assert_clean_failure(
+        mount(git_server.url("missing"), empty_dir, state_root), "no git repository", state_root, empty_dir
+    )
 
 
 def test_authentication_failure(make_repo, git_root, empty_dir, state_root, fuse):
@@ -84,7 +97,9 @@ def test_unknown_ref(make_repo, git_server, empty_dir, state_root, fuse):
 
 def test_directory_missing(make_repo, git_server, tmp_path, state_root, fuse):
     make_repo("demo")
-    assert_clean_failure(mount(git_server.url("demo"), tmp_path / "absent", state_root), "does not exist", state_root)
+    assert_clean_failure(
+        mount(git_server.url("demo"), tmp_path / "absent", state_root), "does not exist", state_root
+    )
 
 
 def test_directory_not_empty(make_repo, git_server, empty_dir, state_root, fuse):
@@ -115,12 +130,18 @@ def test_fusermount_missing(make_repo, git_server, empty_dir, state_root, tmp_pa
 def test_dev_fuse_missing(make_repo, git_server, empty_dir, state_root, fuse):
     """Run the CLI in a private mount namespace whose /dev has no fuse device."""
     make_repo("demo")
-    command = " ".join([
-        "mount -t tmpfs tmpfs /dev &&",
-        *[f"'{part}'" for part in artifactfs_command("mount", git_server.url("demo"), str(empty_dir))],
-    ])
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
-                            capture_output=True, text=True, env={**os.environ, "ARTIFACTFS_ROOT": str(state_root)})
+    command = " ".join(
+        [
+            "mount -t tmpfs tmpfs /dev &&",
+            *[f"'{part}'" for part in artifactfs_command("mount", git_server.url("demo"), str(empty_dir))],
+        ]
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ARTIFACTFS_ROOT": str(state_root)},
+    )
     assert_clean_failure(result, "/dev/fuse", state_root, empty_dir)
 
 

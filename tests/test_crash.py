@@ -19,8 +19,8 @@ from pathlib import Path
 
 import robustness
 
-from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
 from artifactfs.state import pid_alive
+from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
 
 CYCLES = int(os.environ.get("ARTIFACTFS_CRASH_CYCLES", "3"))
 
@@ -39,8 +39,13 @@ def content_for(cycle: int, number: int) -> bytes:
 
 def temporary_files(state_root: Path) -> dict[str, list[str]]:
     """Leftovers a crash can produce, by kind."""
-    found: dict[str, list[str]] = {"cache tmp": [], "cache tmp dirs": [], "partial": [], "gitdir tmp": [],
-                                   "overlay orphans": []}
+    found: dict[str, list[str]] = {
+        "cache tmp": [],
+        "cache tmp dirs": [],
+        "partial": [],
+        "gitdir tmp": [],
+        "overlay orphans": [],
+    }
     tmp_dir = state_root / "cache" / "blobs" / "tmp"  # per-process scratch dirs: tmp/<pid>/<files>
     if tmp_dir.exists():
         for path in sorted(tmp_dir.rglob("*")):
@@ -49,13 +54,19 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
         name = path.name
         if name.endswith(".partial"):
             found["partial"].append(str(path))
-        if "/gitdir/" in str(path) and (name.startswith("tmp_") or name.endswith(".artifactfs-tmp")
-                                        or name.startswith(".tmp") or name.endswith(".lock")):
+        if "/gitdir/" in str(path) and (
+            name.startswith("tmp_")
+            or name.endswith(".artifactfs-tmp")
+            or name.startswith(".tmp")
+            or name.endswith(".lock")
+        ):
             found["gitdir tmp"].append(str(path.relative_to(state_root)))
     for overlay in state_root.glob("mounts/*/overlay"):
         connection = sqlite3.connect(f"file:{overlay / 'overlay.db'}?mode=ro", uri=True)
         try:
-            referenced = {row[0] for row in connection.execute("SELECT data_id FROM entries WHERE data_id IS NOT NULL")}
+            referenced = {
+                row[0] for row in connection.execute("SELECT data_id FROM entries WHERE data_id IS NOT NULL")
+            }
         finally:
             connection.close()
         present = set(os.listdir(overlay / "data"))
@@ -101,7 +112,9 @@ class Workload:
         number = 0
         while not self.stop.is_set():
             try:
-                fd = os.open(self.root / f"w{self.cycle}/n{number}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(
+                    self.root / f"w{self.cycle}/n{number}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644
+                )
                 try:
                     os.write(fd, content_for(self.cycle, number))
                     os.fsync(fd)
@@ -171,7 +184,9 @@ def test_kill_9_mid_flight_loses_nothing_acknowledged(make_repo, git_server, sta
             for earlier in history:
                 for number in earlier.fsynced:
                     path = tree.path / f"w{earlier.cycle}/n{number}"
-                    assert path.read_bytes() == content_for(earlier.cycle, number), f"lost fsync'd write {path}"
+                    assert path.read_bytes() == content_for(earlier.cycle, number), (
+                        f"lost fsync'd write {path}"
+                    )
                 spinner = tree.path / f"spin{earlier.cycle}"
                 names = sorted(os.listdir(spinner))
                 allowed = {earlier.renamed_to, earlier.rename_target} - {None}
@@ -188,7 +203,9 @@ def test_kill_9_mid_flight_loses_nothing_acknowledged(make_repo, git_server, sta
             assert not leftovers["overlay orphans"], leftovers
             assert not leftovers["partial"], leftovers
             assert not set(after_crash["cache tmp"]) & set(leftovers["cache tmp"]), (after_crash, leftovers)
-            assert len(leftovers["cache tmp dirs"]) <= 4, leftovers  # scratch dirs of dead processes are removed
+            assert len(leftovers["cache tmp dirs"]) <= 4, (
+                leftovers
+            )  # scratch dirs of dead processes are removed
         # Whatever the gitdir keeps from a killed indexer must not pile up cycle after cycle.
         # (a killed `git index-pack` may leave a tmp_pack_* behind: at most one per fetch lane, never a pile).
         print("gitdir temporary files per cycle:", leftovers_per_cycle)

@@ -64,12 +64,15 @@ def test_ls_l_of_a_directory_costs_one_request_without_object_info(make_repo, gi
 
         listing = run("ls", "-l", str(tree.path / "src"))
 
-        assert ls_sizes(listing) == {path.split("/")[1]: len(data) for path, data in files.items()
-                                            if path.startswith("src/")}
+        assert ls_sizes(listing) == {
+            path.split("/")[1]: len(data) for path, data in files.items() if path.startswith("src/")
+        }
         requests = fetches(server)
         assert 1 <= len(requests) <= 2, [request.want_count for request in requests]
         wanted = [oid for request in requests for oid in request.wants]
-        assert sorted(wanted) == sorted(oids[path] for path in files if path.startswith("src/")), "that directory, once"
+        assert sorted(wanted) == sorted(oids[path] for path in files if path.startswith("src/")), (
+            "that directory, once"
+        )
         # A second listing is answered from what arrived: no request at all.
         assert ls_sizes(run("ls", "-l", str(tree.path / "src"))) == ls_sizes(listing)
         assert len(fetches(server)) == len(requests)
@@ -77,8 +80,11 @@ def test_ls_l_of_a_directory_costs_one_request_without_object_info(make_repo, gi
 
 def test_ls_lR_and_find_size_cost_about_one_request_per_directory(make_repo, git_root, mounts):
     directories = [f"pkg{index}" for index in range(5)] + [f"pkg{index}/nested" for index in range(3)]
-    files = {f"{directory}/file{number}.ts": content(f"{directory}/{number}", 200 + 300 * number)
-             for directory in directories for number in range(12)}
+    files = {
+        f"{directory}/file{number}.ts": content(f"{directory}/{number}", 200 + 300 * number)
+        for directory in directories
+        for number in range(12)
+    }
     make_repo("tree", files)
     with GitHttpServer(git_root, object_info=False) as server:
         tree = mounts(server.url("tree"), "--hydrate", "none")
@@ -113,7 +119,9 @@ def test_opening_a_file_asks_for_it_alone_without_object_info(make_repo, git_roo
         assert (tree.path / "src/f07.py").read_bytes() == files["src/f07.py"]
         requests = fetches(server)
         assert len(requests) <= 2
-        assert [request.wants for request in requests if oids["src/f07.py"] in request.wants] == [(oids["src/f07.py"],)]
+        assert [request.wants for request in requests if oids["src/f07.py"] in request.wants] == [
+            (oids["src/f07.py"],)
+        ]
         # The rest of the directory came in the other request: stat'ing it costs nothing more.
         tree.wait_for(lambda status: status["hydration"]["hydrated_blobs"] == len(files))
         assert {path: (tree.path / path).stat().st_size for path in files} == {path: 300 for path in files}
@@ -124,8 +132,11 @@ def test_opening_a_file_asks_for_it_alone_without_object_info(make_repo, git_roo
 
 
 def test_a_demand_read_does_not_wait_for_stalled_background_batches(make_repo, git_server, mounts):
-    files = {f"d{directory:02d}/m{index:03d}.py": content(f"{directory}/{index}", 1500)
-             for directory in range(12) for index in range(150)}
+    files = {
+        f"d{directory:02d}/m{index:03d}.py": content(f"{directory}/{index}", 1500)
+        for directory in range(12)
+        for index in range(150)
+    }
     repo, _ = make_repo("load", files)
     oids = blob_ids(repo)
     # A first mount fetches the tree and the history; the remount below reuses them, so its
@@ -171,8 +182,11 @@ def test_a_demand_read_does_not_wait_for_stalled_background_batches(make_repo, g
     elapsed = time.monotonic() - started
     assert elapsed < DEMAND_BOUND, f"the read waited {elapsed:.2f}s for the stalled batch holding its blob"
     assert time.monotonic() - stalled_from < STALL_SECONDS
-    assert [request.wants for request in fetches(git_server) if oids[stalled_path] in request.wants
-            and request.fault is None] == [(oids[stalled_path],)]
+    assert [
+        request.wants
+        for request in fetches(git_server)
+        if oids[stalled_path] in request.wants and request.fault is None
+    ] == [(oids[stalled_path],)]
 
 
 def test_a_demand_read_does_not_wait_for_another_stalled_demand(make_repo, git_server, mounts):

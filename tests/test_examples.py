@@ -30,9 +30,15 @@ FILES = {
 def environment(tmp_path: Path, fuse: None) -> dict[str, str]:
     """What the container would set: the state root, the mountpoint, and artifactfs on PATH."""
     scripts = Path(sys.executable).parent
-    assert (scripts / "artifactfs").exists(), "the artifactfs console script is not installed (pip install -e .)"
-    return {**os.environ, "PATH": f"{scripts}{os.pathsep}{os.environ['PATH']}",
-            "ARTIFACTFS_ROOT": str(tmp_path / "state"), "ARTIFACTFS_MOUNTPOINT": str(tmp_path / "workspace")}
+    assert (scripts / "artifactfs").exists(), (
+        "the artifactfs console script is not installed (pip install -e .)"
+    )
+    return {
+        **os.environ,
+        "PATH": f"{scripts}{os.pathsep}{os.environ['PATH']}",
+        "ARTIFACTFS_ROOT": str(tmp_path / "state"),
+        "ARTIFACTFS_MOUNTPOINT": str(tmp_path / "workspace"),
+    }
 
 
 @pytest.fixture
@@ -47,22 +53,34 @@ def no_mounts_left(environment: dict[str, str]) -> bool:
     return not is_mounted(mountpoint) and listing == "no mounts"
 
 
-def test_entrypoint_runs_the_command_inside_the_tree_and_unmounts_on_failure(served: tuple[Path, str],
-                                                                            environment: dict[str, str]) -> None:
+def test_entrypoint_runs_the_command_inside_the_tree_and_unmounts_on_failure(
+    served: tuple[Path, str], environment: dict[str, str]
+) -> None:
     _, url = served
     script = "cat package.json; test -f assets/big.bin && git rev-parse --abbrev-ref HEAD; exit 7"
-    result = subprocess.run(["sh", str(EXAMPLES / "entrypoint.sh"), "sh", "-c", script], capture_output=True,
-                            text=True, timeout=60, env={**environment, "ARTIFACTFS_REMOTE": url}, check=False)
+    result = subprocess.run(
+        ["sh", str(EXAMPLES / "entrypoint.sh"), "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environment, "ARTIFACTFS_REMOTE": url},
+        check=False,
+    )
     assert result.returncode == 7, result.stderr
     assert result.stdout == FILES["package.json"].decode() + "main\n"
     assert no_mounts_left(environment)
 
 
-def test_entrypoint_passes_sigterm_on_and_unmounts(served: tuple[Path, str], environment: dict[str, str]) -> None:
+def test_entrypoint_passes_sigterm_on_and_unmounts(
+    served: tuple[Path, str], environment: dict[str, str]
+) -> None:
     _, url = served
     mountpoint = Path(environment["ARTIFACTFS_MOUNTPOINT"])
-    process = subprocess.Popen(["sh", str(EXAMPLES / "entrypoint.sh"), "sleep", "60"],
-                               env={**environment, "ARTIFACTFS_REMOTE": url}, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ["sh", str(EXAMPLES / "entrypoint.sh"), "sleep", "60"],
+        env={**environment, "ARTIFACTFS_REMOTE": url},
+        stdin=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while not (is_mounted(mountpoint) and _sleeping_in(mountpoint)) and time.monotonic() < deadline:
@@ -82,7 +100,9 @@ def _sleeping_in(mountpoint: Path) -> bool:
     """Whether the entrypoint's command (sleep) has started with the mount as its working directory."""
     for proc in Path("/proc").iterdir():
         try:
-            if (proc / "comm").read_text().strip() == "sleep" and os.readlink(proc / "cwd") == str(mountpoint):
+            if (proc / "comm").read_text().strip() == "sleep" and os.readlink(proc / "cwd") == str(
+                mountpoint
+            ):
                 return True
         except OSError:
             continue
@@ -90,21 +110,39 @@ def _sleeping_in(mountpoint: Path) -> bool:
 
 
 def test_entrypoint_refuses_to_run_without_a_remote(environment: dict[str, str]) -> None:
-    result = subprocess.run(["sh", str(EXAMPLES / "entrypoint.sh"), "true"], capture_output=True, text=True,
-                            timeout=30, env=environment, check=False)
+    result = subprocess.run(
+        ["sh", str(EXAMPLES / "entrypoint.sh"), "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=environment,
+        check=False,
+    )
     assert result.returncode != 0 and "ARTIFACTFS_REMOTE" in result.stderr
 
 
-def test_agent_commits_and_pushes_a_manifest_summary(served: tuple[Path, str], environment: dict[str, str]) -> None:
+def test_agent_commits_and_pushes_a_manifest_summary(
+    served: tuple[Path, str], environment: dict[str, str]
+) -> None:
     repository, url = served
-    result = subprocess.run([sys.executable, str(EXAMPLES / "agent.py"), "--remote", url], capture_output=True,
-                            text=True, timeout=60, env=environment, check=False)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "agent.py"), "--remote", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     pushed = git(repository, "show", "main:MANIFESTS.md").decode()
-    assert pushed == ("# Manifests\n\n- `package.json`: webapp 2.1.0, 1 dependencies\n"
-                      "- `pyproject.toml`: tooling, 2 dependencies\n")
-    assert git(repository, "log", "-1", "--format=%s%n%an", "main").decode() == \
-        "Summarise the dependency manifests\nArtifactFS agent\n"
+    assert pushed == (
+        "# Manifests\n\n- `package.json`: webapp 2.1.0, 1 dependencies\n"
+        "- `pyproject.toml`: tooling, 2 dependencies\n"
+    )
+    assert (
+        git(repository, "log", "-1", "--format=%s%n%an", "main").decode()
+        == "Summarise the dependency manifests\nArtifactFS agent\n"
+    )
     assert git(repository, "rev-parse", "main").decode().split()[0] in result.stdout
     assert git(repository, "show", "main:assets/big.bin") == FILES["assets/big.bin"], "the push lost a file"
     assert no_mounts_left(environment)

@@ -99,24 +99,55 @@ def reference(make_repo, tmp_path) -> tuple[Path, dict[str, bytes]]:
 def test_pack_surgery_keeps_the_pack_valid_but_changes_one_object(tmp_path, make_repo):
     """The ``flip`` fault really does reach object content only: git accepts the pack, ids change."""
     repo, _ = make_repo("surgery", faulty_repo_files())
-    pack = subprocess.run(["git", "--git-dir", str(repo), "pack-objects", "--stdout", "--delta-base-offset", "--all",
-                           "-q"], input=b"", capture_output=True, check=True).stdout
+    pack = subprocess.run(
+        ["git", "--git-dir", str(repo), "pack-objects", "--stdout", "--delta-base-offset", "--all", "-q"],
+        input=b"",
+        capture_output=True,
+        check=True,
+    ).stdout
     entries = _parse_pack(pack)
-    assert entries is not None and any(entry.kind == 6 for entry in entries), "the fixture should produce deltas"
+    assert entries is not None and any(entry.kind == 6 for entry in entries), (
+        "the fixture should produce deltas"
+    )
     for pick in (lambda n: 0, lambda n: n - 1, lambda n: n // 2):
         altered = _alter_pack(pack, raw=False, choose=pick)
         assert altered is not None and altered != pack
         target = tmp_path / f"check{len(list(tmp_path.iterdir()))}.git"
         subprocess.run(["git", "init", "-q", "--bare", str(target)], check=True)
-        indexed = subprocess.run(["git", "--git-dir", str(target), "index-pack", "--stdin"], input=altered,
-                                 capture_output=True)
+        indexed = subprocess.run(
+            ["git", "--git-dir", str(target), "index-pack", "--stdin"], input=altered, capture_output=True
+        )
         assert indexed.returncode == 0, indexed.stderr  # zlib and the trailing checksum are fine
-        original_ids = set(subprocess.run(["git", "--git-dir", str(repo), "cat-file", "--batch-all-objects",
-                                           "--batch-check=%(objectname)"], capture_output=True, text=True,
-                                          check=True).stdout.split())
-        new_ids = set(subprocess.run(["git", "--git-dir", str(target), "cat-file", "--batch-all-objects",
-                                      "--batch-check=%(objectname)"], capture_output=True, text=True,
-                                     check=True).stdout.split())
+        original_ids = set(
+            subprocess.run(
+                [
+                    "git",
+                    "--git-dir",
+                    str(repo),
+                    "cat-file",
+                    "--batch-all-objects",
+                    "--batch-check=%(objectname)",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        )
+        new_ids = set(
+            subprocess.run(
+                [
+                    "git",
+                    "--git-dir",
+                    str(target),
+                    "cat-file",
+                    "--batch-all-objects",
+                    "--batch-check=%(objectname)",
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        )
         assert new_ids - original_ids, "some object must now hash to an id nobody asked for"
     raw = _alter_pack(pack, raw=True, choose=lambda n: n // 2)
     assert raw is not None and len(raw) == len(pack) and raw[:12] == pack[:12]
@@ -126,8 +157,15 @@ def test_pack_surgery_keeps_the_pack_valid_but_changes_one_object(tmp_path, make
 TRANSPORT_FAULTS = ("reset", "5xx", "stall", "truncate")
 ALL_FAULTS = ("reset", "5xx", "stall", "truncate", "flip", "flip-raw")
 
-def hammer(tree: MountedTree, state_root: Path, paths: list[str], contents: dict[str, bytes],
-           ledger: ReadLedger, seconds: float) -> int:
+
+def hammer(
+    tree: MountedTree,
+    state_root: Path,
+    paths: list[str],
+    contents: dict[str, bytes],
+    ledger: ReadLedger,
+    seconds: float,
+) -> int:
     """Concurrent readers over every file, twice per round, the blob cache evicted between rounds."""
     deadline = time.monotonic() + seconds
     rounds = 0
@@ -150,13 +188,15 @@ def hammer(tree: MountedTree, state_root: Path, paths: list[str], contents: dict
     return rounds
 
 
-def run_faulty_mount(reference, git_server, state_root, tmp_path, kinds: tuple[str, ...], *,
-                     recover: bool) -> None:
+def run_faulty_mount(
+    reference, git_server, state_root, tmp_path, kinds: tuple[str, ...], *, recover: bool
+) -> None:
     repo, contents = reference
     paths = sorted(contents)
     ledger = ReadLedger()
-    with FaultProxy(f"http://127.0.0.1:{git_server.port}", seed=1234, stall_seconds=0.4,
-                    commands=("fetch", "object-info")) as proxy:
+    with FaultProxy(
+        f"http://127.0.0.1:{git_server.port}", seed=1234, stall_seconds=0.4, commands=("fetch", "object-info")
+    ) as proxy:
         tree = MountedTree(proxy.url("faulty"), tmp_path / "mnt", state_root, ["--read-timeout", "30"])
         with tree:
             daemon_pid = tree.status()["pid"]
@@ -165,14 +205,18 @@ def run_faulty_mount(reference, git_server, state_root, tmp_path, kinds: tuple[s
                 rounds = hammer(tree, state_root, paths, contents, ledger, FAULT_SECONDS)
             finally:
                 robustness.add("faults_injected", proxy.total_injected)
-            print(f"faults {dict(proxy.injected)} over {rounds} rounds; reads exact={ledger.exact} eio={ledger.eio}")
+            print(
+                f"faults {dict(proxy.injected)} over {rounds} rounds; reads exact={ledger.exact} eio={ledger.eio}"
+            )
             assert not ledger.wrong, f"wrong bytes served: {ledger.wrong[:5]}"
             assert not ledger.other_errors, f"errors other than EIO: {ledger.other_errors[:5]}"
             assert proxy.total_injected >= 10, f"too few faults injected to mean anything: {proxy.injected}"
             assert set(proxy.injected) == set(kinds), proxy.injected
             assert ledger.exact > len(paths), "most reads should succeed despite faults"
             status = tree.status()
-            assert status["pid"] == daemon_pid and status["state"] == "mounted", "the daemon must keep serving"
+            assert status["pid"] == daemon_pid and status["state"] == "mounted", (
+                "the daemon must keep serving"
+            )
             if not recover:
                 return
 
@@ -195,8 +239,9 @@ def run_faulty_mount(reference, git_server, state_root, tmp_path, kinds: tuple[s
             assert os.readlink(tree.path / "link") == "text/t0/file0.txt"
 
 
-def test_transport_faults_give_exact_bytes_or_eio_then_full_hydration(reference, git_server, state_root,
-                                                                      tmp_path, fuse):
+def test_transport_faults_give_exact_bytes_or_eio_then_full_hydration(
+    reference, git_server, state_root, tmp_path, fuse
+):
     run_faulty_mount(reference, git_server, state_root, tmp_path, TRANSPORT_FAULTS, recover=True)
 
 
@@ -230,7 +275,9 @@ def test_corrupt_pack_bytes_do_not_kill_the_daemon(make_repo, git_server, state_
                         data: bytes | int = read_fresh(tree.path / relative)
                     except OSError as error:
                         data = error.errno or 0
-                    assert data == files[relative], f"{relative}: {data if isinstance(data, int) else 'wrong bytes'}"
+                    assert data == files[relative], (
+                        f"{relative}: {data if isinstance(data, int) else 'wrong bytes'}"
+                    )
                 assert tree.status()["state"] == "mounted"
                 evict_blob_cache(state_root)
 

@@ -35,14 +35,20 @@ OUTAGE_SECONDS = float(os.environ.get("ARTIFACTFS_OUTAGE_SECONDS", "15"))
 def blob_ids(repo: Path) -> dict[str, str]:
     """path -> blob id of every regular file of the served repository's HEAD."""
     listing = git(repo, "ls-tree", "-r", "-z", "HEAD").decode().split("\0")
-    return {line.split("\t", 1)[1]: line.split()[2] for line in listing if line and line.split()[0] != "120000"}
+    return {
+        line.split("\t", 1)[1]: line.split()[2] for line in listing if line and line.split()[0] != "120000"
+    }
 
 
 def served_contents(repo: Path) -> dict[str, bytes]:
     """Every regular file of the served repository's HEAD, as ``git cat-file`` gives it."""
     entries = list(blob_ids(repo).items())
-    batch = subprocess.run(["git", f"--git-dir={repo}", "cat-file", "--batch"], capture_output=True, check=True,
-                           input="".join(f"{oid}\n" for _, oid in entries).encode()).stdout
+    batch = subprocess.run(
+        ["git", f"--git-dir={repo}", "cat-file", "--batch"],
+        capture_output=True,
+        check=True,
+        input="".join(f"{oid}\n" for _, oid in entries).encode(),
+    ).stdout
     contents: dict[str, bytes] = {}
     position = 0
     for path, oid in entries:
@@ -50,7 +56,7 @@ def served_contents(repo: Path) -> dict[str, bytes]:
         header = batch[position:header_end].split()
         assert header[0].decode() == oid and header[1] == b"blob", header
         size = int(header[2])
-        contents[path] = batch[header_end + 1:header_end + 1 + size]
+        contents[path] = batch[header_end + 1 : header_end + 1 + size]
         position = header_end + 1 + size + 1
     return contents
 
@@ -68,10 +74,14 @@ def daemon_log(state_root: Path) -> str:
 def mixed_files(seed: int, count: int, large: int = 0) -> dict[str, bytes | FileSpec]:
     """Source-like texts of many sizes (every digit count), plus ``large`` random binaries of 1 MiB."""
     rng = random.Random(seed)
-    files: dict[str, bytes | FileSpec] = {"package.json": b'{"name": "field-faults", "version": "1.0.0"}\n' * 20}
+    files: dict[str, bytes | FileSpec] = {
+        "package.json": b'{"name": "field-faults", "version": "1.0.0"}\n' * 20
+    }
     for index in range(count):
         size = rng.choice([1, 9, 12, 95, 949, 1234, 8000, 40_000])
-        files[f"src/d{index % 8}/m{index:03d}.py"] = (f"# module {index}\n".encode() + rng.randbytes(size))[:size]
+        files[f"src/d{index % 8}/m{index:03d}.py"] = (f"# module {index}\n".encode() + rng.randbytes(size))[
+            :size
+        ]
     for index in range(large):
         files[f"assets/big{index:02d}.bin"] = rng.randbytes(1 << 20)
     files["link"] = FileSpec(symlink_target="package.json")
@@ -81,15 +91,20 @@ def mixed_files(seed: int, count: int, large: int = 0) -> dict[str, bytes | File
 # --------------------------------------------------------------------------- (a) outage
 
 
-def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(make_repo, git_server, state_root,
-                                                                              tmp_path, fuse):
+def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(
+    make_repo, git_server, state_root, tmp_path, fuse
+):
     repo, _ = make_repo("outage", mixed_files(1, 160, large=12), extra_commits=5)
     expected = served_contents(repo)
     read_timeout = 2.0
     with FaultProxy(f"http://127.0.0.1:{git_server.port}") as proxy:
         # Throttled, so that hydration is far from done when the remote goes away.
-        tree = MountedTree(proxy.url("outage"), tmp_path / "mnt", state_root,
-                           ["--read-timeout", str(read_timeout), "--max-bandwidth", "1M"])
+        tree = MountedTree(
+            proxy.url("outage"),
+            tmp_path / "mnt",
+            state_root,
+            ["--read-timeout", str(read_timeout), "--max-bandwidth", "1M"],
+        )
         with tree:
             pid = tree.status()["pid"]
             down_at = time.monotonic() + 1.0
@@ -98,8 +113,13 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(make
             robustness.add("faults_injected")
 
             # Unreachable, and nothing in transit any more: what has not arrived now cannot arrive.
-            status = tree.wait_for(lambda s: s["hydration"]["remote"]["state"] == "unreachable"
-                                   and s["hydration"]["inflight_blobs"] == 0, timeout=30)
+            status = tree.wait_for(
+                lambda s: (
+                    s["hydration"]["remote"]["state"] == "unreachable"
+                    and s["hydration"]["inflight_blobs"] == 0
+                ),
+                timeout=30,
+            )
             assert not status["hydration"]["complete"], "an outage must never look like complete hydration"
             arrived = {arrival["oid"] for arrival in tree.record()}
             pending = sorted(path for path, oid in blob_ids(repo).items() if oid not in arrived)
@@ -148,12 +168,16 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(make
     robustness.add("outages_survived")
 
 
-def test_history_fetch_survives_corrupt_packs_resets_and_5xx(make_repo, git_server, state_root, tmp_path, fuse):
+def test_history_fetch_survives_corrupt_packs_resets_and_5xx(
+    make_repo, git_server, state_root, tmp_path, fuse
+):
     """Every fetch fails (the history fetch included) for a while after ready: the daemon keeps serving."""
     repo, _ = make_repo("history", mixed_files(5, 120, large=4), extra_commits=20)
     expected = served_contents(repo)
     with FaultProxy(f"http://127.0.0.1:{git_server.port}", seed=9) as proxy:
-        with MountedTree(proxy.url("history"), tmp_path / "mnt", state_root, ["--max-bandwidth", "2M"]) as tree:
+        with MountedTree(
+            proxy.url("history"), tmp_path / "mnt", state_root, ["--max-bandwidth", "2M"]
+        ) as tree:
             pid = tree.status()["pid"]
             proxy.configure(probability=1.0, kinds=("flip", "flip-raw", "truncate", "reset", "5xx"))
             deadline = time.monotonic() + 60
@@ -174,12 +198,18 @@ def test_history_fetch_survives_corrupt_packs_resets_and_5xx(make_repo, git_serv
 
 
 @pytest.mark.parametrize("mode", ["none", "background"])
-def test_corrupt_and_truncated_object_info_replies_never_reach_reads_or_stat(make_repo, git_server, state_root,
-                                                                             tmp_path, fuse, mode):
+def test_corrupt_and_truncated_object_info_replies_never_reach_reads_or_stat(
+    make_repo, git_server, state_root, tmp_path, fuse, mode
+):
     repo, _ = make_repo("lying", mixed_files(2, 120))
     expected = served_contents(repo)
-    with FaultProxy(f"http://127.0.0.1:{git_server.port}", seed=11, commands=("object-info",),
-                    probability=1.0, kinds=("info-flip", "info-truncate")) as proxy:
+    with FaultProxy(
+        f"http://127.0.0.1:{git_server.port}",
+        seed=11,
+        commands=("object-info",),
+        probability=1.0,
+        kinds=("info-flip", "info-truncate"),
+    ) as proxy:
         with MountedTree(proxy.url("lying"), tmp_path / "mnt", state_root, ["--hydrate", mode]) as tree:
             if mode == "background":
                 tree.wait_for(lambda s: s["hydration"]["complete"], timeout=60)
@@ -224,8 +254,9 @@ def delete_objects(repo: Path, oids: set[str]) -> None:
 
 
 @pytest.mark.parametrize("object_info", [True, False], ids=["object-info", "no-object-info"])
-def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_root, state_root, tmp_path, fuse,
-                                                          object_info):
+def test_a_dozen_blobs_missing_on_the_server_cost_seconds(
+    make_repo, git_root, state_root, tmp_path, fuse, object_info
+):
     files = mixed_files(3, 400)
     repo, _ = make_repo("holey", files)
     expected = served_contents(repo)
@@ -236,8 +267,10 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_root, s
     delete_objects(repo, set(oids.values()))
 
     started = time.monotonic()
-    with GitHttpServer(git_root, object_info=object_info) as git_server, \
-            MountedTree(git_server.url("holey"), tmp_path / "mnt", state_root, ["--read-timeout", "120"]) as tree:
+    with (
+        GitHttpServer(git_root, object_info=object_info) as git_server,
+        MountedTree(git_server.url("holey"), tmp_path / "mnt", state_root, ["--read-timeout", "120"]) as tree,
+    ):
         final = tree.wait_for(lambda s: s["hydration"]["complete"], timeout=120)
         elapsed = time.monotonic() - started
         hydration: dict[str, Any] = final["hydration"]
@@ -255,12 +288,14 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(make_repo, git_root, s
             assert raised.value.errno == errno.EIO
             assert time.monotonic() - began < 1.0, "a known-missing blob must fail at once"
         assert_exact(tree, {path: data for path, data in expected.items() if path not in oids})
-        assert [request for request in git_server.requests if missing_oids & set(request.wants)] == asked, \
+        assert [request for request in git_server.requests if missing_oids & set(request.wants)] == asked, (
             "a blob known to be missing was asked for again"
+        )
 
         began = time.monotonic()
-        result = subprocess.run(["git", "status", "--porcelain"], cwd=tree.path, capture_output=True, text=True,
-                                timeout=60)
+        result = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=tree.path, capture_output=True, text=True, timeout=60
+        )
         assert time.monotonic() - began < 10, "git status waited on missing blobs"
         assert result.returncode in (0, 128), result.stderr
         assert tree.status()["state"] == "mounted"
@@ -284,7 +319,9 @@ def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_a_full_disk_pauses_hydration_until_space_returns(make_repo, git_server, small_disk, tmp_path, fuse):
     rng = random.Random(6)
-    files: dict[str, bytes | FileSpec] = {f"data/blob{index:02d}.bin": rng.randbytes(1 << 20) for index in range(16)}
+    files: dict[str, bytes | FileSpec] = {
+        f"data/blob{index:02d}.bin": rng.randbytes(1 << 20) for index in range(16)
+    }
     files["README.md"] = b"small\n"
     repo, _ = make_repo("roomy", files)
     expected = served_contents(repo)

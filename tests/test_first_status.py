@@ -34,7 +34,9 @@ def _tree() -> dict[str, bytes]:
     }
     for directory in range(DIRECTORIES):
         for number in range(FILES_PER_DIRECTORY):
-            files[f"pkg{directory:02d}/sub/file{number:02d}.py"] = f"value = {directory * 100 + number}\n".encode()
+            files[f"pkg{directory:02d}/sub/file{number:02d}.py"] = (
+                f"value = {directory * 100 + number}\n".encode()
+            )
     return files
 
 
@@ -54,20 +56,35 @@ def _fetches(server: GitHttpServer) -> int:
 def _traced_status(tree: MountedTree, trace: Path) -> tuple[str, dict[str, int]]:
     """``git status --porcelain`` and git's own read_directory statistics for that run."""
     trace.unlink(missing_ok=True)
-    result = subprocess.run(["git", "status", "--porcelain"], cwd=tree.path, capture_output=True, text=True,
-                            timeout=120, env={**os.environ, "GIT_TRACE2_EVENT": str(trace), "GIT_TRACE2_EVENT_NESTING": "10"}, check=True)
+    result = subprocess.run(
+        ["git", "status", "--porcelain"],
+        cwd=tree.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "GIT_TRACE2_EVENT": str(trace), "GIT_TRACE2_EVENT_NESTING": "10"},
+        check=True,
+    )
     statistics: dict[str, int] = {}
     for line in trace.read_text().splitlines():
         event: dict[str, Any] = json.loads(line)
-        if event.get("event") == "data" and event.get("category") == "read_directory" \
-                and str(event.get("value")).isdigit():
+        if (
+            event.get("event") == "data"
+            and event.get("category") == "read_directory"
+            and str(event.get("value")).isdigit()
+        ):
             statistics[event["key"]] = int(event["value"])
     return result.stdout, statistics
 
 
 @pytest.mark.parametrize("object_info", [True, False], ids=["object-info", "no-object-info"])
-def test_first_status_reads_nothing(object_info: bool, make_repo: Callable[..., tuple[Path, str]], git_root: Path,
-                                    mounts: Callable[..., MountedTree], tmp_path: Path) -> None:
+def test_first_status_reads_nothing(
+    object_info: bool,
+    make_repo: Callable[..., tuple[Path, str]],
+    git_root: Path,
+    mounts: Callable[..., MountedTree],
+    tmp_path: Path,
+) -> None:
     make_repo(files=_tree())
     with GitHttpServer(git_root, object_info=object_info) as server:
         tree = mounts(server.url("repo"), "--hydrate", "none")
@@ -80,15 +97,21 @@ def test_first_status_reads_nothing(object_info: bool, make_repo: Callable[..., 
         assert _fetches(server) == fetches, "git status fetched blobs"
         files = DIRECTORIES * FILES_PER_DIRECTORY
         per_file = _delta(before, after, "getattr", "lookup")
-        assert per_file < files // 20, f"{per_file} getattr/lookup requests for {files} files: git lstat'd the tree"
+        assert per_file < files // 20, (
+            f"{per_file} getattr/lookup requests for {files} files: git lstat'd the tree"
+        )
         listings = _delta(before, after, "opendir", "readdir")
         assert listings <= 2, f"git listed {listings} directories"
         assert statistics.get("opendir", 0) == 0, statistics
         assert statistics.get("directory-invalidation", 0) == 0, statistics
 
 
-def test_first_status_sees_every_kind_of_change(make_repo: Callable[..., tuple[Path, str]], git_server: GitHttpServer,
-                                                mounts: Callable[..., MountedTree], tmp_path: Path) -> None:
+def test_first_status_sees_every_kind_of_change(
+    make_repo: Callable[..., tuple[Path, str]],
+    git_server: GitHttpServer,
+    mounts: Callable[..., MountedTree],
+    tmp_path: Path,
+) -> None:
     make_repo(files=_tree())
     tree = mounts(git_server.url("repo"), "--hydrate", "none")
     (tree.path / "pkg03" / "sub" / "file01.py").write_text("value = -1\n")
@@ -100,9 +123,14 @@ def test_first_status_sees_every_kind_of_change(make_repo: Callable[..., tuple[P
     (tree.path / "fresh" / "a.txt").write_text("a\n")
 
     output, statistics = _traced_status(tree, tmp_path / "trace.json")
-    assert sorted(output.splitlines()) == sorted([
-        " M pkg03/sub/file01.py", " D pkg09/sub/file02.py", "?? fresh/", "?? pkg05/sub/new.py",
-    ])
+    assert sorted(output.splitlines()) == sorted(
+        [
+            " M pkg03/sub/file01.py",
+            " D pkg09/sub/file02.py",
+            "?? fresh/",
+            "?? pkg05/sub/new.py",
+        ]
+    )
     assert statistics.get("opendir", 0) <= 10, statistics  # changed directories and their parents, of 81
 
     tree.git("add", "-A")
@@ -119,8 +147,12 @@ def test_first_status_sees_every_kind_of_change(make_repo: Callable[..., tuple[P
     assert (tree.path / "pkg03" / "sub" / "file01.py").read_text() == "value = 301\n"
 
 
-def test_status_after_remount_stays_cheap(make_repo: Callable[..., tuple[Path, str]], git_server: GitHttpServer,
-                                          mounts: Callable[..., MountedTree], tmp_path: Path) -> None:
+def test_status_after_remount_stays_cheap(
+    make_repo: Callable[..., tuple[Path, str]],
+    git_server: GitHttpServer,
+    mounts: Callable[..., MountedTree],
+    tmp_path: Path,
+) -> None:
     make_repo(files=_tree())
     tree = mounts(git_server.url("repo"), "--hydrate", "none")
     (tree.path / "pkg02" / "sub" / "file03.py").write_text("changed = True\n")

@@ -43,8 +43,18 @@ def test_tokens_survive_one_new_generation(tmp_path: Path, monkeypatch: pytest.M
     assert ask(hook, token)[1] == ["/"]
 
 
-@pytest.mark.parametrize("token", ["", "artifactfs:none", "artifactfs:1:0", "artifactfs:1:2:3", "artifactfs::",
-                                   "other:5:5", "artifactfs:x:1"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "artifactfs:none",
+        "artifactfs:1:0",
+        "artifactfs:1:2:3",
+        "artifactfs::",
+        "other:5:5",
+        "artifactfs:x:1",
+    ],
+)
 def test_unknown_tokens_mean_everything_changed(tmp_path: Path, token: str) -> None:
     journal = ChangeJournal(tmp_path / "journal")
     journal.append([b"a.txt"])
@@ -53,25 +63,33 @@ def test_unknown_tokens_mean_everything_changed(tmp_path: Path, token: str) -> N
     journal.close()
 
 
-@pytest.mark.parametrize(("command", "guarded"), [
-    (["diff", "HEAD"], True),
-    (["-C", "/somewhere", "--no-pager", "diff", "--stat", "HEAD~1"], True),
-    (["diff-index", "--quiet", "HEAD"], True),
-    (["diff", "--cached", "HEAD"], False),
-    (["diff-index", "--staged", "HEAD"], False),
-    (["diff"], False),
-    (["status", "--porcelain"], False),
-    (["-c", "core.pager=diff", "log", "-p"], False),
-])
-def test_old_git_gets_everything_for_a_diff_against_a_tree(tmp_path: Path, command: list[str], guarded: bool) -> None:
+@pytest.mark.parametrize(
+    ("command", "guarded"),
+    [
+        (["diff", "HEAD"], True),
+        (["-C", "/somewhere", "--no-pager", "diff", "--stat", "HEAD~1"], True),
+        (["diff-index", "--quiet", "HEAD"], True),
+        (["diff", "--cached", "HEAD"], False),
+        (["diff-index", "--staged", "HEAD"], False),
+        (["diff"], False),
+        (["status", "--porcelain"], False),
+        (["-c", "core.pager=diff", "log", "-p"], False),
+    ],
+)
+def test_old_git_gets_everything_for_a_diff_against_a_tree(
+    tmp_path: Path, command: list[str], guarded: bool
+) -> None:
     """git < 2.43 misreads fsmonitor-valid entries in diff-index; the hook makes such commands look at every file."""
     journal = ChangeJournal(tmp_path / "journal")
     hook = install_hook(tmp_path / "gitdir", journal.path, journal.previous_path, git_version=(2, 39, 5))
     token = journal_token(journal.path)
     # The hook's parent is a process whose command line is "git <command>", as when git runs it.
-    script = f'{shlex.quote(str(hook))} 2 {shlex.quote(token)}; :'
-    output = subprocess.run(["bash", "-c", f'exec -a git sh -c {shlex.quote(script)} "$@"', "bash", *command],
-                            capture_output=True, check=True).stdout.decode()
+    script = f"{shlex.quote(str(hook))} 2 {shlex.quote(token)}; :"
+    output = subprocess.run(
+        ["bash", "-c", f'exec -a git sh -c {shlex.quote(script)} "$@"', "bash", *command],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     assert output.split("\0")[1:] == (["/", ""] if guarded else [""])
     fixed = install_hook(tmp_path / "gitdir", journal.path, journal.previous_path, git_version=(2, 43, 0))
     assert "cmdline" not in fixed.read_text()

@@ -36,7 +36,9 @@ FILES: dict[str, bytes | FileSpec] = {
     "src/util.py": b"def helper() -> int:\n    return 42\n" * 30,
     "bin/run.sh": FileSpec(b"#!/bin/sh\necho run\n", executable=True),
     "docs/link": FileSpec(symlink_target="../README.md"),
-    "data/large.txt": b"".join(b"line %06d of a file that takes many pages to copy up\n" % n for n in range(4000)),
+    "data/large.txt": b"".join(
+        b"line %06d of a file that takes many pages to copy up\n" % n for n in range(4000)
+    ),
 }
 PLAIN_FILES = {path: content for path, content in FILES.items() if isinstance(content, bytes)}
 
@@ -111,7 +113,8 @@ def fsck_clean(tree: MountedTree, state_root: Path) -> None:
 
 
 def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
-        small_remote: str, mounts: Callable[..., MountedTree], state_root: Path) -> None:
+    small_remote: str, mounts: Callable[..., MountedTree], state_root: Path
+) -> None:
     tree = mount_settled(mounts, small_remote)
     root = tree.path
     (root / "scratch").mkdir()
@@ -159,7 +162,8 @@ def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
 
 
 def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
-        small_remote: str, mounts: Callable[..., MountedTree], state_root: Path) -> None:
+    small_remote: str, mounts: Callable[..., MountedTree], state_root: Path
+) -> None:
     tree = mount_settled(mounts, small_remote)
     root = tree.path
     fill_through_mount(root / "big.bin")

@@ -43,14 +43,21 @@ def isolated(tmp_path: Path) -> dict[str, str]:
     """Environment for git and the daemon: an empty HOME, no system config, no prompts."""
     home = tmp_path / "home"
     home.mkdir()
-    return {"HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
-            "GIT_AUTHOR_NAME": "Dev", "GIT_AUTHOR_EMAIL": "dev@example.com",
-            "GIT_COMMITTER_NAME": "Dev", "GIT_COMMITTER_EMAIL": "dev@example.com"}
+    return {
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "Dev",
+        "GIT_AUTHOR_EMAIL": "dev@example.com",
+        "GIT_COMMITTER_NAME": "Dev",
+        "GIT_COMMITTER_EMAIL": "dev@example.com",
+    }
 
 
 @pytest.fixture
-def token_tree(auth_server: GitHttpServer, isolated: dict[str, str], tmp_path: Path, state_root: Path,
-               fuse: None) -> Iterator[MountedTree]:
+def token_tree(
+    auth_server: GitHttpServer, isolated: dict[str, str], tmp_path: Path, state_root: Path, fuse: None
+) -> Iterator[MountedTree]:
     url = auth_server.url("private").replace("http://", f"http://x:{TOKEN}@")
     tree = MountedTree(url, tmp_path / "mnt", state_root, ["--hydrate", "none"], env=isolated)
     yield tree
@@ -58,22 +65,34 @@ def token_tree(auth_server: GitHttpServer, isolated: dict[str, str], tmp_path: P
 
 
 def git(tree: MountedTree, env: dict[str, str], *arguments: str) -> str:
-    result = subprocess.run(["git", *arguments], cwd=tree.path, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, **env}, stdin=subprocess.DEVNULL, check=False)
+    result = subprocess.run(
+        ["git", *arguments],
+        cwd=tree.path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
     assert result.returncode == 0, f"git {' '.join(arguments)} failed: {result.stderr.strip()}"
     assert TOKEN not in result.stdout + result.stderr
     return result.stdout
 
 
 def served_ref(repo: Path, ref: str = "main") -> str:
-    return subprocess.run(["git", "--git-dir", str(repo), "rev-parse", ref], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "--git-dir", str(repo), "rev-parse", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def fetches_by_git(server: GitHttpServer) -> list[RequestRecord]:
     """Upload-pack fetches that git made itself rather than the daemon (told apart by user agent)."""
-    return [record for record in server.requests
-            if record.command == "fetch" and not record.user_agent.startswith("git/artifactfs")]
+    return [
+        record
+        for record in server.requests
+        if record.command == "fetch" and not record.user_agent.startswith("git/artifactfs")
+    ]
 
 
 def command_lines_with_token() -> list[str]:
@@ -90,16 +109,21 @@ def command_lines_with_token() -> list[str]:
 
 
 def files_with_token(*roots: Path) -> list[Path]:
-    return [path for root in roots for path in root.rglob("*")
-            if path.is_file() and not path.is_symlink() and TOKEN.encode() in path.read_bytes()]
+    return [
+        path
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink() and TOKEN.encode() in path.read_bytes()
+    ]
 
 
 def wait_for_head(tree: MountedTree, commit: str) -> None:
     tree.wait_for(lambda status: status["head"] == commit, timeout=10)
 
 
-def test_git_in_a_token_mount_fetches_commits_pushes_and_pulls(make_repo, auth_server, token_tree, isolated,
-                                                              state_root):
+def test_git_in_a_token_mount_fetches_commits_pushes_and_pulls(
+    make_repo, auth_server, token_tree, isolated, state_root
+):
     repo, _ = make_repo("private", FILES)
     tip = commit_files(repo, {"src/app.py": b"print('v2')\n"}, message="app v2")
     tree = token_tree.mount()
@@ -123,8 +147,11 @@ def test_git_in_a_token_mount_fetches_commits_pushes_and_pulls(make_repo, auth_s
     assert served_ref(repo) == local_head and local_head != tip
     assert served["credentials_given"] == 0 and tree.status()["git"]["credentials_given"] >= 1
 
-    upstream = commit_files(repo, {"docs/new.md": b"from elsewhere\n", "src/f3.txt": b"changed upstream\n"},
-                            message="pushed from elsewhere")
+    upstream = commit_files(
+        repo,
+        {"docs/new.md": b"from elsewhere\n", "src/f3.txt": b"changed upstream\n"},
+        message="pushed from elsewhere",
+    )
     git(tree, isolated, "fetch", "-q")
     assert git(tree, isolated, "rev-parse", "origin/main").strip() == upstream
     git(tree, isolated, "pull", "-q", "--ff-only")
@@ -150,7 +177,9 @@ def test_remount_rewires_an_existing_gitdir(make_repo, auth_server, token_tree, 
     # A gitdir written before git was routed through the daemon: none of the wiring.
     for section in ("remote.artifactfs", f"credential.{auth_server.url('private')}"):
         subprocess.run(["git", "--git-dir", str(gitdir), "config", "--remove-section", section], check=True)
-    subprocess.run(["git", "--git-dir", str(gitdir), "config", "--unset", "extensions.partialClone"], check=True)
+    subprocess.run(
+        ["git", "--git-dir", str(gitdir), "config", "--unset", "extensions.partialClone"], check=True
+    )
     (gitdir / "hooks" / "artifactfs-git").unlink()
 
     tree.mount()
@@ -166,14 +195,17 @@ def test_remount_rewires_an_existing_gitdir(make_repo, auth_server, token_tree, 
     assert files_with_token(state_root, Path(isolated["HOME"])) == []
 
 
-def test_credentials_from_the_users_helper_reach_git_through_the_daemon(make_repo, auth_server, isolated, tmp_path,
-                                                                        state_root, fuse):
+def test_credentials_from_the_users_helper_reach_git_through_the_daemon(
+    make_repo, auth_server, isolated, tmp_path, state_root, fuse
+):
     """No token in the URL: the daemon fills it from the user's helper, and git in the mount gets it from the daemon."""
     repo, _ = make_repo("private", FILES)
     store = tmp_path / "credentials"
     store.write_text(f"http://x:{TOKEN}@127.0.0.1:{auth_server.port}\n")
     Path(isolated["HOME"], ".gitconfig").write_text(f"[credential]\n\thelper = store --file={store}\n")
-    tree = MountedTree(auth_server.url("private"), tmp_path / "mnt", state_root, ["--hydrate", "none"], env=isolated)
+    tree = MountedTree(
+        auth_server.url("private"), tmp_path / "mnt", state_root, ["--hydrate", "none"], env=isolated
+    )
     try:
         tree.mount()
         (tree.path / "README.md").write_text("# private, edited\n")
@@ -188,21 +220,29 @@ def test_credentials_from_the_users_helper_reach_git_through_the_daemon(make_rep
     assert files_with_token(state_root) == []
 
 
-def test_token_is_in_no_command_line_while_mounting(make_repo, auth_server, isolated, tmp_path, state_root, fuse):
+def test_token_is_in_no_command_line_while_mounting(
+    make_repo, auth_server, isolated, tmp_path, state_root, fuse
+):
     make_repo("private", FILES)
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     auth_server.inject("stall:2")  # the tip fetch: keeps the mount command waiting for "ready"
     url = auth_server.url("private").replace("http://", f"http://x:{TOKEN}@")
-    command = subprocess.Popen([*artifactfs_command("mount", "--hydrate", "none", url, str(mountpoint))],
-                               env={**os.environ, **isolated, "ARTIFACTFS_ROOT": str(state_root)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    command = subprocess.Popen(
+        [*artifactfs_command("mount", "--hydrate", "none", url, str(mountpoint))],
+        env={**os.environ, **isolated, "ARTIFACTFS_ROOT": str(state_root)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 20
         children: list[str] = []
         while not children and command.poll() is None and time.monotonic() < deadline:
-            children = [pid for task in Path(f"/proc/{command.pid}/task").glob("*/children")
-                        for pid in task.read_text().split()]
+            children = [
+                pid
+                for task in Path(f"/proc/{command.pid}/task").glob("*/children")
+                for pid in task.read_text().split()
+            ]
             time.sleep(0.01)
         assert children, "the mount command never forked its daemon"
         assert command.poll() is None, "the mount finished before its command line could be checked"
@@ -236,8 +276,14 @@ def test_helper_never_imports_the_repositorys_own_files(make_repo, git_server, m
 
 
 def test_pack_writer_output_parses_and_indexes(tmp_path):
-    objects = [("blob", b"hello\n"), ("blob", b""), ("blob", os.urandom(300_000)), ("blob", b"x" * 2_500_000),
-               ("tree", b"100644 a\0" + bytes(20)), ("commit", b"tree " + b"0" * 40 + b"\n\nmessage\n")]
+    objects = [
+        ("blob", b"hello\n"),
+        ("blob", b""),
+        ("blob", os.urandom(300_000)),
+        ("blob", b"x" * 2_500_000),
+        ("tree", b"100644 a\0" + bytes(20)),
+        ("commit", b"tree " + b"0" * 40 + b"\n\nmessage\n"),
+    ]
     written = bytearray()
     writer = PackWriter(written.extend, len(objects))
     for type_name, data in objects:
@@ -247,8 +293,12 @@ def test_pack_writer_output_parses_and_indexes(tmp_path):
     parsed = parser.feed(bytes(written)) + parser.finish()
     assert [(obj.type_name, obj.data) for obj in parsed] == objects
     subprocess.run(["git", "init", "-q", "--bare", str(tmp_path / "repo.git")], check=True)
-    indexed = subprocess.run(["git", "--git-dir", str(tmp_path / "repo.git"), "index-pack", "--stdin"],
-                             input=bytes(written), capture_output=True, check=False)
+    indexed = subprocess.run(
+        ["git", "--git-dir", str(tmp_path / "repo.git"), "index-pack", "--stdin"],
+        input=bytes(written),
+        capture_output=True,
+        check=False,
+    )
     assert indexed.returncode == 0, indexed.stderr.decode()
     with pytest.raises(ValueError):
         PackWriter(bytearray().extend, 2).finish()
@@ -256,24 +306,44 @@ def test_pack_writer_output_parses_and_indexes(tmp_path):
 
 def test_fetch_requests_are_parsed_strictly():
     oid = "a" * 40
-    request = FetchRequest.parse(["thin-pack", "no-progress", "ofs-delta", "filter blob:none",
-                                  f"want {oid}", f"shallow {'b' * 40}", "done"])
+    request = FetchRequest.parse(
+        [
+            "thin-pack",
+            "no-progress",
+            "ofs-delta",
+            "filter blob:none",
+            f"want {oid}",
+            f"shallow {'b' * 40}",
+            "done",
+        ]
+    )
     assert (request.wants, request.shallows, request.haves, request.filter_spec, request.done) == (
-        [oid], ["b" * 40], [], "blob:none", True)
+        [oid],
+        ["b" * 40],
+        [],
+        "blob:none",
+        True,
+    )
     for unsupported in (["deepen 1", f"want {oid}"], ["want-ref refs/heads/main"], ["want nothex"], ["done"]):
         with pytest.raises(ProtocolError):
             FetchRequest.parse(unsupported)
 
 
-@pytest.mark.parametrize(("request_fields", "answered"), [
-    ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git"}, True),
-    ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git", "username": "x"}, True),
-    ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git", "username": "eve"}, False),
-    ({"protocol": "https", "host": "forge.example:8443", "path": "team/other.git"}, False),
-    ({"protocol": "https", "host": "forge.example:8443"}, False),
-    ({"protocol": "http", "host": "forge.example:8443", "path": "team/repo.git"}, False),
-    ({"protocol": "https", "host": "evil.example", "path": "team/repo.git"}, False),
-])
+@pytest.mark.parametrize(
+    ("request_fields", "answered"),
+    [
+        ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git"}, True),
+        ({"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git", "username": "x"}, True),
+        (
+            {"protocol": "https", "host": "forge.example:8443", "path": "team/repo.git", "username": "eve"},
+            False,
+        ),
+        ({"protocol": "https", "host": "forge.example:8443", "path": "team/other.git"}, False),
+        ({"protocol": "https", "host": "forge.example:8443"}, False),
+        ({"protocol": "http", "host": "forge.example:8443", "path": "team/repo.git"}, False),
+        ({"protocol": "https", "host": "evil.example", "path": "team/repo.git"}, False),
+    ],
+)
 def test_credentials_are_answered_for_the_origin_only(request_fields, answered):
     assert asks_for("https://forge.example:8443/team/repo.git", "x", request_fields) is answered
 

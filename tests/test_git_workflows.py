@@ -31,14 +31,16 @@ BASE: dict[str, bytes | FileSpec] = {
 
 def served_tree(repo: Path, ref: str = "main") -> dict[str, tuple[str, bytes]]:
     """What the server's ``ref`` holds: path -> (mode, content)."""
-    listing = subprocess.run(["git", "--git-dir", str(repo), "ls-tree", "-r", "-z", ref],
-                             capture_output=True, check=True).stdout
+    listing = subprocess.run(
+        ["git", "--git-dir", str(repo), "ls-tree", "-r", "-z", ref], capture_output=True, check=True
+    ).stdout
     result = {}
     for record in filter(None, listing.split(b"\0")):
         meta, path = record.split(b"\t", 1)
         mode, _, oid = meta.split()
-        content = subprocess.run(["git", "--git-dir", str(repo), "cat-file", "blob", oid.decode()],
-                                 capture_output=True, check=True).stdout
+        content = subprocess.run(
+            ["git", "--git-dir", str(repo), "cat-file", "blob", oid.decode()], capture_output=True, check=True
+        ).stdout
         result[path.decode()] = (mode.decode(), content)
     return result
 
@@ -85,8 +87,16 @@ def test_edit_commit_push_round_trip(project):
 
     status = set(git_lines(tree, "status", "--porcelain", "--untracked-files=all"))
     assert status == {
-        " M README.md", " D docs/guide.md", " D src/app.py", " D src/lib/more.py", " D src/lib/util.py",
-        "?? main-link", "?? new.txt", "?? pkg/inner/mod.py", "?? src/core/more.py", "?? src/core/util.py",
+        " M README.md",
+        " D docs/guide.md",
+        " D src/app.py",
+        " D src/lib/more.py",
+        " D src/lib/util.py",
+        "?? main-link",
+        "?? new.txt",
+        "?? pkg/inner/mod.py",
+        "?? src/core/more.py",
+        "?? src/core/util.py",
         "?? src/main.py",
     }
     commit = commit_all(tree, "rework")
@@ -104,8 +114,12 @@ def test_edit_commit_push_round_trip(project):
         "pkg/inner/mod.py": ("100644", b"X = 1\n"),
     }
     assert served_tree(repo) == expected
-    assert subprocess.run(["git", "--git-dir", str(repo), "rev-parse", "main"], capture_output=True,
-                          text=True).stdout.strip() == commit
+    assert (
+        subprocess.run(
+            ["git", "--git-dir", str(repo), "rev-parse", "main"], capture_output=True, text=True
+        ).stdout.strip()
+        == commit
+    )
     # Once the base moved, the mount still shows the committed content and stays clean.
     assert (root / "src/core/util.py").stat().st_mode & 0o111
     assert os.readlink(root / "main-link") == "src/main.py"
@@ -130,8 +144,11 @@ def test_fetch_pull_checkout_and_switch(project, tmp_path, git_server):
     subprocess.run(["git", "clone", "-q", git_server.url("project"), str(other)], check=True)
     (other / "upstream.txt").write_text("from upstream\n")
     (other / "README.md").write_text("# project\n\nrewritten upstream\n")
-    for command in (["add", "-A"], ["-c", "user.name=U", "-c", "user.email=u@example.com", "commit", "-qm", "up"],
-                    ["push", "-q", "origin", "main"]):
+    for command in (
+        ["add", "-A"],
+        ["-c", "user.name=U", "-c", "user.email=u@example.com", "commit", "-qm", "up"],
+        ["push", "-q", "origin", "main"],
+    ):
         subprocess.run(["git", "-C", str(other), *command], check=True, capture_output=True)
 
     tree.git("fetch", "-q", "origin")
@@ -196,7 +213,10 @@ def test_merge_and_rebase(project):
     wait_for_head(tree, rebased)
     assert tree.git("merge-base", "--is-ancestor", "main", "HEAD", check=False).returncode == 0
     assert {p for p in ("side.txt", "feature.txt", "main.txt") if (root / p).exists()} == {
-        "side.txt", "feature.txt", "main.txt"}
+        "side.txt",
+        "feature.txt",
+        "main.txt",
+    }
     assert git_lines(tree, "status", "--porcelain") == []
 
 
@@ -226,10 +246,13 @@ def test_overlay_survives_remount(project):
 def test_dot_git_cannot_be_created_or_replaced(project):
     tree, _ = project
     root = tree.path
-    for attempt in (lambda: (root / ".GIT").mkdir(), lambda: (root / "src/.git").mkdir(),
-                    lambda: os.rename(root / "docs", root / "src/.Git"),
-                    lambda: (root / ".git").write_text("gitdir: /tmp/elsewhere\n"),
-                    lambda: (root / ".git").unlink()):
+    for attempt in (
+        lambda: (root / ".GIT").mkdir(),
+        lambda: (root / "src/.git").mkdir(),
+        lambda: os.rename(root / "docs", root / "src/.Git"),
+        lambda: (root / ".git").write_text("gitdir: /tmp/elsewhere\n"),
+        lambda: (root / ".git").unlink(),
+    ):
         with pytest.raises(OSError) as failure:
             attempt()
         assert failure.value.errno in (errno.EPERM, errno.EACCES, errno.EINVAL)

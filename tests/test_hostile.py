@@ -50,7 +50,11 @@ def tree_entry(mode: str, name: bytes, oid: str) -> bytes:
 
 
 def write_tree(repo: Path, entries: list[bytes]) -> str:
-    return git(repo, "hash-object", "-t", "tree", "-w", "--literally", "--stdin", input=b"".join(entries)).decode().strip()
+    return (
+        git(repo, "hash-object", "-t", "tree", "-w", "--literally", "--stdin", input=b"".join(entries))
+        .decode()
+        .strip()
+    )
 
 
 def write_blob(repo: Path, data: bytes) -> str:
@@ -59,13 +63,16 @@ def write_blob(repo: Path, data: bytes) -> str:
 
 def big_blob(repo: Path, size: int) -> str:
     """A blob of ``size`` zero bytes, streamed into the object store (no big buffer here)."""
-    process = subprocess.Popen(["git", f"--git-dir={repo}", "hash-object", "-w", "--stdin"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        ["git", f"--git-dir={repo}", "hash-object", "-w", "--stdin"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
     assert process.stdin is not None and process.stdout is not None
     zeros = bytes(8 << 20)
     remaining = size
     while remaining:
-        piece = zeros[:min(remaining, len(zeros))]
+        piece = zeros[: min(remaining, len(zeros))]
         process.stdin.write(piece)
         remaining -= len(piece)
     process.stdin.close()
@@ -81,11 +88,21 @@ def build_hostile_repo(path: Path, payload: Path) -> dict[str, object]:
     fsmonitor_config = f"[core]\n\tfsmonitor = {payload}\n\thooksPath = hooks\n".encode()
     config_blob = write_blob(path, fsmonitor_config)
     hook_blob = write_blob(path, f"#!/bin/sh\n{payload}\n".encode())
-    hooks_tree = write_tree(path, [tree_entry("100755", name, hook_blob)
-                                   for name in (b"post-checkout", b"post-index-change", b"pre-commit", b"fsmonitor-watchman")])
-    fake_gitdir = write_tree(path, [tree_entry("100644", b"HEAD", write_blob(path, b"ref: refs/heads/main\n")),
-                                    tree_entry("100644", b"config", config_blob),
-                                    tree_entry("40000", b"hooks", hooks_tree)])
+    hooks_tree = write_tree(
+        path,
+        [
+            tree_entry("100755", name, hook_blob)
+            for name in (b"post-checkout", b"post-index-change", b"pre-commit", b"fsmonitor-watchman")
+        ],
+    )
+    fake_gitdir = write_tree(
+        path,
+        [
+            tree_entry("100644", b"HEAD", write_blob(path, b"ref: refs/heads/main\n")),
+            tree_entry("100644", b"config", config_blob),
+            tree_entry("40000", b"hooks", hooks_tree),
+        ],
+    )
     entries = []
     for name in HIDDEN_NAMES:
         if name in (b".git", b".GIT", b"git~1"):
@@ -102,7 +119,9 @@ def build_hostile_repo(path: Path, payload: Path) -> dict[str, object]:
     gitmodules = f'[submodule "evil"]\n\tpath = ../../escape\n\turl = {payload}\n'.encode()
     entries.append(tree_entry("100644", b".gitmodules", write_blob(path, gitmodules)))
     entries.append(tree_entry("160000", b"evil", "0123456789abcdef0123456789abcdef01234567"))
-    entries.append(tree_entry("100644", b".gitattributes", write_blob(path, b"* filter=pwn diff=pwn merge=pwn\n")))
+    entries.append(
+        tree_entry("100644", b".gitattributes", write_blob(path, b"* filter=pwn diff=pwn merge=pwn\n"))
+    )
     entries.append(tree_entry("40000", b"hooks", hooks_tree))
     entries.append(tree_entry("100644", b"README.md", write_blob(path, b"# hostile\n")))
     # 4 KiB of path: 21 nested directories with 200-byte names, then a file.
@@ -116,15 +135,35 @@ def build_hostile_repo(path: Path, payload: Path) -> dict[str, object]:
     wide = write_tree(path, [tree_entry("100644", b"f%06d" % index, empty) for index in range(WIDE_ENTRIES)])
     entries.append(tree_entry("40000", b"wide", wide))
     # A subdirectory with hidden entries of its own.
-    sub = write_tree(path, [tree_entry("100644", b"ok.txt", blob), tree_entry("100644", b"ok.txt", blob),
-                            tree_entry("40000", b".Git", fake_gitdir)])
+    sub = write_tree(
+        path,
+        [
+            tree_entry("100644", b"ok.txt", blob),
+            tree_entry("100644", b"ok.txt", blob),
+            tree_entry("40000", b".Git", fake_gitdir),
+        ],
+    )
     entries.append(tree_entry("40000", b"sub", sub))
     big_size = BIG_MIB << 20
     big = big_blob(path, big_size)
     entries.append(tree_entry("100644", b"big.bin", big))
     root = write_tree(path, entries)
-    commit = git(path, "-c", "user.name=Mallory", "-c", "user.email=m@example.com", "commit-tree", root, "-m",
-                 "hostile", input=b"").decode().strip()
+    commit = (
+        git(
+            path,
+            "-c",
+            "user.name=Mallory",
+            "-c",
+            "user.email=m@example.com",
+            "commit-tree",
+            root,
+            "-m",
+            "hostile",
+            input=b"",
+        )
+        .decode()
+        .strip()
+    )
     git(path, "update-ref", "refs/heads/main", commit)
     return {"big_oid": big, "big_size": big_size, "deep_names": deep_names}
 
@@ -159,11 +198,22 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
     mountpoint = tmp_path / "mnt"
     mountpoint.mkdir()
     before = names_below(tmp_path, {state_root, mountpoint, git_root})
-    environment = {**os.environ, "HOME": str(home), "ARTIFACTFS_ROOT": str(state_root),
-                   "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share")}
+    environment = {
+        **os.environ,
+        "HOME": str(home),
+        "ARTIFACTFS_ROOT": str(state_root),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_DATA_HOME": str(home / ".local/share"),
+    }
     environment.pop("GIT_DIR", None)
-    mounted = subprocess.run(artifactfs_command("mount", "--hydrate", "none", git_server.url("hostile"), str(mountpoint)),
-                             cwd=cwd, env=environment, capture_output=True, text=True, timeout=180)
+    mounted = subprocess.run(
+        artifactfs_command("mount", "--hydrate", "none", git_server.url("hostile"), str(mountpoint)),
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     try:
         assert mounted.returncode == 0, mounted.stderr
         status = run_cli("status", "--json", str(mountpoint), root=state_root).stdout
@@ -183,8 +233,21 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
             robustness.add("hostile_cases")
         assert (mountpoint / ".git").read_text() == f"gitdir: {gitdir}\n"  # our gitfile, not the repo's .git
         assert not (mountpoint / ".git").is_dir()
-        assert {".git", "README.md", "dup", "up", "abs", ".gitmodules", "evil", ".gitattributes", "hooks", "deep",
-                "wide", "sub", "big.bin"} <= listing
+        assert {
+            ".git",
+            "README.md",
+            "dup",
+            "up",
+            "abs",
+            ".gitmodules",
+            "evil",
+            ".gitattributes",
+            "hooks",
+            "deep",
+            "wide",
+            "sub",
+            "big.bin",
+        } <= listing
         assert "oddmode" not in listing
         assert (mountpoint / "dup").read_bytes() == b"first\n"
         assert sorted(os.listdir(mountpoint / "sub")) == ["ok.txt"]
@@ -192,9 +255,15 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         assert not gitdir.is_relative_to(mountpoint) and gitdir.is_relative_to(state_root)
         log_text = next(state_root.glob("mounts/*/daemon.log")).read_text(errors="replace")
         for name, reason in HIDDEN_NAMES.items():
-            assert f"hiding tree entry {name.decode('utf-8', 'surrogateescape')!r}: {reason}" in log_text, name
-        for logged in ("'dup': duplicate entry", "'oddmode': unsupported mode 100600", "'sub/ok.txt': duplicate entry",
-                       "'sub/.Git': name folds to .git"):
+            assert f"hiding tree entry {name.decode('utf-8', 'surrogateescape')!r}: {reason}" in log_text, (
+                name
+            )
+        for logged in (
+            "'dup': duplicate entry",
+            "'oddmode': unsupported mode 100600",
+            "'sub/ok.txt': duplicate entry",
+            "'sub/.Git': name folds to .git",
+        ):
             assert f"hiding tree entry {logged}" in log_text, logged
             robustness.add("hostile_cases")
 
@@ -206,7 +275,9 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
             with pytest.raises(OSError):
                 os.open(mountpoint / name, os.O_RDONLY | os.O_NOFOLLOW)
             robustness.add("hostile_cases")
-        assert os.listdir(mountpoint / "evil") == []  # the gitlink is an empty directory, wherever .gitmodules says
+        assert (
+            os.listdir(mountpoint / "evil") == []
+        )  # the gitlink is an empty directory, wherever .gitmodules says
         robustness.add("hostile_cases")
 
         # 4 KiB of nested path, walked with dirfds (longer than PATH_MAX).
@@ -235,14 +306,26 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
 
         # git works in the mount, and nothing from the repository runs.
         git_env = {**environment, "GIT_CONFIG_NOSYSTEM": "1"}
-        for arguments in (["status", "--porcelain"], ["diff"], ["log", "--oneline"], ["ls-files", "sub"],
-                          ["diff", "HEAD", "--stat", "--", "README.md"]):
-            result = subprocess.run(["git", *arguments], cwd=mountpoint, env=git_env, capture_output=True, timeout=120)
+        for arguments in (
+            ["status", "--porcelain"],
+            ["diff"],
+            ["log", "--oneline"],
+            ["ls-files", "sub"],
+            ["diff", "HEAD", "--stat", "--", "README.md"],
+        ):
+            result = subprocess.run(
+                ["git", *arguments], cwd=mountpoint, env=git_env, capture_output=True, timeout=120
+            )
             assert result.returncode == 0, (arguments, result.stderr)
         assert (mountpoint / ".gitattributes").read_bytes().startswith(b"* filter=pwn")
         assert (mountpoint / "hooks/post-checkout").read_bytes().endswith(f"{payload}\n".encode())
-        config = subprocess.run(["git", "config", "--get", "core.hooksPath"], cwd=mountpoint, env=git_env,
-                                capture_output=True, text=True)
+        config = subprocess.run(
+            ["git", "config", "--get", "core.hooksPath"],
+            cwd=mountpoint,
+            env=git_env,
+            capture_output=True,
+            text=True,
+        )
         assert config.stdout == "", "the repository's config must never become the mount's config"
 
         # The big blob: streamed, verified, with bounded daemon memory.
@@ -256,8 +339,10 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         big_seconds = time.monotonic() - started
         assert digest.hexdigest() == info["big_oid"]
         hwm_mib = vm_hwm_kib(pid) / 1024
-        print(f"hostile: repo built in {build_seconds:.1f}s; big blob {BIG_MIB} MiB hydrated+read in "
-              f"{big_seconds:.1f}s; daemon VmHWM {hwm_mib:.0f} MiB; 100k-entry listing {wide_seconds:.2f}s")
+        print(
+            f"hostile: repo built in {build_seconds:.1f}s; big blob {BIG_MIB} MiB hydrated+read in "
+            f"{big_seconds:.1f}s; daemon VmHWM {hwm_mib:.0f} MiB; 100k-entry listing {wide_seconds:.2f}s"
+        )
         assert hwm_mib < 300, f"daemon peak RSS {hwm_mib:.0f} MiB for a {BIG_MIB} MiB blob"
         robustness.add("hostile_cases")
 
@@ -280,11 +365,19 @@ def test_tree_parser_hides_what_no_stock_server_would_send():
     from artifactfs.snapshot.tree import Snapshot, TreeCache
 
     oid = "e69de29bb2d1d6484b8b3bf8d3b0f3bbf3e3b3e3"
-    raw = b"".join(tree_entry("100644", name, oid) for name in (b"", b"ok", b".git", b"ok", b"a/b", b"..", b"git~1"))
+    raw = b"".join(
+        tree_entry("100644", name, oid) for name in (b"", b"ok", b".git", b"ok", b"a/b", b"..", b"git~1")
+    )
     trees = TreeCache(lambda tree_oid: raw)
     snapshot = Snapshot("0" * 40, "1" * 40, trees)
     assert list(snapshot.children("") or {}) == ["ok"]
     reasons = {entry.path: entry.reason for entry in snapshot.hidden()}
-    assert reasons == {"": "empty name", ".git": "name folds to .git", "ok": "duplicate entry",
-                       "a/b": "slash or NUL in name", "..": "relative path component", "git~1": "name folds to .git"}
+    assert reasons == {
+        "": "empty name",
+        ".git": "name folds to .git",
+        "ok": "duplicate entry",
+        "a/b": "slash or NUL in name",
+        "..": "relative path component",
+        "git~1": "name folds to .git",
+    }
     robustness.add("hostile_cases", len(reasons))

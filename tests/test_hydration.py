@@ -41,7 +41,9 @@ def delete_object(repo: Path, oid: str) -> None:
     for directory in (repo / "objects").iterdir():
         if len(directory.name) == 2:
             shutil.rmtree(directory)
-    probe = subprocess.run(["git", f"--git-dir={repo}", "cat-file", "-e", oid], capture_output=True, check=False)
+    probe = subprocess.run(
+        ["git", f"--git-dir={repo}", "cat-file", "-e", oid], capture_output=True, check=False
+    )
     assert probe.returncode != 0, "the object is still there"
     assert git(repo, "config", "uploadpack.allowAnySHA1InWant").strip() == b"true"
 
@@ -49,12 +51,20 @@ def delete_object(repo: Path, oid: str) -> None:
 # --------------------------------------------------------------------------- 1. class order
 
 CLASS_EXAMPLES = [
-    ("package.json", "manifest"), ("go.mod", "manifest"), ("Cargo.toml", "manifest"),
-    (".gitignore", "config"), ("Dockerfile", "config"), ("Makefile", "config"),
-    ("main.py", "source"), ("app.ts", "source"),
-    ("guide.md", "docs"), ("notes.txt", "docs"),
-    ("NOTES", "text"), ("table.csv", "text"),
-    ("logo.png", "binary"), ("bundle.zip", "binary"),
+    ("package.json", "manifest"),
+    ("go.mod", "manifest"),
+    ("Cargo.toml", "manifest"),
+    (".gitignore", "config"),
+    ("Dockerfile", "config"),
+    ("Makefile", "config"),
+    ("main.py", "source"),
+    ("app.ts", "source"),
+    ("guide.md", "docs"),
+    ("notes.txt", "docs"),
+    ("NOTES", "text"),
+    ("table.csv", "text"),
+    ("logo.png", "binary"),
+    ("bundle.zip", "binary"),
 ]
 
 
@@ -99,7 +109,9 @@ def test_background_arrival_follows_the_priority_classes(make_repo, git_server, 
 
 
 def test_demand_read_preempts_a_long_background_queue(make_repo, git_server, mounts):
-    files: dict[str, bytes | FileSpec] = {f"src/m{index:04d}.py": content(f"m{index}", 400) for index in range(2000)}
+    files: dict[str, bytes | FileSpec] = {
+        f"src/m{index:04d}.py": content(f"m{index}", 400) for index in range(2000)
+    }
     files["assets/logo.png"] = content("logo", 5000)
     make_repo("busy", files)
     tree = mounts(git_server.url("busy"), "--connections", "1", "--max-bandwidth", "150K")
@@ -166,8 +178,9 @@ def test_a_directory_holding_a_missing_blob_still_lists(make_repo, git_server, m
 
 def test_reads_survive_transport_faults(make_repo, git_server, mounts, state_root):
     # 300 KB of pack: half of it holds at least two whole (<= 64 KiB) pkt-lines, so some blobs arrive.
-    files: dict[str, bytes | FileSpec] = {f"pkg/mod{index:02d}.py": content(f"retry{index}", 10_000)
-                                          for index in range(30)}
+    files: dict[str, bytes | FileSpec] = {
+        f"pkg/mod{index:02d}.py": content(f"retry{index}", 10_000) for index in range(30)
+    }
     files["other/solo.py"] = content("solo")
     make_repo("faulty", files)
     tree = mounts(git_server.url("faulty"), "--hydrate", "none")
@@ -305,7 +318,9 @@ def test_status_watch_ends_when_hydration_completes(make_repo, git_server, mount
 
 
 def test_prefetch_moves_a_directory_ahead_of_the_queue(make_repo, git_server, mounts, state_root):
-    files: dict[str, bytes | FileSpec] = {f"src/s{index:03d}.py": content(f"pf{index}", 1000) for index in range(500)}
+    files: dict[str, bytes | FileSpec] = {
+        f"src/s{index:03d}.py": content(f"pf{index}", 1000) for index in range(500)
+    }
     files.update({f"assets/icon{index}.png": content(f"icon{index}", 2000) for index in range(5)})
     files.update({f"manual/ch{index}.md": content(f"ch{index}", 500) for index in range(5)})
     make_repo("prefetch", files)
@@ -334,9 +349,13 @@ def test_prefetch_moves_a_directory_ahead_of_the_queue(make_repo, git_server, mo
 
 def test_priority_overrides_from_flags_and_config(make_repo, git_server, mounts, tmp_path):
     files: dict[str, bytes | FileSpec] = {
-        "src/a.py": content("ov-a"), "src/b.py": content("ov-b"), "src/c.ts": content("ov-c"),
-        "docs/guide.md": content("ov-guide"), "docs/api/ref.md": content("ov-ref"),
-        "README.md": content("ov-readme"), "package.json": b"{}\n",
+        "src/a.py": content("ov-a"),
+        "src/b.py": content("ov-b"),
+        "src/c.ts": content("ov-c"),
+        "docs/guide.md": content("ov-guide"),
+        "docs/api/ref.md": content("ov-ref"),
+        "README.md": content("ov-readme"),
+        "package.json": b"{}\n",
     }
     make_repo("overrides", files)
     config = tmp_path / "artifactfs.toml"
@@ -365,12 +384,18 @@ def test_hydrated_blobs_serve_git_without_the_remote(make_repo, git_root, mounts
         tree.wait_for(lambda s: s["hydration"]["complete"] and s["history_complete"])
     finally:
         server.stop()
-    shown = subprocess.run(["git", "cat-file", "-p", "HEAD:pkg/m3.py"], cwd=tree.path, capture_output=True, timeout=30,
-                           check=False)
+    shown = subprocess.run(
+        ["git", "cat-file", "-p", "HEAD:pkg/m3.py"],
+        cwd=tree.path,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == files["pkg/m3.py"]
-    log = subprocess.run(["git", "log", "-p", "--format=%H"], cwd=tree.path, capture_output=True, timeout=30,
-                           check=False)
+    log = subprocess.run(
+        ["git", "log", "-p", "--format=%H"], cwd=tree.path, capture_output=True, timeout=30, check=False
+    )
     assert log.returncode == 0, log.stderr
     assert b"+# offline" in log.stdout
     gitdir = Path(tree.status()["gitdir"])
@@ -397,7 +422,9 @@ def test_hydrated_blobs_live_once_and_git_reads_them(make_repo, git_root, mounts
         packs_before = sorted(pack_dir.glob("pack-*.pack"))
         for relative, data in files.items():  # one directory each: one fetch per read
             assert (tree.path / relative).read_bytes() == data
-        fetches = [request for request in server.requests if request.command == "fetch" and not request.has_filter]
+        fetches = [
+            request for request in server.requests if request.command == "fetch" and not request.has_filter
+        ]
         assert len(fetches) >= count
     finally:
         server.stop()
@@ -407,8 +434,13 @@ def test_hydrated_blobs_live_once_and_git_reads_them(make_repo, git_root, mounts
     assert fsck.returncode == 0, fsck.stderr
     # Every blob read is readable by git with the remote gone, and not duplicated in the gitdir.
     for relative in ("d000/file.py", "d027/file.py", f"d{count - 1:03d}/file.py"):
-        shown = subprocess.run(["git", "cat-file", "-p", f"HEAD:{relative}"], cwd=tree.path, capture_output=True,
-                               timeout=30, check=False)
+        shown = subprocess.run(
+            ["git", "cat-file", "-p", f"HEAD:{relative}"],
+            cwd=tree.path,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         assert shown.returncode == 0 and shown.stdout == files[relative], shown.stderr
         oid = tree.git("rev-parse", f"HEAD:{relative}").stdout.strip()
         assert not (gitdir / "objects" / oid[:2] / oid[2:]).exists()

@@ -11,13 +11,15 @@ from artifactfs.worktree.index import CacheTree, IndexRecord, encode_index
 
 
 def git(repo: Path, *arguments: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def tree_extension(index: bytes) -> bytes:
     start = index.index(b"TREE")
-    length = int.from_bytes(index[start + 4:start + 8], "big")
-    return index[start:start + 8 + length]
+    length = int.from_bytes(index[start + 4 : start + 8], "big")
+    return index[start : start + 8 + length]
 
 
 def test_cache_tree_matches_gits_own(tmp_path):
@@ -35,12 +37,18 @@ def test_cache_tree_matches_gits_own(tmp_path):
     def build(prefix: str) -> CacheTree:
         node = CacheTree(git(repo, "rev-parse", f"HEAD:{prefix}").strip())
         node.entry_count = sum(1 for path in layout if path.startswith(prefix))
-        names = {path[len(prefix):].split("/")[0] for path in layout if path.startswith(prefix) and "/" in path[len(prefix):]}
+        names = {
+            path[len(prefix) :].split("/")[0]
+            for path in layout
+            if path.startswith(prefix) and "/" in path[len(prefix) :]
+        }
         node.children = {name.encode(): build(f"{prefix}{name}/") for name in names}
         return node
 
-    records = [IndexRecord(path.encode(), 0o100644, git(repo, "rev-parse", f"HEAD:{path}").strip(), len(path))
-               for path in layout]
+    records = [
+        IndexRecord(path.encode(), 0o100644, git(repo, "rev-parse", f"HEAD:{path}").strip(), len(path))
+        for path in layout
+    ]
     ours = encode_index(records, 10**18, build(""))
     assert tree_extension(ours) == expected
     (repo / ".git/index").write_bytes(ours)
@@ -75,11 +83,11 @@ def test_ewah_bitmap_layout():
     from artifactfs.worktree.ewah import encode_ewah
 
     empty = encode_ewah((), 0)
-    assert empty == bytes.fromhex("00000000" "00000001" "0000000000000000" "00000000")
+    assert empty == bytes.fromhex("0000000000000001000000000000000000000000")
     bitmap = encode_ewah([0, 65, 69], 70)
     bit_size, words = int.from_bytes(bitmap[:4], "big"), int.from_bytes(bitmap[4:8], "big")
     assert (bit_size, words) == (70, 3)
-    marker, first, second = (int.from_bytes(bitmap[8 + 8 * i:16 + 8 * i], "big") for i in range(3))
+    marker, first, second = (int.from_bytes(bitmap[8 + 8 * i : 16 + 8 * i], "big") for i in range(3))
     assert marker == 2 << 33  # no run, two literal words follow
     assert (first, second) == (1, (1 << 1) | (1 << 5))
 
@@ -89,9 +97,13 @@ def _status_statistics(repo: Path, trace: Path) -> tuple[str, dict[str, int]]:
     import os
 
     trace.unlink(missing_ok=True)
-    output = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"], capture_output=True, text=True,
-                            check=True, env={**os.environ, "GIT_TRACE2_EVENT": str(trace),
-                                             "GIT_TRACE2_EVENT_NESTING": "10"}).stdout
+    output = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "GIT_TRACE2_EVENT": str(trace), "GIT_TRACE2_EVENT_NESTING": "10"},
+    ).stdout
     statistics = {}
     for line in trace.read_text().splitlines():
         event = json.loads(line)
@@ -108,8 +120,16 @@ def test_git_trusts_the_fsmonitor_and_untracked_cache_extensions(tmp_path, attri
 
     repo = tmp_path / "repo"
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    layout = {".gitignore": "*.log\n", "a.txt": "a", "b/c.txt": "c", "b/d/e.txt": "e", "b/d/.gitignore": "*.tmp\n",
-              "bb/g.txt": "g", "c/h.txt": "h", "c/e/i.txt": "i"}
+    layout = {
+        ".gitignore": "*.log\n",
+        "a.txt": "a",
+        "b/c.txt": "c",
+        "b/d/e.txt": "e",
+        "b/d/.gitignore": "*.tmp\n",
+        "bb/g.txt": "g",
+        "c/h.txt": "h",
+        "c/e/i.txt": "i",
+    }
     if attributes is not None:
         layout[".gitattributes"] = attributes
     for relative, content in layout.items():
@@ -127,15 +147,18 @@ def test_git_trusts_the_fsmonitor_and_untracked_cache_extensions(tmp_path, attri
     git(repo, "config", "core.untrackedCache", "true")
 
     records, gitignores = [], {}
-    converted = converting_paths(repo / ".git", git(repo, "rev-parse", "HEAD^{tree}").strip(),
-                                 [".gitignore", "b/d/.gitignore"])
+    converted = converting_paths(
+        repo / ".git", git(repo, "rev-parse", "HEAD^{tree}").strip(), [".gitignore", "b/d/.gitignore"]
+    )
     assert converted == (set() if attributes is None else {".gitignore", "b/d/.gitignore"})
     for line in git(repo, "ls-files", "-s").splitlines():
         mode_oid_stage, path = line.split("\t")
         mode, oid, _ = mode_oid_stage.split()
         records.append(IndexRecord(path.encode(), int(mode, 8), oid, 0))  # wrong sizes: never looked at
         if path.endswith(".gitignore"):
-            gitignores[path.rpartition("/")[0]] = gitignore_id(oid, (repo / path).read_bytes(), path in converted)
+            gitignores[path.rpartition("/")[0]] = gitignore_id(
+                oid, (repo / path).read_bytes(), path in converted
+            )
     untracked = build_untracked_cache(repo, repo / ".git", ["", "b", "b/d", "bb", "c", "c/e"], gitignores)
     (repo / ".git" / "index").unlink()
     write_index(repo / ".git", records, 0, None, untracked, FsmonitorState("token-1"))

@@ -11,7 +11,9 @@ from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
 
 
 def git(repo: Path, *arguments: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "-C", str(repo), *arguments], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def recorded_sizes(repo: Path) -> dict[str, int]:

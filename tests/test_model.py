@@ -42,8 +42,22 @@ TEMPLATE: dict[str, bytes | FileSpec] = {
     "d/x": b"",
     "d/deeper/y": b"why\n",
 }
-NAMES = ["a", "b", "exe", "sub", "d", "sub/a", "sub/b", "sub/link", "d/x", "d/deeper", "d/deeper/y", "d/new",
-         "sub/d", "nope/z"]
+NAMES = [
+    "a",
+    "b",
+    "exe",
+    "sub",
+    "d",
+    "sub/a",
+    "sub/b",
+    "sub/link",
+    "d/x",
+    "d/deeper",
+    "d/deeper/y",
+    "d/new",
+    "sub/d",
+    "nope/z",
+]
 paths = st.sampled_from(NAMES)
 
 
@@ -61,7 +75,9 @@ def model_env(tmp_path_factory, fuse) -> Iterator[Env]:
     files = {f"t{n}/{name}": spec for n in range(COPIES) for name, spec in TEMPLATE.items()}
     make_bare_repo(served / "model.git", files)
     clone = base / "clone"
-    subprocess.run(["git", "clone", "-q", str(served / "model.git"), str(clone)], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "clone", "-q", str(served / "model.git"), str(clone)], check=True, capture_output=True
+    )
     local = base / "local"
     local.mkdir()
     with GitHttpServer(served) as server:
@@ -122,6 +138,7 @@ class FileSystemModel(RuleBasedStateMachine):
                 return os.write(fd, data)
             finally:
                 os.close(fd)
+
         self.both(run)
 
     @rule(path=paths, offset=st.integers(0, 400), data=st.binary(min_size=1, max_size=100))
@@ -132,6 +149,7 @@ class FileSystemModel(RuleBasedStateMachine):
                 return os.pwrite(fd, data, offset)
             finally:
                 os.close(fd)
+
         self.both(run)
 
     @rule(path=paths, data=st.binary(min_size=1, max_size=100))
@@ -142,6 +160,7 @@ class FileSystemModel(RuleBasedStateMachine):
                 return os.write(fd, data)
             finally:
                 os.close(fd)
+
         self.both(run)
 
     @rule(path=paths, size=st.integers(0, 2000))
@@ -190,6 +209,7 @@ class FileSystemModel(RuleBasedStateMachine):
             info = os.lstat(root / path)
             size = None if stat.S_ISDIR(info.st_mode) else info.st_size
             return info.st_mode, size
+
         self.both(run)
 
     @invariant()
@@ -200,6 +220,12 @@ class FileSystemModel(RuleBasedStateMachine):
 def test_mount_behaves_like_a_local_directory(model_env: Env) -> None:
     FileSystemModel.env = model_env
     runner = FileSystemModel.TestCase
-    runner.settings = settings(max_examples=MAX_EXAMPLES, stateful_step_count=STEPS, deadline=None,
-                               suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+    runner.settings = settings(
+        max_examples=MAX_EXAMPLES,
+        stateful_step_count=STEPS,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+    )
     runner().runTest()

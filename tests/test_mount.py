@@ -150,8 +150,9 @@ def test_unmount_from_another_process_and_remount_reuses_state(repo, git_server,
     tree.mount()
     assert (tree.path / "src/main.py").read_bytes() == first
     # The history may still be completing (the first mount ended early); the tip is not fetched again.
-    assert not [r for r in git_server.requests if r.command == "fetch" and "deepen 1" in r.arguments], \
+    assert not [r for r in git_server.requests if r.command == "fetch" and "deepen 1" in r.arguments], (
         "tip fetched again"
+    )
     assert tree.status()["head"] == repo[1]
 
 

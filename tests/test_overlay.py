@@ -5,9 +5,9 @@ The base tree is a dict-backed implementation of the ``BaseTree`` protocol.
 
 from __future__ import annotations
 
-import io
 import errno
 import hashlib
+import io
 import os
 import stat
 import subprocess

@@ -41,9 +41,7 @@ LARGE_SIZE = 300_000
 
 
 def git(cwd: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    done = subprocess.run(
-        ["git", *args], cwd=cwd, input=stdin, env=GIT_ENV, check=True, capture_output=True
-    )
+    done = subprocess.run(["git", *args], cwd=cwd, input=stdin, env=GIT_ENV, check=True, capture_output=True)
     return done.stdout
 
 
@@ -219,9 +217,7 @@ def test_large_blob_spools_and_serves_as_delta_base(repo: Repo, tmp_path: Path) 
     assert all(obj.data is not None for obj in found if obj.spool_path is None)
 
 
-def test_adopted_spool_file_is_fetched_back_through_external_base(
-    repo: Repo, tmp_path: Path
-) -> None:
+def test_adopted_spool_file_is_fetched_back_through_external_base(repo: Repo, tmp_path: Path) -> None:
     cache = BlobCache(tmp_path / "cache")
     asked: list[str] = []
 
@@ -229,9 +225,7 @@ def test_adopted_spool_file_is_fetched_back_through_external_base(
         asked.append(oid)
         return cache.read_bytes(oid) if cache.contains(oid) else None
 
-    parser = PackStreamParser(
-        spool_dir=cache.tmp_dir, spool_threshold=64 << 10, external_base=from_cache
-    )
+    parser = PackStreamParser(spool_dir=cache.tmp_dir, spool_threshold=64 << 10, external_base=from_cache)
     pack = repo.pack(revs="big")
     bounds = [0, *entry_offsets(tmp_path, pack), len(pack)]
     found: list[PackObject] = []
@@ -372,13 +366,27 @@ def test_stream_ending_exactly_at_the_output_limit(tmp_path: Path) -> None:
     """64 MiB of zeros: zlib's end comes as an output slice fills, with the trailer in the same input."""
     repo = tmp_path / "zeros.git"
     subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
-    oid = subprocess.run(["git", "--git-dir", str(repo), "hash-object", "-w", "--stdin"], input=bytes(64 << 20),
-                         capture_output=True, check=True).stdout.decode().strip()
-    pack = subprocess.run(["git", "--git-dir", str(repo), "pack-objects", "--stdout"], input=f"{oid}\n".encode(),
-                          capture_output=True, check=True).stdout
+    oid = (
+        subprocess.run(
+            ["git", "--git-dir", str(repo), "hash-object", "-w", "--stdin"],
+            input=bytes(64 << 20),
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    pack = subprocess.run(
+        ["git", "--git-dir", str(repo), "pack-objects", "--stdout"],
+        input=f"{oid}\n".encode(),
+        capture_output=True,
+        check=True,
+    ).stdout
     for chunk in (len(pack), 65536, 4096 * 3 + 7, 1000):
         parser = PackStreamParser(spool_dir=tmp_path, spool_threshold=16 << 20)
-        objects = [obj for start in range(0, len(pack), chunk) for obj in parser.feed(pack[start:start + chunk])]
+        objects = [
+            obj for start in range(0, len(pack), chunk) for obj in parser.feed(pack[start : start + chunk])
+        ]
         objects += parser.finish()
         assert [(obj.oid, obj.size) for obj in objects] == [(oid, 64 << 20)], chunk
         assert objects[0].spool_path is not None and objects[0].spool_path.stat().st_size == 64 << 20

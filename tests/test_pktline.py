@@ -28,9 +28,9 @@ def data(payload: bytes) -> Packet:
 def test_encode_frames_length_including_prefix() -> None:
     assert pktline.encode("command=ls-refs\n") == b"0014command=ls-refs\n"
     assert pktline.encode(b"a") == b"0005a"
-    assert pktline.encode_packet(FLUSH) + pktline.encode_packet(DELIM) + pktline.encode_packet(RESPONSE_END) == (
-        b"000000010002"
-    )
+    assert pktline.encode_packet(FLUSH) + pktline.encode_packet(DELIM) + pktline.encode_packet(
+        RESPONSE_END
+    ) == (b"000000010002")
     assert len(pktline.encode(b"x" * pktline.MAX_PAYLOAD)) == pktline.MAX_PKT_LEN
 
 
@@ -41,7 +41,13 @@ def test_encode_rejects_unframeable_payloads(payload: bytes) -> None:
 
 
 def test_decoder_handles_any_chunking() -> None:
-    packets = [data(b"version 2\n"), DELIM, data(os.urandom(70000)[: pktline.MAX_PAYLOAD]), FLUSH, RESPONSE_END]
+    packets = [
+        data(b"version 2\n"),
+        DELIM,
+        data(os.urandom(70000)[: pktline.MAX_PAYLOAD]),
+        FLUSH,
+        RESPONSE_END,
+    ]
     stream = b"".join(pktline.encode_packet(p) for p in packets)
     rng = random.Random(7)
     for _ in range(20):

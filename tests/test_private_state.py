@@ -80,8 +80,15 @@ def umask_022() -> Iterator[None]:
 
 
 def as_nobody(*command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*_AS_NOBODY, *command], capture_output=True, text=True, timeout=120, cwd="/",
-                          stdin=subprocess.DEVNULL, env=env or {"PATH": os.environ["PATH"]})
+    return subprocess.run(
+        [*_AS_NOBODY, *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        stdin=subprocess.DEVNULL,
+        env=env or {"PATH": os.environ["PATH"]},
+    )
 
 
 def cli_as_nobody(*arguments: str, root: Path | None) -> subprocess.CompletedProcess[str]:
@@ -101,7 +108,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: st
 
 
 def mount_dir_of(state_root: Path, remote: str, mountpoint: Path) -> Path:
-    return StateRoot(state_root).mount_dir(Path(os.path.realpath(mountpoint)), RemoteURL.parse(remote).redacted())
+    return StateRoot(state_root).mount_dir(
+        Path(os.path.realpath(mountpoint)), RemoteURL.parse(remote).redacted()
+    )
 
 
 def use_the_mount(tree: MountedTree) -> None:
@@ -144,19 +153,29 @@ def test_state_is_owner_only_whatever_the_umask(make_repo, git_server, mounts, s
     # The walk covered every kind of state: blobs, overlay, logs, runtime, and git's own writes.
     names = {str(path) for path in seen}
     mount_key = mount_dir_of(state_root, tree.remote, tree.path).relative_to(state_root)
-    for expected in ("cache/blobs/loose", f"{mount_key}/overlay/overlay.db", f"{mount_key}/overlay/journal",
-                     f"{mount_key}/daemon.log", f"{mount_key}/mount.json", f"{mount_key}/gitdir/index",
-                     f"{mount_key}/gitdir/config", f"{mount_key}/gitdir/hooks/artifactfs-fsmonitor"):
+    for expected in (
+        "cache/blobs/loose",
+        f"{mount_key}/overlay/overlay.db",
+        f"{mount_key}/overlay/journal",
+        f"{mount_key}/daemon.log",
+        f"{mount_key}/mount.json",
+        f"{mount_key}/gitdir/index",
+        f"{mount_key}/gitdir/config",
+        f"{mount_key}/gitdir/hooks/artifactfs-fsmonitor",
+    ):
         assert expected in names, expected
-    assert any(name.startswith("cache/blobs/loose/") and len(name) == len("cache/blobs/loose/") + 41
-               for name in names), "no blob in the cache"
+    assert any(
+        name.startswith("cache/blobs/loose/") and len(name) == len("cache/blobs/loose/") + 41
+        for name in names
+    ), "no blob in the cache"
     assert any(name.endswith(".pack") and "/gitdir/objects/pack/" in name for name in names)
     assert any(name.startswith(f"{mount_key}/overlay/data/") for name in names), "no overlay data file"
     assert any(name.startswith("run/") and name.endswith(".json") for name in names), "no runtime record"
 
 
-def test_second_user_cannot_read_blobs_or_overlay(make_repo, git_server, mounts, state_root, shared_dir,
-                                                  umask_022):
+def test_second_user_cannot_read_blobs_or_overlay(
+    make_repo, git_server, mounts, state_root, shared_dir, umask_022
+):
     make_repo("private", FILES)
     tree = mounts(git_server.url("private"), "--hydrate", "none")
     secret = FILES["src/secret.py"]
@@ -176,8 +195,14 @@ def test_second_user_cannot_read_blobs_or_overlay(make_repo, git_server, mounts,
     control.chmod(0o644)
     assert as_nobody("cat", str(control)).stdout == "anyone\n"
 
-    for target in (blob, overlay / "overlay.db", data_files[0], overlay / "journal", state_root / "cache",
-                   mount_dir_of(state_root, tree.remote, tree.path) / "gitdir" / "config"):
+    for target in (
+        blob,
+        overlay / "overlay.db",
+        data_files[0],
+        overlay / "journal",
+        state_root / "cache",
+        mount_dir_of(state_root, tree.remote, tree.path) / "gitdir" / "config",
+    ):
         result = as_nobody("cat", str(target))
         assert result.returncode != 0 and "Permission denied" in result.stderr, (target, result)
         assert secret.decode() not in result.stdout
@@ -189,8 +214,9 @@ def test_second_user_cannot_read_blobs_or_overlay(make_repo, git_server, mounts,
 # --------------------------------------------------------------------------- symlinks and refusals
 
 
-def test_planted_log_symlink_is_refused_and_not_followed(make_repo, git_server, state_root, shared_dir, tmp_path,
-                                                         fuse):
+def test_planted_log_symlink_is_refused_and_not_followed(
+    make_repo, git_server, state_root, shared_dir, tmp_path, fuse
+):
     make_repo("private", FILES)
     remote = git_server.url("private")
     with MountedTree(remote, tmp_path / "mnt", state_root):
@@ -209,18 +235,25 @@ def test_planted_log_symlink_is_refused_and_not_followed(make_repo, git_server, 
     assert not is_mounted(tmp_path / "mnt")
     assert victim.read_text() == "root-owned, outside the state\n"
     after = victim.stat()
-    assert (after.st_size, after.st_mtime_ns, stat.S_IMODE(after.st_mode)) == \
-        (before.st_size, before.st_mtime_ns, stat.S_IMODE(before.st_mode))
+    assert (after.st_size, after.st_mtime_ns, stat.S_IMODE(after.st_mode)) == (
+        before.st_size,
+        before.st_mtime_ns,
+        stat.S_IMODE(before.st_mode),
+    )
     assert log.is_symlink(), "the refusal must not touch the state either"
 
 
-@pytest.mark.parametrize("mode, owner, expected", [
-    (0o777, None, "writable by other users"),
-    (0o770, None, "writable by other users"),
-    (0o700, NOBODY, f"belongs to uid {NOBODY}"),
-])
-def test_unsafe_state_root_is_refused_and_nothing_created(make_repo, git_server, state_root, tmp_path, fuse,
-                                                          mode, owner, expected):
+@pytest.mark.parametrize(
+    "mode, owner, expected",
+    [
+        (0o777, None, "writable by other users"),
+        (0o770, None, "writable by other users"),
+        (0o700, NOBODY, f"belongs to uid {NOBODY}"),
+    ],
+)
+def test_unsafe_state_root_is_refused_and_nothing_created(
+    make_repo, git_server, state_root, tmp_path, fuse, mode, owner, expected
+):
     make_repo("private", FILES)
     state_root.mkdir()
     state_root.chmod(mode)
@@ -258,19 +291,28 @@ def test_non_owner_gets_one_line_errors(make_repo, git_server, mounts, state_roo
 
 def leftovers(objects: Path) -> list[str]:
     """Temporary packs and indexes (``tmp_*``) and fetch quarantines anywhere under ``objects``."""
-    return sorted(str(path.relative_to(objects)) for path in objects.rglob("*")
-                  if path.name.startswith(("tmp_", "incoming-")))
+    return sorted(
+        str(path.relative_to(objects))
+        for path in objects.rglob("*")
+        if path.name.startswith(("tmp_", "incoming-"))
+    )
 
 
-def mount_with_history_faults(server: GitHttpServer, remote: str, mountpoint: Path, root: Path,
-                              *faults: str) -> MountedTree:
+def mount_with_history_faults(
+    server: GitHttpServer, remote: str, mountpoint: Path, root: Path, *faults: str
+) -> MountedTree:
     """Mount, queueing ``faults`` as soon as the tip's fetch is under way: the history fetch,
     which starts only after the mount is ready, takes them."""
     mountpoint.mkdir()
     tree = MountedTree(remote, mountpoint, root, ("--hydrate", "none"))
-    process = subprocess.Popen(artifactfs_command("mount", "--hydrate", "none", remote, str(mountpoint)),
-                               env={**os.environ, "ARTIFACTFS_ROOT": str(root)}, stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        artifactfs_command("mount", "--hydrate", "none", remote, str(mountpoint)),
+        env={**os.environ, "ARTIFACTFS_ROOT": str(root)},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until(lambda: any(request.command == "fetch" for request in server.requests), "no tip fetch")
         for fault in faults:
@@ -289,11 +331,15 @@ def mount_with_history_faults(server: GitHttpServer, remote: str, mountpoint: Pa
 def test_failed_fetches_leave_no_temporary_pack(make_repo, git_server, state_root, tmp_path, fuse):
     make_repo("faulty", FILES, extra_commits=2000)
     faults = ["reset", "reset"]
-    tree = mount_with_history_faults(git_server, git_server.url("faulty"), tmp_path / "mnt", state_root, *faults)
+    tree = mount_with_history_faults(
+        git_server, git_server.url("faulty"), tmp_path / "mnt", state_root, *faults
+    )
     try:
         tree.wait_for(lambda status: status["history_complete"], timeout=60)  # after retries
         fetches = [request for request in git_server.requests if request.command == "fetch"]
-        assert [request.fault for request in fetches[1:len(faults) + 1]] == faults, "the faults missed the history"
+        assert [request.fault for request in fetches[1 : len(faults) + 1]] == faults, (
+            "the faults missed the history"
+        )
         assert leftovers(Path(tree.status()["gitdir"]) / "objects") == []
         assert tree.git("log", "--oneline").stdout.count("\n") == 2001, "the history arrived in the end"
         robustness.add("private_checks", len(faults))
@@ -303,8 +349,9 @@ def test_failed_fetches_leave_no_temporary_pack(make_repo, git_server, state_roo
 
 def test_aborted_fetch_leaves_no_temporary_pack(make_repo, git_server, state_root, tmp_path, fuse):
     make_repo("stalled", FILES, extra_commits=2000)
-    tree = mount_with_history_faults(git_server, git_server.url("stalled"), tmp_path / "mnt", state_root,
-                                     "stall:60")
+    tree = mount_with_history_faults(
+        git_server, git_server.url("stalled"), tmp_path / "mnt", state_root, "stall:60"
+    )
     try:
         objects = Path(tree.status()["gitdir"]) / "objects"
         # Half the history pack has arrived and the indexer is writing it when the mount goes away.

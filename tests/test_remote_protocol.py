@@ -71,7 +71,9 @@ async def read_pack(
     haves: Sequence[str] = (),
 ) -> tuple[bytes, list[tuple[str, str]]]:
     """Fetch and return ``(whole pack, shallow info)``."""
-    async with session.fetch(wants, filter_spec=filter_spec, depth=depth, shallows=shallows, haves=haves) as response:
+    async with session.fetch(
+        wants, filter_spec=filter_spec, depth=depth, shallows=shallows, haves=haves
+    ) as response:
         chunks = [chunk async for chunk in response.pack_chunks()]
         return b"".join(chunks), response.shallow_info
 
@@ -82,7 +84,9 @@ def pack_objects(pack: bytes, where: Path) -> dict[str, str]:
     subprocess.run(["git", "init", "-q", "--bare", str(where)], check=True)
     pack_path = where / "incoming.pack"
     pack_path.write_bytes(pack)
-    subprocess.run(["git", f"--git-dir={where}", "index-pack", str(pack_path)], check=True, capture_output=True)
+    subprocess.run(
+        ["git", f"--git-dir={where}", "index-pack", str(pack_path)], check=True, capture_output=True
+    )
     listing = subprocess.run(
         ["git", f"--git-dir={where}", "verify-pack", "-v", str(pack_path.with_suffix(".idx"))],
         check=True,
@@ -99,7 +103,9 @@ def pack_objects(pack: bytes, where: Path) -> dict[str, str]:
 
 def blob_oids(repo: Path, rev: str = "HEAD") -> dict[str, str]:
     listing = git(repo, "ls-tree", "-r", rev).decode()
-    return {line.split("\t")[1]: line.split()[2] for line in listing.splitlines() if line.split()[1] == "blob"}
+    return {
+        line.split("\t")[1]: line.split()[2] for line in listing.splitlines() if line.split()[1] == "blob"
+    }
 
 
 async def test_capabilities(make_repo: MakeRepo, remote_for: Callable[[Path], RemoteURL]) -> None:
@@ -162,7 +168,9 @@ async def test_fetch_of_listed_blobs(
     async with await open_remote(remote_for(path)) as session:
         pack, shallow_info = await read_pack(session, wanted)
     assert shallow_info == []
-    assert await trio.to_thread.run_sync(pack_objects, pack, tmp_path / "check") == dict.fromkeys(wanted, "blob")
+    assert await trio.to_thread.run_sync(pack_objects, pack, tmp_path / "check") == dict.fromkeys(
+        wanted, "blob"
+    )
 
 
 async def test_server_records_fetch_requests(git_server: GitHttpServer, make_repo: MakeRepo) -> None:
@@ -178,18 +186,24 @@ async def test_server_records_fetch_requests(git_server: GitHttpServer, make_rep
     assert "thin-pack" not in fetches[0].arguments and "done" in fetches[0].arguments
 
 
-async def test_deepen_reports_shallow_boundary(make_repo: MakeRepo, remote_for: Callable[[Path], RemoteURL]) -> None:
+async def test_deepen_reports_shallow_boundary(
+    make_repo: MakeRepo, remote_for: Callable[[Path], RemoteURL]
+) -> None:
     path, tip = make_repo(extra_commits=5)
     parent = git(path, "rev-parse", f"{tip}~1").decode().strip()
     grandparent = git(path, "rev-parse", f"{tip}~2").decode().strip()
     async with await open_remote(remote_for(path)) as session:
         _, first = await read_pack(session, [tip], filter_spec="blob:none", depth=2)
-        _, deeper = await read_pack(session, [tip], filter_spec="blob:none", depth=3, shallows=[parent], haves=[tip])
+        _, deeper = await read_pack(
+            session, [tip], filter_spec="blob:none", depth=3, shallows=[parent], haves=[tip]
+        )
     assert first == [("shallow", parent)]
     assert sorted(deeper) == sorted([("shallow", grandparent), ("unshallow", parent)])
 
 
-async def test_object_info_sizes_match_git(make_repo: MakeRepo, remote_for: Callable[[Path], RemoteURL]) -> None:
+async def test_object_info_sizes_match_git(
+    make_repo: MakeRepo, remote_for: Callable[[Path], RemoteURL]
+) -> None:
     path, tip = make_repo(files=BIG_FILES | {"empty": b""})
     oids = [*blob_oids(path).values(), tip]
     async with await open_remote(remote_for(path)) as session:
@@ -226,7 +240,9 @@ async def test_filter_refused_when_server_lacks_it(
 
 
 @pytest.mark.parametrize("fault", ["reset", "500", "truncate", "stall:3", "flip"])
-async def test_injected_faults_are_transient(git_server: GitHttpServer, make_repo: MakeRepo, fault: str) -> None:
+async def test_injected_faults_are_transient(
+    git_server: GitHttpServer, make_repo: MakeRepo, fault: str
+) -> None:
     _, tip = make_repo(files=BIG_FILES)
     async with await open_remote(RemoteURL.parse(git_server.url("repo")), timeout=0.5) as session:
         git_server.inject(fault)
@@ -239,7 +255,10 @@ async def test_injected_faults_are_transient(git_server: GitHttpServer, make_rep
 
 async def test_pack_streams_in_chunks(git_server: GitHttpServer, make_repo: MakeRepo) -> None:
     _, tip = make_repo(files={f"f{i}": os.urandom(65536) for i in range(16)})
-    async with await open_remote(RemoteURL.parse(git_server.url("repo"))) as session, session.fetch([tip]) as response:
+    async with (
+        await open_remote(RemoteURL.parse(git_server.url("repo"))) as session,
+        session.fetch([tip]) as response,
+    ):
         sizes = [len(chunk) async for chunk in response.pack_chunks()]
     assert sum(sizes) > 16 * 65536
     assert len(sizes) > 4
@@ -359,7 +378,9 @@ def dumb_http_url(tmp_path: Path) -> Iterator[str]:
     """URL of a repository on a plain static-file HTTP server (dumb protocol only)."""
     site = tmp_path / "site"
     (site / "repo.git" / "info").mkdir(parents=True)
-    (site / "repo.git" / "info" / "refs").write_text("0123456789abcdef0123456789abcdef01234567\trefs/heads/main\n")
+    (site / "repo.git" / "info" / "refs").write_text(
+        "0123456789abcdef0123456789abcdef01234567\trefs/heads/main\n"
+    )
     with subprocess.Popen(
         [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0", "--directory", str(site)],
         stdout=subprocess.PIPE,

@@ -28,20 +28,23 @@ from artifactfs.retry import (
 )
 
 
-@pytest.mark.parametrize(("error", "verdict"), [
-    (MissingObjectError("a" * 40), Verdict.PERMANENT),
-    (OSError(errno.ENOSPC, "No space left on device"), Verdict.NO_SPACE),
-    (OSError(errno.EDQUOT, "Disk quota exceeded"), Verdict.NO_SPACE),
-    (RemoteUnreachableError("cannot connect (connection refused)"), Verdict.TRANSIENT),
-    (TransientRemoteError("server error (HTTP 503)"), Verdict.TRANSIENT),
-    (CorruptObjectError("packfile checksum mismatch"), Verdict.TRANSIENT),
-    (ProtocolError("malformed object-info line"), Verdict.TRANSIENT),
-    (AuthenticationError("authentication failed (HTTP 401)"), Verdict.TRANSIENT),
-    (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), Verdict.TRANSIENT),
-    (trio.BrokenResourceError(), Verdict.TRANSIENT),
-    (ValueError("a bug"), None),
-    (KeyError("a bug"), None),
-])
+@pytest.mark.parametrize(
+    ("error", "verdict"),
+    [
+        (MissingObjectError("a" * 40), Verdict.PERMANENT),
+        (OSError(errno.ENOSPC, "No space left on device"), Verdict.NO_SPACE),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), Verdict.NO_SPACE),
+        (RemoteUnreachableError("cannot connect (connection refused)"), Verdict.TRANSIENT),
+        (TransientRemoteError("server error (HTTP 503)"), Verdict.TRANSIENT),
+        (CorruptObjectError("packfile checksum mismatch"), Verdict.TRANSIENT),
+        (ProtocolError("malformed object-info line"), Verdict.TRANSIENT),
+        (AuthenticationError("authentication failed (HTTP 401)"), Verdict.TRANSIENT),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "refused"), Verdict.TRANSIENT),
+        (trio.BrokenResourceError(), Verdict.TRANSIENT),
+        (ValueError("a bug"), None),
+        (KeyError("a bug"), None),
+    ],
+)
 def test_classification(error: BaseException, verdict: Verdict | None) -> None:
     assert classify(error) is verdict
 
@@ -118,7 +121,9 @@ def test_an_answer_elsewhere_ends_the_backoff_at_once() -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(retry_forever, down_once, "history fetch", health, Backoff(base=60.0, cap=60.0))
+            nursery.start_soon(
+                retry_forever, down_once, "history fetch", health, Backoff(base=60.0, cap=60.0)
+            )
             await trio.sleep(5)
             health.succeeded()
 
@@ -159,7 +164,9 @@ def test_retry_while_transient_gives_a_waiting_caller_an_answer_in_time() -> Non
             tries["down"].append(trio.current_time() - start)
             raise RemoteUnreachableError("cannot connect (connection refused)")
 
-        assert await retry_while_transient(recovers, "lazy fetch", RemoteHealth(), backoff, start + 60) == "pack"
+        assert (
+            await retry_while_transient(recovers, "lazy fetch", RemoteHealth(), backoff, start + 60) == "pack"
+        )
         with pytest.raises(MissingObjectError):  # permanent: no retry
             await retry_while_transient(missing, "lazy fetch", RemoteHealth(), backoff, start + 60)
         now = trio.current_time() - start

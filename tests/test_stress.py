@@ -24,7 +24,10 @@ assert READERS + WRITERS + STATUS_LOOPS == 32
 
 def stress_files() -> dict[str, bytes]:
     rng = random.Random(21)
-    files = {f"src/m{i % 6}/f{i}.py": (f"# module {i}\n" + "x = 1\n" * rng.randint(1, 4000)).encode() for i in range(60)}
+    files = {
+        f"src/m{i % 6}/f{i}.py": (f"# module {i}\n" + "x = 1\n" * rng.randint(1, 4000)).encode()
+        for i in range(60)
+    }
     files.update({f"assets/a{i}.bin": rng.randbytes(rng.randint(1, 300) << 10) for i in range(12)})
     files.update({f"owned/w{k}.txt": f"owned by writer {k}\n".encode() for k in range(WRITERS)})
     return files
@@ -60,7 +63,7 @@ class Writer:
                 stream.seek(offset)
                 stream.write(extra)
             old = self.files[name]
-            self.files[name] = old[:offset] + extra + old[offset + len(extra):]
+            self.files[name] = old[:offset] + extra + old[offset + len(extra) :]
         elif choice < 0.65:
             name = rng.choice(names)
             target = f"{self.directory}/r{self.operations}.txt"
@@ -102,6 +105,7 @@ def test_32_workers_no_deadlock_no_eio_contents_match(make_repo, git_server, mou
             except BaseException as error:  # any error is a failure, not a silent thread death
                 with lock:
                     failures.append(f"{function.__name__}{arguments}: {error!r}")
+
         return run
 
     @guarded
@@ -125,8 +129,9 @@ def test_32_workers_no_deadlock_no_eio_contents_match(make_repo, git_server, mou
     @guarded
     def status_loop(seed: int) -> None:
         while time.monotonic() < deadline:
-            result = subprocess.run(["git", "status", "--porcelain"], cwd=tree.path, capture_output=True,
-                                    text=True, timeout=120)
+            result = subprocess.run(
+                ["git", "status", "--porcelain"], cwd=tree.path, capture_output=True, text=True, timeout=120
+            )
             assert result.returncode == 0, result.stderr
             for line in result.stdout.splitlines():
                 path = line[3:]
@@ -134,9 +139,11 @@ def test_32_workers_no_deadlock_no_eio_contents_match(make_repo, git_server, mou
             with lock:
                 counts["status"] += 1
 
-    threads = ([threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
-               + [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
-               + [threading.Thread(target=status_loop, args=(n,)) for n in range(STATUS_LOOPS)])
+    threads = (
+        [threading.Thread(target=reader, args=(n,)) for n in range(READERS)]
+        + [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+        + [threading.Thread(target=status_loop, args=(n,)) for n in range(STATUS_LOOPS)]
+    )
     for thread in threads:
         thread.start()
     for thread in threads:

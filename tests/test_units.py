@@ -26,26 +26,66 @@ from artifactfs.snapshot.tree import Snapshot, TreeCache, refusal_reason
 from artifactfs.testing import git_env
 from artifactfs.worktree.index import IndexRecord, encode_index, write_index
 
-M, C, S, D, T, B = (PriorityClass.MANIFEST, PriorityClass.CONFIG, PriorityClass.SOURCE,
-                    PriorityClass.DOCS, PriorityClass.TEXT, PriorityClass.BINARY)
+M, C, S, D, T, B = (
+    PriorityClass.MANIFEST,
+    PriorityClass.CONFIG,
+    PriorityClass.SOURCE,
+    PriorityClass.DOCS,
+    PriorityClass.TEXT,
+    PriorityClass.BINARY,
+)
 
 # --------------------------------------------------------------------------- priority
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    ("package.json", M), ("web/package.json", M), ("go.mod", M), ("svc/go.sum", M),
-    ("crates/x/Cargo.toml", M), ("CARGO.LOCK", M), ("pyproject.toml", M),
-    ("requirements-dev.txt", M), ("tsconfig.build.json", M), ("app/demo.gemspec", M),
-    ("CMakeLists.txt", M), ("src/App.csproj", M),
-    (".gitignore", C), ("sub/.gitattributes", C), ("Dockerfile", C), ("Dockerfile.dev", C),
-    ("api.dockerfile", C), ("Makefile", C), ("rules.mk", C), ("docker-compose.prod.yml", C),
-    (".github/workflows/ci.yml", C), ("a/.vscode/settings.json", C), (".eslintrc.json", C),
-    ("src/main.py", S), ("web/index.TS", S), ("lib/x.rs", S), ("conf/settings.yaml", S),
-    ("README.md", D), ("docs/guide.rst", D), ("notes.txt", D), ("README", D), ("LICENSE", D),
-    ("CHANGELOG.old", D), (".authors", D),
-    ("NOTES", T), ("data.csv", T), (".bashrc", T), ("Procfile", T), ("weird.unknownext", T),
-    ("img/logo.PNG", B), ("dist/a.tar.gz", B), ("lib/x.so", B), ("model.safetensors", B),
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("package.json", M),
+        ("web/package.json", M),
+        ("go.mod", M),
+        ("svc/go.sum", M),
+        ("crates/x/Cargo.toml", M),
+        ("CARGO.LOCK", M),
+        ("pyproject.toml", M),
+        ("requirements-dev.txt", M),
+        ("tsconfig.build.json", M),
+        ("app/demo.gemspec", M),
+        ("CMakeLists.txt", M),
+        ("src/App.csproj", M),
+        (".gitignore", C),
+        ("sub/.gitattributes", C),
+        ("Dockerfile", C),
+        ("Dockerfile.dev", C),
+        ("api.dockerfile", C),
+        ("Makefile", C),
+        ("rules.mk", C),
+        ("docker-compose.prod.yml", C),
+        (".github/workflows/ci.yml", C),
+        ("a/.vscode/settings.json", C),
+        (".eslintrc.json", C),
+        ("src/main.py", S),
+        ("web/index.TS", S),
+        ("lib/x.rs", S),
+        ("conf/settings.yaml", S),
+        ("README.md", D),
+        ("docs/guide.rst", D),
+        ("notes.txt", D),
+        ("README", D),
+        ("LICENSE", D),
+        ("CHANGELOG.old", D),
+        (".authors", D),
+        ("NOTES", T),
+        ("data.csv", T),
+        (".bashrc", T),
+        ("Procfile", T),
+        ("weird.unknownext", T),
+        ("img/logo.PNG", B),
+        ("dist/a.tar.gz", B),
+        ("lib/x.so", B),
+        ("model.safetensors", B),
+    ],
+)
 def test_builtin_class_table(path: str, expected: PriorityClass) -> None:
     assert builtin_class(path) is expected
     assert Classifier().classify(path) is expected
@@ -113,7 +153,9 @@ def test_rule_parsing_and_errors() -> None:
 
 def test_load_rules_from_flags_then_config(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
-    config.write_text('[mount]\nother = 1\n\n[priority]\nmanifest = ["BUILD", "*.bzl"]\nbinary = ["vendor/**"]\n')
+    config.write_text(
+        '[mount]\nother = 1\n\n[priority]\nmanifest = ["BUILD", "*.bzl"]\nbinary = ["vendor/**"]\n'
+    )
     rules = load_rules(config, ["docs=*.py"])
     assert rules == (
         PriorityRule("*.py", D),
@@ -135,13 +177,16 @@ def test_load_rules_without_config(tmp_path: Path) -> None:
     assert load_rules(empty, []) == ()
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[priority\n", "cannot read config file"),
-    ("priority = 3\n", "must be a table"),
-    ('[priority]\nbinary = "*.png"\n', "priority.binary must be a list"),
-    ('[priority]\nbinary = ["*.png", 3]\n', "priority.binary must be a list"),
-    ('[priority]\nhuge = ["*.png"]\n', "unknown priority class 'huge'"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[priority\n", "cannot read config file"),
+        ("priority = 3\n", "must be a table"),
+        ('[priority]\nbinary = "*.png"\n', "priority.binary must be a list"),
+        ('[priority]\nbinary = ["*.png", 3]\n', "priority.binary must be a list"),
+        ('[priority]\nhuge = ["*.png"]\n', "unknown priority class 'huge'"),
+    ],
+)
 def test_load_rules_config_errors(tmp_path: Path, text: str, message: str) -> None:
     config = tmp_path / "config.toml"
     config.write_text(text)
@@ -226,31 +271,46 @@ def test_queue_batch_count_and_byte_limits() -> None:
 # --------------------------------------------------------------------------- snapshot.tree
 
 
-@pytest.mark.parametrize(("name", "reason"), [
-    (b"", "empty name"),
-    (b".", "relative path component"),
-    (b"..", "relative path component"),
-    (b".git", "name folds to .git"),
-    (b".GIT", "name folds to .git"),
-    (b".Git", "name folds to .git"),
-    (b".git.", "name folds to .git"),
-    (b".git ", "name folds to .git"),
-    (".g\u200cit".encode(), "name folds to .git"),
-    (".GI\u200dT".encode(), "name folds to .git"),
-    ("\ufeff.git".encode(), "name folds to .git"),
-    (b"git~1", "name folds to .git"),
-    (b"GIT~1", "name folds to .git"),
-    (b"a/b", "slash or NUL in name"),
-    (b"/", "slash or NUL in name"),
-    (b"a\0b", "slash or NUL in name"),
-])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        (b"", "empty name"),
+        (b".", "relative path component"),
+        (b"..", "relative path component"),
+        (b".git", "name folds to .git"),
+        (b".GIT", "name folds to .git"),
+        (b".Git", "name folds to .git"),
+        (b".git.", "name folds to .git"),
+        (b".git ", "name folds to .git"),
+        (".g\u200cit".encode(), "name folds to .git"),
+        (".GI\u200dT".encode(), "name folds to .git"),
+        ("\ufeff.git".encode(), "name folds to .git"),
+        (b"git~1", "name folds to .git"),
+        (b"GIT~1", "name folds to .git"),
+        (b"a/b", "slash or NUL in name"),
+        (b"/", "slash or NUL in name"),
+        (b"a\0b", "slash or NUL in name"),
+    ],
+)
 def test_refused_names(name: bytes, reason: str) -> None:
     assert refusal_reason(name) == reason
 
 
-@pytest.mark.parametrize("name", [b"git", b".gitignore", b".gitmodules", b"git~2", b".git~1", b"a.git",
-                                  b"normal.txt", ".gi\u00dft".encode(), "caf\u00e9".encode(),
-                                  b"caf\xe9.txt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        b"git",
+        b".gitignore",
+        b".gitmodules",
+        b"git~2",
+        b".git~1",
+        b"a.git",
+        b"normal.txt",
+        ".gi\u00dft".encode(),
+        "caf\u00e9".encode(),
+        b"caf\xe9.txt",
+    ],
+)
 def test_accepted_names(name: bytes) -> None:
     assert refusal_reason(name) is None
 
@@ -335,10 +395,18 @@ def test_snapshot_hides_dangerous_and_duplicate_entries() -> None:
 
 
 def _git(repo: Path, *args: str, input: bytes | None = None) -> str:
-    identity = {f"GIT_{who}_{what}": value for who in ("AUTHOR", "COMMITTER")
-                for what, value in (("NAME", "T"), ("EMAIL", "t@example.com"))}
-    result = subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True,
-                            env={**git_env(), **identity}, check=True)
+    identity = {
+        f"GIT_{who}_{what}": value
+        for who in ("AUTHOR", "COMMITTER")
+        for what, value in (("NAME", "T"), ("EMAIL", "t@example.com"))
+    }
+    result = subprocess.run(
+        ["git", "-C", str(repo), *args],
+        input=input,
+        capture_output=True,
+        env={**git_env(), **identity},
+        check=True,
+    )
     return result.stdout.decode("utf-8", "surrogateescape")
 
 
@@ -378,15 +446,23 @@ def test_encoded_index_is_read_back_by_git(tmp_path: Path) -> None:
     assert "ctime: 1000000000:123456789" in debug and "mtime: 1000000000:123456789" in debug
     assert "size: 5\t" in debug or "size: 5\n" in debug
     # git fsck verifies the index checksum and that every entry names a valid object.
-    fsck = subprocess.run(["git", "-C", str(repo), "fsck", "--no-dangling", "--cache"], capture_output=True,
-                          env=git_env(), check=False)
+    fsck = subprocess.run(
+        ["git", "-C", str(repo), "fsck", "--no-dangling", "--cache"],
+        capture_output=True,
+        env=git_env(),
+        check=False,
+    )
     assert fsck.returncode == 0, fsck.stderr
     index = repo / ".git" / "index"
     damaged = bytearray(index.read_bytes())
     damaged[-1] ^= 0xFF
     index.write_bytes(bytes(damaged))
-    fsck = subprocess.run(["git", "-C", str(repo), "fsck", "--no-dangling", "--cache"], capture_output=True,
-                          env=git_env(), check=False)
+    fsck = subprocess.run(
+        ["git", "-C", str(repo), "fsck", "--no-dangling", "--cache"],
+        capture_output=True,
+        env=git_env(),
+        check=False,
+    )
     assert fsck.returncode != 0 and b"index" in fsck.stderr
 
 
@@ -437,20 +513,27 @@ def test_encoded_index_layout() -> None:
 # --------------------------------------------------------------------------- redaction.redact
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("https://alice:s3cret@example.com/r.git", "https://alice@example.com/r.git"),
-    ("https://:s3cret@example.com/r.git", "https://example.com/r.git"),
-    ("http://tok:x-oauth@host:8080/a", "http://tok@host:8080/a"),
-    ("fetch https://u:p1@a.com/x and https://v:p2@b.com/y failed",
-     "fetch https://u@a.com/x and https://v@b.com/y failed"),
-    ("https://bob@example.com/r.git", "https://bob@example.com/r.git"),
-    ("Authorization: Bearer abc.def", "Authorization: <redacted>"),
-    ("proxy-authorization=Basic Zm9vOmJhcg==\nnext", "proxy-authorization=<redacted>\nnext"),
-    ("protocol=https\nhost=x\nusername=a\npassword=hunter2\n",
-     "protocol=https\nhost=x\nusername=a\npassword=<redacted>\n"),
-    ("no secrets here: https://example.com/r.git", "no secrets here: https://example.com/r.git"),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://alice:s3cret@example.com/r.git", "https://alice@example.com/r.git"),
+        ("https://:s3cret@example.com/r.git", "https://example.com/r.git"),
+        ("http://tok:x-oauth@host:8080/a", "http://tok@host:8080/a"),
+        (
+            "fetch https://u:p1@a.com/x and https://v:p2@b.com/y failed",
+            "fetch https://u@a.com/x and https://v@b.com/y failed",
+        ),
+        ("https://bob@example.com/r.git", "https://bob@example.com/r.git"),
+        ("Authorization: Bearer abc.def", "Authorization: <redacted>"),
+        ("proxy-authorization=Basic Zm9vOmJhcg==\nnext", "proxy-authorization=<redacted>\nnext"),
+        (
+            "protocol=https\nhost=x\nusername=a\npassword=hunter2\n",
+            "protocol=https\nhost=x\nusername=a\npassword=<redacted>\n",
+        ),
+        ("no secrets here: https://example.com/r.git", "no secrets here: https://example.com/r.git"),
+        ("", ""),
+    ],
+)
 def test_redact(text: str, expected: str) -> None:
     assert redact(text) == expected
 

@@ -42,8 +42,13 @@ class ControlError(ArtifactFSError):
     """The daemon could not be reached or refused the request."""
 
 
-async def serve(path: Path, handler: Handler, *, streams: Mapping[str, StreamHandler] | None = None,
-                task_status: trio.TaskStatus[None] | None = None) -> None:
+async def serve(
+    path: Path,
+    handler: Handler,
+    *,
+    streams: Mapping[str, StreamHandler] | None = None,
+    task_status: trio.TaskStatus[None] | None = None,
+) -> None:
     """Listen on ``path`` until cancelled, answering each request with ``handler``,
     or handing the connection to ``streams[op]`` for a stream operation."""
     import trio
@@ -93,7 +98,9 @@ async def serve(path: Path, handler: Handler, *, streams: Mapping[str, StreamHan
                 await stream_handler(request, stream)
 
     try:
-        await trio.serve_listeners(connection, [listener], task_status=task_status or trio.TASK_STATUS_IGNORED)
+        await trio.serve_listeners(
+            connection, [listener], task_status=task_status or trio.TASK_STATUS_IGNORED
+        )
     finally:
         path.unlink(missing_ok=True)
 
@@ -171,4 +178,4 @@ def relay(path: Path, op: str, source: int, sink: int, *, timeout: float = 10.0,
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]

@@ -52,9 +52,19 @@ log = logging.getLogger(__name__)
 _OID = re.compile(r"[0-9a-f]{40}")
 _READ_SIZE = 65536
 _BAND_PAYLOAD = pktline.MAX_PAYLOAD - 1
-_ADVERTISEMENT = b"".join(pktline.encode(line + "\n") for line in (
-    "version 2", f"agent={AGENT}", "ls-refs", "fetch=shallow filter", "object-format=sha1",
-)) + pktline.FLUSH_PKT
+_ADVERTISEMENT = (
+    b"".join(
+        pktline.encode(line + "\n")
+        for line in (
+            "version 2",
+            f"agent={AGENT}",
+            "ls-refs",
+            "fetch=shallow filter",
+            "object-format=sha1",
+        )
+    )
+    + pktline.FLUSH_PKT
+)
 _IGNORED_ARGUMENTS = frozenset({"thin-pack", "no-progress", "include-tag", "ofs-delta"})
 """Fetch arguments that change nothing here: the pack has no deltas and no progress."""
 
@@ -134,13 +144,22 @@ class _CommandReader:
 class GitService:
     """Serves git in the mount: upload-pack sessions for its lazy fetches, and credentials."""
 
-    def __init__(self, session: RemoteSession, hydrator: Hydrator, cache: BlobCache, remote: RemoteURL) -> None:
+    def __init__(
+        self, session: RemoteSession, hydrator: Hydrator, cache: BlobCache, remote: RemoteURL
+    ) -> None:
         self._session = session
         self._hydrator = hydrator
         self._cache = cache
         self._remote = remote
-        self._counters = {"sessions": 0, "fetches": 0, "failed_fetches": 0, "blobs_from_hydrator": 0,
-                          "objects_from_origin": 0, "objects_in_packs": 0, "credentials_given": 0}
+        self._counters = {
+            "sessions": 0,
+            "fetches": 0,
+            "failed_fetches": 0,
+            "blobs_from_hydrator": 0,
+            "objects_from_origin": 0,
+            "objects_in_packs": 0,
+            "credentials_given": 0,
+        }
 
     def status(self) -> dict[str, int]:
         return dict(self._counters)
@@ -199,8 +218,12 @@ class GitService:
         await trio.to_thread.run_sync(self._write_pack, objects, stream)
         await stream.send_all(pktline.FLUSH_PKT)
         self._counters["objects_in_packs"] += len(objects)
-        log.info("served git's lazy fetch of %d objects (%d in the pack) in %.3fs",
-                 len(set(request.wants)), len(objects), time.monotonic() - started)
+        log.info(
+            "served git's lazy fetch of %d objects (%d in the pack) in %.3fs",
+            len(set(request.wants)),
+            len(objects),
+            time.monotonic() - started,
+        )
         return True
 
     async def _gather(self, request: FetchRequest) -> tuple[list[tuple[str, bytes]], list[tuple[str, str]]]:
@@ -229,9 +252,12 @@ class GitService:
             if elsewhere:
                 try:
                     forwarded, shallow_info = await retry_while_transient(
-                        lambda: self._forward(elsewhere, request), "git's lazy fetch from the origin",
-                        self._hydrator.health, HYDRATION_BACKOFF,
-                        trio.current_time() + self._hydrator.settings.read_timeout)
+                        lambda: self._forward(elsewhere, request),
+                        "git's lazy fetch from the origin",
+                        self._hydrator.health,
+                        HYDRATION_BACKOFF,
+                        trio.current_time() + self._hydrator.settings.read_timeout,
+                    )
                 except ArtifactFSError as error:
                     fail(error)
                 except (OSError, trio.BrokenResourceError) as error:  # the origin stayed out of reach
@@ -242,8 +268,9 @@ class GitService:
         self._counters["objects_from_origin"] += len(forwarded)
         return [obj for obj in forwarded.values() if obj is not None], shallow_info
 
-    async def _forward(self, wants: list[str], request: FetchRequest
-                       ) -> tuple[dict[str, tuple[str, bytes] | None], list[tuple[str, str]]]:
+    async def _forward(
+        self, wants: list[str], request: FetchRequest
+    ) -> tuple[dict[str, tuple[str, bytes] | None], list[tuple[str, str]]]:
         """Fetch objects the hydrator does not know from the origin. Blobs go to the cache (None
         in the result); other objects are returned as (type, content), keyed by id."""
         session = self._session
@@ -253,8 +280,9 @@ class GitService:
         received: dict[str, tuple[str, bytes] | None] = {}
         finished = False
         try:
-            async with session.fetch(wants, filter_spec=filter_spec, shallows=shallows,
-                                     haves=request.haves) as response:
+            async with session.fetch(
+                wants, filter_spec=filter_spec, shallows=shallows, haves=request.haves
+            ) as response:
                 async for chunk in response.pack_chunks():
                     objects = await trio.to_thread.run_sync(parser.feed, chunk)
                     await trio.to_thread.run_sync(self._keep, objects, received)
@@ -266,7 +294,9 @@ class GitService:
                 _abandon(parser)
         missing = [oid for oid in wants if oid not in received]
         if missing:
-            raise CorruptObjectError(f"the origin's pack lacks {len(missing)} wanted objects (e.g. {missing[0]})")
+            raise CorruptObjectError(
+                f"the origin's pack lacks {len(missing)} wanted objects (e.g. {missing[0]})"
+            )
         return received, shallow_info
 
     def _keep(self, objects: Sequence[PackObject], received: dict[str, tuple[str, bytes] | None]) -> None:
@@ -289,6 +319,7 @@ class GitService:
     @staticmethod
     def _write_pack(objects: Sequence[tuple[str, bytes]], stream: trio.SocketStream) -> None:
         """Write the pack as side-band 1 packets (runs in a worker thread)."""
+
         def sink(data: bytes) -> None:
             trio.from_thread.run(stream.send_all, _band_one(data))
 
@@ -312,8 +343,10 @@ def _response_head(request: FetchRequest, shallow_info: Sequence[tuple[str, str]
 
 
 def _band_one(data: bytes) -> bytes:
-    return b"".join(pktline.encode(b"\x01" + data[start:start + _BAND_PAYLOAD])
-                    for start in range(0, len(data), _BAND_PAYLOAD))
+    return b"".join(
+        pktline.encode(b"\x01" + data[start : start + _BAND_PAYLOAD])
+        for start in range(0, len(data), _BAND_PAYLOAD)
+    )
 
 
 def _abandon(parser: PackStreamParser) -> None:

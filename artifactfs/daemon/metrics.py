@@ -46,14 +46,21 @@ class MountCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         status = self._status()
         hydration = status["hydration"]
-        info = GaugeMetricFamily("artifactfs_mount_info", "The mounted remote and commit (always 1).",
-                                 labels=["remote", "mountpoint", "head"])
+        info = GaugeMetricFamily(
+            "artifactfs_mount_info",
+            "The mounted remote and commit (always 1).",
+            labels=["remote", "mountpoint", "head"],
+        )
         info.add_metric([status["remote"], status["mountpoint"], status["head"]], 1)
         yield info
-        yield GaugeMetricFamily("artifactfs_uptime_seconds", "Seconds since the daemon started.",
-                                value=status["uptime_seconds"])
-        yield GaugeMetricFamily("artifactfs_history_complete", "1 once the full history is local.",
-                                value=1 if status["history_complete"] else 0)
+        yield GaugeMetricFamily(
+            "artifactfs_uptime_seconds", "Seconds since the daemon started.", value=status["uptime_seconds"]
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_history_complete",
+            "1 once the full history is local.",
+            value=1 if status["history_complete"] else 0,
+        )
         per_class = {
             "artifactfs_tree_blobs": ("Blobs in the mounted tree.", "total"),
             "artifactfs_hydrated_blobs": ("Blobs available locally.", "hydrated"),
@@ -66,42 +73,69 @@ class MountCollector(Collector):
             for label, counters in hydration["classes"].items():
                 family.add_metric([label], counters[key])
             yield family
-        yield GaugeMetricFamily("artifactfs_hydration_queue_depth", "Blobs waiting to be fetched.",
-                                value=hydration["queued_blobs"])
-        yield GaugeMetricFamily("artifactfs_hydration_inflight_blobs", "Blobs in fetch requests under way.",
-                                value=hydration["inflight_blobs"])
-        yield GaugeMetricFamily("artifactfs_hydration_rate_bytes_per_second",
-                                "Hydration throughput over the last few seconds.",
-                                value=hydration["rate_bytes_per_second"])
-        yield GaugeMetricFamily("artifactfs_hydration_retrying_blobs",
-                                "Blobs waiting out a backoff after a transient failure.",
-                                value=hydration["retrying_blobs"])
-        yield GaugeMetricFamily("artifactfs_hydration_paused", "1 while hydration waits for space in the state root.",
-                                value=1 if hydration["paused"] else 0)
-        yield GaugeMetricFamily("artifactfs_remote_up", "1 while the remote answers, 0 during an outage.",
-                                value=1 if hydration["remote"]["state"] == "ok" else 0)
-        yield GaugeMetricFamily("artifactfs_hydration_recent_errors",
-                                "Fetch errors kept in the status (the last 20 at most).",
-                                value=len(hydration["errors"]))
+        yield GaugeMetricFamily(
+            "artifactfs_hydration_queue_depth",
+            "Blobs waiting to be fetched.",
+            value=hydration["queued_blobs"],
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_hydration_inflight_blobs",
+            "Blobs in fetch requests under way.",
+            value=hydration["inflight_blobs"],
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_hydration_rate_bytes_per_second",
+            "Hydration throughput over the last few seconds.",
+            value=hydration["rate_bytes_per_second"],
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_hydration_retrying_blobs",
+            "Blobs waiting out a backoff after a transient failure.",
+            value=hydration["retrying_blobs"],
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_hydration_paused",
+            "1 while hydration waits for space in the state root.",
+            value=1 if hydration["paused"] else 0,
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_remote_up",
+            "1 while the remote answers, 0 during an outage.",
+            value=1 if hydration["remote"]["state"] == "ok" else 0,
+        )
+        yield GaugeMetricFamily(
+            "artifactfs_hydration_recent_errors",
+            "Fetch errors kept in the status (the last 20 at most).",
+            value=len(hydration["errors"]),
+        )
         fuse = status.get("fuse") or {}
-        operations = CounterMetricFamily("artifactfs_fuse_operations", "FUSE requests served, by operation.",
-                                         labels=["operation"])
+        operations = CounterMetricFamily(
+            "artifactfs_fuse_operations", "FUSE requests served, by operation.", labels=["operation"]
+        )
         for operation, count in sorted(fuse.get("operations", {}).items()):
             operations.add_metric([operation], count)
         yield operations
-        yield GaugeMetricFamily("artifactfs_fuse_open_files", "Open file handles on the mount.",
-                                value=fuse.get("open_files", 0))
-        fuse_latency = HistogramMetricFamily("artifactfs_fuse_operation_seconds",
-                                             "Time to serve FUSE requests, by operation.", labels=["operation"])
+        yield GaugeMetricFamily(
+            "artifactfs_fuse_open_files", "Open file handles on the mount.", value=fuse.get("open_files", 0)
+        )
+        fuse_latency = HistogramMetricFamily(
+            "artifactfs_fuse_operation_seconds",
+            "Time to serve FUSE requests, by operation.",
+            labels=["operation"],
+        )
         for operation, histogram in sorted(fuse.get("latency", {}).items()):
             fuse_latency.add_metric([operation], _buckets(histogram), histogram["sum"])
         yield fuse_latency
-        fetch_latency = HistogramMetricFamily("artifactfs_fetch_seconds",
-                                              "Duration of blob fetch requests (one batch each).")
+        fetch_latency = HistogramMetricFamily(
+            "artifactfs_fetch_seconds", "Duration of blob fetch requests (one batch each)."
+        )
         fetch_latency.add_metric([], _buckets(hydration["fetch_latency"]), hydration["fetch_latency"]["sum"])
         yield fetch_latency
-        yield CounterMetricFamily("artifactfs_errors", "Fetch and object-info failures (each retry counts).",
-                                  value=hydration["errors_total"])
+        yield CounterMetricFamily(
+            "artifactfs_errors",
+            "Fetch and object-info failures (each retry counts).",
+            value=hydration["errors_total"],
+        )
 
 
 def _buckets(histogram: dict[str, Any]) -> list[tuple[str, float]]:
@@ -115,9 +149,12 @@ def registry_for(status: StatusSource) -> CollectorRegistry:
     return registry
 
 
-async def serve_metrics(address: tuple[str, int], status: StatusSource, *,
-                        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-                        ) -> None:
+async def serve_metrics(
+    address: tuple[str, int],
+    status: StatusSource,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Answer ``GET /metrics`` on ``address`` until cancelled."""
     registry = registry_for(status)
     host, port = address
@@ -163,6 +200,8 @@ def _response(head: bytes, registry: CollectorRegistry) -> bytes:
         except Exception:  # a scrape must never take the mount down
             log.exception("collecting metrics failed")
             code, content_type, body = "500 Internal Server Error", "text/plain", b"collection failed\n"
-    header = (f"HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\n"
-              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    header = (
+        f"HTTP/1.1 {code}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
     return header.encode() + body

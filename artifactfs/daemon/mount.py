@@ -44,9 +44,9 @@ from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
+from artifactfs.store.loose import LooseBlobFile
 from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
-from artifactfs.store.loose import LooseBlobFile
 from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
 from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
 from artifactfs.worktree.untracked import converting_paths, gitignore_id
@@ -140,7 +140,9 @@ class Mount:
             cache.clean_tmp()
             gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
-            self.hydrator = Hydrator(session, cache, gitdir, Classifier(options.priority_rules), options.hydration)
+            self.hydrator = Hydrator(
+                session, cache, gitdir, Classifier(options.priority_rules), options.hydration
+            )
             overlay = self._open_overlay(gitdir)
             self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
             install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
@@ -150,8 +152,11 @@ class Mount:
             gitfile = f"gitdir: {gitdir.path}\n".encode()
             self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
             self.hydrator.on_size_corrected = self._size_corrected
-            fuse_options = set(pyfuse3.default_options) | {"fsname=artifactfs", "subtype=artifactfs",
-                                                           "default_permissions"}
+            fuse_options = set(pyfuse3.default_options) | {
+                "fsname=artifactfs",
+                "subtype=artifactfs",
+                "default_permissions",
+            }
             if options.allow_other:
                 fuse_options.add("allow_other")
             if self.read_only:
@@ -167,10 +172,15 @@ class Mount:
                     await nursery.start(self.hydrator.run)
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
-                    serve_control = functools.partial(control.serve, streams={"upload-pack": git_service.upload_pack})
-                    await nursery.start(serve_control, self.state.socket_path(options.mountpoint), self._control)
+                    serve_control = functools.partial(
+                        control.serve, streams={"upload-pack": git_service.upload_pack}
+                    )
+                    await nursery.start(
+                        serve_control, self.state.socket_path(options.mountpoint), self._control
+                    )
                     if options.metrics_address is not None:
                         from artifactfs.daemon.metrics import serve_metrics  # optional dependency
+
                         await nursery.start(serve_metrics, options.metrics_address, self.status)
                     phases.mark("fuse started")
                     # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
@@ -185,15 +195,22 @@ class Mount:
                     try:
                         await self._prepare_index(resolved is not None)
                     except (ArtifactFSError, OSError) as error:  # a full disk, too: the mount stays a mount
-                        log.error("could not prepare the git index (%s); git status will re-read files", error)
+                        log.error(
+                            "could not prepare the git index (%s); git status will re-read files", error
+                        )
                     finally:
                         self.operations.release_gitfile()
                     if not self.read_only:
                         overlay.arm_reserve()  # after the start-up writes, which may have needed its room
                     phases.mark("index prepared")
                     nursery.start_soon(self._correct_index_sizes)
-                    log.info("mounted %s at %s (%s); start-up: %s", options.remote.redacted(), options.mountpoint,
-                             self.snapshot.commit_oid, phases.summary())
+                    log.info(
+                        "mounted %s at %s (%s); start-up: %s",
+                        options.remote.redacted(),
+                        options.mountpoint,
+                        self.snapshot.commit_oid,
+                        phases.summary(),
+                    )
                     # After the index: its object-info answers give every blob's size, and size decides
                     # the binary class, so the other classes open once classes are final.
                     self.hydrator.start_background()
@@ -225,12 +242,17 @@ class Mount:
             if (directory / "overlay.db").exists() and space_for_writing(directory) < WRITABLE_MINIMUM:
                 overlay = OverlayStore(directory, read_only=True)
                 self.read_only = True
-                log.warning("only %d KiB free in the state root %s: mounting read-only; free some space "
-                            "there and mount again to write", free_bytes(directory) // 1024, self.options.root)
+                log.warning(
+                    "only %d KiB free in the state root %s: mounting read-only; free some space "
+                    "there and mount again to write",
+                    free_bytes(directory) // 1024,
+                    self.options.root,
+                )
                 return overlay
             overlay = OverlayStore(directory)
-            hook = install_hook(gitdir.path, overlay.journal.path, overlay.journal.previous_path,
-                                git_version=git_version())
+            hook = install_hook(
+                gitdir.path, overlay.journal.path, overlay.journal.previous_path, git_version=git_version()
+            )
             gitdir.set_config("core", "fsmonitor", str(hook))
             return overlay
         except Exception as error:
@@ -240,15 +262,22 @@ class Mount:
 
     def _no_space_error(self) -> ArtifactFSError:
         free = free_bytes(self.mount_dir) // 1024
-        return ArtifactFSError(f"no space left in the state root {self.options.root} ({free} KiB free); "
-                               "free some space there and mount again")
+        return ArtifactFSError(
+            f"no space left in the state root {self.options.root} ({free} KiB free); "
+            "free some space there and mount again"
+        )
 
     def _fetch_root_manifests(self) -> None:
         """Start fetching the top-level manifests during start-up: what agents read first."""
         assert self.snapshot is not None and self.hydrator is not None
         root = self.snapshot.children("") or {}
-        self.hydrator.prefetch_paths([(name, entry.oid) for name, entry in root.items()
-                                      if entry.kind is EntryKind.FILE and builtin_class(name) is PriorityClass.MANIFEST])
+        self.hydrator.prefetch_paths(
+            [
+                (name, entry.oid)
+                for name, entry in root.items()
+                if entry.kind is EntryKind.FILE and builtin_class(name) is PriorityClass.MANIFEST
+            ]
+        )
 
     async def _fuse_main(self) -> None:
         await pyfuse3.main(min_tasks=4, max_tasks=self.options.fuse_tasks)
@@ -276,7 +305,10 @@ class Mount:
         try:
             for path in paths:
                 self.view.note_modified(path)
-        except (ArtifactFSError, OSError) as error:  # a full disk, a read-only overlay: the kernel is fixed at least
+        except (
+            ArtifactFSError,
+            OSError,
+        ) as error:  # a full disk, a read-only overlay: the kernel is fixed at least
             log.warning("could not journal the corrected size of %s: %s", oid, error)
         self._index_sizes[oid] = size
         self._apply_index_sizes()  # at once (rare, and a few ms): the next git status must see it
@@ -292,7 +324,9 @@ class Mount:
         except IndexLockedError:
             return
         except OSError as error:  # a full disk: try again later (said once, not every round)
-            (log.debug if self._index_sizes_failing else log.warning)("could not correct sizes in git's index: %s", error)
+            (log.debug if self._index_sizes_failing else log.warning)(
+                "could not correct sizes in git's index: %s", error
+            )
             self._index_sizes_failing = True
             return
         self._index_sizes_failing = False
@@ -354,13 +388,18 @@ class Mount:
 
         self.trees = TreeCache(read_tree)
         self.snapshot = Snapshot(tip.commit, tip.root_tree, self.trees)
-        write_private_file(self.mount_dir / "mount.json", json.dumps({
-            "remote": self.options.remote.redacted(),
-            "ref": self.options.ref,
-            "commit": tip.commit,
-            "branch": resolved.branch,
-            "mountpoint": str(self.options.mountpoint),
-        }).encode())
+        write_private_file(
+            self.mount_dir / "mount.json",
+            json.dumps(
+                {
+                    "remote": self.options.remote.redacted(),
+                    "ref": self.options.ref,
+                    "commit": tip.commit,
+                    "branch": resolved.branch,
+                    "mountpoint": str(self.options.mountpoint),
+                }
+            ).encode(),
+        )
         return resolved
 
     async def _prepare_index(self, fresh: bool) -> None:
@@ -378,9 +417,11 @@ class Mount:
             return
         listing = await trio.to_thread.run_sync(list_tree, self.snapshot)
         blob_oids = listing.blob_oids()
-        exclude_blobs = [(_join(directory, name), oid) for name, files in
-                         ((".gitignore", listing.gitignores), (".gitattributes", listing.gitattributes))
-                         for directory, oid in files.items()]
+        exclude_blobs = [
+            (_join(directory, name), oid)
+            for name, files in ((".gitignore", listing.gitignores), (".gitattributes", listing.gitattributes))
+            for directory, oid in files.items()
+        ]
         if self.options.hydration.mode == "none":
             # git reads every .gitignore on every status: fetch them in one request, not one per read.
             # (Background hydration takes them early anyway, with the config class.)
@@ -391,9 +432,19 @@ class Mount:
         gitignore_ids = await self._gitignore_ids(listing)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
         changed = [row.path for row in self.view.rows()]
-        await trio.to_thread.run_sync(functools.partial(
-            write_prepared_index, listing, gitdir.path, self.options.mountpoint, mtime_ns=BASE_MTIME_NS,
-            sizes=sizes, token=self._publish_token, changed=changed, gitignore_ids=gitignore_ids))
+        await trio.to_thread.run_sync(
+            functools.partial(
+                write_prepared_index,
+                listing,
+                gitdir.path,
+                self.options.mountpoint,
+                mtime_ns=BASE_MTIME_NS,
+                sizes=sizes,
+                token=self._publish_token,
+                changed=changed,
+                gitignore_ids=gitignore_ids,
+            )
+        )
 
     async def _gitignore_ids(self, listing: TreeListing) -> dict[str, str]:
         """The id git will compute for each ``.gitignore`` (see :mod:`artifactfs.worktree.untracked`).
@@ -413,9 +464,15 @@ class Mount:
             await self._hydrate_all(listing.gitattributes.values())
             try:
                 # Abandoned on timeout: git may be waiting on a lazy fetch of a .gitattributes blob.
-                converted = await trio.to_thread.run_sync(functools.partial(
-                    converting_paths, self.gitdir.path, self.snapshot.root_tree_oid, sorted(paths.values())),
-                    abandon_on_cancel=True)
+                converted = await trio.to_thread.run_sync(
+                    functools.partial(
+                        converting_paths,
+                        self.gitdir.path,
+                        self.snapshot.root_tree_oid,
+                        sorted(paths.values()),
+                    ),
+                    abandon_on_cancel=True,
+                )
             except ArtifactFSError as error:
                 log.warning("cannot tell which .gitignore files git converts (%s); guessing none", error)
             for directory, oid in listing.gitignores.items():
@@ -423,8 +480,10 @@ class Mount:
                     with contextlib.suppress(BlobUnavailableError, OSError, ValueError):  # then a guess
                         with LooseBlobFile.open(await self.hydrator.ensure(oid)) as blob:
                             contents[directory] = blob.read_all()
-        return {directory: gitignore_id(oid, contents.get(directory), paths[directory] in converted)
-                for directory, oid in listing.gitignores.items()}
+        return {
+            directory: gitignore_id(oid, contents.get(directory), paths[directory] in converted)
+            for directory, oid in listing.gitignores.items()
+        }
 
     async def _hydrate_all(self, oids: Iterable[str]) -> None:
         """Wait until each blob is local or has failed; failures are the readers' to report."""
@@ -441,13 +500,15 @@ class Mount:
 
     def _publish_runtime(self) -> None:
         try:
-            self.state.publish_runtime(RuntimeRecord(
-                pid=os.getpid(),
-                mountpoint=str(self.options.mountpoint),
-                state_dir=str(self.mount_dir),
-                remote=self.options.remote.redacted(),
-                socket=str(self.state.socket_path(self.options.mountpoint)),
-            ))
+            self.state.publish_runtime(
+                RuntimeRecord(
+                    pid=os.getpid(),
+                    mountpoint=str(self.options.mountpoint),
+                    state_dir=str(self.mount_dir),
+                    remote=self.options.remote.redacted(),
+                    socket=str(self.state.socket_path(self.options.mountpoint)),
+                )
+            )
         except OSError as error:
             if is_no_space(error):
                 raise self._no_space_error() from None
@@ -470,11 +531,18 @@ class Mount:
             except KeyError:
                 continue  # the commit object is not visible yet
             snapshot = Snapshot(commit, tree, self.trees)
-            report = self.view.reconcile(snapshot, blob_id_of_file, busy=self.operations.paths_open_for_writing())
+            report = self.view.reconcile(
+                snapshot, blob_id_of_file, busy=self.operations.paths_open_for_writing()
+            )
             self.snapshot = snapshot
             self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
-            log.info("HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
-                     commit, report.dropped, report.converted, report.kept)
+            log.info(
+                "HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
+                commit,
+                report.dropped,
+                report.converted,
+                report.kept,
+            )
             await self.hydrator.track(snapshot, may_be_local=True)
 
     # ------------------------------------------------------------- control

@@ -31,8 +31,10 @@ def notify(message: str) -> bool:
 def progress_line(status: dict[str, Any]) -> str:
     """One line for ``systemctl status``: hydration progress of a running mount."""
     hydration = status["hydration"]
-    line = (f"{status['state']}: {hydration['hydrated_blobs']}/{hydration['total_blobs']} blobs hydrated, "
-            f"{hydration['queued_blobs']} queued, {hydration['failed_blobs']} failed")
+    line = (
+        f"{status['state']}: {hydration['hydrated_blobs']}/{hydration['total_blobs']} blobs hydrated, "
+        f"{hydration['queued_blobs']} queued, {hydration['failed_blobs']} failed"
+    )
     if hydration.get("eta_seconds") is not None:
         line += f", ETA {hydration['eta_seconds']:.0f}s"
     if hydration["retrying_blobs"]:

@@ -52,9 +52,13 @@ def is_stale_mount(mountpoint: Path) -> bool:
 
 def detach_stale_mount(mountpoint: Path) -> None:
     """Lazily unmount a dead FUSE mount; raises :class:`MountpointError` if that fails."""
-    result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0 or is_stale_mount(mountpoint):
-        raise MountpointError(f"{mountpoint} is a stale mount and cannot be detached: {result.stderr.strip()}")
+        raise MountpointError(
+            f"{mountpoint} is a stale mount and cannot be detached: {result.stderr.strip()}"
+        )
     log.warning("detached the stale mount at %s left by a daemon that died", mountpoint)
 
 

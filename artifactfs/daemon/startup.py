@@ -45,13 +45,16 @@ def resolve_ref(refs: Sequence[Ref], wanted: str | None) -> ResolvedRef:
         if head is None:
             raise UnknownRefError("the remote has no HEAD (empty repository?); pass --ref")
         target = head.symref_target
-        branch = target[len("refs/heads/"):] if target and target.startswith("refs/heads/") else None
+        branch = target[len("refs/heads/") :] if target and target.startswith("refs/heads/") else None
         return ResolvedRef(head.oid, branch)
-    for candidate, is_branch in ((wanted, wanted.startswith("refs/heads/")), (f"refs/heads/{wanted}", True),
-                                 (f"refs/tags/{wanted}", False)):
+    for candidate, is_branch in (
+        (wanted, wanted.startswith("refs/heads/")),
+        (f"refs/heads/{wanted}", True),
+        (f"refs/tags/{wanted}", False),
+    ):
         ref = by_name.get(candidate)
         if ref is not None:
-            branch = candidate[len("refs/heads/"):] if is_branch else None
+            branch = candidate[len("refs/heads/") :] if is_branch else None
             return ResolvedRef(ref.peeled or ref.oid, branch)
     if _OID.fullmatch(wanted):
         return ResolvedRef(wanted, None)
@@ -71,8 +74,10 @@ async def fetch_tip(session: RemoteSession, gitdir: GitDir, commit: str) -> Tip:
     parser = PackStreamParser()
     trees: dict[str, bytes] = {}
     commits: dict[str, bytes] = {}
-    async with session.fetch([commit], filter_spec="blob:none", depth=1) as response, \
-            gitdir.promisor_pack_writer() as pack:
+    async with (
+        session.fetch([commit], filter_spec="blob:none", depth=1) as response,
+        gitdir.promisor_pack_writer() as pack,
+    ):
         async for chunk in response.pack_chunks():
             await pack.write(chunk)
             for obj in parser.feed(chunk):
@@ -89,7 +94,9 @@ async def fetch_tip(session: RemoteSession, gitdir: GitDir, commit: str) -> Tip:
     return Tip(commit, root_tree, trees, shallow)
 
 
-def _collect(type_name: str, oid: str, data: bytes | None, trees: dict[str, bytes], commits: dict[str, bytes]) -> None:
+def _collect(
+    type_name: str, oid: str, data: bytes | None, trees: dict[str, bytes], commits: dict[str, bytes]
+) -> None:
     if data is None:
         return
     if type_name == "tree":
@@ -98,7 +105,9 @@ def _collect(type_name: str, oid: str, data: bytes | None, trees: dict[str, byte
         commits[oid] = data
 
 
-async def create_gitdir(session: RemoteSession, path: Path, remote_display: str, resolved: ResolvedRef) -> tuple[GitDir, Tip]:
+async def create_gitdir(
+    session: RemoteSession, path: Path, remote_display: str, resolved: ResolvedRef
+) -> tuple[GitDir, Tip]:
     """Build a complete gitdir at ``path`` for ``resolved``, or leave nothing behind."""
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -123,7 +132,9 @@ async def complete_history(session: RemoteSession, gitdir: GitDir, health: Remot
     Runs after the mount is ready, so it never gives up and never ends the
     daemon: every failure waits and tries again (see :mod:`artifactfs.retry`).
     """
-    await retry_forever(lambda: _fetch_history_once(session, gitdir), "history fetch", health, HISTORY_BACKOFF)
+    await retry_forever(
+        lambda: _fetch_history_once(session, gitdir), "history fetch", health, HISTORY_BACKOFF
+    )
 
 
 async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
@@ -133,9 +144,16 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
     wants = sorted({ref.oid for ref in published})
     if shallow and wants:
         head = gitdir.head_oid()
-        async with session.fetch(wants, filter_spec="blob:none", depth=INFINITE_DEPTH, shallows=shallow,
-                                 haves=[head] if head else []) as response, \
-                gitdir.promisor_pack_writer() as pack:
+        async with (
+            session.fetch(
+                wants,
+                filter_spec="blob:none",
+                depth=INFINITE_DEPTH,
+                shallows=shallow,
+                haves=[head] if head else [],
+            ) as response,
+            gitdir.promisor_pack_writer() as pack,
+        ):
             async for chunk in response.pack_chunks():
                 await pack.write(chunk)
             remaining = set(shallow)
@@ -146,17 +164,25 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
                     remaining.add(oid)
         # A pack whose objects were altered in transit indexes fine under other ids: check the branch tips
         # arrived (commits, always sent; a tag may name a blob, which the filter leaves out).
-        lacking = [ref.name for ref in published if ref.name.startswith("refs/heads/") and not gitdir.has_object(ref.oid)]
+        lacking = [
+            ref.name
+            for ref in published
+            if ref.name.startswith("refs/heads/") and not gitdir.has_object(ref.oid)
+        ]
         if lacking:
-            raise CorruptObjectError(f"the history pack lacked {len(lacking)} branch tips (altered in transit?)")
+            raise CorruptObjectError(
+                f"the history pack lacked {len(lacking)} branch tips (altered in transit?)"
+            )
         gitdir.write_shallow(sorted(remaining))
     for ref in published:
         if ref.name.startswith("refs/heads/"):
-            gitdir.update_ref("refs/remotes/origin/" + ref.name[len("refs/heads/"):], ref.oid)
+            gitdir.update_ref("refs/remotes/origin/" + ref.name[len("refs/heads/") :], ref.oid)
         else:
             gitdir.update_ref(ref.name, ref.oid)
     head = next((ref for ref in refs if ref.name == "HEAD"), None)
     if head is not None and head.symref_target and head.symref_target.startswith("refs/heads/"):
-        target = "refs/remotes/origin/" + head.symref_target[len("refs/heads/"):]
+        target = "refs/remotes/origin/" + head.symref_target[len("refs/heads/") :]
         (gitdir.path / "refs/remotes/origin/HEAD").write_text(f"ref: {target}\n")
-    log.info("history complete: %d refs, %d shallow commits left", len(published), len(gitdir.shallow_commits()))
+    log.info(
+        "history complete: %d refs, %d shallow commits left", len(published), len(gitdir.shallow_commits())
+    )

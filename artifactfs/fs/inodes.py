@@ -66,11 +66,13 @@ class InodeTable:
         """``old`` and everything below it now live under ``new``, keeping their inodes."""
         self.detach(new)
         prefix = old + "/"
-        moved = [(path, inode) for path, inode in self._inode_of.items() if path == old or path.startswith(prefix)]
+        moved = [
+            (path, inode) for path, inode in self._inode_of.items() if path == old or path.startswith(prefix)
+        ]
         for path, inode in moved:
             del self._inode_of[path]
         for path, inode in moved:
-            new_path = new + path[len(old):]
+            new_path = new + path[len(old) :]
             self._inode_of[new_path] = inode
             self._path_of[inode] = new_path
 

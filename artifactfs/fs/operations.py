@@ -103,8 +103,9 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, view: OverlayView, snapshot: Snapshot, hydrator: Hydrator,
-                 gitfile: bytes, state_dir: Path) -> None:
+    def __init__(
+        self, view: OverlayView, snapshot: Snapshot, hydrator: Hydrator, gitfile: bytes, state_dir: Path
+    ) -> None:
         super().__init__()
         self._view = view
         self._snapshot = snapshot
@@ -250,7 +251,9 @@ class Operations(pyfuse3.Operations):
     # ------------------------------------------------------------- lookup & attributes
 
     @_fuse_errors
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         parent = self._path(parent_inode)
         if name == b".":
             path = parent
@@ -296,8 +299,14 @@ class Operations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     @_fuse_errors
-    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
         if inode == GITFILE_INODE:
             raise pyfuse3.FUSEError(errno.EPERM)
         path = self._inodes.path(inode)
@@ -382,7 +391,9 @@ class Operations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_fuse_errors
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         path = self._join(self._path(parent_inode), name)
         node = self._view.mkdir(path, stat.S_IMODE(mode))
         inode = self._inodes.inode(path)
@@ -408,8 +419,15 @@ class Operations(pyfuse3.Operations):
         self._inodes.detach(path)
 
     @_fuse_errors
-    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
-                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
         old_parent = self._path(parent_inode_old)
         new_parent = self._path(parent_inode_new)
         for parent, name in ((old_parent, name_old), (new_parent, name_new)):
@@ -425,8 +443,9 @@ class Operations(pyfuse3.Operations):
             self._inodes.move(old, new)
 
     @_fuse_errors
-    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
-                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         path = self._join(self._path(parent_inode), name)
         node = self._view.symlink(path, target)
         inode = self._inodes.inode(path)
@@ -435,8 +454,9 @@ class Operations(pyfuse3.Operations):
         return attributes
 
     @_fuse_errors
-    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
-                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     # ------------------------------------------------------------- files
@@ -492,8 +512,9 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=handle, keep_cache=False)
 
     @_fuse_errors
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._join(self._path(parent_inode), name)
         node = self._view.create_file(path, stat.S_IMODE(mode))
         assert node.data_path is not None
@@ -511,7 +532,7 @@ class Operations(pyfuse3.Operations):
         if handle.blob is not None:
             return handle.blob.pread(size, off)
         if handle.inode == GITFILE_INODE:
-            return self._gitfile[off:off + size]
+            return self._gitfile[off : off + size]
         return os.pread(handle.fd, size, off)
 
     @_fuse_errors

@@ -162,8 +162,14 @@ class _RateMeter:
 
 
 class Hydrator:
-    def __init__(self, session: RemoteSession, cache: BlobCache, gitdir: GitDir,
-                 classifier: Classifier, settings: HydrationSettings) -> None:
+    def __init__(
+        self,
+        session: RemoteSession,
+        cache: BlobCache,
+        gitdir: GitDir,
+        classifier: Classifier,
+        settings: HydrationSettings,
+    ) -> None:
         self._session = session
         self._cache = cache
         self._gitdir = gitdir
@@ -249,8 +255,11 @@ class Hydrator:
         finish them.
         """
         while self.settings.mode == "background":
-            if all(counters.hydrated + counters.failed >= counters.total
-                   for priority_class, counters in self._counters.items() if priority_class <= last):
+            if all(
+                counters.hydrated + counters.failed >= counters.total
+                for priority_class, counters in self._counters.items()
+                if priority_class <= last
+            ):
                 return
             await trio.sleep(poll)
 
@@ -366,7 +375,11 @@ class Hydrator:
         if blob.permanent_failure:
             raise BlobUnavailableError(f"blob {oid} ({blob.path}): {blob.failure}")
         self._demanded.add(oid)
-        boost = self.settings.mode == "background" and oid not in self._inflight and not self._queued_at(oid, BOOST)
+        boost = (
+            self.settings.mode == "background"
+            and oid not in self._inflight
+            and not self._queued_at(oid, BOOST)
+        )
         events = self._request([oid], DEMAND)
         if boost:
             await trio.sleep(0)  # a demand lane sends the request first
@@ -386,8 +399,10 @@ class Hydrator:
         elif self.health.state == "unreachable":
             reason = f"{reason}; the remote is unreachable ({self.health.last_error})"
         log.error("read of %s (%s) failed: %s", blob.path or oid, oid, reason)
-        raise BlobUnavailableError(f"blob {oid} ({blob.path}): {reason}",
-                                   errno_value=errno.ENOSPC if self._space_restored is not None else errno.EIO)
+        raise BlobUnavailableError(
+            f"blob {oid} ({blob.path}): {reason}",
+            errno_value=errno.ENOSPC if self._space_restored is not None else errno.EIO,
+        )
 
     def _tracked(self, oid: str, path: str) -> _Blob:
         """The accounting record of ``oid``, registered (and queued for the background) on first sight."""
@@ -460,8 +475,9 @@ class Hydrator:
                 self._sizes[oid] = size
         return size
 
-    async def sizes(self, oids: Sequence[str], *, partial: bool = False,
-                    neighbours: Iterable[tuple[str, str]] = ()) -> dict[str, int]:
+    async def sizes(
+        self, oids: Sequence[str], *, partial: bool = False, neighbours: Iterable[tuple[str, str]] = ()
+    ) -> dict[str, int]:
         """Sizes of blobs, from object-info when the server offers it, else by hydrating them.
 
         Hydrating for sizes also fetches ``neighbours`` ((path, oid) of the
@@ -653,8 +669,14 @@ class Hydrator:
         if hinted is None or hinted == verified_size:
             return
         blob = self._blobs.get(oid)
-        log.warning("object-info said %d bytes for %s (%s) but the verified blob has %d; using %d",
-                    hinted, blob.path if blob else "?", oid, verified_size, verified_size)
+        log.warning(
+            "object-info said %d bytes for %s (%s) but the verified blob has %d; using %d",
+            hinted,
+            blob.path if blob else "?",
+            oid,
+            verified_size,
+            verified_size,
+        )
         if blob is not None:
             self._counters[blob.priority_class].total_bytes += verified_size - hinted
         if self.on_size_corrected is not None:
@@ -672,8 +694,11 @@ class Hydrator:
                 continue
             oids = [oid for oid, _ in batch]
             urgent = batch[0][1] <= STAT
-            small = not urgent and len(oids) <= _SMALL_BATCH and sum(
-                self._sizes.get(oid, _UNKNOWN_SIZE_GUESS) for oid in oids) <= _SMALL_BATCH_BYTES
+            small = (
+                not urgent
+                and len(oids) <= _SMALL_BATCH
+                and sum(self._sizes.get(oid, _UNKNOWN_SIZE_GUESS) for oid in oids) <= _SMALL_BATCH_BYTES
+            )
             self._inflight.update(oids)
             if urgent:
                 self._urgent_inflight.update(batch)
@@ -702,13 +727,25 @@ class Hydrator:
     def _taker(self, level: int) -> Callable[[], list[tuple[str, int]]]:
         """What a demand (or the stat) lane takes: every blob queued at ``level``, up to one batch's limits."""
         settings = self.settings
-        return lambda: self._queue.pop_batch(level, settings.max_batch, settings.max_batch_bytes, self._sizes,
-                                             _UNKNOWN_SIZE_GUESS, min_level=level)
+        return lambda: self._queue.pop_batch(
+            level,
+            settings.max_batch,
+            settings.max_batch_bytes,
+            self._sizes,
+            _UNKNOWN_SIZE_GUESS,
+            min_level=level,
+        )
 
     def _take_background(self) -> list[tuple[str, int]]:
         """Boosted blobs first, then the classes background hydration has opened."""
-        return self._queue.pop_batch(self._background_level, self._batch_size, self.settings.max_batch_bytes,
-                                     self._sizes, _UNKNOWN_SIZE_GUESS, min_level=BOOST)
+        return self._queue.pop_batch(
+            self._background_level,
+            self._batch_size,
+            self.settings.max_batch_bytes,
+            self._sizes,
+            _UNKNOWN_SIZE_GUESS,
+            min_level=BOOST,
+        )
 
     async def _uncached(self, oids: list[str]) -> list[str]:
         """Drop the blobs that reached the cache since they were queued (another mount sharing it stored them).
@@ -716,6 +753,7 @@ class Hydrator:
         A large batch is checked in a worker thread: thousands of ``stat`` calls
         would otherwise hold up every FUSE request.
         """
+
         def cached() -> set[str]:
             return {oid for oid in oids if self._cache.contains(oid)}
 
@@ -742,7 +780,9 @@ class Hydrator:
                 await self._fetch_once(ordered, remaining)
                 if remaining:
                     # A server refuses what it lacks; a pack without a wanted blob was altered in transit.
-                    raise CorruptObjectError(f"the pack lacked {len(remaining)} wanted blobs (altered in transit?)")
+                    raise CorruptObjectError(
+                        f"the pack lacked {len(remaining)} wanted blobs (altered in transit?)"
+                    )
             except Exception as error:
                 verdict = classify(error)
                 if verdict is None:
@@ -760,8 +800,10 @@ class Hydrator:
                 if verdict is Verdict.NO_SPACE or await self._disk_full():
                     self._pause_for_space(error)
                 else:
-                    self._note_error(f"fetch of {len(remaining)} blobs failed "
-                                     f"(attempt {self.health.consecutive_failures + 1}): {error}")
+                    self._note_error(
+                        f"fetch of {len(remaining)} blobs failed "
+                        f"(attempt {self.health.consecutive_failures + 1}): {error}"
+                    )
                     self._remote_failed(f"fetch of {len(remaining)} blobs failed", error)
                 self._retry_later(ordered)
                 return
@@ -885,13 +927,20 @@ class Hydrator:
         async with self._session.fetch(wants) as response:
             async for chunk in response.pack_chunks():
                 await self._throttle(len(chunk))
-                self._deliver(self._ingest(parser, chunk) if inline
-                              else await self._in_parse_thread(self._ingest, parser, chunk), remaining)
-            self._deliver(self._ingest_end(parser) if inline
-                          else await self._in_parse_thread(self._ingest_end, parser), remaining)
+                self._deliver(
+                    self._ingest(parser, chunk)
+                    if inline
+                    else await self._in_parse_thread(self._ingest, parser, chunk),
+                    remaining,
+                )
+            self._deliver(
+                self._ingest_end(parser) if inline else await self._in_parse_thread(self._ingest_end, parser),
+                remaining,
+            )
 
-    async def _in_parse_thread(self, function: Callable[..., list[tuple[str, int]]],
-                               *args: object) -> list[tuple[str, int]]:
+    async def _in_parse_thread(
+        self, function: Callable[..., list[tuple[str, int]]], *args: object
+    ) -> list[tuple[str, int]]:
         """Run a background batch's parsing step in the one parse thread.
 
         Parsing holds the GIL most of the time: more threads would not parse
@@ -943,7 +992,9 @@ class Hydrator:
             if blob.failure is not None:
                 counters.failed -= 1
                 blob.failure = None
-            self.record.append(Arrival(oid, blob.path, blob.priority_class.label, oid in self._demanded, time.monotonic()))
+            self.record.append(
+                Arrival(oid, blob.path, blob.priority_class.label, oid in self._demanded, time.monotonic())
+            )
         else:
             self._learn_size(oid, size, verified=True)
         self._queue.discard(oid)

@@ -65,8 +65,16 @@ class HydrationQueue:
                 return level
         return None
 
-    def pop_batch(self, max_level: int, max_count: int, max_bytes: int, size_of: dict[str, int],
-                  unknown_size: int, *, min_level: int = DEMAND) -> list[tuple[str, int]]:
+    def pop_batch(
+        self,
+        max_level: int,
+        max_count: int,
+        max_bytes: int,
+        size_of: dict[str, int],
+        unknown_size: int,
+        *,
+        min_level: int = DEMAND,
+    ) -> list[tuple[str, int]]:
         """Remove and return up to ``max_count`` blobs with a level from ``min_level`` to ``max_level``, best first.
 
         The batch stops early once the known (or assumed) sizes reach ``max_bytes``;

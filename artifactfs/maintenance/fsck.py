@@ -132,15 +132,28 @@ def _check_gitdir(gitdir: GitDir, report: FsckReport) -> Snapshot | None:
         return None
     try:
         result = subprocess.run(
-            ["git", "--git-dir", str(gitdir.path), "fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
-            capture_output=True, text=True, check=False, timeout=_GIT_FSCK_TIMEOUT,
+            [
+                "git",
+                "--git-dir",
+                str(gitdir.path),
+                "fsck",
+                "--connectivity-only",
+                "--no-dangling",
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_GIT_FSCK_TIMEOUT,
         )
     except subprocess.TimeoutExpired:
         report.add("note", f"git fsck of {gitdir.path} took over {_GIT_FSCK_TIMEOUT:g}s; skipped")
         return base
     if result.returncode != 0:
         problem = (result.stderr.strip() or result.stdout.strip()).splitlines()
-        report.add("damaged", f"git fsck of {gitdir.path} failed: {problem[0] if problem else result.returncode}")
+        report.add(
+            "damaged", f"git fsck of {gitdir.path} failed: {problem[0] if problem else result.returncode}"
+        )
     else:
         report.add("ok", f"gitdir: HEAD {head}, connectivity intact")
     return base
@@ -161,7 +174,9 @@ def _check_overlay(overlay_dir: Path, base: Snapshot | None, live: bool, report:
     misplaced = _check_parents(rows, base, report)
     if base is None:
         report.add("note", "overlay rows not checked against the base tree (HEAD unreadable)")
-    report.add("ok", f"overlay: {len(rows)} rows, {referenced} data files, {misplaced} rows outside a directory")
+    report.add(
+        "ok", f"overlay: {len(rows)} rows, {referenced} data files, {misplaced} rows outside a directory"
+    )
 
 
 def _check_data_files(data_dir: Path, rows: dict[str, OverlayRow], live: bool, report: FsckReport) -> int:

@@ -84,7 +84,6 @@ _RESERVE_NAME = "reserve"
 _T = TypeVar("_T")
 
 
-
 class ChangeJournal:
     """Append-only file of NUL-terminated paths, one per change, in the order they happened.
 
@@ -115,7 +114,7 @@ class ChangeJournal:
         end = os.lseek(self._fd, 0, os.SEEK_END)
         try:
             while records:
-                records = records[os.write(self._fd, records):]
+                records = records[os.write(self._fd, records) :]
         except OSError:
             os.ftruncate(self._fd, end)
             raise
@@ -128,7 +127,6 @@ class ChangeJournal:
 
     def close(self) -> None:
         os.close(self._fd)
-
 
 
 class OverlayStoreError(ArtifactFSError):
@@ -194,7 +192,9 @@ def _subtree_bounds(path: str) -> tuple[bytes, bytes]:
     return key + b"/", key + b"0"
 
 
-def _row_from_db(record: tuple[bytes, str, int, str | None, str | None, bytes | None, int, int | None]) -> OverlayRow:
+def _row_from_db(
+    record: tuple[bytes, str, int, str | None, str | None, bytes | None, int, int | None],
+) -> OverlayRow:
     raw_path, kind, mode, data_id, base_oid, target, opaque, mtime_ns = record
     return OverlayRow(
         path=decode_path(raw_path),
@@ -223,7 +223,9 @@ class Batch:
         self._touched: list[bytes] = []
 
     def get(self, path: str) -> OverlayRow | None:
-        record = self._conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (encode_path(path),)).fetchone()
+        record = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (encode_path(path),)
+        ).fetchone()
         return None if record is None else _row_from_db(record)
 
     def put(self, row: OverlayRow) -> None:
@@ -252,7 +254,9 @@ class Batch:
 
     def delete(self, path: str) -> None:
         key = encode_path(path)
-        for (data_id,) in self._conn.execute("DELETE FROM entries WHERE path = ? RETURNING data_id", (key,)).fetchall():
+        for (data_id,) in self._conn.execute(
+            "DELETE FROM entries WHERE path = ? RETURNING data_id", (key,)
+        ).fetchall():
             if data_id is not None:
                 self._orphan_candidates.add(data_id)
             self._touched.append(key)
@@ -260,10 +264,13 @@ class Batch:
     def delete_subtree(self, path: str) -> None:
         """Delete every strict descendant of ``path`` (all rows but the root's, for "")."""
         if path == "":
-            deleted = self._conn.execute("DELETE FROM entries WHERE path != ? RETURNING path, data_id", (b"",))
+            deleted = self._conn.execute(
+                "DELETE FROM entries WHERE path != ? RETURNING path, data_id", (b"",)
+            )
         else:
             deleted = self._conn.execute(
-                "DELETE FROM entries WHERE path > ? AND path < ? RETURNING path, data_id", _subtree_bounds(path)
+                "DELETE FROM entries WHERE path > ? AND path < ? RETURNING path, data_id",
+                _subtree_bounds(path),
             )
         for key, data_id in deleted.fetchall():
             if data_id is not None:
@@ -285,7 +292,8 @@ class Batch:
         return [
             data_id
             for data_id in sorted(self._orphan_candidates)
-            if self._conn.execute("SELECT 1 FROM entries WHERE data_id = ? LIMIT 1", (data_id,)).fetchone() is None
+            if self._conn.execute("SELECT 1 FROM entries WHERE data_id = ? LIMIT 1", (data_id,)).fetchone()
+            is None
         ]
 
 
@@ -315,7 +323,9 @@ class OverlayStore:
             private_dir(state_dir)
             private_dir(self.data_dir)
             self._release_reserve()
-            os.close(open_private(self._db_path, os.O_RDWR | os.O_CREAT))  # 0600; SQLite's -wal and -shm copy it
+            os.close(
+                open_private(self._db_path, os.O_RDWR | os.O_CREAT)
+            )  # 0600; SQLite's -wal and -shm copy it
             self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         try:
             self._open_database(read_only)
@@ -334,7 +344,9 @@ class OverlayStore:
             raise OverlayStoreError(f"overlay database {self._db_path} has unknown schema version {version}")
         if read_only:
             if version == 0:
-                raise OverlayStoreError(f"overlay database {self._db_path} was never set up; it cannot be read")
+                raise OverlayStoreError(
+                    f"overlay database {self._db_path} was never set up; it cannot be read"
+                )
             return
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -371,7 +383,9 @@ class OverlayStore:
             return {}
         marks = ", ".join("?" * len(keys))
         with self._lock:
-            records = self._conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE path IN ({marks})", keys).fetchall()
+            records = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM entries WHERE path IN ({marks})", keys
+            ).fetchall()
         rows = (_row_from_db(record) for record in records)
         return {row.path: row for row in rows}
 
@@ -535,7 +549,8 @@ class OverlayStore:
     def _remove_unreferenced_data(self) -> list[str]:
         """Unlink data-directory entries no row references (crash leftovers)."""
         referenced = {
-            data_id for (data_id,) in self._conn.execute("SELECT data_id FROM entries WHERE data_id IS NOT NULL")
+            data_id
+            for (data_id,) in self._conn.execute("SELECT data_id FROM entries WHERE data_id IS NOT NULL")
         }
         removed: list[str] = []
         with os.scandir(self.data_dir) as entries:

@@ -225,7 +225,9 @@ class OverlayView:
             if current.node is not None:
                 raise AlreadyExists(path, "file exists")
             opaque = not parent.base_below or current.base is not None
-            row = OverlayRow(path, "dir", stat.S_IFDIR | (mode & 0o7777), opaque=opaque, mtime_ns=time.time_ns())
+            row = OverlayRow(
+                path, "dir", stat.S_IFDIR | (mode & 0o7777), opaque=opaque, mtime_ns=time.time_ns()
+            )
             with self._store.batch() as batch:
                 batch.put(row)
                 self._touch_parent(batch, path)
@@ -393,7 +395,9 @@ class OverlayView:
         shows_base = resolved.row is None or resolved.base_below
         return self._materialize_entry(resolved.path, resolved.row, resolved.base if shows_base else None)
 
-    def _materialize_entry(self, path: str, row: OverlayRow | None, entry: BaseEntry | None) -> list[OverlayRow]:
+    def _materialize_entry(
+        self, path: str, row: OverlayRow | None, entry: BaseEntry | None
+    ) -> list[OverlayRow]:
         """Like :meth:`_materialize` for a visible ``row`` and/or base ``entry``.
 
         ``entry`` must be None unless the base shows through at ``path`` (no
@@ -410,7 +414,10 @@ class OverlayView:
             top = replace(row, opaque=True)
         if not _is_dir(entry):
             below = self._store.subtree(path)
-            return [top, *(replace(r, opaque=True) if r.kind == "dir" else r for r in below if r.kind != "whiteout")]
+            return [
+                top,
+                *(replace(r, opaque=True) if r.kind == "dir" else r for r in below if r.kind != "whiteout"),
+            ]
         rows = {_name_of(r.path): r for r in self._store.children(path)}
         base_children = self._base.children(path) or {}
         result = [top]
@@ -445,7 +452,9 @@ class OverlayView:
             current = resolved.row if resolved.row is not None else self._row_for_base(resolved)
             with self._store.batch() as batch:
                 if current.data_id is not None:
-                    os.utime(self._store.data_path(current.data_id), ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+                    os.utime(
+                        self._store.data_path(current.data_id), ns=(mtime_ns, mtime_ns), follow_symlinks=False
+                    )
                     batch.record(path)
                 else:
                     batch.put(replace(current, mtime_ns=mtime_ns))

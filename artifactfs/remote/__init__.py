@@ -1,7 +1,7 @@
 """Talking to Git remotes: URL parsing, transports and the protocol v2 engine."""
 
-from artifactfs.remote.protocol import FetchResponse, Ref, RemoteSession, open_remote
 from artifactfs.redaction import redact
+from artifactfs.remote.protocol import FetchResponse, Ref, RemoteSession, open_remote
 from artifactfs.remote.url import RemoteURL
 
 __all__ = [

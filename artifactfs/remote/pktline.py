@@ -48,7 +48,11 @@ FLUSH = Packet(PacketKind.FLUSH)
 DELIM = Packet(PacketKind.DELIM)
 RESPONSE_END = Packet(PacketKind.RESPONSE_END)
 _SPECIAL = {0: FLUSH, 1: DELIM, 2: RESPONSE_END}
-_SPECIAL_BYTES = {PacketKind.FLUSH: FLUSH_PKT, PacketKind.DELIM: DELIM_PKT, PacketKind.RESPONSE_END: RESPONSE_END_PKT}
+_SPECIAL_BYTES = {
+    PacketKind.FLUSH: FLUSH_PKT,
+    PacketKind.DELIM: DELIM_PKT,
+    PacketKind.RESPONSE_END: RESPONSE_END_PKT,
+}
 
 
 def encode(payload: bytes | str) -> bytes:
@@ -137,7 +141,9 @@ def _raise_if_missing(message: str) -> None:
     """Raise :class:`MissingObjectError` for git's "not our ref", naming the object when the message does."""
     missing = _NOT_OUR_REF_RE.search(message)
     if missing is not None:
-        raise MissingObjectError(missing.group(1), f"remote does not have object {missing.group(1) or '(unnamed)'}")
+        raise MissingObjectError(
+            missing.group(1), f"remote does not have object {missing.group(1) or '(unnamed)'}"
+        )
 
 
 def split_sideband(payload: bytes) -> tuple[int, bytes]:

@@ -284,7 +284,9 @@ class RemoteSession:
             elif section == "shallow-info":
                 kind, _, oid = line.partition(" ")
                 if kind not in ("shallow", "unshallow") or not _OID_RE.fullmatch(oid):
-                    raise ProtocolError(f"{self.description}: malformed shallow-info line {pktline.one_line(line)!r}")
+                    raise ProtocolError(
+                        f"{self.description}: malformed shallow-info line {pktline.one_line(line)!r}"
+                    )
                 shallow_info.append((kind, oid))
 
     async def object_info(self, oids: Sequence[str]) -> dict[str, int]:
@@ -311,14 +313,20 @@ class RemoteSession:
         for line in lines[1:]:
             oid, _, size = line.partition(" ")
             if not _OID_RE.fullmatch(oid):
-                raise ProtocolError(f"{self.description}: malformed object-info line {pktline.one_line(line)!r}")
+                raise ProtocolError(
+                    f"{self.description}: malformed object-info line {pktline.one_line(line)!r}"
+                )
             if not size:
                 raise MissingObjectError(oid)
             if not size.isdigit():
-                raise ProtocolError(f"{self.description}: malformed object-info line {pktline.one_line(line)!r}")
+                raise ProtocolError(
+                    f"{self.description}: malformed object-info line {pktline.one_line(line)!r}"
+                )
             sizes[oid] = int(size)
         if len(lines) - 1 != len(oids) or sizes.keys() != set(oids):
-            raise ProtocolError(f"{self.description}: object-info answered for {len(sizes)} of {len(set(oids))} objects")
+            raise ProtocolError(
+                f"{self.description}: object-info answered for {len(sizes)} of {len(set(oids))} objects"
+            )
         return sizes
 
     def supports(self, command: str, feature: str) -> bool:

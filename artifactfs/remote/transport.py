@@ -11,8 +11,8 @@ protocol engine's business.
 from __future__ import annotations
 
 import logging
-import ssl
 import os
+import ssl
 import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
@@ -106,7 +106,9 @@ class HttpTransport:
 
     async def advertise(self) -> bytes:
         url = self._base + _INFO_REFS
-        response = await self._send("GET", url, None, expected_type=_ADVERTISEMENT_TYPE, follow_redirects=True)
+        response = await self._send(
+            "GET", url, None, expected_type=_ADVERTISEMENT_TYPE, follow_redirects=True
+        )
         try:
             with _translate_http_errors(self.description):
                 body = await response.aread()
@@ -176,7 +178,9 @@ class HttpTransport:
                 await response.aclose()
                 if await self._retry_credentials(response.status_code, credential):
                     continue
-                raise AuthenticationError(f"{self.description}: authentication failed (HTTP {response.status_code})")
+                raise AuthenticationError(
+                    f"{self.description}: authentication failed (HTTP {response.status_code})"
+                )
             try:
                 self._check(response, expected_type)
             except BaseException:
@@ -194,7 +198,9 @@ class HttpTransport:
                 self._helper = GitCredentialHelper(self._base, self._username, timeout=self._timeout)
                 self._credential = await self._helper.fill()
                 if self._credential is None:
-                    raise AuthenticationError(f"{self.description}: authentication required and no credentials found")
+                    raise AuthenticationError(
+                        f"{self.description}: authentication required and no credentials found"
+                    )
                 log.debug("retrying %s with credentials from git credential", self.description)
                 return True
             if self._helper is not None and failed is not None:
@@ -234,7 +240,9 @@ def _translate_http_errors(where: str) -> Iterator[None]:
     except httpx.ConnectTimeout:
         raise RemoteUnreachableError(f"{where}: connection timed out") from None
     except httpx.ConnectError as exc:
-        raise RemoteUnreachableError(f"{where}: cannot connect ({one_line(str(exc)) or 'connection failed'})") from None
+        raise RemoteUnreachableError(
+            f"{where}: cannot connect ({one_line(str(exc)) or 'connection failed'})"
+        ) from None
     except httpx.TimeoutException:
         raise TransientRemoteError(f"{where}: timed out waiting for the server") from None
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:

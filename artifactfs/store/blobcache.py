@@ -133,8 +133,11 @@ class BlobCache:
         while True:
             partial = f"{self._tmp}{os.sep}blob-{next(self._serial)}"
             try:
-                fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             READ_ONLY_FILE_MODE)
+                fd = os.open(
+                    partial,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    READ_ONLY_FILE_MODE,
+                )
                 break
             except FileExistsError:
                 continue  # left by an earlier process with this pid

@@ -87,10 +87,20 @@ class GitDir:
         private_dir(path.parent)
         staging = Path(tempfile.mkdtemp(prefix=".gitdir-", dir=path.parent))  # mkdtemp makes it 0700
         try:
-            for sub in ("objects/pack", "objects/info", "refs/heads", "refs/tags", "refs/remotes/origin", "info", "hooks"):
+            for sub in (
+                "objects/pack",
+                "objects/info",
+                "refs/heads",
+                "refs/tags",
+                "refs/remotes/origin",
+                "info",
+                "hooks",
+            ):
                 private_dir(staging / sub)
             write_private_file(staging / "HEAD", b"ref: refs/heads/main\n")
-            config = _CONFIG_TEMPLATE.format(url=_quote_config_value(remote_url), shared=GIT_SHARED_REPOSITORY)
+            config = _CONFIG_TEMPLATE.format(
+                url=_quote_config_value(remote_url), shared=GIT_SHARED_REPOSITORY
+            )
             write_private_file(staging / "config", config.encode())
             write_private_file(staging / "description", b"ArtifactFS mount\n")
             os.rename(staging, path)
@@ -112,7 +122,9 @@ class GitDir:
         config.set(key, name.encode(), value.encode())
         self._write_config(config)
 
-    def set_config_values(self, section: str, name: str, values: list[str], *, subsection: str | None = None) -> None:
+    def set_config_values(
+        self, section: str, name: str, values: list[str], *, subsection: str | None = None
+    ) -> None:
         """Make ``values``, in order, the only values of a multi-valued key (written atomically, only if they change)."""
         path = self.path / "config"
         config = ConfigFile.from_path(str(path))
@@ -185,11 +197,17 @@ class GitDir:
         try:
             private_dir(quarantine / "pack")
             # The indexer writes into the quarantine and reads existing objects (delta bases) through it.
-            environment = {**os.environ, "GIT_OBJECT_DIRECTORY": str(quarantine),
-                           "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects)}
+            environment = {
+                **os.environ,
+                "GIT_OBJECT_DIRECTORY": str(quarantine),
+                "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects),
+            }
             process = await trio.lowlevel.open_process(
                 ["git", "--git-dir", str(self.path), "index-pack", "--stdin", "--promisor=artifactfs"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=environment,
             )
             sink = PackSink(process)
             try:
@@ -324,14 +342,18 @@ class PackSink:
         output = bytearray()
         errors = bytearray()
         async with trio.open_nursery() as nursery:
+
             async def drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
                 while chunk := await stream.receive_some():
                     into.extend(chunk)
+
             nursery.start_soon(drain, self._process.stdout, output)
             nursery.start_soon(drain, self._process.stderr, errors)
         status = await self._process.wait()
         await self.close_streams()
         if status != 0:
-            reason = "; ".join(line.strip() for line in errors.decode(errors="replace").splitlines() if line.strip())
+            reason = "; ".join(
+                line.strip() for line in errors.decode(errors="replace").splitlines() if line.strip()
+            )
             raise CorruptObjectError(f"git index-pack rejected the pack: {reason}")
         return output.decode().split()[-1]

@@ -108,7 +108,7 @@ class LooseBlobFile:
         try:
             start = os.pread(fd, len(_ZLIB_HEADER) + _BLOCK_HEADER + _MAX_HEADER, 0)
             header_end = start.find(b"\x00", len(_ZLIB_HEADER) + _BLOCK_HEADER)
-            header = start[len(_ZLIB_HEADER) + _BLOCK_HEADER:header_end + 1]
+            header = start[len(_ZLIB_HEADER) + _BLOCK_HEADER : header_end + 1]
             if start[:2] != _ZLIB_HEADER or header_end < 0 or not header.startswith(b"blob "):
                 raise ValueError(f"{os.fspath(path)} is not a stored loose blob")
             size = int(header[5:-1])

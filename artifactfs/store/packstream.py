@@ -129,8 +129,7 @@ def _apply(offset: int, base: bytes, delta: bytes) -> bytes:
     source_size, target_size = _delta_sizes(offset, delta)
     if source_size != len(base):
         raise PackCorruptError(
-            f"delta at offset {offset} expects a {source_size}-byte base, "
-            f"but its base has {len(base)} bytes"
+            f"delta at offset {offset} expects a {source_size}-byte base, but its base has {len(base)} bytes"
         )
     try:
         # The compiled applier allocates the declared target size up front, so a
@@ -247,10 +246,7 @@ class PackStreamParser:
             return "pack stream ended before its header"
         if self._state is _State.TRAILER:
             return "pack stream ended before its trailing checksum"
-        return (
-            f"pack stream ended after {self._entries_read} of "
-            f"{self.objects_expected} objects"
-        )
+        return f"pack stream ended after {self._entries_read} of {self.objects_expected} objects"
 
     def _hash_input(self, piece: memoryview) -> None:
         """Hash everything but the last 20 bytes seen, which may be the trailer."""
@@ -339,8 +335,7 @@ class PackStreamParser:
             known = base_offset in self._records or base_offset in self._deferred
             if distance == 0 or not known:
                 raise PackCorruptError(
-                    f"delta at offset {offset} refers to offset {base_offset}, "
-                    "where no earlier object starts"
+                    f"delta at offset {offset} refers to offset {base_offset}, where no earlier object starts"
                 )
         elif kind == _REF_DELTA:
             if end - pos < _OID_SIZE:
@@ -394,8 +389,7 @@ class PackStreamParser:
             entry.produced += len(piece)
             if entry.produced > entry.size:
                 raise PackCorruptError(
-                    f"object at offset {entry.offset} inflates to more than its "
-                    f"declared {entry.size} bytes"
+                    f"object at offset {entry.offset} inflates to more than its declared {entry.size} bytes"
                 )
             if entry.hasher is not None:
                 entry.hasher.update(piece)
@@ -411,9 +405,7 @@ class PackStreamParser:
                     )
                 self._entry = None
                 self._entries_read += 1
-                self._state = (
-                    _State.TRAILER if self._entries_read == self.objects_expected else _State.ENTRY
-                )
+                self._state = _State.TRAILER if self._entries_read == self.objects_expected else _State.ENTRY
                 self._finish_entry(entry, out)
                 return True
         return False
@@ -491,8 +483,7 @@ class PackStreamParser:
                 found = self._lookup_base(oid)
                 if found is None:
                     raise MissingDeltaBaseError(
-                        f"spool file of delta base {oid.hex()} vanished and "
-                        "external_base cannot supply it"
+                        f"spool file of delta base {oid.hex()} vanished and external_base cannot supply it"
                     )
                 data = found[1]
             for delta in waiting:
@@ -510,8 +501,7 @@ class PackStreamParser:
         actual = self._pack_hash.digest()
         if expected != actual:
             raise PackCorruptError(
-                f"pack checksum mismatch: trailer says {expected.hex()}, "
-                f"data hashes to {actual.hex()}"
+                f"pack checksum mismatch: trailer says {expected.hex()}, data hashes to {actual.hex()}"
             )
         self._pos = len(self._buf)
         self._state = _State.DONE

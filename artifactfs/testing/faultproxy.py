@@ -95,9 +95,16 @@ class FaultProxy:
     POSTs may be faulted (``None``: every upload-pack POST).
     """
 
-    def __init__(self, upstream: str, *, probability: float = 0.0, kinds: tuple[str, ...] = DEFAULT_KINDS,
-                 stall_seconds: float = 1.0, seed: int | None = None,
-                 commands: tuple[str, ...] | None = ("fetch",)) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        probability: float = 0.0,
+        kinds: tuple[str, ...] = DEFAULT_KINDS,
+        stall_seconds: float = 1.0,
+        seed: int | None = None,
+        commands: tuple[str, ...] | None = ("fetch",),
+    ) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"the fault proxy only forwards to loopback http URLs, not {upstream!r}")
@@ -138,7 +145,9 @@ class FaultProxy:
             if kinds is not None:
                 unknown = [kind for kind in kinds if kind not in FAULT_KINDS]
                 if unknown or not kinds:
-                    raise ValueError(f"unknown fault kinds {unknown}; expected some of {', '.join(FAULT_KINDS)}")
+                    raise ValueError(
+                        f"unknown fault kinds {unknown}; expected some of {', '.join(FAULT_KINDS)}"
+                    )
                 self._kinds = tuple(kinds)
 
     def inject(self, *faults: str) -> None:
@@ -197,8 +206,9 @@ class FaultProxy:
     def _listen(self) -> None:
         self._server = _Server(("127.0.0.1", self._port), _Handler, self)
         self._port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,),
-                                        name="fault-proxy", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="fault-proxy", daemon=True
+        )
         self._thread.start()
 
     def _close_listener(self) -> None:
@@ -258,8 +268,9 @@ class FaultProxy:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # ------------------------------------------------------------------ one request
@@ -288,8 +299,11 @@ class FaultProxy:
     def _forward(self, request: _Message) -> _Message:
         """Send ``request`` upstream on a fresh connection and read the whole response."""
         with socket.create_connection(self.upstream, timeout=_IO_TIMEOUT) as upstream:
-            headers = [(k, v) for k, v in request.headers
-                       if k.lower() not in ("connection", "content-length", "transfer-encoding", "keep-alive")]
+            headers = [
+                (k, v)
+                for k, v in request.headers
+                if k.lower() not in ("connection", "content-length", "transfer-encoding", "keep-alive")
+            ]
             headers += [("Content-Length", str(len(request.body))), ("Connection", "close")]
             upstream.sendall(_serialize(request.head, headers, request.body))
             reader = upstream.makefile("rb")
@@ -344,16 +358,22 @@ class _Handler(socketserver.StreamRequestHandler):
         if fault == "5xx":
             owner._count(fault)
             status = (500, 502, 503)[owner._choose(3)]
-            self._send(f"HTTP/1.1 {status} Injected Fault".encode(), [("Content-Type", "text/plain")],
-                       b"injected fault\n")
+            self._send(
+                f"HTTP/1.1 {status} Injected Fault".encode(),
+                [("Content-Type", "text/plain")],
+                b"injected fault\n",
+            )
             return True
         response = owner._forward(request)
         if owner.is_down:
             return False  # switched off while upstream answered: the connection was reset
         body = response.body
         if fault in ("flip", "flip-raw", "info-flip"):
-            altered = (_alter_object_info(body, choose=owner._choose) if fault == "info-flip"
-                       else _alter_fetch_response(body, raw=fault == "flip-raw", choose=owner._choose))
+            altered = (
+                _alter_object_info(body, choose=owner._choose)
+                if fault == "info-flip"
+                else _alter_fetch_response(body, raw=fault == "flip-raw", choose=owner._choose)
+            )
             if altered is None:
                 with owner._lock:
                     owner.flip_misses += 1
@@ -392,8 +412,11 @@ class _Handler(socketserver.StreamRequestHandler):
         return True
 
     def _send_head(self, head: bytes, headers: list[tuple[str, str]], extra: list[tuple[str, str]]) -> None:
-        kept = [(k, v) for k, v in headers
-                if k.lower() not in ("connection", "content-length", "transfer-encoding", "keep-alive")]
+        kept = [
+            (k, v)
+            for k, v in headers
+            if k.lower() not in ("connection", "content-length", "transfer-encoding", "keep-alive")
+        ]
         lines = [head] + [f"{k}: {v}".encode("latin-1") for k, v in kept + extra]
         self.wfile.write(b"\r\n".join(lines) + b"\r\n\r\n")
 
@@ -468,8 +491,11 @@ def _alter_object_info(response: bytes, *, choose: Callable[[int], int]) -> byte
         packets = pktline.decode_all(response)
     except ProtocolError:
         return None
-    candidates = [index for index, packet in enumerate(packets)
-                  if packet.kind is PacketKind.DATA and packet.text().partition(" ")[2].isdigit()]
+    candidates = [
+        index
+        for index, packet in enumerate(packets)
+        if packet.kind is PacketKind.DATA and packet.text().partition(" ")[2].isdigit()
+    ]
     if not candidates:
         return None
     index = candidates[choose(len(candidates))]
@@ -510,7 +536,7 @@ def _alter_fetch_response(response: bytes, *, raw: bool, choose: Callable[[int],
         return None
     out = [pktline.encode_packet(p) for p in before]
     for start in range(0, len(altered), _SIDEBAND_DATA):
-        out.append(pktline.encode(b"\x01" + altered[start:start + _SIDEBAND_DATA]))
+        out.append(pktline.encode(b"\x01" + altered[start : start + _SIDEBAND_DATA]))
     out.extend(pktline.encode_packet(p) for p in after)
     return b"".join(out)
 
@@ -557,19 +583,21 @@ def _parse_pack(pack: bytes) -> list[_PackEntry] | None:
                 distance = ((distance + 1) << 7) | (byte & 0x7F)
             base_offset = offset - distance
         elif kind == 7:
-            base_ref = bytes(pack[position:position + 20])
+            base_ref = bytes(pack[position : position + 20])
             position += 20
         inflater = zlib.decompressobj()
         start = position
         while not inflater.eof:
             if position >= len(pack) - 20:
                 return None
-            piece = view[position:position + 65536]
+            piece = view[position : position + 65536]
             inflater.decompress(piece)
             position += len(piece) - len(inflater.unused_data)
             if not inflater.eof and len(inflater.unused_data) == 0 and len(piece) == 0:
                 return None
-        entries.append(_PackEntry(offset, kind, size, base_offset, base_ref, start, bytes(pack[start:position])))
+        entries.append(
+            _PackEntry(offset, kind, size, base_offset, base_ref, start, bytes(pack[start:position]))
+        )
     return entries
 
 

@@ -160,8 +160,9 @@ class GitHttpServer:
         filters = [line.split(" ", 1)[1] for line in arguments if line.startswith("filter ")]
         with self._lock:
             fault = self._faults.popleft() if command == "fetch" and self._faults else None
-            record = RequestRecord(command, wants, filters[0] if filters else None, fault, 0, tuple(arguments),
-                                   user_agent)
+            record = RequestRecord(
+                command, wants, filters[0] if filters else None, fault, 0, tuple(arguments), user_agent
+            )
             self._records.append(record)
         return record
 
@@ -321,7 +322,9 @@ class _Handler(BaseHTTPRequestHandler):
             env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
         return env
 
-    def _relay(self, stdout: io.BufferedReader, path_info: str, query: str, record: RequestRecord | None) -> None:
+    def _relay(
+        self, stdout: io.BufferedReader, path_info: str, query: str, record: RequestRecord | None
+    ) -> None:
         """Send the CGI response on: parse its headers, then stream the body with
         chunked encoding, applying the request's fault if it has one."""
         status = 200

@@ -26,14 +26,23 @@ def artifactfs_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "artifactfs", *arguments]
 
 
-def run_cli(*arguments: str, root: Path, check: bool = True, timeout: float = 120.0,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *arguments: str, root: Path, check: bool = True, timeout: float = 120.0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run one ``artifactfs`` command with the given state root."""
     environment = {**os.environ, "ARTIFACTFS_ROOT": str(root), **(env or {})}
-    result = subprocess.run(artifactfs_command(*arguments), capture_output=True, text=True,
-                            timeout=timeout, env=environment, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        artifactfs_command(*arguments),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"artifactfs {' '.join(arguments)} failed ({result.returncode}): {result.stderr.strip()}")
+        raise AssertionError(
+            f"artifactfs {' '.join(arguments)} failed ({result.returncode}): {result.stderr.strip()}"
+        )
     return result
 
 
@@ -45,8 +54,14 @@ def force_unmount(path: Path) -> None:
 class MountedTree:
     """A mounted remote; use as a context manager or call mount()/unmount()."""
 
-    def __init__(self, remote: str, mountpoint: Path, root: Path, extra_arguments: Sequence[str] = (),
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        remote: str,
+        mountpoint: Path,
+        root: Path,
+        extra_arguments: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.remote = remote
         self.path = mountpoint
         self.root = root
@@ -78,7 +93,9 @@ class MountedTree:
         return list(control.request(socket_path, "record")["record"])
 
     def git(self, *arguments: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["git", *arguments], cwd=self.path, capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            ["git", *arguments], cwd=self.path, capture_output=True, text=True, timeout=120
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"git {' '.join(arguments)} failed: {result.stderr.strip()}")
         return result
@@ -97,8 +114,9 @@ class MountedTree:
     def __enter__(self) -> MountedTree:
         return self.mount()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.unmount()
 
 
@@ -119,7 +137,9 @@ def read_fresh(path: Path) -> bytes:
 def small_tmpfs(directory: Path, size: str) -> Iterator[Path]:
     """A real filesystem of ``size`` (e.g. ``"8m"``) mounted at ``directory``: one that fills up. Needs root."""
     directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)], check=True
+    )
     try:
         yield directory
     finally:

@@ -110,7 +110,9 @@ def commit_files(
     return _fast_import(path, branch, [_commit(branch, message, timestamp, changes, parent=parent)])
 
 
-def _commit(branch: str, message: str, timestamp: int, changes: list[bytes], *, parent: str | None = None) -> bytes:
+def _commit(
+    branch: str, message: str, timestamp: int, changes: list[bytes], *, parent: str | None = None
+) -> bytes:
     """One fast-import commit; without ``parent`` it continues the branch as
     already built in this stream (or starts it)."""
     encoded = message.encode()
@@ -138,7 +140,9 @@ def _file_commands(files: Mapping[str, bytes | FileSpec]) -> list[bytes]:
             mode, data = "120000", spec.symlink_target.encode()
         else:
             mode, data = ("100755" if spec.executable else "100644"), spec.data
-        commands.append(f"M {mode} inline {_quote(name)}\n".encode() + b"data %d\n" % len(data) + data + b"\n")
+        commands.append(
+            f"M {mode} inline {_quote(name)}\n".encode() + b"data %d\n" % len(data) + data + b"\n"
+        )
     return commands
 
 

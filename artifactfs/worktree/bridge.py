@@ -51,7 +51,9 @@ def install_bridge(gitdir: GitDir, remote: RemoteURL, socket: Path) -> Path:
     gitdir.set_config("remote", "promisor", "true", subsection=PROMISOR_REMOTE)
     gitdir.set_config("remote", "skipFetchAll", "true", subsection=PROMISOR_REMOTE)
     if remote.kind == "http":
-        gitdir.set_config_values("credential", "helper", ["", f"!{command} credential"], subsection=remote.url)
+        gitdir.set_config_values(
+            "credential", "helper", ["", f"!{command} credential"], subsection=remote.url
+        )
         gitdir.set_config("credential", "useHttpPath", "true", subsection=remote.url)
     return script
 
@@ -60,7 +62,13 @@ def _write_script(gitdir: Path, socket: Path) -> Path:
     script = private_dir(gitdir / "hooks") / SCRIPT_NAME
     # -P keeps the working directory (the mount: the repository's own files) off sys.path.
     package_root = Path(artifactfs.__file__).resolve().parent.parent
-    write_private_file(script, _SCRIPT_TEMPLATE.format(
-        package_root=shlex.quote(str(package_root)), python=shlex.quote(sys.executable),
-        socket=shlex.quote(str(socket))).encode(), executable=True)
+    write_private_file(
+        script,
+        _SCRIPT_TEMPLATE.format(
+            package_root=shlex.quote(str(package_root)),
+            python=shlex.quote(sys.executable),
+            socket=shlex.quote(str(socket)),
+        ).encode(),
+        executable=True,
+    )
     return script

@@ -25,8 +25,11 @@ def encode_ewah(bits: Iterable[int], bit_size: int) -> bytes:
             raise ValueError(f"bit {bit} outside a bitmap of {bit_size} bits")
         words[bit // _WORD_BITS] |= 1 << (bit % _WORD_BITS)
     buffer = [len(words) << _LITERAL_SHIFT, *words]
-    return (struct.pack(">II", bit_size, len(buffer)) + struct.pack(f">{len(buffer)}Q", *buffer)
-            + struct.pack(">I", 0))  # position of the last marker word: the first
+    return (
+        struct.pack(">II", bit_size, len(buffer))
+        + struct.pack(f">{len(buffer)}Q", *buffer)
+        + struct.pack(">I", 0)
+    )  # position of the last marker word: the first
 
 
 def encode_varint(value: int) -> bytes:

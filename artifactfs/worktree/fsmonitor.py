@@ -103,8 +103,16 @@ def install_hook(gitdir: Path, journal: Path, previous: Path, *, git_version: tu
     """
     hook = private_dir(gitdir / "hooks") / HOOK_NAME
     guard = _OLD_GIT_GUARD.format() if git_version < FIXED_GIT_VERSION else ""
-    write_private_file(hook, _HOOK_TEMPLATE.format(journal=shlex.quote(str(journal)), previous=shlex.quote(str(previous)),
-                                                   prefix=_TOKEN_PREFIX, guard=guard.strip()).encode(), executable=True)
+    write_private_file(
+        hook,
+        _HOOK_TEMPLATE.format(
+            journal=shlex.quote(str(journal)),
+            previous=shlex.quote(str(previous)),
+            prefix=_TOKEN_PREFIX,
+            guard=guard.strip(),
+        ).encode(),
+        executable=True,
+    )
     return hook
 
 

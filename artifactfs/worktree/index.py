@@ -41,8 +41,13 @@ class FsmonitorState:
     def encode(self, ordered_paths: list[bytes]) -> bytes:
         dirty = [position for position, path in enumerate(ordered_paths) if path in self.dirty]
         bitmap = encode_ewah(dirty, dirty[-1] + 1 if dirty else 0)
-        return (struct.pack(">I", _FSMONITOR_VERSION) + self.token.encode() + b"\0"
-                + struct.pack(">I", len(bitmap)) + bitmap)
+        return (
+            struct.pack(">I", _FSMONITOR_VERSION)
+            + self.token.encode()
+            + b"\0"
+            + struct.pack(">I", len(bitmap))
+            + bitmap
+        )
 
 
 @dataclass
@@ -58,7 +63,9 @@ class CacheTree:
 
     def encode(self, name: bytes = b"") -> bytes:
         valid = self.oid is not None
-        encoded = bytearray(name + b"\0" + b"%d %d\n" % (self.entry_count if valid else -1, len(self.children)))
+        encoded = bytearray(
+            name + b"\0" + b"%d %d\n" % (self.entry_count if valid else -1, len(self.children))
+        )
         if self.oid is not None:
             encoded += bytes.fromhex(self.oid)
         for child_name in sorted(self.children, key=lambda child: (len(child), child)):  # git's own order
@@ -78,8 +85,13 @@ class IndexLockedError(ArtifactFSError):
     """A git command holds ``index.lock``; the index was left alone."""
 
 
-def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: CacheTree | None = None,
-                 untracked: UntrackedCache | None = None, fsmonitor: FsmonitorState | None = None) -> bytes:
+def encode_index(
+    records: Iterable[IndexRecord],
+    mtime_ns: int,
+    cache_tree: CacheTree | None = None,
+    untracked: UntrackedCache | None = None,
+    fsmonitor: FsmonitorState | None = None,
+) -> bytes:
     """Serialise a version-2 index with the given stat data for every entry, and its extensions."""
     seconds, nanoseconds = divmod(mtime_ns, 1_000_000_000)
     ordered = sorted(records, key=lambda record: record.path)
@@ -87,8 +99,18 @@ def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: Cach
     for record in ordered:
         flags = min(len(record.path), _NAME_MASK)
         body += _ENTRY_HEADER.pack(
-            seconds, nanoseconds, seconds, nanoseconds, 0, 0, record.mode, 0, 0,
-            record.size & 0xFFFFFFFF, bytes.fromhex(record.oid), flags,
+            seconds,
+            nanoseconds,
+            seconds,
+            nanoseconds,
+            0,
+            0,
+            record.mode,
+            0,
+            0,
+            record.size & 0xFFFFFFFF,
+            bytes.fromhex(record.oid),
+            flags,
         )
         body += record.path
         entry_length = _ENTRY_HEADER.size + len(record.path)
@@ -106,8 +128,14 @@ def encode_index(records: Iterable[IndexRecord], mtime_ns: int, cache_tree: Cach
     return bytes(body)
 
 
-def write_index(gitdir: Path, records: Iterable[IndexRecord], mtime_ns: int, cache_tree: CacheTree | None = None,
-                untracked: UntrackedCache | None = None, fsmonitor: FsmonitorState | None = None) -> None:
+def write_index(
+    gitdir: Path,
+    records: Iterable[IndexRecord],
+    mtime_ns: int,
+    cache_tree: CacheTree | None = None,
+    untracked: UntrackedCache | None = None,
+    fsmonitor: FsmonitorState | None = None,
+) -> None:
     """Replace ``gitdir/index`` the way git does: via ``index.lock``, never under a running command."""
     lock = gitdir / "index.lock"
     try:
@@ -169,7 +197,7 @@ def _patch_sizes(data: bytearray, sizes: Mapping[str, int]) -> int:
         name_length = flags & _NAME_MASK
         if name_length == _NAME_MASK:
             name_length = data.index(b"\0", position + header) - (position + header)
-        wanted = sizes.get(data[position + 40:position + 40 + hash_size].hex())
+        wanted = sizes.get(data[position + 40 : position + 40 + hash_size].hex())
         if wanted is not None and struct.unpack_from(">I", data, position + 36)[0] != wanted & 0xFFFFFFFF:
             struct.pack_into(">I", data, position + 36, wanted & 0xFFFFFFFF)
             changed += 1

@@ -82,9 +82,17 @@ def list_tree(snapshot: Snapshot) -> TreeListing:
     return TreeListing(entries, root, list(trees), gitignores, gitattributes)
 
 
-def write_prepared_index(listing: TreeListing, gitdir: Path, worktree: Path, *, mtime_ns: int,
-                         sizes: Mapping[str, int], token: str, changed: Iterable[str],
-                         gitignore_ids: Mapping[str, str]) -> None:
+def write_prepared_index(
+    listing: TreeListing,
+    gitdir: Path,
+    worktree: Path,
+    *,
+    mtime_ns: int,
+    sizes: Mapping[str, int],
+    token: str,
+    changed: Iterable[str],
+    gitignore_ids: Mapping[str, str],
+) -> None:
     """Write ``gitdir/index`` for the listed tree (runs in a worker thread).
 
     ``sizes`` maps blob ids to sizes where known; an unknown size is written as

@@ -83,28 +83,39 @@ class UntrackedCache:
         visit(b"", self.root)
         valid = [position for position, directory in enumerate(order) if directory.valid]
         with_exclude = [position for position, directory in enumerate(order) if directory.exclude_oid]
-        return b"".join([
-            encode_varint(len(self.ident)), self.ident,
-            _NULL_STAT, _NULL_STAT, struct.pack(">I", DIR_FLAGS),
-            _oid_bytes(self.info_exclude_oid), _oid_bytes(self.excludes_file_oid),
-            PER_DIRECTORY_EXCLUDE.encode() + b"\0",
-            encode_varint(len(order)),
-            bytes(names),
-            encode_ewah(valid, len(order)),
-            encode_ewah((), len(order)),  # check-only: only for untracked directories, and there are none
-            encode_ewah(with_exclude, len(order)),
-            _NULL_STAT * len(valid),
-            b"".join(bytes.fromhex(order[position].exclude_oid or "") for position in with_exclude),
-            b"\0",
-        ])
+        return b"".join(
+            [
+                encode_varint(len(self.ident)),
+                self.ident,
+                _NULL_STAT,
+                _NULL_STAT,
+                struct.pack(">I", DIR_FLAGS),
+                _oid_bytes(self.info_exclude_oid),
+                _oid_bytes(self.excludes_file_oid),
+                PER_DIRECTORY_EXCLUDE.encode() + b"\0",
+                encode_varint(len(order)),
+                bytes(names),
+                encode_ewah(valid, len(order)),
+                encode_ewah((), len(order)),  # check-only: only for untracked directories, and there are none
+                encode_ewah(with_exclude, len(order)),
+                _NULL_STAT * len(valid),
+                b"".join(bytes.fromhex(order[position].exclude_oid or "") for position in with_exclude),
+                b"\0",
+            ]
+        )
 
 
 def _oid_bytes(oid: str | None) -> bytes:
     return bytes.fromhex(oid) if oid else _NULL_OID
 
 
-def build_untracked_cache(worktree: Path, gitdir: Path, directories: Iterable[str],
-                          gitignores: Mapping[str, str], changed: Iterable[str] = ()) -> UntrackedCache:
+def build_untracked_cache(
+    worktree: Path,
+    gitdir: Path,
+    directories: Iterable[str],
+    gitignores: Mapping[str, str],
+    changed: Iterable[str] = (),
+) -> UntrackedCache:
     """The cache for a tree with these ``directories`` ("" is the root, "/"-separated).
 
     ``gitignores`` maps a directory to the id git records for its
@@ -170,16 +181,25 @@ def converting_paths(gitdir: Path, tree: str, paths: Sequence[str]) -> set[str]:
     with tempfile.TemporaryDirectory(prefix="artifactfs-attr-") as scratch:
         environment = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
         _git(gitdir, ["read-tree", tree], environment)
-        listing = _git(gitdir, ["check-attr", "--cached", "-z", "--stdin", *_CONVERSION_ATTRIBUTES], environment,
-                       stdin="\0".join(paths) + "\0")
+        listing = _git(
+            gitdir,
+            ["check-attr", "--cached", "-z", "--stdin", *_CONVERSION_ATTRIBUTES],
+            environment,
+            stdin="\0".join(paths) + "\0",
+        )
     attributes: dict[str, dict[str, str]] = {}
     fields = listing.split("\0")
     for index in range(0, len(fields) - 2, 3):
         attributes.setdefault(fields[index], {})[fields[index + 1]] = fields[index + 2]
     autocrlf = _git(gitdir, ["config", "--get", "core.autocrlf"], check=False).strip().lower()
-    drivers = {name.split(".")[1] for name in _git(gitdir, ["config", "--name-only", "--get-regexp",
-                                                            r"^filter\..*\.(clean|smudge|process|required)$"],
-                                                   check=False).split()}
+    drivers = {
+        name.split(".")[1]
+        for name in _git(
+            gitdir,
+            ["config", "--name-only", "--get-regexp", r"^filter\..*\.(clean|smudge|process|required)$"],
+            check=False,
+        ).split()
+    }
     return {path for path in paths if _converts(attributes.get(path, {}), autocrlf, drivers)}
 
 
@@ -199,10 +219,22 @@ def _converts(values: Mapping[str, str], autocrlf: str, drivers: set[str]) -> bo
     return autocrlf in ("true", "yes", "on", "1", "input")
 
 
-def _git(gitdir: Path, arguments: list[str], environment: Mapping[str, str] | None = None, *,
-         stdin: str | None = None, check: bool = True) -> str:
-    result = subprocess.run(["git", "--git-dir", str(gitdir), *arguments], input=stdin, capture_output=True,
-                            text=True, env=environment, check=False)
+def _git(
+    gitdir: Path,
+    arguments: list[str],
+    environment: Mapping[str, str] | None = None,
+    *,
+    stdin: str | None = None,
+    check: bool = True,
+) -> str:
+    result = subprocess.run(
+        ["git", "--git-dir", str(gitdir), *arguments],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=False,
+    )
     if check and result.returncode != 0:
         raise ArtifactFSError(f"git {arguments[0]} failed: {result.stderr.strip()}")
     return result.stdout
