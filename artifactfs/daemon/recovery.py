@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 from artifactfs.errors import MountpointError
-from artifactfs.state import StateRoot, pid_alive
+from artifactfs.state import RuntimeRecord, StateRoot, pid_alive, registered, unregister
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +70,18 @@ def withdraw_dead_runtime(state: StateRoot, mountpoint: Path) -> bool:
     state.withdraw_runtime(mountpoint)
     log.warning("removed the runtime record of dead daemon %d for %s", record.pid, mountpoint)
     return True
+
+
+def live_registered() -> list[RuntimeRecord]:
+    """The machine-wide registry's mounts that still run; entries of dead daemons are removed.
+
+    An entry whose pid is gone, or whose mountpoint holds no mount any more
+    (its daemon is ending, or the pid was reused), is stale.
+    """
+    live = []
+    for record in registered():
+        if pid_alive(record.pid) and is_mounted(Path(record.mountpoint)):
+            live.append(record)
+        else:
+            unregister(Path(record.mountpoint), record.pid)
+    return live
