@@ -392,7 +392,7 @@ class Mount:
             self.trees = TreeCache(gitdir.read_tree)
             self.snapshot = Snapshot(commit, gitdir.commit_tree(commit), self.trees)
             log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
-            self._progress(f"trees: reusing local state (HEAD {commit[:12]})")
+            self._progress(f"reusing the local trees (HEAD {commit[:12]})")
             return None
         self._progress("listing refs")
         refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
