@@ -214,7 +214,7 @@ def mount(
     """Mount REMOTE (URL or path) at DIRECTORY (created if missing); return once the tree is visible."""
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
-    from artifactfs.daemon.recovery import withdraw_dead_runtime
+    from artifactfs.daemon.recovery import artifactfs_mounts, withdraw_dead_runtime
     from artifactfs.hydrator.hydrator import HydrationSettings
     from artifactfs.hydrator.priority import load_rules
     from artifactfs.remote.url import RemoteURL
@@ -242,6 +242,7 @@ def mount(
         metrics_address=metrics,
         history_depth=depth,
     )
+    _refuse_root_inside_a_mount(options.root, mountpoint, artifactfs_mounts())
     show_progress = not quiet and sys.stderr.isatty()
     made_mountpoint = state.Footprint([mountpoint], whole=False)
     planned = state.StateRoot(options.root)
@@ -272,6 +273,15 @@ def mount(
         if not ready:
             made_state.remove()
             made_mountpoint.remove()
+
+
+def _refuse_root_inside_a_mount(root: Path, mountpoint: Path, mounts: list[Path]) -> None:
+    """A state root inside a mount of ours would have the daemon serve its own writes: a deadlock."""
+    resolved = Path(os.path.realpath(root))
+    for outer in (mountpoint, *mounts):
+        if resolved == outer or outer in resolved.parents:
+            where = "the mount directory" if outer == mountpoint else "the ArtifactFS mount"
+            raise UsageError(f"the state root {root} is inside {where} {outer}; pass a --root outside it")
 
 
 def _create_mountpoint(mountpoint: Path) -> None:
@@ -572,7 +582,11 @@ def _forget(state_root: StateRoot, mountpoint: Path) -> None:
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--watch", is_flag=True, help="Redraw a live progress display until hydration completes.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw a live progress display until hydration completes; exit 1 if blobs failed.",
+)
 @_root_option
 def status(directory: str | None, as_json: bool, watch: bool, root: str | None) -> None:
     """Show a mount's state and hydration progress."""
@@ -589,7 +603,10 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
     if not watch:
         click.echo(render(control.request(Path(record.socket), "status")))
         return
-    watch_status(lambda: control.request(Path(record.socket), "status"))
+    final = watch_status(lambda: control.request(Path(record.socket), "status"))
+    failed = final["hydration"]["failed_blobs"] if final is not None else 0
+    if failed:
+        _fail(f"hydration finished with {failed} blobs failed (see `artifactfs status` for the errors)")
 
 
 @main.command()
@@ -597,7 +614,10 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
 @click.argument("pathspecs", nargs=-1, required=True)
 @_root_option
 def prefetch(directory: str, pathspecs: tuple[str, ...], root: str | None) -> None:
-    """Move the blobs under PATHSPECS (paths or globs) to the front of the queue."""
+    """Move the blobs under PATHSPECS (paths or globs) to the front of the queue.
+
+    A pathspec that matches no file is an error.
+    """
     from artifactfs.daemon import control
 
     record, _ = _find_mount(directory, root)
@@ -701,11 +721,13 @@ def fsck(directory: str, root: str | None) -> None:
 def gc(max_size: str, keep_recent: float, root: str | None) -> None:
     """Evict least recently used blobs until the blob cache fits in --max-size."""
     from artifactfs.maintenance.gc import collect
+    from artifactfs.statusview import human_bytes
     from artifactfs.store.blobcache import BlobCache
 
     cache = BlobCache(_state_root(root, create=True).blob_cache_dir)
     result = collect(cache, _parse_size(max_size), keep_recent=keep_recent)
     click.echo(
-        f"blob cache: {result.before_bytes} -> {result.after_bytes} bytes; evicted {result.evicted_blobs} "
-        f"blobs ({result.evicted_bytes} bytes), kept {result.kept_recent_blobs} recently used"
+        f"blob cache: {human_bytes(result.before_bytes)} -> {human_bytes(result.after_bytes)}; evicted "
+        f"{result.evicted_blobs} blobs ({human_bytes(result.evicted_bytes)}), "
+        f"kept {result.kept_recent_blobs} recently used"
     )

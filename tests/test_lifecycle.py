@@ -12,10 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from test_hydration import delete_object
 
 from artifactfs import state
 from artifactfs.daemon.recovery import live_registered
-from artifactfs.testing import GitHttpServer
+from artifactfs.testing import GitHttpServer, git
 from artifactfs.testing.mounts import MountedTree, force_unmount, is_mounted, run_cli
 
 MakeRepo = Callable[..., tuple[Path, str]]
@@ -228,3 +229,64 @@ def test_footprint_removes_only_what_the_attempt_created(tmp_path: Path) -> None
     assert sorted(path.name for path in tmp_path.iterdir()) == ["kept", "mountpoint"]
     assert list((tmp_path / "kept").iterdir()) == []
     assert (tmp_path / "mountpoint" / "someone-elses.txt").exists(), "never delete files in a mountpoint"
+
+
+# --------------------------------------------------------------------- the other commands' habits
+
+
+def test_status_watch_exits_non_zero_when_blobs_failed(
+    make_repo: MakeRepo, git_server: GitHttpServer, state_root: Path, mounts: MountFactory
+) -> None:
+    make_repo("whole", {"a.txt": b"a\n"})
+    repo, _ = make_repo("holey", {"a.txt": b"a\n", "gone.txt": b"missing on the server\n"})
+    delete_object(repo, git(repo, "rev-parse", "HEAD:gone.txt").decode().strip())
+    whole = mounts(git_server.url("whole"), name="whole")
+    holey = mounts(git_server.url("holey"), name="holey")
+
+    fine = run_cli("status", "--watch", str(whole.path), root=state_root, check=False)
+    assert fine.returncode == 0 and fine.stderr == ""
+    failed = run_cli("status", "--watch", str(holey.path), root=state_root, check=False)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines() == [
+        "artifactfs: error: hydration finished with 1 blobs failed (see `artifactfs status` for the errors)"
+    ]
+
+
+def test_prefetch_of_a_pathspec_that_matches_nothing_is_an_error(
+    make_repo: MakeRepo, git_server: GitHttpServer, state_root: Path, mounts: MountFactory
+) -> None:
+    make_repo("demo")
+    tree = mounts(git_server.url("demo"), "--hydrate", "none")
+    assert "blobs first" in run_cli("prefetch", str(tree.path), "src", root=state_root).stdout
+    result = run_cli("prefetch", str(tree.path), "src", "no/such", "*.rs", root=state_root, check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "artifactfs: error: no file in the mount matches '*.rs', 'no/such'"
+    ]
+
+
+def test_gc_prints_human_sizes(
+    make_repo: MakeRepo, git_server: GitHttpServer, state_root: Path, mounts: MountFactory
+) -> None:
+    make_repo("demo", {"big.bin": bytes(range(256)) * 8192})
+    tree = mounts(git_server.url("demo"))
+    tree.wait_for(lambda status: status["hydration"]["complete"])
+    tree.unmount()
+    output = run_cli("gc", "--max-size", "0", "--keep-recent", "0", root=state_root).stdout.strip()
+    assert output == "blob cache: 2.0 MiB -> 0 B; evicted 1 blobs (2.0 MiB), kept 0 recently used"
+
+
+def test_a_state_root_inside_a_mount_is_refused_up_front(
+    make_repo: MakeRepo, git_server: GitHttpServer, tmp_path: Path, state_root: Path, mounts: MountFactory
+) -> None:
+    make_repo("demo")
+    outer = mounts(git_server.url("demo"), name="outer")
+    target = tmp_path / "inner"
+    for root, where in ((target / "state", f"the mount directory {target}"), (outer.path / "state", "")):
+        result = run_cli("mount", git_server.url("demo"), str(target), root=root, check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1
+        assert f"the state root {root} is inside " in lines[0] and "pass a --root outside it" in lines[0]
+        assert (where or f"the ArtifactFS mount {outer.path}") in lines[0]
+        assert not target.exists() and not root.exists()
+    assert (outer.path / "README.md").read_bytes() == b"# demo\n"

@@ -589,17 +589,26 @@ class Mount:
         raise ArtifactFSError(f"unknown control operation {op!r}")
 
     def prefetch(self, pathspecs: list[str]) -> int:
-        """Raise every blob under or matching ``pathspecs`` to the front of the queue."""
+        """Raise every blob under or matching ``pathspecs`` to the front of the queue.
+
+        A pathspec that matches no file is an error (as in ``git add``), so a
+        typo is not mistaken for blobs that are all local already.
+        """
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
                 continue
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
-                    break
+                    unmatched.discard(spec)
+        if unmatched:
+            raise ArtifactFSError(
+                "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
+            )
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -32,6 +33,22 @@ def is_mounted(mountpoint: Path) -> bool:
             return any(line.split(" ", 5)[4] == escaped for line in table)
     except OSError:
         return os.path.ismount(mountpoint)
+
+
+def artifactfs_mounts() -> list[Path]:
+    """Mountpoints of every ArtifactFS mount this process can see (from the kernel's mount table)."""
+    try:
+        with open("/proc/self/mountinfo") as table:
+            lines = table.readlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        if tail.split(" ", 1)[0] == "fuse.artifactfs":
+            escaped = fields.split(" ")[4]
+            found.append(Path(re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), escaped)))
+    return found
 
 
 def is_stale_mount(mountpoint: Path) -> bool:
