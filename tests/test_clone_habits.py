@@ -172,3 +172,27 @@ def test_depth_limits_the_history_fetched_in_the_background(
     full = mounts(git_server.url("history"), name="full")
     full.wait_for(lambda status: status["history_complete"])
     assert full.git("rev-list", "--count", "HEAD").stdout.strip() == "21"
+
+
+def test_an_ambiguous_short_commit_id_is_refused(
+    make_repo: MakeRepo, git_server: GitHttpServer, tmp_path: Path, state_root: Path, fuse: None
+) -> None:
+    path, _ = make_repo("long", extra_commits=1500)
+    commits = git(path, "rev-list", "HEAD").decode().split()
+    by_prefix: dict[str, list[str]] = {}
+    for commit in commits:
+        by_prefix.setdefault(commit[:4], []).append(commit)
+    prefix, clashing = next((prefix, found) for prefix, found in sorted(by_prefix.items()) if len(found) > 1)
+    result = run_cli(
+        "mount", "-b", prefix, git_server.url("long"), str(tmp_path / "mnt"), root=state_root, check=False
+    )
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert f"short commit id {prefix!r} is ambiguous" in line and "give more digits" in line
+    assert all(commit in line for commit in clashing[:5])
+    unique = next(found[0] for found in by_prefix.values() if len(found) == 1)
+    tree = MountedTree(git_server.url("long"), tmp_path / "unique", state_root, ["-b", unique[:6]]).mount()
+    try:
+        assert tree.git("rev-parse", "HEAD").stdout.strip() == unique
+    finally:
+        tree.unmount()
