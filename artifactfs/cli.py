@@ -562,7 +562,7 @@ def forget_command(directory: str, root: str | None) -> None:
 
 
 def _forget(state_root: StateRoot, mountpoint: Path) -> None:
-
+    """Remove every state directory kept for ``mountpoint``; refused while it is mounted."""
     from artifactfs.daemon.recovery import is_mounted
 
     if is_mounted(mountpoint):

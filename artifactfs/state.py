@@ -369,7 +369,7 @@ def registered() -> list[RuntimeRecord]:
     for path in paths:
         try:
             records.append(RuntimeRecord(**json.loads(read_private_bytes(path))))
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, StateRootError):
             continue
     return records
 
