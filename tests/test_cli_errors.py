@@ -95,11 +95,13 @@ def test_unknown_ref(make_repo, git_server, empty_dir, state_root, fuse):
     assert_clean_failure(result, "no-such-branch", state_root, empty_dir)
 
 
-def test_directory_missing(make_repo, git_server, tmp_path, state_root, fuse):
+def test_directory_that_cannot_be_created(make_repo, git_server, tmp_path, state_root, fuse):
     make_repo("demo")
-    assert_clean_failure(
-        mount(git_server.url("demo"), tmp_path / "absent", state_root), "does not exist", state_root
-    )
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path / "a-file" / "absent"
+    assert_clean_failure(mount(git_server.url("demo"), target, state_root), "not a directory", state_root)
+    assert (tmp_path / "a-file").read_text() == "x"
+    assert not state_root.exists()
 
 
 def test_directory_not_empty(make_repo, git_server, empty_dir, state_root, fuse):

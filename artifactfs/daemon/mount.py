@@ -30,7 +30,7 @@ from artifactfs.daemon import control
 from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
-from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
+from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_wanted
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
@@ -73,9 +73,13 @@ class MountOptions:
     allow_other: bool = False
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
+    history_depth: int | None = None
+    """Commits of history to keep per branch and tag (``--depth``); None for all."""
 
 
 ReadyCallback = Callable[[], None]
+ProgressCallback = Callable[[str], None]
+"""Told each start-up phase as one short line (``mount`` shows them on a terminal)."""
 
 
 class _PhaseTimer:
@@ -101,8 +105,9 @@ def _join(directory: str, name: str) -> str:
 class Mount:
     """Everything one running mount owns."""
 
-    def __init__(self, options: MountOptions) -> None:
+    def __init__(self, options: MountOptions, on_progress: ProgressCallback | None = None) -> None:
         self.options = options
+        self._on_progress = on_progress
         self.state = StateRoot(options.root)
         self.mount_dir = self.state.mount_dir(options.mountpoint, options.remote.redacted())
         self.session: RemoteSession | None = None
@@ -122,13 +127,20 @@ class Mount:
         """Verified sizes that differ from what the index may hold (see _size_corrected)."""
         self._index_prepared = False
         self._index_sizes_failing = False
+        self._history_fetched = False
 
     # ------------------------------------------------------------- main
+
+    def _progress(self, line: str) -> None:
+        log.debug("start-up: %s", line)
+        if self._on_progress is not None:
+            self._on_progress(line)
 
     async def run(self, on_ready: ReadyCallback) -> None:
         options = self.options
         private_dir(self.mount_dir)
         phases = _PhaseTimer()
+        self._progress(f"connecting to {options.remote.redacted()}")
         async with await open_remote(options.remote) as session:
             self.session = session
             phases.mark("remote opened")
@@ -187,6 +199,10 @@ class Mount:
                     await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                     self._publish_runtime()
                     self.state_name = "mounted"
+                    self._progress(
+                        f"ready: {options.mountpoint} at {self.snapshot.commit_oid[:12]} "
+                        f"({time.time() - self.started_at:.1f}s)"
+                    )
                     on_ready()
                     phases.mark("ready")
                     nursery.start_soon(self.hydrator.track, self.snapshot)
@@ -295,7 +311,8 @@ class Mount:
         assert self.hydrator is not None
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
-        await complete_history(session, gitdir, self.hydrator.health)
+        await complete_history(session, gitdir, self.hydrator.health, self.options.history_depth)
+        self._history_fetched = True
 
     def _size_corrected(self, oid: str, size: int) -> None:
         """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
@@ -375,10 +392,14 @@ class Mount:
             self.trees = TreeCache(gitdir.read_tree)
             self.snapshot = Snapshot(commit, gitdir.commit_tree(commit), self.trees)
             log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
+            self._progress(f"reusing the local trees (HEAD {commit[:12]})")
             return None
+        self._progress("listing refs")
         refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
-        resolved = resolve_ref(refs, self.options.ref)
+        resolved = await resolve_wanted(session, refs, self.options.ref)
+        self._progress(f"fetching trees of {resolved.commit[:12]}")
         gitdir, tip = await create_gitdir(session, gitdir.path, self.options.remote.redacted(), resolved)
+        self._progress(f"received {len(tip.trees)} trees")
         self.gitdir = gitdir
         tip_trees = tip.trees
 
@@ -568,17 +589,26 @@ class Mount:
         raise ArtifactFSError(f"unknown control operation {op!r}")
 
     def prefetch(self, pathspecs: list[str]) -> int:
-        """Raise every blob under or matching ``pathspecs`` to the front of the queue."""
+        """Raise every blob under or matching ``pathspecs`` to the front of the queue.
+
+        A pathspec that matches no file is an error (as in ``git add``), so a
+        typo is not mistaken for blobs that are all local already.
+        """
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
                 continue
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
-                    break
+                    unmatched.discard(spec)
+        if unmatched:
+            raise ArtifactFSError(
+                "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
+            )
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:
@@ -593,7 +623,8 @@ class Mount:
             "head": self.snapshot.commit_oid,
             "gitdir": str(self.gitdir.path),
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "history_complete": not self.gitdir.shallow_commits(),
+            "history_complete": self._history_fetched or not self.gitdir.shallow_commits(),
+            "history_depth": self.options.history_depth,
             "hydration": self.hydrator.status(),
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},

@@ -5,6 +5,11 @@ commit alone (``deepen 1``) with ``filter blob:none``: one commit and its trees.
 The pack is parsed in memory (the trees are needed right away) while the same
 bytes stream into ``git index-pack`` for the gitdir. The rest of the history
 arrives later, in :func:`complete_history`.
+
+A short commit id that names no branch or tag tip is looked up in the
+remote's commit graph: one fetch with ``filter tree:0`` (commits and tags
+only, no trees, no blobs) of every branch and tag, parsed in memory and not
+stored. That costs a moment per thousand commits, and only such mounts pay it.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
 from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
 from artifactfs.store.gitdir import GitDir
-from artifactfs.store.packstream import PackStreamParser
+from artifactfs.store.packstream import PackObject, PackStreamParser
 
 log = logging.getLogger(__name__)
 
 INFINITE_DEPTH = 0x7FFFFFFF
 _OID = re.compile(r"[0-9a-f]{40}")
+_SHORT_OID = re.compile(r"[0-9a-f]{4,39}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,52 @@ def resolve_ref(refs: Sequence[Ref], wanted: str | None) -> ResolvedRef:
     if _OID.fullmatch(wanted):
         return ResolvedRef(wanted, None)
     raise UnknownRefError(f"ref {wanted!r} not found on the remote")
+
+
+async def resolve_wanted(session: RemoteSession, refs: Sequence[Ref], wanted: str | None) -> ResolvedRef:
+    """:func:`resolve_ref`, and also a short commit id (4 to 39 hex digits) reachable from a branch or tag."""
+    try:
+        return resolve_ref(refs, wanted)
+    except UnknownRefError:
+        if wanted is None or not _SHORT_OID.fullmatch(wanted.lower()):
+            raise
+    prefix = wanted.lower()
+    matches = {oid for ref in refs for oid in (ref.peeled, ref.oid) if oid and oid.startswith(prefix)}
+    if not matches:
+        matches = await _commits_with_prefix(session, refs, prefix)
+    if len(matches) > 1:
+        shown = ", ".join(sorted(matches)[:5])
+        raise UnknownRefError(f"short commit id {wanted!r} is ambiguous ({shown}); give more digits")
+    if not matches:
+        raise UnknownRefError(
+            f"{wanted!r} is not a branch, a tag, or a commit reachable from one on the remote"
+        )
+    return ResolvedRef(matches.pop(), None)
+
+
+async def _commits_with_prefix(session: RemoteSession, refs: Sequence[Ref], prefix: str) -> set[str]:
+    """Ids of the remote's commits that start with ``prefix``: the commit graph, fetched without trees."""
+    tips = sorted({ref.oid for ref in refs if ref.name.startswith(("refs/heads/", "refs/tags/"))})
+    if not tips:
+        return set()
+    try:
+        fetch = session.fetch(tips, filter_spec="tree:0")
+    except ProtocolError as error:
+        raise UnknownRefError(
+            f"{prefix!r} names no branch or tag tip, and the remote cannot send its commit graph alone "
+            f"({error}); give the full commit id"
+        ) from None
+    parser = PackStreamParser()
+    found: set[str] = set()
+    async with fetch as response:
+        async for chunk in response.pack_chunks():
+            found.update(_matching_commits(parser.feed(chunk), prefix))
+        found.update(_matching_commits(parser.finish(), prefix))
+    return found
+
+
+def _matching_commits(objects: Sequence[PackObject], prefix: str) -> set[str]:
+    return {obj.oid for obj in objects if obj.type_name == "commit" and obj.oid.startswith(prefix)}
 
 
 @dataclass
@@ -126,18 +178,25 @@ async def create_gitdir(
     return GitDir(path), tip
 
 
-async def complete_history(session: RemoteSession, gitdir: GitDir, health: RemoteHealth) -> None:
+async def complete_history(
+    session: RemoteSession, gitdir: GitDir, health: RemoteHealth, depth: int | None = None
+) -> None:
     """Fetch the remaining (blobless) history of every branch and tag, then record the refs.
 
+    ``depth`` (``mount --depth``) keeps that many commits of each branch and
+    tag, counted from its tip, as ``git clone --depth`` does; None fetches all.
     Runs after the mount is ready, so it never gives up and never ends the
     daemon: every failure waits and tries again (see :mod:`artifactfs.retry`).
     """
     await retry_forever(
-        lambda: _fetch_history_once(session, gitdir), "history fetch", health, HISTORY_BACKOFF
+        lambda: _fetch_history_once(session, gitdir, depth or INFINITE_DEPTH),
+        "history fetch",
+        health,
+        HISTORY_BACKOFF,
     )
 
 
-async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
+async def _fetch_history_once(session: RemoteSession, gitdir: GitDir, depth: int) -> None:
     refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
     shallow = gitdir.shallow_commits()
     published = [ref for ref in refs if ref.name.startswith(("refs/heads/", "refs/tags/"))]
@@ -148,7 +207,7 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
             session.fetch(
                 wants,
                 filter_spec="blob:none",
-                depth=INFINITE_DEPTH,
+                depth=depth,
                 shallows=shallow,
                 haves=[head] if head else [],
             ) as response,
