@@ -8,7 +8,9 @@ the environment or, when sshd does not accept the variable, in the command.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,32 @@ def test_scp_like_remote_with_core_ssh_command_and_no_accept_env(
             assert tree.git("ls-remote", "origin", "main").stdout.split()[0] == served_head(repo)
         finally:
             tree.unmount()
+
+
+def test_key_from_ssh_agent(make_repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mounts) -> None:
+    """The key lives only in ssh-agent (the daemon inherits SSH_AUTH_SOCK), not in any file ssh reads."""
+    repo, _ = make_repo("agent", FILES)
+    socket_path = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.02)
+        with SshServer(tmp_path / "sshd-agent", key_in_config=False) as server:
+            agent_env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
+            subprocess.run(["ssh-add", "-q", str(server.client_key)], env=agent_env, check=True)
+            server.client_key.unlink()
+            monkeypatch.setenv("SSH_AUTH_SOCK", str(socket_path))
+            monkeypatch.setenv("GIT_SSH_COMMAND", server.ssh_command)
+            tree = mounts(server.url(repo), name="agent")
+            try:
+                assert (tree.path / "README.md").read_bytes() == FILES["README.md"]
+            finally:
+                tree.unmount()
+    finally:
+        agent.terminate()
+        agent.wait()
 
 
 def test_unreachable_and_unauthorised_ssh_remotes_fail_in_one_line(

@@ -38,11 +38,16 @@ class SshServer:
     as on servers that only pass the variable when asked in the command.
     Clients use :attr:`ssh_command` (for ``GIT_SSH_COMMAND``): ``ssh -F`` with
     the generated client config, the client key and the ``known_hosts`` file.
+    ``key_in_config=False`` leaves the key out of the client config, for a
+    client that gets it from ``ssh-agent``.
     """
 
-    def __init__(self, directory: Path, *, accept_protocol_env: bool = True) -> None:
+    def __init__(
+        self, directory: Path, *, accept_protocol_env: bool = True, key_in_config: bool = True
+    ) -> None:
         self.directory = Path(directory)
         self.accept_protocol_env = accept_protocol_env
+        self.key_in_config = key_in_config
         self.port = 0
         self.client_key = self.directory / "client_key"
         self._process: subprocess.Popen[bytes] | None = None
@@ -117,8 +122,11 @@ class SshServer:
                     "Host *",
                     "  User root",
                     f"  HostKeyAlias {HOST_ALIAS}",
-                    f"  IdentityFile {self.client_key}",
-                    "  IdentitiesOnly yes",
+                    *(
+                        [f"  IdentityFile {self.client_key}", "  IdentitiesOnly yes"]
+                        if self.key_in_config
+                        else []
+                    ),
                     f"  UserKnownHostsFile {self.directory / 'known_hosts'}",
                     "  GlobalKnownHostsFile /dev/null",
                     "  StrictHostKeyChecking yes",
