@@ -12,8 +12,9 @@ only, no trees, no blobs) of every branch and tag, parsed in memory and not
 stored. That costs a moment per thousand commits, and only such mounts pay it.
 
 A server without ``filter`` sends the tip's blobs too (``deepen 1`` alone).
-git writes a pack's commits and trees before its blobs, so the tree is
-published as soon as every tree of the tip has arrived; the commit and trees
+The tree is published as soon as every tree of the tip has arrived, in
+whatever order (git writes a tagged tip's trees before its blobs, an untagged
+tip's objects in traversal order); the commit and trees
 go into the gitdir as a pack of their own, and the still-open stream is
 handed on (:class:`BlobStream`) for the hydrator to store its blobs in the
 blob cache. The history is then not fetched at all: without a filter every
