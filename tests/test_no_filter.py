@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.daemon.startup import TreeTracker
+from artifactfs.store.packstream import PackObject
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import read_fresh
 
@@ -156,3 +158,36 @@ def test_demand_read_waits_for_the_stream_when_wants_are_refused(make_repo, git_
             assert status["hydration"]["failed_blobs"] == 0
         finally:
             tree.unmount()
+
+
+def _tree(entries: list[tuple[bytes, str, str]]) -> bytes:
+    return b"".join(mode + b" " + name.encode() + b"\0" + bytes.fromhex(oid) for mode, name, oid in entries)
+
+
+def test_tree_tracker_completes_once_every_reachable_tree_arrived_in_any_order() -> None:
+    def obj(type_name: str, oid: str, data: bytes) -> PackObject:
+        return PackObject(oid, type_name, len(data), data, None)
+
+    blob, gitlink = "b" * 40, "c" * 40
+    leaf = _tree([(b"100644", "f", blob), (b"160000", "sub", gitlink)])
+    leaf_id = "1" * 40
+    middle = _tree([(b"40000", "leaf", leaf_id), (b"100755", "x", blob)])
+    middle_id = "2" * 40
+    root = _tree([(b"40000", "middle", middle_id), (b"40000", "again", leaf_id)])
+    root_id = "3" * 40
+    commit_id = "4" * 40
+    commit = f"tree {root_id}\nauthor A <a@b> 0 +0000\n\nmsg\n".encode()
+    stream = [
+        obj("tree", leaf_id, leaf),
+        obj("blob", blob, b"x"),
+        obj("commit", commit_id, commit),
+        obj("tree", root_id, root),
+        obj("tree", "9" * 40, _tree([])),  # not reachable: irrelevant
+    ]
+    tracker = TreeTracker(commit_id)
+    for item in stream:
+        tracker.add(item)
+        assert not tracker.complete
+    tracker.add(obj("tree", middle_id, middle))
+    assert tracker.complete and tracker.root_tree == root_id
+    assert tracker.trees[middle_id] == middle

@@ -184,7 +184,7 @@ async def fetch_tip(
     return Tip(commit, root_tree, trees, shallow)
 
 
-class _TreeTracker:
+class TreeTracker:
     """Knows when every tree reachable from one commit has arrived, whatever their order."""
 
     def __init__(self, commit: str) -> None:
@@ -238,7 +238,7 @@ async def _fetch_tip_with_blobs(
 ) -> Tip:
     """A depth-1 fetch with blobs: return once the trees are in, leaving the blobs streaming."""
     parser = PackStreamParser(spool_dir=spool_dir)
-    tracker = _TreeTracker(commit)
+    tracker = TreeTracker(commit)
     blobs: list[PackObject] = []
     response = await streams.enter_async_context(session.fetch([commit], depth=1))
     pack_chunks = response.pack_chunks()
