@@ -248,9 +248,7 @@ class Mount:
                     if gitdir.shallow_commits() and history_available(session):
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
                     elif gitdir.shallow_commits():
-                        log.info(
-                            "the remote has no filter: history stays at depth 1 (git fetch --deepen gets more)"
-                        )
+                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
                     if not self.read_only:  # reconciling writes the overlay
                         nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
