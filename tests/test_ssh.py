@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from artifactfs.remote import RemoteURL, open_remote
 from artifactfs.remote.ssh import MessageFramer, resolve_ssh_command, upload_pack_command
 from artifactfs.remote.url import SshTarget
 from artifactfs.testing import FileSpec
@@ -174,3 +176,19 @@ def test_message_framer_finds_the_closing_flush_across_chunks() -> None:
         assert second is not None and split + second == len(message)
     with pytest.raises(Exception, match="malformed"):
         MessageFramer().end(b"zzzz")
+
+
+def test_finished_connections_are_reused(make_repo, sshd) -> None:
+    """A v2 answer over ssh ends at its flush: the next command goes on the same connection."""
+    repo, tip = make_repo("pooled", FILES)
+
+    async def session_work() -> list[str]:
+        async with await open_remote(RemoteURL.parse(sshd.url(repo))) as session:
+            heads = [(await session.ls_refs(["HEAD"]))[0].oid for _ in range(4)]
+            async with session.fetch([tip], filter_spec="blob:none", depth=1) as response:
+                assert sum([len(chunk) async for chunk in response.pack_chunks()]) > 0
+            heads.append((await session.ls_refs(["HEAD"]))[0].oid)
+            return heads
+
+    assert trio.run(session_work) == [tip] * 5
+    assert sshd.log_path.read_text().count("Accepted publickey") == 1

@@ -27,7 +27,7 @@ import shlex
 import subprocess
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import IO, Literal
 
@@ -246,9 +246,10 @@ class SshTransport:
             received = False
             try:
                 await self._send(connection, body)
-                async for chunk in connection.read_message(self._timeout, self.description):
-                    received = True
-                    yield chunk
+                async with aclosing(connection.read_message(self._timeout, self.description)) as message:
+                    async for chunk in message:
+                        received = True
+                        yield chunk
             except TransientRemoteError:
                 if received or not reused:
                     raise
