@@ -30,7 +30,14 @@ from artifactfs.daemon import control
 from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
-from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_wanted
+from artifactfs.daemon.startup import (
+    BlobStream,
+    ResolvedRef,
+    complete_history,
+    create_gitdir,
+    history_available,
+    resolve_wanted,
+)
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
@@ -128,6 +135,8 @@ class Mount:
         self._index_prepared = False
         self._index_sizes_failing = False
         self._history_fetched = False
+        self._tip_blobs: BlobStream | None = None
+        """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
 
     # ------------------------------------------------------------- main
 
@@ -140,16 +149,16 @@ class Mount:
         options = self.options
         private_dir(self.mount_dir)
         phases = _PhaseTimer()
+        cache = BlobCache(self.state.blob_cache_dir)
+        cache.clean_tmp()
         self._progress(f"connecting to {options.remote.redacted()}")
-        async with await open_remote(options.remote) as session:
+        async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
             self.session = session
             phases.mark("remote opened")
-            resolved = await self._prepare_gitdir(session)
+            resolved = await self._prepare_gitdir(session, cache, streams)
             phases.mark("tree ready")
             gitdir = self.gitdir
             assert gitdir is not None
-            cache = BlobCache(self.state.blob_cache_dir)
-            cache.clean_tmp()
             gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
             self.hydrator = Hydrator(
@@ -182,6 +191,11 @@ class Mount:
                     nursery.start_soon(self._watch_signals)
                     nursery.start_soon(self._fuse_main)
                     await nursery.start(self.hydrator.run)
+                    if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
+                        blobs, self._tip_blobs = self._tip_blobs, None
+                        nursery.start_soon(
+                            self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks
+                        )
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
                     serve_control = functools.partial(
@@ -231,8 +245,10 @@ class Mount:
                     # the binary class, so the other classes open once classes are final.
                     self.hydrator.start_background()
                     nursery.start_soon(report_progress, self.status)
-                    if gitdir.shallow_commits():
+                    if gitdir.shallow_commits() and history_available(session):
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
+                    elif gitdir.shallow_commits():
+                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
                     if not self.read_only:  # reconciling writes the overlay
                         nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
@@ -383,8 +399,13 @@ class Mount:
 
     # ------------------------------------------------------------- start-up steps
 
-    async def _prepare_gitdir(self, session: RemoteSession) -> ResolvedRef | None:
-        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created."""
+    async def _prepare_gitdir(
+        self, session: RemoteSession, cache: BlobCache, streams: contextlib.AsyncExitStack
+    ) -> ResolvedRef | None:
+        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created.
+
+        A remote without filter sends the tip's blobs after its trees: that stream stays open in
+        ``streams`` and waits in ``_tip_blobs`` for the hydrator."""
         gitdir = GitDir(self.mount_dir / "gitdir")
         commit = gitdir.head_oid() if gitdir.exists() else None
         if commit is not None and gitdir.has_object(commit):
@@ -398,9 +419,17 @@ class Mount:
         refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
         resolved = await resolve_wanted(session, refs, self.options.ref)
         self._progress(f"fetching trees of {resolved.commit[:12]}")
-        gitdir, tip = await create_gitdir(session, gitdir.path, self.options.remote.redacted(), resolved)
+        gitdir, tip = await create_gitdir(
+            session,
+            gitdir.path,
+            self.options.remote.redacted(),
+            resolved,
+            spool_dir=cache.tmp_dir,
+            streams=streams,
+        )
         self._progress(f"received {len(tip.trees)} trees")
         self.gitdir = gitdir
+        self._tip_blobs = tip.blobs
         tip_trees = tip.trees
 
         def read_tree(oid: str) -> bytes:
@@ -625,6 +654,7 @@ class Mount:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "history_complete": self._history_fetched or not self.gitdir.shallow_commits(),
             "history_depth": self.options.history_depth,
+            "history_shallow": self.session is not None and not history_available(self.session),
             "hydration": self.hydrator.status(),
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
