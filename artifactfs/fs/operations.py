@@ -15,9 +15,9 @@ kernel checks permissions against them (``default_permissions``), so this layer
 only records who creates what (the request's uid and gid).
 
 atime follows relatime: it moves when a file is read and its atime is not newer
-than its mtime or ctime, or is a day old. Content in a data file keeps its
-atime there; a base file's lives in memory only, so reads never write the
-database (after a remount it starts again at the base mtime).
+than its mtime or ctime, or is a day old. The moved atime lives in memory, so
+reads never write the database; after a remount a file shows its stored atime
+again (set by utimensat or creation, else its data file's, else the mtime).
 """
 
 from __future__ import annotations
@@ -322,6 +322,10 @@ class Operations(pyfuse3.Operations):
     def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self._inodes.forget(inode, count)
+            if self._inodes.path(inode) is None:
+                self._atimes.pop(inode, None)
+                if self._linked:
+                    self._linked = {data: known for data, known in self._linked.items() if known != inode}
 
     @_fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
@@ -375,6 +379,7 @@ class Operations(pyfuse3.Operations):
             node = await self._writable(path, node, truncate=attr.st_size == 0)
             assert node.data_path is not None
             os.truncate(node.data_path, attr.st_size)
+            node = self._node(path)  # the data file's new size and ctime
         changes: dict[str, int] = {}
         if fields.update_mode:
             changes["mode"] = stat.S_IMODE(attr.st_mode)
@@ -623,7 +628,9 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files[fh]
-        handle.read = True
+        if not handle.read and handle.inode != GITFILE_INODE:
+            handle.read = True
+            self._accessed(handle)
         if handle.blob is not None:
             return handle.blob.pread(size, off)
         if handle.inode == GITFILE_INODE:
@@ -656,8 +663,6 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None and handle.read and handle.inode != GITFILE_INODE:
-            self._accessed(handle)
         if handle is not None and handle.blob is not None:
             handle.blob.close()
         if handle is None or handle.fd < 0:
@@ -668,10 +673,10 @@ class Operations(pyfuse3.Operations):
             self._view.note_modified(path)
 
     def _accessed(self, handle: _FileHandle) -> None:
-        """relatime after a file was read: move its atime if it is due, and make the kernel ask again.
+        """relatime on a handle's first read: move the atime if it is due, and make the kernel ask again.
 
-        A data file's atime is moved by its own filesystem as we read it; a base
-        file's is kept here. Neither writes the database.
+        The new atime is kept here (a data file's own atime also moves if its
+        filesystem keeps atimes): reads never write the database.
         """
         node = handle.node
         mtime_ns = node.mtime_ns if node.mtime_ns is not None else BASE_MTIME_NS
@@ -680,8 +685,7 @@ class Operations(pyfuse3.Operations):
         now = time.time_ns()
         if atime_ns > max(mtime_ns, ctime_ns) and now - atime_ns < RELATIME_AGE_NS:
             return
-        if handle.blob is not None:
-            self._atimes[handle.inode] = now
+        self._atimes[handle.inode] = now
         try:
             pyfuse3.invalidate_inode(handle.inode, attr_only=True)
         except OSError:
