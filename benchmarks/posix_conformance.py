@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ def run_suite(suite: Path, directory: Path, only: list[str]) -> tuple[int, int, 
     failing: dict[str, tuple[int, int]] = {}
     for line in output.splitlines():
         match = _FAILED_LINE.match(line)
-        if match:
+        if match and int(match.group(3)):
             name = match.group(1).split("/tests/", 1)[-1]
             failing[name] = (int(match.group(3)), int(match.group(2)))
     totals = re.search(r"Files=\d+, Tests=(\d+)", output)
@@ -73,6 +72,9 @@ def main() -> None:
     parser.add_argument("--source", default=SUITE_URL, help="git URL or path of pjdfstest")
     parser.add_argument("--only", default="", help="comma-separated test directories, e.g. chown,link")
     parser.add_argument("--native", action="store_true", help="run on a plain directory instead (reference)")
+    parser.add_argument(
+        "--in-base", action="store_true", help="run in a directory of the base tree instead of a new one"
+    )
     options = parser.parse_args()
     suite = build_suite(options.work, options.source)
     only = [name for name in options.only.split(",") if name]
@@ -86,11 +88,11 @@ def main() -> None:
         repo = base / "repo.git"
         make_bare_repo(repo, {"README.md": b"conformance\n", "src/main.c": b"int main(void) { return 0; }\n"})
         with MountedTree(str(repo), base / "mnt", base / "state", ["--allow-other"]) as tree:
-            target = tree.path / "pjdfstest"
-            target.mkdir()
+            target = tree.path / ("src" if options.in_base else "pjdfstest")
+            if not options.in_base:
+                target.mkdir()
             target.chmod(0o777)
             report(*run_suite(suite, target, only))
-            shutil.rmtree(target, ignore_errors=True)
 
 
 def report(tests: int, failed: int, failing: dict[str, tuple[int, int]]) -> None:
