@@ -285,6 +285,7 @@ def test_fifos_and_sockets_for_everyone(tree: MountedTree, actor: Actor, work: P
         with open("fifo") as reader:
             piped = reader.read()
         os.waitpid(pid, 0)
+        os.link("fifo", "fifo-link")
         device = fails(os.mknod, "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
         print(json.dumps([info("fifo"), info("sock"), received, piped, device]))
         """,
@@ -296,7 +297,9 @@ def test_fifos_and_sockets_for_everyone(tree: MountedTree, actor: Actor, work: P
     assert (received, piped) == ("ping", "through the fifo")
     assert device == (None if actor.uid == 0 else "EPERM")
     remount(tree)
-    assert stat.S_ISFIFO(os.lstat(work / "fifo").st_mode)
+    fifo_after, link_after = os.lstat(work / "fifo"), os.lstat(work / "fifo-link")
+    assert stat.S_ISFIFO(fifo_after.st_mode) and stat.S_IMODE(fifo_after.st_mode) == 0o640
+    assert (fifo_after.st_ino, fifo_after.st_nlink) == (link_after.st_ino, 2)
     assert stat.S_ISSOCK(os.lstat(work / "sock").st_mode)
     if actor.uid == 0:
         null = os.lstat(work / "null")

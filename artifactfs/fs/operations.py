@@ -133,9 +133,9 @@ class Operations(pyfuse3.Operations):
         self._dirs: dict[int, _DirHandle] = {}
         self._next_handle = 1
         self._atimes: dict[int, int] = {}
-        """atime of base-blob files read since mount (relatime), by inode."""
-        self._linked: dict[Path, int] = {}
-        """The inode of each hard-linked file, by its data file: every link shows one inode."""
+        """atimes that reads moved since mount (relatime), by inode."""
+        self._linked: dict[str, int] = {}
+        """The inode of each hard-linked file, by its link id: every link shows one inode."""
         self._latency: dict[str, LatencyHistogram] = {}
         self._gitfile_released = trio.Event()
 
@@ -241,14 +241,14 @@ class Operations(pyfuse3.Operations):
 
     def _inode_for(self, node: Node) -> int:
         """The inode of ``node``'s path; every hard link of one file gets the same one."""
-        if node.nlink < 2 or node.kind in ("dir", "gitlink") or node.data_path is None:
+        if node.nlink < 2 or node.kind in ("dir", "gitlink") or node.link_id is None:
             return self._inodes.inode(node.path)
-        inode = self._linked.get(node.data_path)
+        inode = self._linked.get(node.link_id)
         if inode is not None and self._inodes.path(inode) is not None:
             self._inodes.link(inode, node.path)
             return inode
         inode = self._inodes.inode(node.path)
-        self._linked[node.data_path] = inode
+        self._linked[node.link_id] = inode
         return inode
 
     def _content_oid(self, node: Node) -> str | None:
@@ -552,8 +552,8 @@ class Operations(pyfuse3.Operations):
             await self._writable(existing, node, truncate=False)
         node = self._view.link(existing, path)
         self._inodes.link(inode, path)
-        if node.data_path is not None:
-            self._linked[node.data_path] = inode
+        if node.link_id is not None:
+            self._linked[node.link_id] = inode
         attributes = await self._attributes(inode, node)
         self._inodes.remember(inode)
         return attributes
@@ -583,6 +583,7 @@ class Operations(pyfuse3.Operations):
             # waits here until the prepared index is written, instead of finding none.
             await self._gitfile_released.wait()
             handle = self._handle()
+            # .git is never unlinked, so its handle's node (the root's) is never reported.
             self._files[handle] = _FileHandle(inode, self._node(""), -1, False)
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         path = self._path(inode)

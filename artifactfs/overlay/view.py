@@ -88,6 +88,8 @@ class Node:
     atime_ns: int | None = None
     ctime_ns: int | None = None
     xattrs: bytes | None = None
+    link_id: str | None = None
+    """What every hard link of this file shares (its data file id), if it has one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -933,6 +935,7 @@ class OverlayView:
             atime_ns=atime_ns,
             ctime_ns=ctime_ns,
             xattrs=item.xattrs,
+            link_id=item.data_id,
         )
 
     def _node_of_base(self, path: str, entry: BaseEntry) -> Node:
