@@ -296,7 +296,9 @@ class Batch:
     def __init__(self, conn: sqlite3.Connection, journal: ChangeJournal | None) -> None:
         self._conn = conn
         self._journal = journal
-        self._orphan_candidates: set[str] = set()
+        self._data_ids: set[str] = set()
+        """Data ids whose number of rows may have changed: unreferenced ones are unlinked, shared ones
+        (hard links) counted."""
         self._touched: list[bytes] = []
         self.parent_deltas: dict[bytes | None, int] = {}
         """Change in the number of rows under each parent key, applied to the store's count on commit."""
@@ -312,7 +314,9 @@ class Batch:
         key = encode_path(row.path)
         previous = self._conn.execute("SELECT data_id FROM entries WHERE path = ?", (key,)).fetchone()
         if previous is not None and previous[0] is not None:
-            self._orphan_candidates.add(previous[0])
+            self._data_ids.add(previous[0])
+        if row.data_id is not None:
+            self._data_ids.add(row.data_id)
         parent = None if row.path == "" else encode_path(parent_of(row.path))
         self._conn.execute(
             f"INSERT OR REPLACE INTO entries (parent, {_COLUMNS}) VALUES ({', '.join('?' * 15)})",
@@ -363,7 +367,7 @@ class Batch:
             "DELETE FROM entries WHERE path = ? RETURNING data_id", (key,)
         ).fetchall():
             if data_id is not None:
-                self._orphan_candidates.add(data_id)
+                self._data_ids.add(data_id)
             self._touched.append(key)
             self._removed(key)
 
@@ -384,7 +388,7 @@ class Batch:
             )
         for key, data_id in deleted.fetchall():
             if data_id is not None:
-                self._orphan_candidates.add(data_id)
+                self._data_ids.add(data_id)
             self._touched.append(key)
             self._removed(key)
 
@@ -392,20 +396,20 @@ class Batch:
         """Journal ``path`` as changed without changing its row (e.g. content written)."""
         self._touched.append(encode_path(path))
 
-    def _finish(self) -> list[str]:
-        """Write the journal and return the data ids that became unreferenced.
+    def _finish(self) -> dict[str, int]:
+        """Write the journal and return how many rows each data id it changed now has (0: unreferenced).
 
         The journal is written before the commit: after a crash it may name a
         change that did not happen, never miss one that did.
         """
         if self._journal is not None and self._touched:
             self._journal.append(self._touched)
-        return [
-            data_id
-            for data_id in sorted(self._orphan_candidates)
-            if self._conn.execute("SELECT 1 FROM entries WHERE data_id = ? LIMIT 1", (data_id,)).fetchone()
-            is None
-        ]
+        return {
+            data_id: self._conn.execute(
+                "SELECT count(*) FROM entries WHERE data_id = ?", (data_id,)
+            ).fetchone()[0]
+            for data_id in sorted(self._data_ids)
+        }
 
 
 class OverlayStore:
@@ -430,6 +434,8 @@ class OverlayStore:
         self._columns = _COLUMNS
         self._child_rows: dict[bytes | None, int] = {}
         """Rows per parent key, kept in memory so a directory without rows costs no query."""
+        self._shared: dict[str, int] = {}
+        """Rows per data id for ids that more than one row uses (hard links), kept in memory."""
         if read_only:
             uri = f"file:{quote(str(self._db_path))}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -463,7 +469,7 @@ class OverlayStore:
                 )
             if version == 1:
                 self._columns = _COLUMNS_OF_V1
-            self._count_children()
+            self._count_rows()
             return
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -475,10 +481,17 @@ class OverlayStore:
             self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         elif version == 1:
             self._conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATE_FROM_V1} PRAGMA user_version = 2; COMMIT;")
-        self._count_children()
+        self._count_rows()
 
-    def _count_children(self) -> None:
+    def _count_rows(self) -> None:
+        """Load the in-memory counts: rows per parent, rows per shared data id."""
         self._child_rows = dict(self._conn.execute("SELECT parent, count(*) FROM entries GROUP BY parent"))
+        self._shared = dict(
+            self._conn.execute(
+                "SELECT data_id, count(*) FROM entries WHERE data_id IS NOT NULL"
+                " GROUP BY data_id HAVING count(*) > 1"
+            )
+        )
 
     def has_child_rows(self, path: str) -> bool:
         """Whether any row (whiteouts included) lies directly below ``path``; answered from memory."""
@@ -506,11 +519,9 @@ class OverlayStore:
         return None if record is None else _row_from_db(record)
 
     def link_count(self, data_id: str) -> int:
-        """How many rows share ``data_id``: a file's hard links."""
+        """How many rows share ``data_id`` (a file's hard links); answered from memory."""
         with self._lock:
-            return int(
-                self._conn.execute("SELECT count(*) FROM entries WHERE data_id = ?", (data_id,)).fetchone()[0]
-            )
+            return self._shared.get(data_id, 1)
 
     def get_many(self, paths: Iterable[str]) -> dict[str, OverlayRow]:
         keys = [encode_path(path) for path in paths]
@@ -572,16 +583,21 @@ class OverlayStore:
             try:
                 batch = Batch(self._conn, self.journal if journal else None)
                 yield batch
-                unreferenced = batch._finish()
+                counts = batch._finish()
                 self._conn.execute("COMMIT")
                 for parent, delta in batch.parent_deltas.items():
                     self._child_rows[parent] = self._child_rows.get(parent, 0) + delta
+                for data_id, count in counts.items():
+                    if count > 1:
+                        self._shared[data_id] = count
+                    else:
+                        self._shared.pop(data_id, None)
             except BaseException:
                 # SQLite has already rolled back a COMMIT that failed for lack of space.
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
-            self.discard_data(unreferenced)
+            self.discard_data(data_id for data_id, count in counts.items() if count == 0)
 
     def with_reserve(self, operation: Callable[[], _T]) -> _T:
         """Run ``operation``, a change that must work on a full disk (a removal, journaling a write).
