@@ -78,6 +78,8 @@ class MountOptions:
     hydration: HydrationSettings = field(default_factory=HydrationSettings)
     priority_rules: tuple[PriorityRule, ...] = ()
     allow_other: bool = False
+    owner: tuple[int, int] | None = None
+    """(uid, gid) owning the base tree; the daemon's own if None."""
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
     history_depth: int | None = None
@@ -169,7 +171,7 @@ class Mount:
             install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
             git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote)
             assert self.snapshot is not None
-            self.view = OverlayView(overlay, self.snapshot)
+            self.view = OverlayView(overlay, self.snapshot, options.owner)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
             self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
             self.hydrator.on_size_corrected = self._size_corrected
