@@ -48,7 +48,16 @@ from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
+from artifactfs.state import (
+    Owner,
+    RuntimeRecord,
+    StateRoot,
+    free_bytes,
+    private_dir,
+    reachable_by,
+    state_owner,
+    write_private_file,
+)
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.loose import LooseBlobFile
@@ -119,6 +128,8 @@ class Mount:
         self._on_progress = on_progress
         self.state = StateRoot(options.root)
         self.mount_dir = self.state.mount_dir(options.mountpoint, options.remote.redacted())
+        self.git_owner: Owner | None = None
+        """Whom the gitdir, journal and blob cache belong to when not the daemon's user (see ``state``)."""
         self.session: RemoteSession | None = None
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
@@ -151,7 +162,16 @@ class Mount:
         options = self.options
         private_dir(self.mount_dir)
         phases = _PhaseTimer()
-        cache = BlobCache(self.state.blob_cache_dir)
+        self.git_owner = self._git_owner()
+        if self.git_owner is None:
+            cache = BlobCache(self.state.blob_cache_dir)
+        else:
+            self.state.open_for_owner(self.mount_dir)
+            cache = BlobCache(
+                self.state.owner_blob_cache_dir(self.git_owner),
+                self.git_owner,
+                scratch=self.state.blob_cache_dir / "tmp",
+            )
         cache.clean_tmp()
         self._progress(f"connecting to {options.remote.redacted()}")
         async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
@@ -201,7 +221,7 @@ class Mount:
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
                     serve_control = functools.partial(
-                        control.serve, streams={"upload-pack": git_service.upload_pack}
+                        control.serve, streams={"upload-pack": git_service.upload_pack}, owner=self.git_owner
                     )
                     await nursery.start(
                         serve_control, self.state.socket_path(options.mountpoint), self._control
@@ -263,6 +283,25 @@ class Mount:
                     pyfuse3.close(unmount=True)
                 log.info("unmounted %s", options.mountpoint)
 
+    def _git_owner(self) -> Owner | None:
+        """The owner given with ``--uid``/``--gid`` when a root daemon keeps the git state for them.
+
+        Only if that user can reach the state root at all: else its git could not
+        use the gitdir whatever its owner, and the state stays the daemon's.
+        """
+        if self.options.owner is None:
+            return None
+        owner = state_owner(*self.options.owner)
+        if owner is not None and not reachable_by(self.options.root, owner):
+            log.warning(
+                "uid %d cannot reach the state root %s (a directory above it is closed to it): "
+                "its git will not work in the mount",
+                owner.uid,
+                self.options.root,
+            )
+            return None
+        return owner
+
     def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
         """Open the overlay and point git's fsmonitor at its journal.
 
@@ -274,7 +313,7 @@ class Mount:
         directory = self.mount_dir / "overlay"
         try:
             if (directory / "overlay.db").exists() and space_for_writing(directory) < WRITABLE_MINIMUM:
-                overlay = OverlayStore(directory, read_only=True)
+                overlay = OverlayStore(directory, read_only=True, journal_reader=self.git_owner)
                 self.read_only = True
                 log.warning(
                     "only %d KiB free in the state root %s: mounting read-only; free some space "
@@ -283,9 +322,13 @@ class Mount:
                     self.options.root,
                 )
                 return overlay
-            overlay = OverlayStore(directory)
+            overlay = OverlayStore(directory, journal_reader=self.git_owner)
             hook = install_hook(
-                gitdir.path, overlay.journal.path, overlay.journal.previous_path, git_version=git_version()
+                gitdir.path,
+                overlay.journal.path,
+                overlay.journal.previous_path,
+                git_version=git_version(),
+                owner=gitdir.owner,
             )
             gitdir.set_config("core", "fsmonitor", str(hook))
             return overlay
@@ -355,7 +398,7 @@ class Mount:
             return
         pending = dict(self._index_sizes)
         try:
-            correct_index_sizes(self.gitdir.path, pending)
+            correct_index_sizes(self.gitdir.path, pending, self.gitdir.owner)
         except IndexLockedError:
             return
         except OSError as error:  # a full disk: try again later (said once, not every round)
@@ -408,7 +451,7 @@ class Mount:
 
         A remote without filter sends the tip's blobs after its trees: that stream stays open in
         ``streams`` and waits in ``_tip_blobs`` for the hydrator."""
-        gitdir = GitDir(self.mount_dir / "gitdir")
+        gitdir = GitDir(self.mount_dir / "gitdir", self.git_owner)
         commit = gitdir.head_oid() if gitdir.exists() else None
         if commit is not None and gitdir.has_object(commit):
             self.gitdir = gitdir
@@ -428,6 +471,7 @@ class Mount:
             resolved,
             spool_dir=cache.tmp_dir,
             streams=streams,
+            owner=self.git_owner,
         )
         self._progress(f"received {len(tip.trees)} trees")
         self.gitdir = gitdir
@@ -495,6 +539,7 @@ class Mount:
                 token=self._publish_token,
                 changed=changed,
                 gitignore_ids=gitignore_ids,
+                owner=gitdir.owner,
             )
         )
 
@@ -522,6 +567,7 @@ class Mount:
                         self.gitdir.path,
                         self.snapshot.root_tree_oid,
                         sorted(paths.values()),
+                        self.gitdir.owner,
                     ),
                     abandon_on_cancel=True,
                 )

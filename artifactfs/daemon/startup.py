@@ -38,6 +38,7 @@ from dulwich.objects import Commit
 from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
 from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
+from artifactfs.state import Owner
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
 from artifactfs.store.packwrite import PackWriter
@@ -295,13 +296,14 @@ async def create_gitdir(
     *,
     spool_dir: Path,
     streams: AsyncExitStack,
+    owner: Owner | None = None,
 ) -> tuple[GitDir, Tip]:
-    """Build a complete gitdir at ``path`` for ``resolved``, or leave nothing behind
+    """Build a complete gitdir at ``path`` for ``resolved`` (kept for ``owner``), or leave nothing behind
     (see :func:`fetch_tip` for ``spool_dir`` and ``streams``)."""
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        gitdir = GitDir.create(staging, remote_display)
+        gitdir = GitDir.create(staging, remote_display, owner)
         tip = await fetch_tip(session, gitdir, resolved.commit, spool_dir=spool_dir, streams=streams)
         gitdir.write_shallow(tip.shallow)
         gitdir.set_head(resolved.branch, resolved.commit)
@@ -312,7 +314,7 @@ async def create_gitdir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return GitDir(path), tip
+    return GitDir(path, owner), tip
 
 
 async def complete_history(
@@ -385,7 +387,7 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir, depth: int
     head = next((ref for ref in refs if ref.name == "HEAD"), None)
     if head is not None and head.symref_target and head.symref_target.startswith("refs/heads/"):
         target = "refs/remotes/origin/" + head.symref_target[len("refs/heads/") :]
-        (gitdir.path / "refs/remotes/origin/HEAD").write_text(f"ref: {target}\n")
+        gitdir.update_ref("refs/remotes/origin/HEAD", f"ref: {target}")
     log.info(
         "history complete: %d refs, %d shallow commits left", len(published), len(gitdir.shallow_commits())
     )

@@ -1,0 +1,197 @@
+"""A root daemon mounting for another user (``--allow-other --uid U --gid G``): git as U works in the mount.
+
+Real FUSE, the daemon as root, ``git http-backend`` demanding HTTP Basic auth
+behind a token URL, and real git run as ``artifactfs-tester`` through
+``setpriv``. That user's git must work as in a clone: status, reads, ``log -p``
+with a blob only the origin has (a promisor fetch through the daemon's control
+socket), commit, push with the daemon's credentials, checkout of another
+branch and back. The state stays private: a third user reads nothing of it,
+and the owner reaches nothing but its own mount's git state and blob cache.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from artifactfs.state import StateRoot
+from artifactfs.testing import GitHttpServer, commit_files, make_bare_repo
+from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.users import OUTSIDER, Actor, ensure_user
+
+TOKEN = "tok-owner-5d2f-NEVER-SHOWN"
+FILES: dict[str, bytes] = {f"src/f{index}.txt": f"file {index}\n".encode() for index in range(8)}
+FILES.update({"README.md": b"# owned\n", "src/app.py": b"print('v1')\n"})
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every user may traverse (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="artifactfs-owner-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def outsider() -> Actor:
+    return ensure_user(OUTSIDER)
+
+
+@pytest.fixture
+def served(shared_dir: Path) -> Iterator[tuple[GitHttpServer, Path]]:
+    root = shared_dir / "served"
+    root.mkdir()
+    repo = root / "private.git"
+    make_bare_repo(repo, FILES)
+    commit_files(repo, {"src/app.py": b"print('v2')\n"}, message="app v2")
+    commit_files(repo, {"src/other.txt": b"only on other\n"}, branch="other", message="other branch")
+    with GitHttpServer(root, auth=("x", TOKEN)) as server:
+        yield server, repo
+
+
+@pytest.fixture
+def owned_tree(
+    served: tuple[GitHttpServer, Path], shared_dir: Path, tester: Actor, fuse: None
+) -> Iterator[MountedTree]:
+    server, _ = served
+    url = server.url("private").replace("http://", f"http://x:{TOKEN}@")
+    arguments = ["--allow-other", "--uid", str(tester.uid), "--gid", str(tester.gid), "--hydrate", "none"]
+    tree = MountedTree(url, shared_dir / "mnt", shared_dir / "state", arguments)
+    tree.mount()
+    yield tree
+    tree.unmount()
+
+
+def git_environment(home: Path) -> dict[str, str]:
+    return {
+        "HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "Agent",
+        "GIT_AUTHOR_EMAIL": "agent@example.com",
+        "GIT_COMMITTER_NAME": "Agent",
+        "GIT_COMMITTER_EMAIL": "agent@example.com",
+    }
+
+
+def as_owner_git(tree: MountedTree, owner: Actor, home: Path, *arguments: str) -> str:
+    result = owner.command(tree.path, ["git", *arguments], git_environment(home))
+    assert result.returncode == 0, (
+        f"git {' '.join(arguments)} as {owner.name} failed: {result.stderr.strip()}"
+    )
+    assert TOKEN not in result.stdout + result.stderr
+    return result.stdout
+
+
+def served_ref(repo: Path, ref: str) -> str:
+    return (repo / "refs" / "heads" / ref).read_text().strip()
+
+
+def test_owner_runs_git_in_the_mount_as_in_a_clone(
+    owned_tree: MountedTree, served: tuple[GitHttpServer, Path], shared_dir: Path, tester: Actor
+) -> None:
+    _, repo = served
+    home = shared_dir / "home"
+    home.mkdir()
+    os.chown(home, tester.uid, tester.gid)
+    tree = owned_tree
+
+    def git(*arguments: str) -> str:
+        return as_owner_git(tree, tester, home, *arguments)
+
+    assert git("status", "--porcelain") == ""
+    assert tester.run(tree.path, "print(json.dumps(open('src/app.py').read()))") == "print('v2')\n"
+    # v1 of app.py is no blob of the tip: git's promisor fetch for it goes through the daemon.
+    patch = git("log", "-p", "-2", "--", "src/app.py")
+    assert "-print('v1')" in patch and "+print('v2')" in patch
+    assert tree.status()["git"]["objects_from_origin"] >= 1
+
+    tester.run(tree.path, "open('src/app.py', 'w').write(\"print('v3')\\n\")")
+    assert "+print('v3')" in git("diff")
+    git("commit", "-q", "-a", "-m", "app v3")
+    git("push", "-q", "origin", "main")
+    assert served_ref(repo, "main") == git("rev-parse", "HEAD").strip()
+    assert tree.status()["git"]["credentials_given"] >= 1
+
+    git("checkout", "-q", "other")
+    assert tester.run(tree.path, "print(json.dumps(open('src/other.txt').read()))") == "only on other\n"
+    git("checkout", "-q", "main")
+    assert git("status", "--porcelain") == ""
+    assert (tree.path / "src/app.py").read_bytes() == b"print('v3')\n"
+
+
+def test_state_of_an_owned_mount_is_private(
+    owned_tree: MountedTree,
+    served: tuple[GitHttpServer, Path],
+    shared_dir: Path,
+    tester: Actor,
+    outsider: Actor,
+) -> None:
+    state = StateRoot(shared_dir / "state")
+    mount_dir = state.state_dirs(owned_tree.path)[0]
+    gitdir = mount_dir / "gitdir"
+    cache = state.root / "cache" / "owners" / str(tester.uid)
+    # What the owner's git touches is the owner's, with the private modes; nothing is open to others.
+    for directory, _, names in os.walk(gitdir):
+        for path in [Path(directory), *(Path(directory) / name for name in names)]:
+            info = os.lstat(path)
+            assert (info.st_uid, info.st_gid) == (tester.uid, tester.gid), path
+            assert not stat.S_IMODE(info.st_mode) & 0o077, path
+    assert os.stat(cache).st_uid == tester.uid and not stat.S_IMODE(os.stat(cache).st_mode) & 0o077
+    for directory, _, names in os.walk(state.root):
+        for name in names:
+            info = os.lstat(Path(directory) / name)
+            assert not stat.S_IMODE(info.st_mode) & 0o077 or stat.S_ISSOCK(info.st_mode), (directory, name)
+
+    listed = [str(path) for path in (state.root, state.root / "mounts", mount_dir, gitdir, cache)]
+    opened = [
+        str(path)
+        for path in (
+            gitdir / "HEAD",
+            gitdir / "config",
+            mount_dir / "mount.json",
+            mount_dir / "overlay/overlay.db",
+        )
+    ]
+    probe = (
+        f"print(json.dumps([[fails(os.listdir, path) for path in {listed!r}],"
+        f" [fails(open, path) for path in {opened!r}]]))"
+    )
+    listings, reads = outsider.run(Path("/"), probe)
+    assert listings == ["EACCES"] * 5 and reads == ["EACCES"] * 4
+    listings, reads = tester.run(Path("/"), probe)
+    # The owner lists nothing above its own state and reads its gitdir, but not the daemon's own files.
+    assert listings == ["EACCES", "EACCES", "EACCES", None, None]
+    assert reads == [None, None, "EACCES", "EACCES"]
+
+
+def test_owner_reaches_no_other_mount_state(
+    owned_tree: MountedTree, served: tuple[GitHttpServer, Path], shared_dir: Path, tester: Actor
+) -> None:
+    server, _ = served
+    url = server.url("private").replace("http://", f"http://x:{TOKEN}@")
+    roots = MountedTree(url, shared_dir / "roots", shared_dir / "state", ["--allow-other"])
+    roots.mount()
+    try:
+        state = StateRoot(shared_dir / "state")
+        own_dir = state.state_dirs(roots.path)[0]
+        assert stat.S_IMODE(os.stat(own_dir).st_mode) == 0o700
+        shared_cache = state.blob_cache_dir
+        reads = tester.run(
+            Path("/"),
+            f"print(json.dumps([fails(os.listdir, {str(own_dir / 'gitdir')!r}),"
+            f" fails(os.listdir, {str(shared_cache)!r})]))",
+        )
+        assert reads == ["EACCES", "EACCES"]
+        assert (roots.path / "README.md").read_bytes() == b"# owned\n"
+        assert stat.S_IMODE(os.stat(own_dir / "gitdir").st_mode) == 0o700
+        assert os.stat(own_dir / "gitdir").st_uid == 0
+    finally:
+        roots.unmount()
