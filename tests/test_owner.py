@@ -22,7 +22,7 @@ import pytest
 
 from artifactfs.state import StateRoot
 from artifactfs.testing import GitHttpServer, commit_files, make_bare_repo
-from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.mounts import MountedTree, run_cli
 from artifactfs.testing.users import OUTSIDER, Actor, ensure_user
 
 TOKEN = "tok-owner-5d2f-NEVER-SHOWN"
@@ -195,3 +195,18 @@ def test_owner_reaches_no_other_mount_state(
         assert os.stat(own_dir / "gitdir").st_uid == 0
     finally:
         roots.unmount()
+
+
+def test_fsck_and_gc_find_the_owner_cache(owned_tree: MountedTree, shared_dir: Path, tester: Actor) -> None:
+    tree = owned_tree
+    assert tester.run(tree.path, "print(json.dumps(open('README.md').read()))") == "# owned\n"
+    cache = StateRoot(shared_dir / "state").root / "cache" / "owners" / str(tester.uid) / "loose"
+    stored = [path for path in cache.rglob("*") if path.is_file()]
+    assert stored and all(path.stat().st_uid == tester.uid for path in stored)
+    tree.unmount()
+    checked = run_cli("fsck", str(tree.path), root=tree.root, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"blob cache: {len(stored)} blobs verified" in checked.stdout
+    output = run_cli("gc", "--max-size", "0", "--keep-recent", "0", root=tree.root).stdout
+    assert f"evicted {len(stored)} blobs" in output
+    assert not [path for path in cache.rglob("*") if path.is_file()]
