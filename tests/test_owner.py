@@ -210,3 +210,15 @@ def test_fsck_and_gc_find_the_owner_cache(owned_tree: MountedTree, shared_dir: P
     output = run_cli("gc", "--max-size", "0", "--keep-recent", "0", root=tree.root).stdout
     assert f"evicted {len(stored)} blobs" in output
     assert not [path for path in cache.rglob("*") if path.is_file()]
+
+
+def test_a_remount_for_another_owner_is_refused(owned_tree: MountedTree, tester: Actor) -> None:
+    tree = owned_tree
+    tree.unmount()
+    refused = run_cli("mount", "--allow-other", tree.remote, str(tree.path), root=tree.root, check=False)
+    assert refused.returncode != 0
+    assert f"belongs to uid {tester.uid}, not 0: mount it with --uid {tester.uid}" in refused.stderr
+    assert not os.path.ismount(tree.path)
+    tree.mount()
+    status = tester.command(tree.path, ["git", "status", "--porcelain"], {"HOME": "/"})
+    assert (status.returncode, status.stdout) == (0, ""), status.stderr

@@ -52,7 +52,9 @@ from artifactfs.state import (
     Owner,
     RuntimeRecord,
     StateRoot,
+    StateRootError,
     free_bytes,
+    owner_of,
     private_dir,
     reachable_by,
     state_owner,
@@ -302,6 +304,21 @@ class Mount:
             return None
         return owner
 
+    def _check_gitdir_owner(self, gitdir: GitDir) -> None:
+        """Refuse a kept gitdir that belongs to another user than this mount's git state would."""
+        try:
+            kept = owner_of(gitdir.path)
+        except FileNotFoundError:
+            return
+        kept_uid = os.geteuid() if kept is None else kept.uid
+        wanted_uid = os.geteuid() if gitdir.owner is None else gitdir.owner.uid
+        if kept_uid != wanted_uid:
+            how = "without --uid" if kept is None else f"with --uid {kept_uid}"
+            raise StateRootError(
+                f"the state of this mount ({self.mount_dir}) belongs to uid {kept_uid}, not {wanted_uid}:"
+                f" mount it {how}, or remove that directory to start afresh"
+            )
+
     def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
         """Open the overlay and point git's fsmonitor at its journal.
 
@@ -452,6 +469,7 @@ class Mount:
         A remote without filter sends the tip's blobs after its trees: that stream stays open in
         ``streams`` and waits in ``_tip_blobs`` for the hydrator."""
         gitdir = GitDir(self.mount_dir / "gitdir", self.git_owner)
+        self._check_gitdir_owner(gitdir)
         commit = gitdir.head_oid() if gitdir.exists() else None
         if commit is not None and gitdir.has_object(commit):
             self.gitdir = gitdir
