@@ -94,6 +94,19 @@ def served_ref(repo: Path, ref: str) -> str:
     return (repo / "refs" / "heads" / ref).read_text().strip()
 
 
+def assert_owned_privately(gitdir: Path, owner: Actor) -> None:
+    """Everything in ``gitdir`` is ``owner``'s, and no directory is open to group or others.
+
+    (git writes a few files such as ``FETCH_HEAD`` with the caller's umask
+    whatever ``core.sharedRepository`` says; the 0700 directories keep them private.)
+    """
+    for directory, _, names in os.walk(gitdir):
+        assert not stat.S_IMODE(os.lstat(directory).st_mode) & 0o077, directory
+        for path in [Path(directory), *(Path(directory) / name for name in names)]:
+            info = os.lstat(path)
+            assert (info.st_uid, info.st_gid) == (owner.uid, owner.gid), path
+
+
 def test_owner_runs_git_in_the_mount_as_in_a_clone(
     owned_tree: MountedTree, served: tuple[GitHttpServer, Path], shared_dir: Path, tester: Actor
 ) -> None:
@@ -126,6 +139,12 @@ def test_owner_runs_git_in_the_mount_as_in_a_clone(
     assert git("status", "--porcelain") == ""
     assert (tree.path / "src/app.py").read_bytes() == b"print('v3')\n"
 
+    upstream = commit_files(repo, {"docs/new.md": b"from elsewhere\n"}, message="pushed elsewhere")
+    git("fetch", "-q")
+    assert git("rev-parse", "origin/main").strip() == upstream
+    # What the daemon and git wrote for those commands (packs of lazy fetches, refs, index) is the owner's.
+    assert_owned_privately(StateRoot(shared_dir / "state").state_dirs(tree.path)[0] / "gitdir", tester)
+
 
 def test_state_of_an_owned_mount_is_private(
     owned_tree: MountedTree,
@@ -139,11 +158,7 @@ def test_state_of_an_owned_mount_is_private(
     gitdir = mount_dir / "gitdir"
     cache = state.root / "cache" / "owners" / str(tester.uid)
     # What the owner's git touches is the owner's, with the private modes; nothing is open to others.
-    for directory, _, names in os.walk(gitdir):
-        for path in [Path(directory), *(Path(directory) / name for name in names)]:
-            info = os.lstat(path)
-            assert (info.st_uid, info.st_gid) == (tester.uid, tester.gid), path
-            assert not stat.S_IMODE(info.st_mode) & 0o077, path
+    assert_owned_privately(gitdir, tester)
     assert os.stat(cache).st_uid == tester.uid and not stat.S_IMODE(os.stat(cache).st_mode) & 0o077
     for directory, _, names in os.walk(state.root):
         for name in names:
