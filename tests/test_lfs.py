@@ -1,0 +1,160 @@
+"""Git LFS in a real mount: a real LFS server (giftless), real git-lfs, real git.
+
+The served repository marks ``*.bin`` with ``filter=lfs`` and names the LFS
+server in its ``.lfsconfig``; its objects were uploaded through the server's
+batch API. A pointer-shaped blob without the attribute is shown as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from artifactfs.lfs.pointer import parse_pointer
+from artifactfs.testing.lfsserver import LfsServer, pointer_text
+from artifactfs.testing.mounts import MountedTree
+
+NAME = "lfsrepo"
+MODEL = os.urandom(300_000)
+SMALL = b"small lfs object\n" * 10
+STRAY = b"content behind a pointer that no attribute marks\n"
+
+
+def oid_of(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def git_lfs() -> str:
+    path = shutil.which("git-lfs")
+    assert path, "git-lfs is missing: run scripts/install"
+    return path
+
+
+@pytest.fixture
+def lfs_server(tmp_path: Path, git_lfs: str) -> Iterator[LfsServer]:
+    with LfsServer(tmp_path / "lfs-storage") as server:
+        yield server
+
+
+@pytest.fixture
+def lfs_repo(make_repo: Callable[..., tuple[Path, str]], lfs_server: LfsServer) -> Path:
+    files = {
+        ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+        ".lfsconfig": f'[lfs]\n\turl = "{lfs_server.url(NAME)}"\n'.encode(),
+        "README.md": b"# lfs demo\n",
+        "data/model.bin": lfs_server.upload(NAME, MODEL),
+        "data/small.bin": lfs_server.upload(NAME, SMALL),
+        "notes/pointer.txt": pointer_text(STRAY),
+    }
+    repo, _ = make_repo(NAME, files)
+    return repo
+
+
+def read_error(path: Path) -> int | None:
+    try:
+        path.read_bytes()
+    except OSError as error:
+        return error.errno
+    return None
+
+
+def test_pointer_parsing_is_strict() -> None:
+    pointer = pointer_text(SMALL)
+    parsed = parse_pointer(pointer)
+    assert parsed is not None and parsed.oid == oid_of(SMALL) and parsed.size == len(SMALL)
+    assert parse_pointer(pointer.rstrip(b"\n")) is None  # every line ends in a newline
+    assert parse_pointer(pointer.replace(b"\n", b"\r\n")) is None
+    assert parse_pointer(pointer.replace(b"sha256:", b"sha1:")) is None
+    assert parse_pointer(pointer.upper()) is None
+    lines = pointer.splitlines(keepends=True)
+    assert parse_pointer(lines[0] + lines[2] + lines[1]) is None  # keys in order
+    assert parse_pointer(pointer + b"x-extra 1\n") is None
+    assert parse_pointer(pointer.replace(b"size ", b"size -")) is None
+    assert parse_pointer(pointer + b"\n") is None
+
+
+def test_read_shows_object_and_stat_fetches_nothing(
+    lfs_repo: Path, lfs_server: LfsServer, git_server, mounts: Callable[..., MountedTree]
+) -> None:
+    tree = mounts(git_server.url(NAME), "--hydrate", "none")
+    model = tree.path / "data/model.bin"
+    assert model.stat().st_size == len(MODEL)
+    assert os.path.getsize(tree.path / "data/small.bin") == len(SMALL)
+    sizes = {entry.name: entry.stat().st_size for entry in os.scandir(tree.path / "data")}
+    assert sizes == {"model.bin": len(MODEL), "small.bin": len(SMALL)}
+    assert lfs_server.downloads() == []  # sizes come from the pointers alone
+
+    assert model.read_bytes() == MODEL
+    assert lfs_server.downloads() == [oid_of(MODEL)]
+    assert (tree.path / "data/small.bin").read_bytes() == SMALL
+    # Without filter=lfs, a pointer is just a file.
+    assert (tree.path / "notes/pointer.txt").read_bytes() == pointer_text(STRAY)
+    assert model.read_bytes() == MODEL
+    assert sorted(lfs_server.downloads()) == sorted([oid_of(MODEL), oid_of(SMALL)])
+
+
+def test_fresh_mount_is_clean_and_git_lfs_works(
+    lfs_repo: Path, lfs_server: LfsServer, git_server, mounts: Callable[..., MountedTree]
+) -> None:
+    tree = mounts(git_server.url(NAME))
+    assert tree.git("status", "--porcelain").stdout == ""
+    # Without fsmonitor git lstats every file: the index records the sizes the files show.
+    assert tree.git("-c", "core.fsmonitor=false", "status", "--porcelain").stdout == ""
+    listed = tree.git("lfs", "ls-files", "--long").stdout.split()
+    assert oid_of(MODEL) in listed and oid_of(SMALL) in listed
+    # The index records the pointer blobs, while the files show the objects.
+    staged = tree.git("ls-files", "-s", "data/model.bin").stdout.split()[1]
+    assert tree.git("cat-file", "blob", staged).stdout.encode() == pointer_text(MODEL)
+    # Background hydration brings every object, verified, into the shared cache.
+    tree.wait_for(lambda status: status["lfs"]["downloaded"] == 2, timeout=30)
+    assert (tree.path / "data/model.bin").read_bytes() == MODEL
+    assert tree.git("status", "--porcelain").stdout == ""
+
+
+def test_edit_commit_push_uploads_the_object(
+    lfs_repo: Path, lfs_server: LfsServer, git_server, mounts: Callable[..., MountedTree]
+) -> None:
+    tree = mounts(git_server.url(NAME))
+    edited = MODEL[:1000] + b"edited in the mount" + MODEL[1000:]
+    (tree.path / "data/model.bin").write_bytes(edited)
+    (tree.path / "data/new.bin").write_bytes(b"a new large file\n" * 100)
+    assert set(tree.git("status", "--porcelain").stdout.splitlines()) == {
+        " M data/model.bin",
+        "?? data/new.bin",
+    }
+    tree.git("add", "-A")
+    tree.git("commit", "-q", "-m", "edit an LFS file")
+    tree.git("push", "-q", "origin", "main")
+
+    assert lfs_server.has_object(NAME, oid_of(edited))
+    assert lfs_server.has_object(NAME, oid_of(b"a new large file\n" * 100))
+    served = subprocess.run(
+        ["git", "--git-dir", str(lfs_repo), "show", "main:data/model.bin"], capture_output=True, check=True
+    ).stdout
+    assert served == pointer_text(edited)
+    head = tree.git("rev-parse", "HEAD").stdout.strip()
+    tree.wait_for(lambda status: status["head"] == head, timeout=10)
+    assert (tree.path / "data/model.bin").read_bytes() == edited
+    assert tree.git("status", "--porcelain").stdout == ""
+
+
+def test_corrupt_object_is_refused(
+    lfs_repo: Path, lfs_server: LfsServer, git_server, mounts: Callable[..., MountedTree]
+) -> None:
+    lfs_server.corrupt(NAME, oid_of(MODEL))
+    tree = mounts(git_server.url(NAME), "--hydrate", "none")
+    model = tree.path / "data/model.bin"
+    assert model.stat().st_size == len(MODEL)
+    assert read_error(model) == errno.EIO
+    assert oid_of(MODEL) in lfs_server.downloads()
+    assert read_error(model) == errno.EIO  # asked again, refused again: never wrong bytes
+    assert lfs_server.downloads().count(oid_of(MODEL)) == 2
+    assert (tree.path / "data/small.bin").read_bytes() == SMALL
