@@ -394,19 +394,23 @@ class LfsFiles:
         if snapshot is None:
             return []
         pending: dict[str, tuple[PriorityClass, LfsPointer]] = {}
-        for path in sorted(self._paths):
-            entry = snapshot.entry(path)
-            if entry is None or entry.kind is not EntryKind.FILE:
-                continue
+
+        async def consider(path: str, blob_oid: str) -> None:
             try:
-                pointer = await self._pointer(entry.oid, path, fetch=True)
+                pointer = await self._pointer(blob_oid, path, fetch=True)
             except BlobUnavailableError:
-                continue  # the hydrator reports it; the file shows its error to readers
+                return  # the hydrator reports it; the file shows its error to readers
             if not isinstance(pointer, LfsPointer) or pointer.oid in self._missing:
-                continue
+                return
             if pointer.oid not in pending and self._store.size(pointer.oid) is None:
                 pending[pointer.oid] = (self._classifier.classify(path, pointer.size), pointer)
-        return list(pending.values())
+
+        async with trio.open_nursery() as nursery:  # the pointers arrive together, in the hydrator's batches
+            for path in sorted(self._paths):
+                entry = snapshot.entry(path)
+                if entry is not None and entry.kind is EntryKind.FILE:
+                    nursery.start_soon(consider, path, entry.oid)
+        return sorted(pending.values(), key=lambda item: item[0])
 
     def status(self) -> dict[str, object]:
         return {

@@ -15,12 +15,14 @@ import hashlib
 import itertools
 import os
 import re
+import shutil
 from pathlib import Path
 
 from artifactfs.errors import CorruptObjectError
-from artifactfs.state import READ_ONLY_FILE_MODE, private_dir
+from artifactfs.state import READ_ONLY_FILE_MODE, pid_alive, private_dir
 
 _OID = re.compile(r"[0-9a-f]{64}")
+_TMP_PREFIX = "artifactfs-"
 
 
 def _check_oid(oid: str) -> None:
@@ -109,10 +111,21 @@ class LfsObjectStore:
     def __init__(self, cache_root: Path) -> None:
         self.root = cache_root / "lfs"
         self._objects = self.root / "objects"
-        self._tmp = self.root / "tmp" / f"artifactfs-{os.getpid()}"
+        self._tmp_root = self.root / "tmp"  # git-lfs keeps its own scratch files here too
+        self._tmp = self._tmp_root / f"{_TMP_PREFIX}{os.getpid()}"
         self._serial = itertools.count()
-        for directory in (self.root, self._objects, self._tmp):
+        for directory in (self.root, self._objects, self._tmp_root):
             private_dir(directory)
+        self._clean_tmp()
+        private_dir(self._tmp)
+
+    def _clean_tmp(self) -> None:
+        """Remove partial downloads left by mounts whose process is gone (or had our pid)."""
+        for entry in os.scandir(self._tmp_root):
+            owner = entry.name.removeprefix(_TMP_PREFIX)
+            if entry.name.startswith(_TMP_PREFIX) and owner.isdigit():
+                if int(owner) == os.getpid() or not pid_alive(int(owner)):
+                    shutil.rmtree(entry.path, ignore_errors=True)
 
     def path(self, oid: str) -> Path:
         _check_oid(oid)
