@@ -158,3 +158,62 @@ def test_corrupt_object_is_refused(
     assert read_error(model) == errno.EIO  # asked again, refused again: never wrong bytes
     assert lfs_server.downloads().count(oid_of(MODEL)) == 2
     assert (tree.path / "data/small.bin").read_bytes() == SMALL
+
+
+TOKEN = "lfs-tok-5e2b-NEVER-SHOWN"
+
+
+@pytest.fixture
+def private_lfs(
+    git_root: Path, tmp_path: Path, make_repo: Callable[..., tuple[Path, str]], git_lfs: str
+) -> Iterator[tuple[LfsServer, Path]]:
+    """A repository and its LFS endpoint on one origin that demands HTTP Basic auth."""
+    from artifactfs.testing import GitHttpServer
+
+    with (
+        GitHttpServer(git_root, auth=("x", TOKEN)) as git,
+        LfsServer(tmp_path / "lfs-storage", git=git, auth=("x", TOKEN)) as server,
+    ):
+        files = {
+            ".gitattributes": b"*.bin filter=lfs -text\n",
+            "README.md": b"# private lfs\n",
+            "data/model.bin": server.upload(NAME, MODEL),
+        }
+        repo, _ = make_repo(NAME, files)
+        yield server, repo
+
+
+def test_private_lfs_uses_the_remotes_credentials(
+    private_lfs: tuple[LfsServer, Path], mounts: Callable[..., MountedTree], tmp_path: Path
+) -> None:
+    server, repo = private_lfs
+    home = tmp_path / "home"
+    home.mkdir()
+    url = server.git_url(NAME).replace("http://", f"http://x:{TOKEN}@")
+    tree = mounts(url, "--hydrate", "none")
+    model = tree.path / "data/model.bin"
+    assert model.read_bytes() == MODEL  # batch request and download on the remote's origin, authenticated
+    assert ("POST", f"/tests/{NAME}.git/info/lfs/objects/batch") in server.requests
+
+    edited = b"edited behind auth\n" * 1000
+    model.write_bytes(edited)
+    environment = {
+        **os.environ,
+        "HOME": str(home),  # no credential helper of the user's: only the daemon can answer
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_TERMINAL_PROMPT": "0",
+        "GIT_AUTHOR_NAME": "Dev",
+        "GIT_AUTHOR_EMAIL": "dev@example.com",
+        "GIT_COMMITTER_NAME": "Dev",
+        "GIT_COMMITTER_EMAIL": "dev@example.com",
+    }
+    for arguments in (["add", "-A"], ["commit", "-q", "-m", "edit"], ["push", "-q", "origin", "main"]):
+        result = subprocess.run(
+            ["git", *arguments], cwd=tree.path, capture_output=True, text=True, env=environment, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert TOKEN not in result.stderr
+    assert server.has_object(NAME, oid_of(edited))
+    assert tree.status()["git"]["credentials_given"] > 0  # git-lfs and git asked the daemon
+    log = (tree.root).rglob("daemon.log")
+    assert all(TOKEN not in path.read_text() for path in log)

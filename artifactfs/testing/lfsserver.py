@@ -5,22 +5,40 @@ It owns the server's lifetime, uploads of test objects through the real batch
 API (``upload`` operation, ``basic`` transfer), and access to the stored
 objects (to check what a push uploaded, or to damage one on purpose). Every
 request is recorded as ``(method, path)``.
+
+Given a :class:`~artifactfs.testing.gitserver.GitHttpServer`, it also relays
+every request outside ``/info/lfs/`` to that server, so a repository and its
+LFS endpoint share one origin (``git_url``), as on a forge; ``auth`` then
+demands those HTTP Basic credentials on every request, except a storage
+request that carries the token giftless signed for it (giftless checks that).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 import httpx
 from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.wsgi import get_input_stream
+
+from artifactfs.testing.gitserver import GitHttpServer
 
 ORGANIZATION = "tests"
 _MEDIA_TYPE = "application/vnd.git-lfs+json"
+_RELAYED_HEADERS = ("content-type", "cache-control", "expires", "pragma")
+
+
+def _basic(auth: tuple[str, str] | None) -> dict[str, str]:
+    if auth is None:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(":".join(auth).encode()).decode()}
 
 
 def pointer_text(content: bytes) -> bytes:
@@ -32,8 +50,12 @@ def pointer_text(content: bytes) -> bytes:
 class LfsServer:
     """giftless over ``storage``; repository ``NAME`` is at :meth:`url` ``(NAME)``."""
 
-    def __init__(self, storage: Path) -> None:
+    def __init__(
+        self, storage: Path, *, git: GitHttpServer | None = None, auth: tuple[str, str] | None = None
+    ) -> None:
         self.storage = Path(storage)
+        self.git = git
+        self.auth = auth
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
@@ -46,7 +68,14 @@ class LfsServer:
 
     def url(self, name: str) -> str:
         """The LFS endpoint (``lfs.url``) of repository ``name``."""
+        if self.git is not None:
+            return f"{self.git_url(name)}/info/lfs"
         return f"http://127.0.0.1:{self.port}/{ORGANIZATION}/{name}.git/info/lfs"
+
+    def git_url(self, name: str) -> str:
+        """Repository ``name`` of the relayed git server, on this server's origin."""
+        assert self.git is not None, "no git server to relay to"
+        return f"http://127.0.0.1:{self.port}/{ORGANIZATION}/{name}.git"
 
     def start(self) -> None:
         from giftless.app import init_app  # type: ignore[import-untyped]  # the test extra's dependency
@@ -61,17 +90,59 @@ class LfsServer:
                 "TRANSFER_ADAPTERS": {"basic": {"options": {"storage_options": {"path": str(self.storage)}}}},
             }
         )
-        self._server = make_server("127.0.0.1", 0, self._recording(app), threaded=True)
+        self._server = make_server("127.0.0.1", 0, self._front(app), threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="lfs-server", daemon=True)
         self._thread.start()
 
-    def _recording(self, app: Any) -> Any:
+    def _front(self, app: Any) -> Any:
         def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+            path = environ.get("PATH_INFO", "")
             with self._lock:
-                self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")))
+                self.requests.append((environ["REQUEST_METHOD"], path))
+            if not self._authorized(environ, path):
+                start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="lfs"')])
+                return [b"authentication required\n"]
+            if self.git is not None and "/info/lfs/" not in path:
+                return self._relay(environ, start_response)
             return app(environ, start_response)
 
         return wsgi
+
+    def _authorized(self, environ: dict[str, Any], path: str) -> bool:
+        if self.auth is None:
+            return True
+        header = str(environ.get("HTTP_AUTHORIZATION", ""))
+        if header.startswith("Bearer ") and "/info/lfs/objects/storage/" in path:
+            return True
+        return header == _basic(self.auth)["Authorization"]
+
+    def _relay(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        """Send the request on to the git server (with its credentials) and stream its answer back."""
+        assert self.git is not None
+        path = environ["PATH_INFO"].removeprefix(f"/{ORGANIZATION}")
+        query = environ.get("QUERY_STRING", "")
+        url = f"http://127.0.0.1:{self.git.port}{path}" + (f"?{query}" if query else "")
+        headers = {
+            key[5:].replace("_", "-"): value
+            for key, value in environ.items()
+            if key.startswith("HTTP_")
+            and key not in ("HTTP_HOST", "HTTP_AUTHORIZATION", "HTTP_TRANSFER_ENCODING")
+        }
+        if environ.get("CONTENT_TYPE"):
+            headers["Content-Type"] = environ["CONTENT_TYPE"]
+        headers.update(_basic(self.git.auth))
+        body = get_input_stream(environ).read()
+        with httpx.Client(timeout=60) as client:
+            request = client.build_request(environ["REQUEST_METHOD"], url, content=body, headers=headers)
+            reply = client.send(request, stream=True)
+            try:
+                passed = [
+                    (key, value) for key, value in reply.headers.items() if key.lower() in _RELAYED_HEADERS
+                ]
+                start_response(f"{reply.status_code} {reply.reason_phrase}", passed)
+                yield from reply.iter_raw()
+            finally:
+                reply.close()
 
     def stop(self) -> None:
         if self._server is not None:
@@ -115,7 +186,9 @@ class LfsServer:
         }
         headers = {"Accept": _MEDIA_TYPE, "Content-Type": _MEDIA_TYPE}
         with httpx.Client(timeout=30) as client:
-            reply = client.post(f"{self.url(name)}/objects/batch", json=request, headers=headers)
+            reply = client.post(
+                f"{self.url(name)}/objects/batch", json=request, headers={**headers, **_basic(self.auth)}
+            )
             reply.raise_for_status()
             actions = reply.json()["objects"][0].get("actions", {})
             if "upload" in actions:
