@@ -217,3 +217,41 @@ def test_private_lfs_uses_the_remotes_credentials(
     assert tree.status()["git"]["credentials_given"] > 0  # git-lfs and git asked the daemon
     log = (tree.root).rglob("daemon.log")
     assert all(TOKEN not in path.read_text() for path in log)
+
+
+def test_credentials_never_reach_another_origin(
+    git_root: Path, tmp_path: Path, make_repo: Callable[..., tuple[Path, str]], git_lfs: str, mounts
+) -> None:
+    from artifactfs.testing import GitHttpServer
+
+    with GitHttpServer(git_root, auth=("x", TOKEN)) as git, LfsServer(tmp_path / "lfs-storage") as server:
+        files = {
+            ".gitattributes": b"*.bin filter=lfs -text\n",
+            ".lfsconfig": f"[lfs]\n\turl = {server.url(NAME)}\n".encode(),
+            "data/model.bin": server.upload(NAME, MODEL),
+        }
+        make_repo(NAME, files)
+        tree = mounts(git.url(NAME).replace("http://", f"http://x:{TOKEN}@"), "--hydrate", "none")
+        assert (tree.path / "data/model.bin").read_bytes() == MODEL
+        assert server.downloads() == [oid_of(MODEL)]
+        assert server.authenticated == []  # the remote's token stays on the remote's origin
+
+
+def test_background_follows_the_classes_by_real_size(
+    make_repo: Callable[..., tuple[Path, str]], lfs_server: LfsServer, git_server, mounts
+) -> None:
+    big = os.urandom(5 << 20)  # above the binary threshold, behind a pointer of 130 bytes
+    small = b"VALUE = 1\n" * 50
+    files = {
+        ".gitattributes": b"src/*.py filter=lfs -text\n",
+        ".lfsconfig": f"[lfs]\n\turl = {lfs_server.url(NAME)}\n".encode(),
+        "src/a_big.py": lfs_server.upload(NAME, big),
+        "src/b_small.py": lfs_server.upload(NAME, small),
+    }
+    make_repo(NAME, files)
+    tree = mounts(git_server.url(NAME))
+    tree.wait_for(lambda status: status["lfs"]["downloaded"] == 2, timeout=30)
+    # By path a_big.py comes first; by its real size it is a binary, fetched after the source file.
+    assert lfs_server.downloads() == [oid_of(small), oid_of(big)]
+    assert (tree.path / "src/a_big.py").read_bytes() == big
+    assert lfs_server.downloads() == [oid_of(small), oid_of(big)]  # served from the cache

@@ -50,6 +50,10 @@ _RETRY_FIRST = 1.0
 _RETRY_MAX = 60.0
 
 
+def _by_class_and_path(item: tuple[PriorityClass, str, LfsPointer]) -> tuple[PriorityClass, str]:
+    return item[0], item[1]
+
+
 class _Unknown:
     """The pointer blob is not local and the caller would not fetch it."""
 
@@ -94,6 +98,7 @@ class LfsFiles:
         self._missing: dict[str, str] = {}
         """Objects the server does not have, with its message."""
         self._client: LfsClient | None = None
+        self._configured = False
         self._endpoint_error = "no LFS endpoint known yet"
         self._nursery: trio.Nursery | None = None
         self._background_wake = trio.Event()
@@ -158,7 +163,9 @@ class LfsFiles:
         self._computed = trio.Event()
         if not paths:
             return
-        await trio.to_thread.run_sync(install_lfs_config, self._gitdir, self._store.root)
+        if not self._configured:  # once per daemon: the state root may have moved since the last one
+            await trio.to_thread.run_sync(install_lfs_config, self._gitdir, self._store.root)
+            self._configured = True
         pointer_blobs = [(path, oid) for path, oid in files if path in paths]
         self._hydrator.prefetch_paths(pointer_blobs)  # every LFS file's size depends on its pointer
         log.info("%d LFS files in %s", len(pointer_blobs), snapshot.commit_oid)
@@ -389,11 +396,12 @@ class LfsFiles:
                     delay = min(delay * 2, _RETRY_MAX)
 
     async def _pending_objects(self) -> list[tuple[PriorityClass, LfsPointer]]:
-        """(class by real size, pointer) of every object of the snapshot not stored, not known missing."""
+        """(class by real size, pointer) of every object of the snapshot not stored, not known missing,
+        by class, then path."""
         snapshot = self._paths_for
         if snapshot is None:
             return []
-        pending: dict[str, tuple[PriorityClass, LfsPointer]] = {}
+        pending: dict[str, tuple[PriorityClass, str, LfsPointer]] = {}
 
         async def consider(path: str, blob_oid: str) -> None:
             try:
@@ -403,14 +411,17 @@ class LfsFiles:
             if not isinstance(pointer, LfsPointer) or pointer.oid in self._missing:
                 return
             if pointer.oid not in pending and self._store.size(pointer.oid) is None:
-                pending[pointer.oid] = (self._classifier.classify(path, pointer.size), pointer)
+                pending[pointer.oid] = (self._classifier.classify(path, pointer.size), path, pointer)
 
         async with trio.open_nursery() as nursery:  # the pointers arrive together, in the hydrator's batches
             for path in sorted(self._paths):
                 entry = snapshot.entry(path)
                 if entry is not None and entry.kind is EntryKind.FILE:
                     nursery.start_soon(consider, path, entry.oid)
-        return sorted(pending.values(), key=lambda item: item[0])
+        return [
+            (priority_class, pointer)
+            for priority_class, _, pointer in sorted(pending.values(), key=_by_class_and_path)
+        ]
 
     def status(self) -> dict[str, object]:
         return {

@@ -57,6 +57,8 @@ class LfsServer:
         self.git = git
         self.auth = auth
         self.requests: list[tuple[str, str]] = []
+        self.authenticated: list[tuple[str, str]] = []
+        """The requests that carried HTTP Basic credentials."""
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -99,6 +101,8 @@ class LfsServer:
             path = environ.get("PATH_INFO", "")
             with self._lock:
                 self.requests.append((environ["REQUEST_METHOD"], path))
+                if str(environ.get("HTTP_AUTHORIZATION", "")).startswith("Basic "):
+                    self.authenticated.append((environ["REQUEST_METHOD"], path))
             if not self._authorized(environ, path):
                 start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="lfs"')])
                 return [b"authentication required\n"]
