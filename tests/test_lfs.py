@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.errors import CorruptObjectError
+from artifactfs.lfs.batch import endpoint_for_remote, same_origin
+from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.lfs.pointer import parse_pointer
 from artifactfs.testing.lfsserver import LfsServer, pointer_text
 from artifactfs.testing.mounts import MountedTree
@@ -79,6 +82,42 @@ def test_pointer_parsing_is_strict() -> None:
     assert parse_pointer(pointer + b"x-extra 1\n") is None
     assert parse_pointer(pointer.replace(b"size ", b"size -")) is None
     assert parse_pointer(pointer + b"\n") is None
+
+
+def test_object_store_installs_only_verified_objects(tmp_path: Path) -> None:
+    store = LfsObjectStore(tmp_path / "cache")
+    good = store.receive(oid_of(SMALL), len(SMALL))
+    good.write(SMALL[:10])
+    good.write(SMALL[10:])
+    assert store.size(oid_of(SMALL)) is None  # nothing visible before the hash is checked
+    good.commit()
+    with store.open(oid_of(SMALL), len(SMALL)) as stored:
+        assert stored.pread(5, 10) == SMALL[10:15] and stored.read() == SMALL
+    damaged = store.receive(oid_of(MODEL), len(MODEL))
+    damaged.write(MODEL[:-1] + b"?")
+    with pytest.raises(CorruptObjectError):
+        damaged.commit()
+    damaged.discard()
+    short = store.receive(oid_of(MODEL), len(MODEL))
+    short.write(MODEL[:-1])
+    with pytest.raises(CorruptObjectError):
+        short.commit()
+    short.discard()
+    long = store.receive(oid_of(SMALL[:-1]), len(SMALL) - 1)
+    with pytest.raises(CorruptObjectError):
+        long.write(SMALL)
+    long.discard()
+    assert store.size(oid_of(MODEL)) is None and store.size(oid_of(SMALL[:-1])) is None
+    assert [path for path in (store.root / "tmp").rglob("*") if path.is_file()] == []
+
+
+def test_endpoint_and_origin_rules() -> None:
+    assert endpoint_for_remote("https://host/org/repo") == "https://host/org/repo.git/info/lfs"
+    assert endpoint_for_remote("https://host/org/repo.git/") == "https://host/org/repo.git/info/lfs"
+    assert same_origin("https://host/a.git/info/lfs", "https://host:443/b")
+    assert not same_origin("https://host/a.git/info/lfs", "https://host:8443/a.git")
+    assert not same_origin("https://host/a", "http://host/a")
+    assert not same_origin("https://host/a", "https://host.evil/a")
 
 
 def test_read_shows_object_and_stat_fetches_nothing(

@@ -43,9 +43,18 @@ class Download:
     headers: dict[str, str] = field(repr=False)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def same_origin(first: str, second: str) -> bool:
-    a, b = urlsplit(first), urlsplit(second)
-    return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+    """Whether two URLs share scheme, host and port (a default port written out or not)."""
+
+    def origin(url: str) -> tuple[str, str | None, int | None]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return scheme, parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
+
+    return origin(first) == origin(second)
 
 
 def endpoint_for_remote(remote_url: str) -> str:
