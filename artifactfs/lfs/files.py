@@ -6,7 +6,9 @@ A base file is an LFS file when git gives its path ``filter=lfs`` (see
 shown as its blob, as git-lfs would. The pointer blob comes through the
 hydrator like any blob (boosted as soon as the attributes are known: the
 size of every LFS file depends on it); its ``size`` is the file's size, so
-``stat`` never fetches an object.
+``stat`` never fetches an object. Until the LFS paths of the published
+snapshot are known, base files wait (up to the read timeout) rather than be
+shown as their pointers.
 
 Objects are fetched through the batch API (:mod:`artifactfs.lfs.batch`) into
 the blob cache's LFS namespace (:mod:`artifactfs.lfs.objects`), which stores
@@ -22,6 +24,7 @@ lives; an object the server does not have fails for good.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -119,18 +122,28 @@ class LfsFiles:
                 self._nursery = nursery
                 nursery.start_soon(self._background)
                 task_status.started()
+                delay = _RETRY_FIRST
                 while True:
                     await self._published.wait()
                     self._published = trio.Event()
                     snapshot = self._snapshot
                     assert snapshot is not None
-                    await self._compute(snapshot)
+                    if await self._compute(snapshot):
+                        delay = _RETRY_FIRST
+                        continue
+                    # Not knowing is not "none": readers keep waiting (up to their timeout) and it is
+                    # tried again after a backoff, or at once for a newer snapshot.
+                    with trio.move_on_after(delay):
+                        await self._published.wait()
+                    delay = min(delay * 2, _RETRY_MAX)
+                    self._published.set()
         finally:
             if self._client is not None:
                 with trio.CancelScope(shield=True):
                     await self._client.aclose()
 
-    async def _compute(self, snapshot: Snapshot) -> None:
+    async def _compute(self, snapshot: Snapshot) -> bool:
+        """Work out ``snapshot``'s LFS paths; False if that failed (a blob or git was not available)."""
         files: list[tuple[str, str]] = []
         attributes: list[str] = []
         lfsconfig: str | None = None
@@ -155,14 +168,15 @@ class LfsFiles:
             if paths and self._client is None:
                 await self._open_client(lfsconfig)  # before readers of LFS paths are let in
         except (ArtifactFSError, OSError) as error:
-            log.error("cannot tell which files are LFS files (%s); showing them as they are", error)
+            log.error("cannot tell which files are LFS files yet (%s); trying again", error)
+            return False
         if self._snapshot is snapshot:
             self._paths = frozenset(paths)
             self._paths_for = snapshot
         self._computed.set()
         self._computed = trio.Event()
         if not paths:
-            return
+            return True
         if not self._configured:  # once per daemon: the state root may have moved since the last one
             await trio.to_thread.run_sync(install_lfs_config, self._gitdir, self._store.root)
             self._configured = True
@@ -170,6 +184,7 @@ class LfsFiles:
         self._hydrator.prefetch_paths(pointer_blobs)  # every LFS file's size depends on its pointer
         log.info("%d LFS files in %s", len(pointer_blobs), snapshot.commit_oid)
         self._background_wake.set()
+        return True
 
     async def _open_client(self, lfsconfig: str | None) -> None:
         if lfsconfig is not None:
@@ -207,9 +222,13 @@ class LfsFiles:
     # ----------------------------------------------------------------- the FUSE layer's questions
 
     async def ready(self) -> None:
-        """Wait until the LFS paths of the published snapshot are known."""
-        while not self.settled():
-            await self._computed.wait()
+        """Wait until the LFS paths of the published snapshot are known; raises
+        :class:`BlobUnavailableError` after the read timeout."""
+        with trio.move_on_after(self._hydrator.settings.read_timeout):
+            while not self.settled():
+                await self._computed.wait()
+            return
+        raise BlobUnavailableError("which files are LFS files is not known yet (see the daemon log)")
 
     def covers(self, path: str) -> bool:
         """Whether ``path`` has ``filter=lfs`` (after :meth:`ready`)."""
@@ -278,10 +297,10 @@ class LfsFiles:
         the file shows. git takes a recorded size that differs from ``lstat`` as a change
         without reading the file, so a pointer not had within ``wait`` seconds gets 0 (git
         then compares content, through git-lfs's clean filter)."""
-        with trio.move_on_after(wait):
+        with trio.move_on_after(wait), contextlib.suppress(BlobUnavailableError):
             await self.ready()
         snapshot = self._paths_for
-        if snapshot is None:
+        if snapshot is None or not self.settled():
             return {}
         blobs: dict[str, str] = {}
         for path in self._paths:
