@@ -155,6 +155,13 @@ def test_fresh_mount_is_clean_and_git_lfs_works(
     # Background hydration brings every object, verified, into the shared cache.
     tree.wait_for(lambda status: status["lfs"]["downloaded"] == 2, timeout=30)
     assert (tree.path / "data/model.bin").read_bytes() == MODEL
+    # git-lfs finds the mount's objects in its own storage (the cache) and checks them itself.
+    # git-lfs uses the cache as its storage, and checks the mount's objects there itself.
+    # (Its fsck takes any pointer-shaped blob for LFS: it complains about notes/pointer.txt only.)
+    local_media = f"LocalMediaDir={tree.root / 'cache/blobs/lfs/objects'}"
+    assert local_media in tree.git("lfs", "env").stdout.splitlines()
+    fsck = tree.git("lfs", "fsck", check=False).stdout
+    assert "notes/pointer.txt" in fsck and "data/" not in fsck
     assert tree.git("status", "--porcelain").stdout == ""
 
 
