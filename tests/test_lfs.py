@@ -22,7 +22,7 @@ from artifactfs.lfs.batch import endpoint_for_remote, same_origin
 from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.lfs.pointer import parse_pointer
 from artifactfs.testing.lfsserver import LfsServer, pointer_text
-from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.mounts import MountedTree, run_cli
 
 NAME = "lfsrepo"
 MODEL = os.urandom(300_000)
@@ -140,6 +140,17 @@ def test_read_shows_object_and_stat_fetches_nothing(
     assert sorted(lfs_server.downloads()) == sorted([oid_of(MODEL), oid_of(SMALL)])
 
 
+def test_prefetch_fetches_the_objects_of_lfs_files(
+    lfs_repo: Path, lfs_server: LfsServer, git_server, mounts: Callable[..., MountedTree]
+) -> None:
+    tree = mounts(git_server.url(NAME), "--hydrate", "none")
+    run_cli("prefetch", str(tree.path), "data/model.bin", root=tree.root)
+    tree.wait_for(lambda status: status["lfs"]["downloaded"] == 1, timeout=30)
+    assert lfs_server.downloads() == [oid_of(MODEL)]  # that file's object, and no other
+    assert (tree.path / "data/model.bin").read_bytes() == MODEL
+    assert lfs_server.downloads() == [oid_of(MODEL)]
+
+
 def test_fresh_mount_is_clean_and_git_lfs_works(
     lfs_repo: Path, lfs_server: LfsServer, git_server, mounts: Callable[..., MountedTree]
 ) -> None:
@@ -155,6 +166,10 @@ def test_fresh_mount_is_clean_and_git_lfs_works(
     # Background hydration brings every object, verified, into the shared cache.
     tree.wait_for(lambda status: status["lfs"]["downloaded"] == 2, timeout=30)
     assert (tree.path / "data/model.bin").read_bytes() == MODEL
+    assert (
+        "lfs:      2 files, 2 objects fetched, 0 failed"
+        in run_cli("status", str(tree.path), root=tree.root).stdout
+    )
     # git-lfs finds the mount's objects in its own storage (the cache) and checks them itself.
     # git-lfs uses the cache as its storage, and checks the mount's objects there itself.
     # (Its fsck takes any pointer-shaped blob for LFS: it complains about notes/pointer.txt only.)

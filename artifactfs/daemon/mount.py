@@ -645,6 +645,7 @@ class Mount:
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        files: list[tuple[str, str]] = []
         unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
@@ -652,11 +653,14 @@ class Mount:
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
+                    files.append((path, entry.oid))
                     unmatched.discard(spec)
         if unmatched:
             raise ArtifactFSError(
                 "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
             )
+        if self.lfs is not None:
+            self.lfs.prefetch(files)  # the objects of the LFS files among them
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:

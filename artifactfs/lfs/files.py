@@ -386,7 +386,7 @@ class LfsFiles:
             if self._hydrator.settings.mode != "background":
                 continue
             while True:
-                pending = await self._pending_objects()
+                pending = await self._pending_objects(self._snapshot_files())
                 if not pending:
                     delay = _RETRY_FIRST
                     break
@@ -394,18 +394,8 @@ class LfsFiles:
                 started = False
                 for priority_class in sorted({priority_class for priority_class, _ in pending}):
                     await self._hydrator.wait_for_classes(priority_class)
-                    batch: list[LfsPointer] = []
-                    for _, pointer in (item for item in pending if item[0] == priority_class):
-                        if pointer.oid in self._downloads or self._store.size(pointer.oid) is not None:
-                            continue
-                        started = True
-                        self._downloads[pointer.oid] = _Download(trio.Event())
-                        batch.append(pointer)
-                        if len(batch) == _BATCH:
-                            await self._download(batch)
-                            batch = []
-                    if batch:
-                        await self._download(batch)
+                    of_class = [pointer for item_class, pointer in pending if item_class == priority_class]
+                    started = await self._fetch_objects(of_class) or started
                 if not started:
                     # Everything left is on a reader's download: wait for those, then look again.
                     for download in list(self._downloads.values()):
@@ -414,12 +404,57 @@ class LfsFiles:
                     await trio.sleep(delay)  # a backoff, not a synchronisation: the remote had trouble
                     delay = min(delay * 2, _RETRY_MAX)
 
-    async def _pending_objects(self) -> list[tuple[PriorityClass, LfsPointer]]:
-        """(class by real size, pointer) of every object of the snapshot not stored, not known missing,
-        by class, then path."""
+    async def _fetch_objects(self, pointers: Sequence[LfsPointer]) -> bool:
+        """Download, in batch requests, those objects not stored, not in flight and not known
+        missing; whether any download was started."""
+        batch: list[LfsPointer] = []
+        started = False
+        for pointer in pointers:
+            if pointer.oid in self._downloads or pointer.oid in self._missing:
+                continue
+            if self._store.size(pointer.oid) is not None:
+                continue
+            started = True
+            self._downloads[pointer.oid] = _Download(trio.Event())
+            batch.append(pointer)
+            if len(batch) == _BATCH:
+                await self._download(batch)
+                batch = []
+        if batch:
+            await self._download(batch)
+        return started
+
+    def prefetch(self, files: Sequence[tuple[str, str]]) -> None:
+        """Fetch the objects of the LFS files among ``files`` ((path, blob id)) ahead of the background
+        (``artifactfs prefetch``)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._prefetch, files)
+
+    async def _prefetch(self, files: Sequence[tuple[str, str]]) -> None:
+        try:
+            await self.ready()
+        except BlobUnavailableError:
+            return  # the log says why; the background tries again
+        pending = await self._pending_objects([(path, oid) for path, oid in files if self.covers(path)])
+        await self._fetch_objects([pointer for _, pointer in pending])
+
+    def _snapshot_files(self) -> list[tuple[str, str]]:
+        """(path, blob id) of every LFS file of the snapshot whose LFS paths are known."""
         snapshot = self._paths_for
         if snapshot is None:
             return []
+        files = []
+        for path in sorted(self._paths):
+            entry = snapshot.entry(path)
+            if entry is not None and entry.kind is EntryKind.FILE:
+                files.append((path, entry.oid))
+        return files
+
+    async def _pending_objects(
+        self, files: Sequence[tuple[str, str]]
+    ) -> list[tuple[PriorityClass, LfsPointer]]:
+        """(class by real size, pointer) of the objects of ``files`` ((path, blob id) of LFS files)
+        not stored and not known missing, by class, then path."""
         pending: dict[str, tuple[PriorityClass, str, LfsPointer]] = {}
 
         async def consider(path: str, blob_oid: str) -> None:
@@ -433,10 +468,8 @@ class LfsFiles:
                 pending[pointer.oid] = (self._classifier.classify(path, pointer.size), path, pointer)
 
         async with trio.open_nursery() as nursery:  # the pointers arrive together, in the hydrator's batches
-            for path in sorted(self._paths):
-                entry = snapshot.entry(path)
-                if entry is not None and entry.kind is EntryKind.FILE:
-                    nursery.start_soon(consider, path, entry.oid)
+            for path, blob_oid in files:
+                nursery.start_soon(consider, path, blob_oid)
         return [
             (priority_class, pointer)
             for priority_class, _, pointer in sorted(pending.values(), key=_by_class_and_path)
