@@ -25,6 +25,7 @@ lives; an object the server does not have fails for good.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import subprocess
 from collections.abc import Sequence
@@ -68,6 +69,7 @@ UNKNOWN = _Unknown()
 class _Download:
     done: trio.Event
     error: str | None = None
+    errno_value: int = errno.EIO
 
 
 class LfsFiles:
@@ -98,6 +100,9 @@ class LfsFiles:
         self._pointers: dict[str, LfsPointer | None] = {}
         """Pointer blob id -> its pointer (None: the blob is not a pointer)."""
         self._downloads: dict[str, _Download] = {}
+        """Objects in flight in background or prefetch batches."""
+        self._demand: dict[str, _Download] = {}
+        """Objects in flight for a reader, each in a request of its own."""
         self._missing: dict[str, str] = {}
         """Objects the server does not have, with its message."""
         self._client: LfsClient | None = None
@@ -281,13 +286,14 @@ class LfsFiles:
                     raise BlobUnavailableError(f"LFS object of {path}: {error}") from None
                 if pointer.oid in self._missing:
                     raise BlobUnavailableError(f"LFS object of {path}: {self._missing[pointer.oid]}")
-                download = self._downloads.get(pointer.oid)
-                if download is None:
-                    download = self._start_download(pointer)
+                # Its own request even when a batch carries it: a reader never waits behind a batch.
+                download = self._demand.get(pointer.oid) or self._start_download(pointer)
                 await download.done.wait()
                 if download.error is not None and self._store.size(pointer.oid) is None:
                     log.error("read of %s failed: %s", path, download.error)
-                    raise BlobUnavailableError(f"LFS object of {path}: {download.error}")
+                    raise BlobUnavailableError(
+                        f"LFS object of {path}: {download.error}", errno_value=download.errno_value
+                    )
         raise BlobUnavailableError(
             f"LFS object of {path}: timed out after {self._hydrator.settings.read_timeout:g}s"
         )
@@ -338,43 +344,51 @@ class LfsFiles:
     # ----------------------------------------------------------------- downloads
 
     def _start_download(self, pointer: LfsPointer) -> _Download:
-        download = self._downloads[pointer.oid] = _Download(trio.Event())
+        download = self._demand[pointer.oid] = _Download(trio.Event())
         assert self._nursery is not None
-        self._nursery.start_soon(self._download, [pointer])
+        self._nursery.start_soon(self._download, [pointer], self._demand)
         return download
 
-    async def _download(self, pointers: Sequence[LfsPointer]) -> None:
-        """Fetch ``pointers``' objects (their ``_downloads`` entries exist), one batch request."""
+    async def _download(self, pointers: Sequence[LfsPointer], registry: dict[str, _Download]) -> None:
+        """Fetch ``pointers``' objects (entries of ``registry``) after one batch request; an object
+        a reader's own request stored meanwhile is not fetched again."""
         try:
             if self._client is None:
                 raise TransientRemoteError(self._endpoint_error)
             located = await self._client.locate(pointers)
+        except (TransientRemoteError, OSError) as error:
             for pointer in pointers:
-                answer = located[pointer.oid]
-                try:
+                self._failed(registry, pointer.oid, error)
+            return
+        for pointer in pointers:
+            answer = located[pointer.oid]
+            try:
+                if self._store.size(pointer.oid) is None:
                     if isinstance(answer, Exception):
                         raise answer
                     await self._client.fetch(pointer, answer, self._store)
                     self.downloaded += 1
-                    self._finish(pointer.oid, None)
-                except (MissingObjectError, CorruptObjectError, TransientRemoteError, OSError) as error:
-                    self._failed(pointer.oid, error)
-        except (TransientRemoteError, OSError) as error:
-            for pointer in pointers:
-                self._failed(pointer.oid, error)
+                self._finish(registry, pointer.oid, None)
+            except Exception as error:  # one object fails; the daemon and the batch go on
+                self._failed(registry, pointer.oid, error)
 
-    def _failed(self, oid: str, error: Exception) -> None:
+    def _failed(self, registry: dict[str, _Download], oid: str, error: Exception) -> None:
         self.failures += 1
         message = str(error) or type(error).__name__
         if isinstance(error, MissingObjectError):
             self._missing[oid] = message
         log.warning("LFS object %s not fetched: %s", oid, message)
-        self._finish(oid, message)
+        no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
+        self._finish(registry, oid, message, errno.ENOSPC if no_space else errno.EIO)
 
-    def _finish(self, oid: str, error: str | None) -> None:
-        download = self._downloads.pop(oid, None)
+    @staticmethod
+    def _finish(
+        registry: dict[str, _Download], oid: str, error: str | None, errno_value: int = errno.EIO
+    ) -> None:
+        download = registry.pop(oid, None)
         if download is not None:
             download.error = error
+            download.errno_value = errno_value
             download.done.set()
 
     async def _background(self) -> None:
@@ -397,8 +411,8 @@ class LfsFiles:
                     of_class = [pointer for item_class, pointer in pending if item_class == priority_class]
                     started = await self._fetch_objects(of_class) or started
                 if not started:
-                    # Everything left is on a reader's download: wait for those, then look again.
-                    for download in list(self._downloads.values()):
+                    # Everything left is in flight elsewhere (a reader, a prefetch): wait, then look again.
+                    for download in [*self._downloads.values(), *self._demand.values()]:
                         await download.done.wait()
                 elif self.failures > failures:
                     await trio.sleep(delay)  # a backoff, not a synchronisation: the remote had trouble
@@ -410,7 +424,7 @@ class LfsFiles:
         batch: list[LfsPointer] = []
         started = False
         for pointer in pointers:
-            if pointer.oid in self._downloads or pointer.oid in self._missing:
+            if pointer.oid in self._downloads or pointer.oid in self._demand or pointer.oid in self._missing:
                 continue
             if self._store.size(pointer.oid) is not None:
                 continue
@@ -418,10 +432,10 @@ class LfsFiles:
             self._downloads[pointer.oid] = _Download(trio.Event())
             batch.append(pointer)
             if len(batch) == _BATCH:
-                await self._download(batch)
+                await self._download(batch, self._downloads)
                 batch = []
         if batch:
-            await self._download(batch)
+            await self._download(batch, self._downloads)
         return started
 
     def prefetch(self, files: Sequence[tuple[str, str]]) -> None:
