@@ -10,35 +10,31 @@ size of every LFS file depends on it); its ``size`` is the file's size, so
 snapshot are known, base files wait (up to the read timeout) rather than be
 shown as their pointers.
 
-Objects are fetched through the batch API (:mod:`artifactfs.lfs.batch`) into
-the blob cache's LFS namespace (:mod:`artifactfs.lfs.objects`), which stores
-an object only once its sha256 and size match the pointer. A reader waits
-for its object on a download of its own, never behind the background; a
-download that fails gives the reader EIO at once (a corrupt object included:
-wrong bytes are never served) and the next read asks again. In the
-background, objects follow the hydrator's classes by their real size: each
-class's objects start once the hydrator has finished that class's blobs.
-Transient failures there are retried with backoff for as long as the mount
-lives; an object the server does not have fails for good.
+Objects are fetched (:mod:`artifactfs.lfs.downloads`) into the blob cache's
+LFS namespace (:mod:`artifactfs.lfs.objects`), which stores an object only
+once its sha256 and size match the pointer, so wrong bytes are never served.
+In the background, objects follow the hydrator's classes by their real size
+(then their path): each class's objects start once the hydrator has finished
+that class's blobs. Failures there are retried with backoff for as long as
+the mount lives, except for objects the server does not have.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
-from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObjectError, TransientRemoteError
+from artifactfs.errors import ArtifactFSError
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass
 from artifactfs.lfs.attributes import lfs_paths
 from artifactfs.lfs.batch import CredentialSource, LfsClient, endpoint_for_remote
+from artifactfs.lfs.downloads import LfsDownloads
 from artifactfs.lfs.gitconfig import install_lfs_config
 from artifactfs.lfs.objects import LfsObjectFile, LfsObjectStore
 from artifactfs.lfs.pointer import MAX_POINTER_SIZE, LfsPointer, parse_pointer
@@ -48,8 +44,6 @@ from artifactfs.store.blobcache import BlobCache
 
 log = logging.getLogger("artifactfs.lfs")
 
-_BATCH = 32
-"""Objects named in one background batch request."""
 _RETRY_FIRST = 1.0
 _RETRY_MAX = 60.0
 
@@ -63,13 +57,6 @@ class _Unknown:
 
 
 UNKNOWN = _Unknown()
-
-
-@dataclass
-class _Download:
-    done: trio.Event
-    error: str | None = None
-    errno_value: int = errno.EIO
 
 
 class LfsFiles:
@@ -99,19 +86,10 @@ class LfsFiles:
         self._published = trio.Event()
         self._pointers: dict[str, LfsPointer | None] = {}
         """Pointer blob id -> its pointer (None: the blob is not a pointer)."""
-        self._downloads: dict[str, _Download] = {}
-        """Objects in flight in background or prefetch batches."""
-        self._demand: dict[str, _Download] = {}
-        """Objects in flight for a reader, each in a request of its own."""
-        self._missing: dict[str, str] = {}
-        """Objects the server does not have, with its message."""
-        self._client: LfsClient | None = None
+        self._downloads = LfsDownloads(store, hydrator.settings.read_timeout)
         self._configured = False
-        self._endpoint_error = "no LFS endpoint known yet"
         self._nursery: trio.Nursery | None = None
         self._background_wake = trio.Event()
-        self.downloaded = 0
-        self.failures = 0
 
     # ----------------------------------------------------------------- running
 
@@ -122,30 +100,26 @@ class LfsFiles:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Work out each published snapshot's LFS paths, then hydrate their objects in the background."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                nursery.start_soon(self._background)
-                task_status.started()
-                delay = _RETRY_FIRST
-                while True:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self._downloads.run)
+            nursery.start_soon(self._background)
+            task_status.started()
+            delay = _RETRY_FIRST
+            while True:
+                await self._published.wait()
+                self._published = trio.Event()
+                snapshot = self._snapshot
+                assert snapshot is not None
+                if await self._compute(snapshot):
+                    delay = _RETRY_FIRST
+                    continue
+                # Not knowing is not "none": readers keep waiting (up to their timeout) and it is
+                # tried again after a backoff, or at once for a newer snapshot.
+                with trio.move_on_after(delay):
                     await self._published.wait()
-                    self._published = trio.Event()
-                    snapshot = self._snapshot
-                    assert snapshot is not None
-                    if await self._compute(snapshot):
-                        delay = _RETRY_FIRST
-                        continue
-                    # Not knowing is not "none": readers keep waiting (up to their timeout) and it is
-                    # tried again after a backoff, or at once for a newer snapshot.
-                    with trio.move_on_after(delay):
-                        await self._published.wait()
-                    delay = min(delay * 2, _RETRY_MAX)
-                    self._published.set()
-        finally:
-            if self._client is not None:
-                with trio.CancelScope(shield=True):
-                    await self._client.aclose()
+                delay = min(delay * 2, _RETRY_MAX)
+                self._published.set()
 
     async def _compute(self, snapshot: Snapshot) -> bool:
         """Work out ``snapshot``'s LFS paths; False if that failed (a blob or git was not available)."""
@@ -170,7 +144,7 @@ class LfsFiles:
                 paths = await trio.to_thread.run_sync(
                     lfs_paths, self._gitdir, snapshot.root_tree_oid, [path for path, _ in files]
                 )
-            if paths and self._client is None:
+            if paths and self._downloads.client is None:
                 await self._open_client(lfsconfig)  # before readers of LFS paths are let in
         except (ArtifactFSError, OSError) as error:
             log.error("cannot tell which files are LFS files yet (%s); trying again", error)
@@ -198,12 +172,15 @@ class LfsFiles:
         if endpoint is None and self._remote_url is not None:
             endpoint = endpoint_for_remote(self._remote_url)
         if endpoint is None:
-            self._endpoint_error = "no LFS endpoint: set lfs.url (a local remote has none of its own)"
-            log.error("%s", self._endpoint_error)
+            self._downloads.endpoint_error = (
+                "no LFS endpoint: set lfs.url (a local remote has none of its own)"
+            )
+            log.error("%s", self._downloads.endpoint_error)
             return
         timeout = min(60.0, self._hydrator.settings.read_timeout)
-        self._client = LfsClient(endpoint, self._remote_url or "", self._credential, timeout=timeout)
-        log.info("LFS endpoint %s", self._client.description)
+        client = LfsClient(endpoint, self._remote_url or "", self._credential, timeout=timeout)
+        self._downloads.client = client
+        log.info("LFS endpoint %s", client.description)
 
     def _configured_endpoint(self, lfsconfig: str | None) -> str | None:
         """``lfs.url`` (or ``remote.origin.lfsurl``) from the gitdir, then from the tree's ``.lfsconfig``."""
@@ -276,27 +253,7 @@ class LfsFiles:
         pointer = await self._pointer(blob_oid, path, fetch=True)
         if not isinstance(pointer, LfsPointer):
             return None
-        with trio.move_on_after(self._hydrator.settings.read_timeout):
-            while True:
-                try:
-                    return self._store.open(pointer.oid, pointer.size)
-                except FileNotFoundError:
-                    pass
-                except CorruptObjectError as error:
-                    raise BlobUnavailableError(f"LFS object of {path}: {error}") from None
-                if pointer.oid in self._missing:
-                    raise BlobUnavailableError(f"LFS object of {path}: {self._missing[pointer.oid]}")
-                # Its own request even when a batch carries it: a reader never waits behind a batch.
-                download = self._demand.get(pointer.oid) or self._start_download(pointer)
-                await download.done.wait()
-                if download.error is not None and self._store.size(pointer.oid) is None:
-                    log.error("read of %s failed: %s", path, download.error)
-                    raise BlobUnavailableError(
-                        f"LFS object of {path}: {download.error}", errno_value=download.errno_value
-                    )
-        raise BlobUnavailableError(
-            f"LFS object of {path}: timed out after {self._hydrator.settings.read_timeout:g}s"
-        )
+        return await self._downloads.open(pointer, path)
 
     async def index_sizes(self, wait: float) -> dict[str, int]:
         """The size git's index must record for each LFS file's blob: its pointer's size, which
@@ -341,55 +298,7 @@ class LfsFiles:
         self._pointers[blob_oid] = pointer
         return pointer
 
-    # ----------------------------------------------------------------- downloads
-
-    def _start_download(self, pointer: LfsPointer) -> _Download:
-        download = self._demand[pointer.oid] = _Download(trio.Event())
-        assert self._nursery is not None
-        self._nursery.start_soon(self._download, [pointer], self._demand)
-        return download
-
-    async def _download(self, pointers: Sequence[LfsPointer], registry: dict[str, _Download]) -> None:
-        """Fetch ``pointers``' objects (entries of ``registry``) after one batch request; an object
-        a reader's own request stored meanwhile is not fetched again."""
-        try:
-            if self._client is None:
-                raise TransientRemoteError(self._endpoint_error)
-            located = await self._client.locate(pointers)
-        except (TransientRemoteError, OSError) as error:
-            for pointer in pointers:
-                self._failed(registry, pointer.oid, error)
-            return
-        for pointer in pointers:
-            answer = located[pointer.oid]
-            try:
-                if self._store.size(pointer.oid) is None:
-                    if isinstance(answer, Exception):
-                        raise answer
-                    await self._client.fetch(pointer, answer, self._store)
-                    self.downloaded += 1
-                self._finish(registry, pointer.oid, None)
-            except Exception as error:  # one object fails; the daemon and the batch go on
-                self._failed(registry, pointer.oid, error)
-
-    def _failed(self, registry: dict[str, _Download], oid: str, error: Exception) -> None:
-        self.failures += 1
-        message = str(error) or type(error).__name__
-        if isinstance(error, MissingObjectError):
-            self._missing[oid] = message
-        log.warning("LFS object %s not fetched: %s", oid, message)
-        no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
-        self._finish(registry, oid, message, errno.ENOSPC if no_space else errno.EIO)
-
-    @staticmethod
-    def _finish(
-        registry: dict[str, _Download], oid: str, error: str | None, errno_value: int = errno.EIO
-    ) -> None:
-        download = registry.pop(oid, None)
-        if download is not None:
-            download.error = error
-            download.errno_value = errno_value
-            download.done.set()
+    # ----------------------------------------------------------------- the background and prefetch
 
     async def _background(self) -> None:
         """Hydrate every LFS object of the published snapshot, class by class, retrying failures."""
@@ -404,39 +313,18 @@ class LfsFiles:
                 if not pending:
                     delay = _RETRY_FIRST
                     break
-                failures = self.failures
+                failures = self._downloads.failures
                 started = False
                 for priority_class in sorted({priority_class for priority_class, _ in pending}):
                     await self._hydrator.wait_for_classes(priority_class)
                     of_class = [pointer for item_class, pointer in pending if item_class == priority_class]
-                    started = await self._fetch_objects(of_class) or started
+                    started = await self._downloads.fetch(of_class) or started
                 if not started:
                     # Everything left is in flight elsewhere (a reader, a prefetch): wait, then look again.
-                    for download in [*self._downloads.values(), *self._demand.values()]:
-                        await download.done.wait()
-                elif self.failures > failures:
+                    await self._downloads.wait_in_flight()
+                elif self._downloads.failures > failures:
                     await trio.sleep(delay)  # a backoff, not a synchronisation: the remote had trouble
                     delay = min(delay * 2, _RETRY_MAX)
-
-    async def _fetch_objects(self, pointers: Sequence[LfsPointer]) -> bool:
-        """Download, in batch requests, those objects not stored, not in flight and not known
-        missing; whether any download was started."""
-        batch: list[LfsPointer] = []
-        started = False
-        for pointer in pointers:
-            if pointer.oid in self._downloads or pointer.oid in self._demand or pointer.oid in self._missing:
-                continue
-            if self._store.size(pointer.oid) is not None:
-                continue
-            started = True
-            self._downloads[pointer.oid] = _Download(trio.Event())
-            batch.append(pointer)
-            if len(batch) == _BATCH:
-                await self._download(batch, self._downloads)
-                batch = []
-        if batch:
-            await self._download(batch, self._downloads)
-        return started
 
     def prefetch(self, files: Sequence[tuple[str, str]]) -> None:
         """Fetch the objects of the LFS files among ``files`` ((path, blob id)) ahead of the background
@@ -450,7 +338,7 @@ class LfsFiles:
         except BlobUnavailableError:
             return  # the log says why; the background tries again
         pending = await self._pending_objects([(path, oid) for path, oid in files if self.covers(path)])
-        await self._fetch_objects([pointer for _, pointer in pending])
+        await self._downloads.fetch([pointer for _, pointer in pending])
 
     def _snapshot_files(self) -> list[tuple[str, str]]:
         """(path, blob id) of every LFS file of the snapshot whose LFS paths are known."""
@@ -476,7 +364,7 @@ class LfsFiles:
                 pointer = await self._pointer(blob_oid, path, fetch=True)
             except BlobUnavailableError:
                 return  # the hydrator reports it; the file shows its error to readers
-            if not isinstance(pointer, LfsPointer) or pointer.oid in self._missing:
+            if not isinstance(pointer, LfsPointer) or self._downloads.is_missing(pointer.oid):
                 return
             if pointer.oid not in pending and self._store.size(pointer.oid) is None:
                 pending[pointer.oid] = (self._classifier.classify(path, pointer.size), path, pointer)
@@ -490,10 +378,4 @@ class LfsFiles:
         ]
 
     def status(self) -> dict[str, object]:
-        return {
-            "files": len(self._paths),
-            "downloaded": self.downloaded,
-            "failures": self.failures,
-            "missing": len(self._missing),
-            "endpoint": self._client.description if self._client is not None else None,
-        }
+        return {"files": len(self._paths), **self._downloads.status()}
