@@ -42,6 +42,8 @@ from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
+from artifactfs.lfs.files import LfsFiles
+from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
@@ -135,6 +137,7 @@ class Mount:
         self.session: RemoteSession | None = None
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
+        self.lfs: LfsFiles | None = None
         self.git_service: GitService | None = None
         self.operations: Operations | None = None
         self.view: OverlayView | None = None
@@ -195,7 +198,18 @@ class Mount:
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot, options.owner)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
-            self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
+            self.lfs = LfsFiles(
+                self.hydrator,
+                cache,
+                LfsObjectStore(self.state.blob_cache_dir),
+                gitdir.path,
+                Classifier(options.priority_rules),
+                options.remote.url if options.remote.kind == "http" else None,
+                session.credential,
+            )
+            self.operations = Operations(
+                self.view, self.snapshot, self.hydrator, self.lfs, gitfile, self.mount_dir
+            )
             self.hydrator.on_size_corrected = self._size_corrected
             fuse_options = set(pyfuse3.default_options) | {
                 "fsname=artifactfs",
@@ -220,6 +234,7 @@ class Mount:
                         nursery.start_soon(
                             self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks
                         )
+                    await nursery.start(self.lfs.run)
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
                     serve_control = functools.partial(
@@ -545,6 +560,8 @@ class Mount:
                 await self.hydrator.sizes(blob_oids, partial=True)
         gitignore_ids = await self._gitignore_ids(listing)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
+        if self.lfs is not None:  # an LFS file shows its object, not its pointer blob
+            sizes.update(await self.lfs.index_sizes(INDEX_SIZE_WAIT))
         changed = [row.path for row in self.view.rows()]
         await trio.to_thread.run_sync(
             functools.partial(
@@ -692,6 +709,7 @@ class Mount:
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        files: list[tuple[str, str]] = []
         unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
@@ -699,11 +717,14 @@ class Mount:
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
+                    files.append((path, entry.oid))
                     unmatched.discard(spec)
         if unmatched:
             raise ArtifactFSError(
                 "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
             )
+        if self.lfs is not None:
+            self.lfs.prefetch(files)  # the objects of the LFS files among them
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:
@@ -724,6 +745,7 @@ class Mount:
             "hydration": self.hydrator.status(),
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
+            "lfs": self.lfs.status() if self.lfs else {},
         }
 
 
