@@ -22,6 +22,7 @@ import pytest
 
 from artifactfs.state import StateRoot
 from artifactfs.testing import GitHttpServer, commit_files, make_bare_repo
+from artifactfs.testing.lfsserver import LfsServer
 from artifactfs.testing.mounts import MountedTree, run_cli
 from artifactfs.testing.users import OUTSIDER, Actor, ensure_user
 
@@ -237,3 +238,32 @@ def test_a_remount_for_another_owner_is_refused(owned_tree: MountedTree, tester:
     tree.mount()
     status = tester.command(tree.path, ["git", "status", "--porcelain"], {"HOME": "/"})
     assert (status.returncode, status.stdout) == (0, ""), status.stderr
+
+
+def test_owner_reads_lfs_files_and_git_lfs_uses_its_cache(
+    shared_dir: Path, tester: Actor, fuse: None
+) -> None:
+    assert shutil.which("git-lfs"), "git-lfs is missing: run scripts/install"
+    model = os.urandom(100_000)
+    served = shared_dir / "served"
+    served.mkdir()
+    with LfsServer(shared_dir / "lfs-storage") as lfs, GitHttpServer(served) as server:
+        repo = served / "lfsrepo.git"
+        files = {
+            ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+            ".lfsconfig": f'[lfs]\n\turl = "{lfs.url("lfsrepo")}"\n'.encode(),
+            "data/model.bin": lfs.upload("lfsrepo", model),
+        }
+        make_bare_repo(repo, files)
+        arguments = ["--allow-other", "--uid", str(tester.uid), "--gid", str(tester.gid)]
+        with MountedTree(server.url("lfsrepo"), shared_dir / "mnt", shared_dir / "state", arguments) as tree:
+            read = tester.run(tree.path, "print(json.dumps(open('data/model.bin', 'rb').read().hex()))")
+            assert bytes.fromhex(read) == model
+            home = shared_dir / "home"
+            home.mkdir()
+            os.chown(home, tester.uid, tester.gid)
+            assert as_owner_git(tree, tester, home, "status", "--porcelain") == ""
+            storage = shared_dir / "state" / "cache" / "owners" / str(tester.uid) / "lfs"
+            assert f"LocalMediaDir={storage / 'objects'}" in as_owner_git(tree, tester, home, "lfs", "env")
+            stored = [path for path in (storage / "objects").rglob("*") if path.is_file()]
+            assert stored and all(path.stat().st_uid == tester.uid for path in stored)

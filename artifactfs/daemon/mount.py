@@ -169,14 +169,12 @@ class Mount:
         phases = _PhaseTimer()
         self.git_owner = self._git_owner()
         if self.git_owner is None:
-            cache = BlobCache(self.state.blob_cache_dir)
+            cache_root = self.state.blob_cache_dir
+            cache = BlobCache(cache_root)
         else:
             self.state.open_for_owner(self.mount_dir)
-            cache = BlobCache(
-                self.state.owner_blob_cache_dir(self.git_owner),
-                self.git_owner,
-                scratch=self.state.blob_cache_dir / "tmp",
-            )
+            cache_root = self.state.owner_blob_cache_dir(self.git_owner)
+            cache = BlobCache(cache_root, self.git_owner, scratch=self.state.blob_cache_dir / "tmp")
         cache.clean_tmp()
         self._progress(f"connecting to {options.remote.redacted()}")
         async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
@@ -201,11 +199,12 @@ class Mount:
             self.lfs = LfsFiles(
                 self.hydrator,
                 cache,
-                LfsObjectStore(self.state.blob_cache_dir),
+                LfsObjectStore(cache_root, self.git_owner),
                 gitdir.path,
                 Classifier(options.priority_rules),
                 options.remote.url if options.remote.kind == "http" else None,
                 session.credential,
+                self.git_owner,
             )
             self.operations = Operations(
                 self.view, self.snapshot, self.hydrator, self.lfs, gitfile, self.mount_dir
