@@ -265,7 +265,9 @@ def mount(
     made_mountpoint = state.Footprint([mountpoint], whole=False)
     planned = state.StateRoot(options.root)
     mount_dir = planned.mount_dir(mountpoint, parsed_remote.redacted())
-    made_state = state.Footprint([mount_dir, planned.blob_cache_dir, planned.run_dir], whole=True)
+    made_state = state.Footprint(
+        [mount_dir, planned.blob_cache_dir, planned.owner_blob_caches_dir, planned.run_dir], whole=True
+    )
     ready = False
     try:
         _create_mountpoint(mountpoint)

@@ -444,18 +444,23 @@ class StateRoot:
             mount_dir,
             mount_dir / "overlay",
             self.run_dir,
-            self.root / "cache",
-            self.root / "cache" / "owners",
+            self.owner_blob_caches_dir.parent,
+            self.owner_blob_caches_dir,
         ):
             traversable_dir(directory)
 
+    @property
+    def owner_blob_caches_dir(self) -> Path:
+        """Where the blob caches of mounts kept for other users are, one per uid."""
+        return self.root / "cache" / "owners"
+
     def owner_blob_cache_dir(self, owner: Owner) -> Path:
         """The blob cache of mounts kept for ``owner``: theirs alone, since their git reads it."""
-        return self.root / "cache" / "owners" / str(owner.uid)
+        return self.owner_blob_caches_dir / str(owner.uid)
 
     def blob_caches(self) -> list[tuple[Path, Owner | None]]:
         """Every blob cache under the root with whom it belongs to: the shared one, then each owner's."""
-        owners = self.root / "cache" / "owners"
+        owners = self.owner_blob_caches_dir
         found = sorted(path for path in owners.glob("*") if path.name.isdigit()) if owners.is_dir() else []
         return [(self.blob_cache_dir, None), *((path, owner_of(path)) for path in found)]
 

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from artifactfs.state import StateRoot
+from artifactfs.state import (
+    Owner,
+    StateRoot,
+    acting_as,
+    handed_dir,
+    private_dir,
+    traversable_dir,
+    write_private_file,
+)
 from artifactfs.testing import GitHttpServer, commit_files, make_bare_repo
 from artifactfs.testing.lfsserver import LfsServer
 from artifactfs.testing.mounts import MountedTree, run_cli
@@ -267,3 +275,29 @@ def test_owner_reads_lfs_files_and_git_lfs_uses_its_cache(
             assert f"LocalMediaDir={storage / 'objects'}" in as_owner_git(tree, tester, home, "lfs", "env")
             stored = [path for path in (storage / "objects").rglob("*") if path.is_file()]
             assert stored and all(path.stat().st_uid == tester.uid for path in stored)
+
+
+def test_writes_for_an_owner_go_nowhere_that_owner_could_not_write(shared_dir: Path, tester: Actor) -> None:
+    owner = Owner(tester.uid, tester.gid)
+    above = shared_dir / "state"
+    traversable_dir(above)
+    handed = handed_dir(above / "gitdir", owner)
+    private_dir(handed / "refs" / "heads", owner)
+    write_private_file(handed / "refs" / "heads" / "main", b"x\n", owner=owner)
+    for path in (handed, handed / "refs", handed / "refs" / "heads", handed / "refs" / "heads" / "main"):
+        assert (os.lstat(path).st_uid, os.lstat(path).st_gid) == (owner.uid, owner.gid), path
+    assert stat.S_IMODE(os.stat(above).st_mode) == 0o711
+    # A link the owner plants to a directory only root may write leads the daemon nowhere.
+    secret = shared_dir / "root-only"
+    secret.mkdir(mode=0o700)
+    os.symlink(secret, handed / "planted")
+    with pytest.raises(PermissionError):
+        write_private_file(handed / "planted" / "file", b"data", owner=owner)
+    with pytest.raises(PermissionError):
+        private_dir(handed / "planted" / "dir", owner)
+    assert os.listdir(secret) == []
+    # Acting as the owner is undone, nested or not: the daemon writes its own files as itself again.
+    with acting_as(owner), acting_as(owner):
+        pass
+    write_private_file(above / "mine", b"root's\n")
+    assert os.lstat(above / "mine").st_uid == os.geteuid()
