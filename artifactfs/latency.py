@@ -22,7 +22,7 @@ class LatencyHistogram:
     def as_dict(self) -> dict[str, Any]:
         """Cumulative bucket counts in Prometheus order, with the sum and count."""
         cumulative, running = [], 0
-        for bound, count in zip((*BUCKETS, float("inf")), self.counts):
+        for bound, count in zip((*BUCKETS, float("inf")), self.counts, strict=True):
             running += count
             cumulative.append(["+Inf" if bound == float("inf") else bound, running])
         return {"buckets": cumulative, "sum": round(self.total_seconds, 6), "count": running}

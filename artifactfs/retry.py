@@ -68,7 +68,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retrying after ``attempt`` consecutive failures (``attempt`` >= 1)."""
         exponent = min(max(attempt, 1) - 1, 62)
-        nominal = min(self.base * 2**exponent, self.cap)
+        nominal = min(self.base * 2.0**exponent, self.cap)
         return nominal * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 

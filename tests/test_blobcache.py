@@ -120,7 +120,7 @@ def test_readers_never_see_a_partial_file(cache: BlobCache) -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        for oid, data in zip(oids, blobs):
+        for oid, data in zip(oids, blobs, strict=True):
             cache.store_bytes(oid, data)
     finally:
         stop.set()

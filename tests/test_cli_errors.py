@@ -17,7 +17,8 @@ from artifactfs.testing.mounts import MountedTree, artifactfs_command, is_mounte
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def assert_clean_failure(

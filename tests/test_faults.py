@@ -151,7 +151,7 @@ def test_pack_surgery_keeps_the_pack_valid_but_changes_one_object(tmp_path, make
         assert new_ids - original_ids, "some object must now hash to an id nobody asked for"
     raw = _alter_pack(pack, raw=True, choose=lambda n: n // 2)
     assert raw is not None and len(raw) == len(pack) and raw[:12] == pack[:12]
-    assert sum(a != b for a, b in zip(raw, pack)) == 1
+    assert sum(a != b for a, b in zip(raw, pack, strict=True)) == 1
 
 
 TRANSPORT_FAULTS = ("reset", "5xx", "stall", "truncate")

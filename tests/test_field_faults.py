@@ -311,7 +311,7 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+def small_disk(tmp_path: Path):
     """A 48 MiB tmpfs: a real filesystem that fills up."""
     with small_tmpfs(tmp_path / "small", "48m") as mountpoint:
         yield mountpoint

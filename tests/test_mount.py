@@ -8,6 +8,7 @@ import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def snapshot_tree(root: Path) -> dict[str, tuple[str, int | bytes]]:
 
 
 @pytest.fixture
-def repo(make_repo) -> tuple[Path, str]:
+def repo(make_repo: Callable[..., tuple[Path, str]]) -> tuple[Path, str]:
     return make_repo("demo", TREE, extra_commits=30)
 
 

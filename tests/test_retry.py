@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import trio
@@ -57,7 +60,10 @@ def test_backoff_doubles_within_jitter_and_is_capped() -> None:
         assert len(set(delays)) > 1, "jitter must spread retries"
 
 
-def run_mocked(main):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run_mocked(main: Callable[[], Awaitable[T]]) -> T:
     clock = trio.testing.MockClock(autojump_threshold=0)
     return trio.run(main, clock=clock)
 
@@ -82,7 +88,7 @@ def test_retry_forever_backs_off_until_the_remote_answers() -> None:
 
     result, elapsed = run_mocked(main)
     assert result == "done"
-    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
     assert gaps == pytest.approx([1.0, 2.0, 4.0, 4.0, 4.0, 4.0])  # doubled, then capped: never a busy loop
     assert elapsed == pytest.approx(19.0)
     assert states[:3] == ["ok", "ok", "unreachable"]  # two failures in a row make an outage

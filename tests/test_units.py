@@ -436,8 +436,8 @@ def test_encoded_index_is_read_back_by_git(tmp_path: Path) -> None:
     for line in _git(repo, "ls-files", "-s", "-z").split("\0"):
         if line:
             meta, path = line.split("\t", 1)
-            mode, oid, stage = meta.split()
-            staged[path] = (int(mode, 8), oid, stage)
+            mode_text, oid, stage = meta.split()
+            staged[path] = (int(mode_text, 8), oid, stage)
     expected = {record.path.decode(): (record.mode, record.oid, "0") for record in records}
     assert staged == expected
     assert list(staged) == sorted(staged, key=lambda p: p.encode())

@@ -122,9 +122,11 @@ class _CommandReader:
         command: str | None = None
         arguments: list[str] = []
         in_arguments = False
-        while packet is None or packet.kind is not PacketKind.FLUSH:
+        while True:
             if packet is None:
                 raise ProtocolError("git ended the session inside a request")
+            if packet.kind is PacketKind.FLUSH:
+                break
             if packet.kind is PacketKind.DELIM:
                 in_arguments = True
             elif packet.kind is not PacketKind.DATA:

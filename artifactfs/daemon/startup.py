@@ -88,7 +88,9 @@ async def fetch_tip(session: RemoteSession, gitdir: GitDir, commit: str) -> Tip:
     raw_commit = commits.get(commit)
     if raw_commit is None:
         raise ProtocolError(f"the remote did not send commit {commit}")
-    root_tree = Commit.from_raw_string(1, raw_commit).tree.decode("ascii")
+    parsed = Commit.from_raw_string(1, raw_commit)
+    assert isinstance(parsed, Commit)
+    root_tree = parsed.tree.decode("ascii")
     if root_tree not in trees:
         raise ProtocolError(f"the remote did not send the root tree of {commit}")
     return Tip(commit, root_tree, trees, shallow)
@@ -179,9 +181,9 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir) -> None:
             gitdir.update_ref("refs/remotes/origin/" + ref.name[len("refs/heads/") :], ref.oid)
         else:
             gitdir.update_ref(ref.name, ref.oid)
-    head = next((ref for ref in refs if ref.name == "HEAD"), None)
-    if head is not None and head.symref_target and head.symref_target.startswith("refs/heads/"):
-        target = "refs/remotes/origin/" + head.symref_target[len("refs/heads/") :]
+    head_ref = next((ref for ref in refs if ref.name == "HEAD"), None)
+    if head_ref is not None and head_ref.symref_target and head_ref.symref_target.startswith("refs/heads/"):
+        target = "refs/remotes/origin/" + head_ref.symref_target[len("refs/heads/") :]
         (gitdir.path / "refs/remotes/origin/HEAD").write_text(f"ref: {target}\n")
     log.info(
         "history complete: %d refs, %d shallow commits left", len(published), len(gitdir.shallow_commits())

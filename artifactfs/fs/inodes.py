@@ -69,7 +69,7 @@ class InodeTable:
         moved = [
             (path, inode) for path, inode in self._inode_of.items() if path == old or path.startswith(prefix)
         ]
-        for path, inode in moved:
+        for path, _ in moved:
             del self._inode_of[path]
         for path, inode in moved:
             new_path = new + path[len(old) :]

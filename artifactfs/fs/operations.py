@@ -21,7 +21,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -50,7 +50,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+def _fuse_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Turn every failure of one request into the errno the kernel should see for it."""
 
     name = method.__name__
@@ -275,7 +275,7 @@ class Operations(pyfuse3.Operations):
         self._inodes.remember(inode)
         return attributes
 
-    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self._inodes.forget(inode, count)
 
@@ -359,8 +359,8 @@ class Operations(pyfuse3.Operations):
             listing: list[tuple[bytes, Node | None]] = []
             if handle.path == "":
                 listing.append((GITFILE_NAME, None))
-            for name, node in self._view.list_dir(handle.path):
-                listing.append((name.encode("utf-8", "surrogateescape"), node))
+            for entry_name, entry in self._view.list_dir(handle.path):
+                listing.append((entry_name.encode("utf-8", "surrogateescape"), entry))
             handle.listing = listing
             handle.sizes = await self._listing_sizes(listing)
         for index in range(start_id, len(handle.listing)):

@@ -176,7 +176,7 @@ class Snapshot:
     def hidden(self) -> list[HiddenEntry]:
         """Entries hidden so far in directories that have been parsed."""
         result: list[HiddenEntry] = []
-        for path, entry in [("", self._root), *self.walk()]:
+        for _, entry in [("", self._root), *self.walk()]:
             if entry.kind is EntryKind.DIR:
                 result.extend(self._trees.hidden_in(entry.oid))
         return result

@@ -30,7 +30,7 @@ from pathlib import Path
 import trio
 from dulwich.config import ConfigFile
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Commit
+from dulwich.objects import Commit, ObjectID
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.state import GIT_SHARED_REPOSITORY, private_dir, write_private_file
@@ -159,7 +159,7 @@ class GitDir:
 
     def read_object(self, oid: str) -> tuple[int, bytes]:
         """Raw (type number, content) of an object, rescanning packs added since the last read."""
-        key = oid.encode("ascii")
+        key = ObjectID(oid.encode("ascii"))
         try:
             return self.objects.get_raw(key)
         except KeyError:
@@ -176,7 +176,10 @@ class GitDir:
         type_num, raw = self.read_object(commit_oid)
         if type_num != 1:
             raise CorruptObjectError(f"object {commit_oid} is not a commit")
-        return Commit.from_raw_string(1, raw).tree.decode("ascii")
+        commit = Commit.from_raw_string(1, raw)
+        assert isinstance(commit, Commit)
+        tree: bytes = commit.tree
+        return tree.decode("ascii")
 
     def has_object(self, oid: str) -> bool:
         try:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import logging
 import random
 import socket
@@ -434,7 +435,7 @@ def _serialize(head: bytes, headers: list[tuple[str, str]], body: bytes) -> byte
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def _read_message(stream: IO[bytes], *, is_response: bool) -> _Message:
+def _read_message(stream: IO[bytes] | io.BufferedIOBase, *, is_response: bool) -> _Message:
     readline = stream.readline
     read = stream.read
     head = readline(65537)

@@ -178,7 +178,9 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, handler)
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
         """A client dropping its keep-alive connection (a daemon unmounting) is not an error."""
         if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
             return

@@ -135,9 +135,9 @@ def build_untracked_cache(
     for path in changed:
         directory = path.rpartition("/")[0]
         while True:
-            node = nodes.get(directory)
-            if node is not None:
-                node.valid = False
+            ancestor = nodes.get(directory)
+            if ancestor is not None:
+                ancestor.valid = False
             if not directory:
                 break
             directory = directory.rpartition("/")[0]
