@@ -158,6 +158,14 @@ def test_status_without_mounts(state_root):
     assert result.stderr.strip() == "artifactfs: error: no ArtifactFS mount is running"
 
 
+def test_sha256_repository_is_refused_at_mount(make_repo, git_server, empty_dir, state_root, fuse):
+    """Tree parsing, the blob cache and the pack parser are SHA-1 only: refuse up front, in one line."""
+    make_repo("modern", object_format="sha256")
+    result = mount(git_server.url("modern"), empty_dir, state_root)
+    assert_clean_failure(result, "sha256 object ids", state_root, empty_dir)
+    assert "sha1 only" in result.stderr
+
+
 def test_bad_priority_rule(make_repo, git_server, empty_dir, state_root, fuse):
     make_repo("demo")
     result = mount(git_server.url("demo"), empty_dir, state_root, "--priority", "urgent=*.py")

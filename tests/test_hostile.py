@@ -12,7 +12,6 @@ by hand for the 1 GiB figure.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import subprocess
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 import robustness
 
+from artifactfs.objects import object_hasher
 from artifactfs.testing import git, make_bare_repo
 from artifactfs.testing.mounts import artifactfs_command, force_unmount, is_mounted, run_cli
 
@@ -332,7 +332,7 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         size = info["big_size"]
         assert os.stat(mountpoint / "big.bin").st_size == size
         started = time.monotonic()
-        digest = hashlib.sha1(b"blob %d\0" % size)
+        digest = object_hasher("blob", size)
         with open(mountpoint / "big.bin", "rb") as stream:
             while chunk := stream.read(8 << 20):
                 digest.update(chunk)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.objects import blob_id
 from artifactfs.overlay.errors import OverlayError
 from artifactfs.overlay.store import OverlayRow, OverlayStore
-from artifactfs.overlay.view import Node, OverlayView, git_blob_oid
+from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import BaseEntry, EntryKind
 
 Spec = bytes | tuple[str, bytes]
@@ -42,7 +43,7 @@ class FakeBase:
             if kind == "gitlink":
                 entry = BaseEntry(EntryKind.GITLINK, 0o160000, content.decode())
             else:
-                oid = git_blob_oid(content, "0" * 40)
+                oid = blob_id(content)
                 self.blobs[oid] = content
                 git_mode = {"file": 0o100644, "exec": 0o100755, "symlink": 0o120000}[kind]
                 entry_kind = EntryKind.SYMLINK if kind == "symlink" else EntryKind.FILE
@@ -83,7 +84,7 @@ BASE_FILES: dict[str, Spec] = {
 
 
 def blob_oid_of(path: Path) -> str:
-    return git_blob_oid(path.read_bytes(), "0" * 40)
+    return blob_id(path.read_bytes())
 
 
 class Env:
@@ -172,7 +173,7 @@ def test_base_entries_are_presented_with_posix_modes(env: Env) -> None:
         False,
         None,
     )
-    assert readme.base_oid == git_blob_oid(b"readme\n", "0" * 40)
+    assert readme.base_oid == blob_id(b"readme\n")
     tool = env.view.lookup("tool.sh")
     assert tool is not None and tool.mode == stat.S_IFREG | 0o755
     link = env.view.lookup("link")
@@ -301,7 +302,7 @@ def test_rmdir_then_mkdir_hides_old_base_children(env: Env) -> None:
 def test_chmod_base_file_keeps_base_content(env: Env) -> None:
     node = env.view.chmod("README.md", 0o600)
     assert node.mode == stat.S_IFREG | 0o600 and node.in_overlay
-    assert node.base_oid == git_blob_oid(b"readme\n", "0" * 40) and node.data_path is None
+    assert node.base_oid == blob_id(b"readme\n") and node.data_path is None
     assert env.data_files() == set()
     looked_up = env.view.lookup("README.md")
     assert looked_up == node
@@ -614,7 +615,7 @@ def test_reconcile_converts_equal_content_with_a_different_mode(env: Env) -> Non
     assert report.converted == 1
     node = env.view.lookup("README.md")
     assert node is not None and node.mode == stat.S_IFREG | 0o600
-    assert node.data_path is None and node.base_oid == git_blob_oid(b"readme v2\n", "0" * 40)
+    assert node.data_path is None and node.base_oid == blob_id(b"readme v2\n")
     assert env.data_files() == set()
 
 

@@ -10,7 +10,6 @@ fetches leave no temporary packs. The rules themselves live in
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -25,6 +24,7 @@ from pathlib import Path
 import pytest
 import robustness
 
+from artifactfs.objects import blob_id
 from artifactfs.remote.url import RemoteURL
 from artifactfs.state import (
     StateRoot,
@@ -182,7 +182,7 @@ def test_second_user_cannot_read_blobs_or_overlay(
     assert isinstance(secret, bytes)
     assert (tree.path / "src/secret.py").read_bytes() == secret
     (tree.path / "written.txt").write_text("overlay content\n")
-    blob_oid = hashlib.sha1(b"blob %d\x00" % len(secret) + secret).hexdigest()
+    blob_oid = blob_id(secret)
     blob = state_root / "cache" / "blobs" / "loose" / blob_oid[:2] / blob_oid[2:]
     overlay = mount_dir_of(state_root, tree.remote, tree.path) / "overlay"
     assert zlib.decompress(blob.read_bytes()) == b"blob %d\0" % len(secret) + secret

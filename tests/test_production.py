@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import configparser
 import errno
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from artifactfs.objects import blob_id
 from artifactfs.state import pid_alive
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, artifactfs_command, force_unmount, is_mounted, run_cli
@@ -73,10 +73,6 @@ MakeRepo = Callable[..., tuple[Path, str]]
 
 def content(spec: bytes | FileSpec) -> bytes:
     return spec.data if isinstance(spec, FileSpec) else spec
-
-
-def blob_oid(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def cached_blobs(state_root: Path) -> list[Path]:
@@ -383,8 +379,8 @@ def test_fsck_repairs_the_cache_and_reports_lost_overlay_data(
     damaged_blob = (
         state_root
         / "cache/blobs/loose"
-        / blob_oid(content(FILES["package.json"]))[:2]
-        / blob_oid(content(FILES["package.json"]))[2:]
+        / blob_id(content(FILES["package.json"]))[:2]
+        / blob_id(content(FILES["package.json"]))[2:]
     )
     os.chmod(damaged_blob, 0o644)
     damaged_blob.write_bytes(b"X" * len(content(FILES["package.json"])))

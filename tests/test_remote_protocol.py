@@ -22,6 +22,7 @@ from artifactfs.errors import (
     RemoteNotFoundError,
     RemoteUnreachableError,
     TransientRemoteError,
+    UnsupportedObjectFormatError,
 )
 from artifactfs.remote import (
     RemoteSession,
@@ -398,6 +399,20 @@ def dumb_http_url(tmp_path: Path) -> Iterator[str]:
 async def test_dumb_http_server_is_not_found(dumb_http_url: str) -> None:
     with pytest.raises(RemoteNotFoundError, match="not a smart Git HTTP server"):
         await open_remote(RemoteURL.parse(dumb_http_url))
+
+
+def test_sha256_advertisement_is_refused(make_repo: MakeRepo) -> None:
+    path, _ = make_repo(object_format="sha256")
+    advertisement = subprocess.run(
+        ["git", "upload-pack", "--stateless-rpc", "--advertise-refs", str(path)],
+        env={**os.environ, "GIT_PROTOCOL": "version=2"},
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"object-format=sha256" in advertisement
+    with pytest.raises(UnsupportedObjectFormatError, match="uses sha256 object ids") as caught:
+        parse_capabilities(advertisement, str(path))
+    assert "\n" not in str(caught.value)
 
 
 def test_protocol_v0_advertisement_is_rejected(make_repo: MakeRepo) -> None:

@@ -10,15 +10,13 @@ arrives later, in :func:`complete_history`.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from dulwich.objects import Commit
-
 from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
+from artifactfs.objects import commit_tree, is_oid
 from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
 from artifactfs.store.gitdir import GitDir
@@ -27,7 +25,6 @@ from artifactfs.store.packstream import PackStreamParser
 log = logging.getLogger(__name__)
 
 INFINITE_DEPTH = 0x7FFFFFFF
-_OID = re.compile(r"[0-9a-f]{40}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ def resolve_ref(refs: Sequence[Ref], wanted: str | None) -> ResolvedRef:
         if ref is not None:
             branch = candidate[len("refs/heads/") :] if is_branch else None
             return ResolvedRef(ref.peeled or ref.oid, branch)
-    if _OID.fullmatch(wanted):
+    if is_oid(wanted):
         return ResolvedRef(wanted, None)
     raise UnknownRefError(f"ref {wanted!r} not found on the remote")
 
@@ -88,9 +85,7 @@ async def fetch_tip(session: RemoteSession, gitdir: GitDir, commit: str) -> Tip:
     raw_commit = commits.get(commit)
     if raw_commit is None:
         raise ProtocolError(f"the remote did not send commit {commit}")
-    parsed = Commit.from_raw_string(1, raw_commit)
-    assert isinstance(parsed, Commit)
-    root_tree = parsed.tree.decode("ascii")
+    root_tree = commit_tree(raw_commit)
     if root_tree not in trees:
         raise ProtocolError(f"the remote did not send the root tree of {commit}")
     return Tip(commit, root_tree, trees, shallow)

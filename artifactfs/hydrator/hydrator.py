@@ -45,6 +45,7 @@ from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObject
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
 from artifactfs.latency import LatencyHistogram
+from artifactfs.objects import ObjectType
 from artifactfs.remote import RemoteSession
 from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
 from artifactfs.snapshot.entries import EntryKind
@@ -318,7 +319,7 @@ class Hydrator:
                 type_num, content = self._gitdir.read_object(oid)
             except KeyError:
                 continue
-            if type_num == 3:
+            if type_num == ObjectType.BLOB:
                 self._cache.store_bytes(oid, content)
                 found.append((oid, len(content)))
         return found

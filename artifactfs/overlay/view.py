@@ -17,7 +17,6 @@ Invariants kept by every operation:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -28,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from artifactfs.objects import blob_id
 from artifactfs.overlay.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
@@ -131,12 +131,6 @@ def _row_from_base(path: str, entry: BaseEntry, *, opaque: bool) -> OverlayRow:
     if entry.kind is EntryKind.GITLINK:
         return OverlayRow(path, "gitlink", _DIR_MODE, base_oid=entry.oid)
     return OverlayRow(path, "dir", _DIR_MODE, opaque=opaque)
-
-
-def git_blob_oid(content: bytes, like: str) -> str:
-    """The blob id of ``content`` in the object format ``like`` (an existing id) uses."""
-    algorithm = hashlib.sha256 if len(like) == 64 else hashlib.sha1
-    return algorithm(b"blob %d\0" % len(content) + content).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -597,7 +591,7 @@ class OverlayView:
             mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
             return OverlayRow(row.path, "file", row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
         if row.kind == "symlink" and entry.kind is EntryKind.SYMLINK:
-            target_oid = row.base_oid if row.target is None else git_blob_oid(row.target, entry.oid)
+            target_oid = row.base_oid if row.target is None else blob_id(row.target)
             return "drop" if target_oid == entry.oid else "keep"
         if row.kind == "gitlink" and entry.kind is EntryKind.GITLINK:
             return "drop" if row.base_oid == entry.oid else "keep"
