@@ -76,6 +76,8 @@ HYDRATION_BACKOFF = Backoff(base=0.2, cap=10.0)
 """Blob batches and object-info: short enough that hydration resumes within seconds of the remote's return."""
 HISTORY_BACKOFF = Backoff(base=1.0, cap=60.0)
 """The background history fetch: large, not urgent."""
+SPACE_BACKOFF = Backoff(base=0.5, cap=30.0)
+"""Polling free space while hydration is paused on a full disk."""
 
 
 @dataclass

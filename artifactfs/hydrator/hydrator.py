@@ -47,7 +47,7 @@ from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level
 from artifactfs.latency import LatencyHistogram
 from artifactfs.objects import ObjectType
 from artifactfs.remote import RemoteSession
-from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
+from artifactfs.retry import HYDRATION_BACKOFF, SPACE_BACKOFF, RemoteHealth, Verdict, classify
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.state import free_bytes
@@ -67,7 +67,6 @@ _OBJECT_INFO_ATTEMPTS = 3
 """Failed object-info requests after which a blob's size is left to hydration."""
 _LOW_SPACE = 1 << 20
 """A fetch that fails with less free space than this on the cache's disk failed for want of space."""
-_SPACE_BACKOFF = Backoff(base=0.5, cap=30.0)
 _DEMAND_LANES = 2
 """Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
 _SMALL_BATCH = 16
@@ -911,7 +910,7 @@ class Hydrator:
                 continue
             attempt = self._space_pauses
             while True:
-                await trio.sleep(_SPACE_BACKOFF.delay(attempt))
+                await trio.sleep(SPACE_BACKOFF.delay(attempt))
                 attempt += 1
                 free = await trio.to_thread.run_sync(free_bytes, self._cache.tmp_dir)
                 if free >= self._space_floor:
