@@ -235,7 +235,7 @@ def mount(
         logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
         _run_daemon(options, _notify_systemd_ready)
         return
-    log_file = mount_dir / "daemon.log"
+    log_file = state.MountState(mount_dir).log_file
     log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     _spawn_daemon(options, log_file, log_fd, log_level, log_format)
 

@@ -228,7 +228,33 @@ class RuntimeRecord:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class MountState:
+    """The layout of one mount's state directory, ``mounts/<key>/``."""
+
+    path: Path
+
+    @property
+    def gitdir(self) -> Path:
+        return self.path / "gitdir"
+
+    @property
+    def overlay(self) -> Path:
+        return self.path / "overlay"
+
+    @property
+    def description(self) -> Path:
+        """``mount.json``: what was mounted there."""
+        return self.path / "mount.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "daemon.log"
+
+
 class StateRoot:
+    """The layout of the state root: every path under it is spelled here (see the module docstring)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -240,8 +266,19 @@ class StateRoot:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    @property
+    def mounts_dir(self) -> Path:
+        return self.root / "mounts"
+
     def mount_dir(self, mountpoint: Path, remote_display: str) -> Path:
-        return self.root / "mounts" / _digest(str(mountpoint), remote_display)
+        return self.mounts_dir / _digest(str(mountpoint), remote_display)
+
+    def mount_state(self, mountpoint: Path, remote_display: str) -> MountState:
+        return MountState(self.mount_dir(mountpoint, remote_display))
+
+    def mount_states(self) -> list[MountState]:
+        """Every mount's state directory, in a stable order."""
+        return [MountState(path) for path in sorted(self.mounts_dir.glob("*")) if path.is_dir()]
 
     def run_key(self, mountpoint: Path) -> str:
         return _digest(str(mountpoint))

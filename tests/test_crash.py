@@ -19,7 +19,7 @@ from pathlib import Path
 
 import robustness
 
-from artifactfs.state import pid_alive
+from artifactfs.state import StateRoot, pid_alive
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
 
 CYCLES = int(os.environ.get("ARTIFACTFS_CRASH_CYCLES", "3"))
@@ -46,7 +46,7 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
         "gitdir tmp": [],
         "overlay orphans": [],
     }
-    tmp_dir = state_root / "cache" / "blobs" / "tmp"  # per-process scratch dirs: tmp/<pid>/<files>
+    tmp_dir = StateRoot(state_root).blob_cache_dir / "tmp"  # per-process scratch dirs: tmp/<pid>/<files>
     if tmp_dir.exists():
         for path in sorted(tmp_dir.rglob("*")):
             found["cache tmp dirs" if path.is_dir() else "cache tmp"].append(str(path.relative_to(tmp_dir)))
@@ -61,7 +61,9 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
             or name.endswith(".lock")
         ):
             found["gitdir tmp"].append(str(path.relative_to(state_root)))
-    for overlay in state_root.glob("mounts/*/overlay"):
+    for overlay in (
+        mount.overlay for mount in StateRoot(state_root).mount_states() if mount.overlay.exists()
+    ):
         connection = sqlite3.connect(f"file:{overlay / 'overlay.db'}?mode=ro", uri=True)
         try:
             referenced = {

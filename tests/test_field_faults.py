@@ -24,6 +24,7 @@ import pytest
 import robustness
 
 from artifactfs.daemon.notify import progress_line
+from artifactfs.state import StateRoot
 from artifactfs.statusview import render
 from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.faultproxy import FaultProxy
@@ -68,7 +69,8 @@ def assert_exact(tree: MountedTree, expected: dict[str, bytes]) -> None:
 
 
 def daemon_log(state_root: Path) -> str:
-    return "".join(path.read_text(errors="replace") for path in state_root.rglob("daemon.log"))
+    logs = [mount.log_file for mount in StateRoot(state_root).mount_states()]
+    return "".join(path.read_text(errors="replace") for path in logs if path.exists())
 
 
 def mixed_files(seed: int, count: int, large: int = 0) -> dict[str, bytes | FileSpec]:

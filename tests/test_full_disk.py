@@ -23,7 +23,7 @@ from artifactfs.overlay.store import (
     OverlayStore,
     inspect_database,
 )
-from artifactfs.state import free_bytes
+from artifactfs.state import StateRoot, free_bytes
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli, small_tmpfs
 
@@ -182,7 +182,7 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
     fsck_clean(tree, state_root)
 
     # Filled by something else while the overlay held no reserve: the remount is read-only.
-    (reserve,) = state_root.glob("mounts/*/overlay/reserve")
+    (reserve,) = [mount.overlay / "reserve" for mount in StateRoot(state_root).mount_states()]
     reserve.unlink()
     filler = fill(state_root)
     os.truncate(filler, filler.stat().st_size - (128 << 10))
@@ -195,7 +195,7 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
         (root / "other.txt").write_bytes(b"x")
     assert refused.value.errno == errno.EROFS
     assert tree.git("status", "--porcelain").stdout.splitlines() == ["?? small.txt"]
-    (log_file,) = state_root.glob("mounts/*/daemon.log")
+    (log_file,) = [mount.log_file for mount in StateRoot(state_root).mount_states()]
     assert "mounting read-only" in log_file.read_text()
     robustness.add("full_disk_checks")
     tree.unmount()

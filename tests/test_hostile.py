@@ -22,6 +22,7 @@ import pytest
 import robustness
 
 from artifactfs.objects import object_hasher
+from artifactfs.state import StateRoot
 from artifactfs.testing import git, make_bare_repo
 from artifactfs.testing.mounts import artifactfs_command, force_unmount, is_mounted, run_cli
 
@@ -253,7 +254,7 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         assert sorted(os.listdir(mountpoint / "sub")) == ["ok.txt"]
         assert (mountpoint / "README.md").read_bytes() == b"# hostile\n"
         assert not gitdir.is_relative_to(mountpoint) and gitdir.is_relative_to(state_root)
-        log_text = next(state_root.glob("mounts/*/daemon.log")).read_text(errors="replace")
+        log_text = StateRoot(state_root).mount_states()[0].log_file.read_text(errors="replace")
         for name, reason in HIDDEN_NAMES.items():
             assert f"hiding tree entry {name.decode('utf-8', 'surrogateescape')!r}: {reason}" in log_text, (
                 name

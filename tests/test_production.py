@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from artifactfs.objects import blob_id
-from artifactfs.state import pid_alive
+from artifactfs.state import StateRoot, pid_alive
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, artifactfs_command, force_unmount, is_mounted, run_cli
 
@@ -76,7 +76,7 @@ def content(spec: bytes | FileSpec) -> bytes:
 
 
 def cached_blobs(state_root: Path) -> list[Path]:
-    return [path for path in (state_root / "cache/blobs/loose").glob("*/*") if path.is_file()]
+    return [path for path in (StateRoot(state_root).blob_cache_dir / "loose").glob("*/*") if path.is_file()]
 
 
 def free_port() -> int:
@@ -281,9 +281,10 @@ def test_credentials_never_reach_logs_status_or_list(
 
 def _logs_of(state_root: Path, mountpoint: Path) -> list[Path]:
     return [
-        log
-        for log in state_root.glob("mounts/*/daemon.log")
-        if json.loads((log.parent / "mount.json").read_text())["mountpoint"] == str(mountpoint)
+        mount.log_file
+        for mount in StateRoot(state_root).mount_states()
+        if mount.log_file.exists()
+        and json.loads(mount.description.read_text())["mountpoint"] == str(mountpoint)
     ]
 
 
@@ -357,7 +358,7 @@ def test_prometheus_metrics_endpoint(
 
 
 def overlay_dir(state_root: Path) -> Path:
-    (found,) = state_root.glob("mounts/*/overlay")
+    (found,) = [mount.overlay for mount in StateRoot(state_root).mount_states()]
     return found
 
 

@@ -41,7 +41,7 @@ from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
+from artifactfs.state import MountState, RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.loose import LooseBlobFile
@@ -237,7 +237,7 @@ class Mount:
         EROFS) instead of failing; a state root too full even for that is one
         clear error.
         """
-        directory = self.mount_dir / "overlay"
+        directory = MountState(self.mount_dir).overlay
         try:
             if (directory / "overlay.db").exists() and space_for_writing(directory) < WRITABLE_MINIMUM:
                 overlay = OverlayStore(directory, read_only=True)
@@ -368,7 +368,7 @@ class Mount:
 
     async def _prepare_gitdir(self, session: RemoteSession) -> ResolvedRef | None:
         """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created."""
-        gitdir = GitDir(self.mount_dir / "gitdir")
+        gitdir = GitDir(MountState(self.mount_dir).gitdir)
         commit = gitdir.head_oid() if gitdir.exists() else None
         if commit is not None and gitdir.has_object(commit):
             self.gitdir = gitdir
@@ -389,7 +389,7 @@ class Mount:
         self.trees = TreeCache(read_tree)
         self.snapshot = Snapshot(tip.commit, tip.root_tree, self.trees)
         write_private_file(
-            self.mount_dir / "mount.json",
+            MountState(self.mount_dir).description,
             json.dumps(
                 {
                     "remote": self.options.remote.redacted(),

@@ -23,7 +23,7 @@ from artifactfs.errors import CorruptObjectError, MountpointError
 from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import StateRoot, pid_alive, read_private_bytes
+from artifactfs.state import MountState, StateRoot, pid_alive, read_private_bytes
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 
@@ -62,13 +62,13 @@ def state_dirs_for(state: StateRoot, mountpoint: Path) -> list[Path]:
     record = state.runtime(mountpoint)
     if record is not None:
         found.append(Path(record.state_dir))
-    for description in sorted((state.root / "mounts").glob("*/mount.json")):
+    for mount in state.mount_states():
         try:
-            recorded = json.loads(read_private_bytes(description)).get("mountpoint")
+            recorded = json.loads(read_private_bytes(mount.description)).get("mountpoint")
         except (OSError, ValueError, AttributeError):
             continue
-        if recorded == str(mountpoint) and description.parent not in found:
-            found.append(description.parent)
+        if recorded == str(mountpoint) and mount.path not in found:
+            found.append(mount.path)
     return found
 
 
@@ -81,8 +81,8 @@ def fsck(state: StateRoot, mountpoint: Path) -> FsckReport:
         raise MountpointError(f"no ArtifactFS state for {mountpoint} under {state.root}")
     _check_blob_cache(BlobCache(state.blob_cache_dir), report)
     for state_dir in report.state_dirs:
-        base = _check_gitdir(GitDir(state_dir / "gitdir"), report)
-        _check_overlay(state_dir / "overlay", base, state_dir == live_dir, report)
+        base = _check_gitdir(GitDir(MountState(state_dir).gitdir), report)
+        _check_overlay(MountState(state_dir).overlay, base, state_dir == live_dir, report)
     return report
 
 
