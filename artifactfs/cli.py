@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
+from artifactfs.hydrator.settings import HYDRATION_MODES, HydrationSettings
 
 if TYPE_CHECKING:
     from artifactfs.state import StateRoot
@@ -117,6 +118,9 @@ def _scrub_command_line() -> None:
 
 # --------------------------------------------------------------------- mount
 
+_HYDRATION_DEFAULTS = HydrationSettings()
+"""The mount options' defaults are the settings' own."""
+
 
 @main.command()
 @click.argument("remote")
@@ -135,15 +139,15 @@ def _scrub_command_line() -> None:
 @click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
 @click.option(
     "--hydrate",
-    type=click.Choice(["background", "none"]),
-    default="background",
+    type=click.Choice(HYDRATION_MODES),
+    default=_HYDRATION_DEFAULTS.mode,
     show_default=True,
     help="Fetch every blob in the background, or only what is read.",
 )
 @click.option(
     "--connections",
     type=click.IntRange(1, 16),
-    default=3,
+    default=_HYDRATION_DEFAULTS.connections,
     show_default=True,
     help="Background fetch requests in flight at once.",
 )
@@ -151,7 +155,7 @@ def _scrub_command_line() -> None:
 @click.option(
     "--read-timeout",
     type=click.FloatRange(0.1),
-    default=120.0,
+    default=_HYDRATION_DEFAULTS.read_timeout,
     show_default=True,
     help="Seconds a read waits for its blob before failing with EIO.",
 )
@@ -201,7 +205,6 @@ def mount(
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
     from artifactfs.daemon.recovery import withdraw_dead_runtime
-    from artifactfs.hydrator.hydrator import HydrationSettings
     from artifactfs.hydrator.priority import load_rules
     from artifactfs.remote.url import RemoteURL
 

@@ -33,8 +33,9 @@ from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_
 from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
-from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
+from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
+from artifactfs.hydrator.settings import HydrationSettings
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView

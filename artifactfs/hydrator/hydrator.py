@@ -36,7 +36,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import trio
 import trio.lowlevel
@@ -44,6 +43,7 @@ import trio.lowlevel
 from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObjectError
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
+from artifactfs.hydrator.settings import HydrationSettings
 from artifactfs.latency import LatencyHistogram
 from artifactfs.objects import ObjectType
 from artifactfs.remote import RemoteSession
@@ -56,8 +56,6 @@ from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
 
 log = logging.getLogger(__name__)
-
-HydrationMode = Literal["background", "none"]
 
 _UNKNOWN_SIZE_GUESS = 16 << 10
 _OBJECT_INFO_CHUNK = 2048
@@ -84,20 +82,6 @@ class BlobUnavailableError(ArtifactFSError):
     def __init__(self, message: str, *, errno_value: int = errno.EIO) -> None:
         super().__init__(message)
         self.errno = errno_value
-
-
-@dataclass
-class HydrationSettings:
-    mode: HydrationMode = "background"
-    connections: int = 3
-    """Background fetch requests in flight at once (a separate lane serves demand reads)."""
-    initial_batch: int = 256
-    max_batch: int = 4096
-    max_batch_bytes: int = 64 << 20
-    read_timeout: float = 120.0
-    """Seconds a read waits for its blob before failing with EIO."""
-    max_bandwidth: int | None = None
-    """Bytes per second across all fetches, or None for no limit."""
 
 
 @dataclass
