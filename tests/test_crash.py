@@ -9,20 +9,27 @@ daemon. ``ARTIFACTFS_CRASH_CYCLES`` (default 3) sets the number of cycles.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import random
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import robustness
 
-from artifactfs.state import StateRoot, pid_alive
+from artifactfs.state import StateRoot
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
+from artifactfs.testing.waiting import wait_for_exit, wait_until
+
+pytestmark = pytest.mark.slow
 
 CYCLES = int(os.environ.get("ARTIFACTFS_CRASH_CYCLES", "3"))
+CRASH_SEED = int(os.environ.get("ARTIFACTFS_CRASH_SEED", "13"))
+"""Seeds where in each cycle's workload the kill lands, so a failing run can be replayed."""
 
 
 def crash_repo_files() -> dict[str, bytes]:
@@ -76,6 +83,11 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
         missing = referenced - present
         assert not missing, f"overlay rows point at missing data files: {sorted(missing)[:5]}"
     return found
+
+
+def hydration_moved_on(hydrated_before: int, status: dict[str, Any]) -> bool:
+    hydration = status["hydration"]
+    return bool(hydration["hydrated_blobs"] > hydrated_before or hydration["complete"])
 
 
 class Workload:
@@ -143,6 +155,10 @@ class Workload:
             self.renamed_to = target
             self.rename_target = None
 
+    def acknowledged(self, writes: int) -> bool:
+        """True once ``writes`` fsyncs returned (or the workload failed, which the test reports)."""
+        return len(self.fsynced) >= writes or bool(self.unexpected)
+
     def join(self) -> None:
         self.stop.set()
         for thread in self.threads:
@@ -155,18 +171,21 @@ def test_kill_9_mid_flight_loses_nothing_acknowledged(make_repo, git_server, sta
     tree = MountedTree(git_server.url("crash"), tmp_path / "mnt", state_root, ["--max-bandwidth", "2M"])
     history: list[Workload] = []
     leftovers_per_cycle: list[int] = []
+    crash_points = random.Random(CRASH_SEED)
     try:
         tree.mount()
         for cycle in range(CYCLES):
+            hydrated_before = tree.status()["hydration"]["hydrated_blobs"]
             workload = Workload(tree.path, cycle)
             workload.start()
-            time.sleep(1.0 + random.random())
+            # Kill after a seeded number of acknowledged writes, once hydration has moved on this cycle.
+            writes = crash_points.randint(6, 60)
+            wait_until(functools.partial(workload.acknowledged, writes), f"the writer did not reach {writes}")
+            tree.wait_for(functools.partial(hydration_moved_on, hydrated_before), timeout=30)
             status = tree.status()
             assert not status["hydration"]["complete"] or cycle > 0, "hydration should still be in flight"
             os.kill(status["pid"], signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while pid_alive(status["pid"]) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for_exit(status["pid"])
             workload.join()
             assert not workload.unexpected, workload.unexpected
             assert len(workload.fsynced) > 5, "the writer should have made progress before the crash"

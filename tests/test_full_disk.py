@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -150,7 +151,7 @@ def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
         os.rename(root / "src/util2.py", root / "src/util.py")
     os.chmod(root / "src/main.py", 0o644)
     tree.git("checkout", "--", "README.md")
-    again = os.urandom(1 << 20)
+    again = random.Random(153).randbytes(1 << 20)
     (root / "again.bin").write_bytes(again)
     assert (root / "again.bin").read_bytes() == again
     assert_repo_reads_right(root)

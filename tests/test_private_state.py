@@ -16,9 +16,8 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -43,6 +42,7 @@ from artifactfs.testing.mounts import (
     run_cli,
 )
 from artifactfs.testing.repos import distinct_content as content
+from artifactfs.testing.waiting import wait_until
 
 NOBODY = 65534
 _AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -362,13 +362,6 @@ def test_aborted_fetch_leaves_no_temporary_pack(make_repo, git_server, state_roo
     assert not is_mounted(tree.path)
     assert leftovers(objects) == []
     robustness.add("private_checks")
-
-
-def wait_until(condition: Callable[[], bool], message: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.002)
 
 
 # --------------------------------------------------------------------------- the rules, directly

@@ -16,7 +16,6 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,9 +25,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from artifactfs.objects import blob_id
-from artifactfs.state import StateRoot, pid_alive
+from artifactfs.state import StateRoot
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, artifactfs_command, force_unmount, is_mounted, run_cli
+from artifactfs.testing.waiting import wait_for_exit
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SECRET = "tok3n-Sup3r-s3cret"
@@ -83,13 +83,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not pid_alive(pid), f"process {pid} is still running"
 
 
 def installed_artifactfs() -> str:
@@ -446,7 +439,7 @@ def test_remount_after_kill_9_recovers_and_keeps_fsynced_changes(
     os.close(directory)
     old_pid = tree.status()["pid"]
     os.kill(old_pid, signal.SIGKILL)
-    wait_gone(old_pid)
+    wait_for_exit(old_pid)
     with pytest.raises(OSError) as stale:
         os.listdir(tree.path)
     assert stale.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
