@@ -97,6 +97,7 @@ def reference(make_repo, tmp_path) -> tuple[Path, dict[str, bytes]]:
     return repo, contents
 
 
+@pytest.mark.slow
 def test_pack_surgery_keeps_the_pack_valid_but_changes_one_object(tmp_path, make_repo):
     """The ``flip`` fault really does reach object content only: git accepts the pack, ids change."""
     repo, _ = make_repo("surgery", faulty_repo_files())

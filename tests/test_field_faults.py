@@ -30,6 +30,8 @@ from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.faultproxy import FaultProxy
 from artifactfs.testing.mounts import MountedTree, read_fresh, small_tmpfs
 
+pytestmark = pytest.mark.slow
+
 OUTAGE_SECONDS = float(os.environ.get("ARTIFACTFS_OUTAGE_SECONDS", "15"))
 
 

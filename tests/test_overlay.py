@@ -669,6 +669,7 @@ def test_reconcile_opaque_directory_needs_every_base_child_covered(env: Env) -> 
     assert env.snapshot() == original
 
 
+@pytest.mark.slow
 def test_reconcile_handles_thousands_of_rows(env: Env) -> None:
     files: dict[str, Spec] = dict(BASE_FILES)
     env.view.mkdir("gen", 0o755)

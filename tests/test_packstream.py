@@ -363,6 +363,7 @@ def test_empty_pack(repo: Repo) -> None:
     assert parser.objects_expected == parser.objects_done == 0
 
 
+@pytest.mark.slow
 def test_stream_ending_exactly_at_the_output_limit(tmp_path: Path) -> None:
     """64 MiB of zeros: zlib's end comes as an output slice fills, with the trailer in the same input."""
     repo = tmp_path / "zeros.git"

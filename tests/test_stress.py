@@ -14,9 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import robustness
 
 from artifactfs.testing.mounts import MountedTree
+
+pytestmark = pytest.mark.slow
 
 STRESS_SECONDS = float(os.environ.get("ARTIFACTFS_STRESS_SECONDS", "60"))
 READERS, WRITERS, STATUS_LOOPS = 12, 14, 6
