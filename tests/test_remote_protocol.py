@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.anyio
 
 MakeRepo = Callable[..., tuple[Path, str]]
 SECRET = "s3cret-t0ken"
-BIG_FILES = {f"data/file{i:02d}.bin": os.urandom(4096) for i in range(40)}
+BIG_FILES = {f"data/file{i:02d}.bin": random.Random(i).randbytes(4096) for i in range(40)}
 
 
 @pytest.fixture
@@ -240,7 +241,7 @@ async def test_filter_refused_when_server_lacks_it(
             session.fetch([tip], filter_spec="blob:none")
 
 
-@pytest.mark.parametrize("fault", ["reset", "500", "truncate", "stall:3", "flip"])
+@pytest.mark.parametrize("fault", ["reset", "500", "truncate", "stall:3", "flip-raw"])
 async def test_injected_faults_are_transient(
     git_server: GitHttpServer, make_repo: MakeRepo, fault: str
 ) -> None:
@@ -255,7 +256,7 @@ async def test_injected_faults_are_transient(
 
 
 async def test_pack_streams_in_chunks(git_server: GitHttpServer, make_repo: MakeRepo) -> None:
-    _, tip = make_repo(files={f"f{i}": os.urandom(65536) for i in range(16)})
+    _, tip = make_repo(files={f"f{i}": random.Random(1000 + i).randbytes(65536) for i in range(16)})
     async with (
         await open_remote(RemoteURL.parse(git_server.url("repo"))) as session,
         session.fetch([tip]) as response,
