@@ -266,13 +266,13 @@ def _run_daemon(options: Any, on_ready: Callable[[], None]) -> None:
     import trio
 
     from artifactfs import state
-    from artifactfs.daemon.mount import Mount
+    from artifactfs.daemon.mount import run_mount
 
     # The command line may hold a URL with a token; replace it so /proc/PID/cmdline shows none.
     setproctitle.setproctitle(f"artifactfs mount {options.remote.redacted()} {options.mountpoint}")
     state.use_private_umask()
     try:
-        trio.run(Mount(options).run, on_ready)
+        trio.run(run_mount, options, on_ready)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from group
 

@@ -1,16 +1,21 @@
-"""One mount, from start to unmount.
+"""One mount, from start to unmount: the composition root of the daemon.
 
 Start-up order matters for the promise that ``mount`` returns fast: open the
 remote, fetch the tip blobless (or reuse the local gitdir), publish the tree
 through FUSE, prepare the git index, then report ready. Everything else (blob
 hydration, the rest of the history, following HEAD) runs in the background of
 an already usable mount.
+
+:func:`run_mount` opens the remote and the base tree; :class:`Mount` then
+builds every service of the mount once, and runs them until unmount. The work
+itself lives with the modules that own it: :mod:`~artifactfs.daemon.gitindex`
+(git's index), :mod:`~artifactfs.daemon.headfollow` (following HEAD),
+:mod:`~artifactfs.daemon.commands` (control requests) and
+:mod:`~artifactfs.snapshot.pathspec` (prefetch matching).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import functools
 import json
 import logging
@@ -18,7 +23,7 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +32,16 @@ import pyfuse3
 import trio
 
 from artifactfs.daemon import control
+from artifactfs.daemon.commands import ControlCommands
+from artifactfs.daemon.gitindex import IndexKeeper
 from artifactfs.daemon.gitserve import GitService
+from artifactfs.daemon.headfollow import HeadFollower
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
-from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
+from artifactfs.daemon.startup import complete_history, create_gitdir, resolve_ref
 from artifactfs.errors import ArtifactFSError, MountpointError
-from artifactfs.fs.operations import BASE_MTIME_NS, Operations
-from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
+from artifactfs.fs.operations import Operations
+from artifactfs.hydrator.hydrator import Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.hydrator.settings import HydrationSettings
 from artifactfs.overlay.errors import is_no_space
@@ -43,24 +51,16 @@ from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import MountState, RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
-from artifactfs.store.blobcache import BlobCache, blob_id_of_file
+from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
-from artifactfs.store.loose import LooseBlobFile
 from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
-from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
-from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
-from artifactfs.worktree.untracked import converting_paths, gitignore_id
 
 log = logging.getLogger(__name__)
 
-HEAD_POLL_INTERVAL = 0.1
-INDEX_CORRECTION_INTERVAL = 0.5
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
-INDEX_SIZE_WAIT = 2.0
-"""Seconds the prepared index waits for object-info sizes; git never needs them while nothing changed."""
 
 
 @dataclass
@@ -95,140 +95,202 @@ class _PhaseTimer:
         return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
 
 
-def _join(directory: str, name: str) -> str:
-    return f"{directory}/{name}" if directory else name
+@dataclass(frozen=True)
+class MountBase:
+    """The mount's gitdir and the tree it starts with."""
+
+    gitdir: GitDir
+    trees: TreeCache
+    snapshot: Snapshot
+    fresh: bool
+    """The gitdir was created now (not reused), so git keeps no index for it yet."""
+
+
+async def run_mount(options: MountOptions, on_ready: ReadyCallback) -> None:
+    """Open the remote and the base tree, build the mount, and serve it until unmount."""
+    started_at = time.time()
+    state = StateRoot(options.root)
+    mount_dir = state.mount_dir(options.mountpoint, options.remote.redacted())
+    private_dir(mount_dir)
+    phases = _PhaseTimer()
+    async with await open_remote(options.remote) as session:
+        phases.mark("remote opened")
+        base = await prepare_gitdir(session, options, mount_dir)
+        phases.mark("tree ready")
+        mount = Mount(options, state, mount_dir, session, base, started_at)
+        await mount.serve(on_ready, phases)
+
+
+async def prepare_gitdir(session: RemoteSession, options: MountOptions, mount_dir: Path) -> MountBase:
+    """Reuse the local gitdir (keeping the user's HEAD), or create it."""
+    gitdir = GitDir(MountState(mount_dir).gitdir)
+    commit = gitdir.head_oid() if gitdir.exists() else None
+    if commit is not None and gitdir.has_object(commit):
+        trees = TreeCache(gitdir.read_tree)
+        snapshot = Snapshot(commit, gitdir.commit_tree(commit), trees)
+        log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
+        return MountBase(gitdir, trees, snapshot, fresh=False)
+    refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
+    resolved = resolve_ref(refs, options.ref)
+    gitdir, tip = await create_gitdir(session, gitdir.path, options.remote.redacted(), resolved)
+    tip_trees = tip.trees
+    created = gitdir
+
+    def read_tree(oid: str) -> bytes:
+        raw = tip_trees.get(oid)
+        return raw if raw is not None else created.read_tree(oid)
+
+    trees = TreeCache(read_tree)
+    snapshot = Snapshot(tip.commit, tip.root_tree, trees)
+    write_private_file(
+        MountState(mount_dir).description,
+        json.dumps(
+            {
+                "remote": options.remote.redacted(),
+                "ref": options.ref,
+                "commit": tip.commit,
+                "branch": resolved.branch,
+                "mountpoint": str(options.mountpoint),
+            }
+        ).encode(),
+    )
+    return MountBase(gitdir, trees, snapshot, fresh=True)
 
 
 class Mount:
-    """Everything one running mount owns."""
+    """Everything one running mount owns, built once: the composition root."""
 
-    def __init__(self, options: MountOptions) -> None:
+    def __init__(
+        self,
+        options: MountOptions,
+        state: StateRoot,
+        mount_dir: Path,
+        session: RemoteSession,
+        base: MountBase,
+        started_at: float,
+    ) -> None:
         self.options = options
-        self.state = StateRoot(options.root)
-        self.mount_dir = self.state.mount_dir(options.mountpoint, options.remote.redacted())
-        self.session: RemoteSession | None = None
-        self.gitdir: GitDir | None = None
-        self.hydrator: Hydrator | None = None
-        self.git_service: GitService | None = None
-        self.operations: Operations | None = None
-        self.view: OverlayView | None = None
-        self.snapshot: Snapshot | None = None
-        self.trees: TreeCache | None = None
+        self.state = state
+        self.mount_dir = mount_dir
+        self.session = session
+        self.gitdir = gitdir = base.gitdir
+        self.fresh = base.fresh
         self.state_name = "starting"
         self.read_only = False
-        self.started_at = time.time()
+        self.started_at = started_at
         self._shutdown = trio.Event()
-        self._publish_token: str | None = None
-        self._index_sizes: dict[str, int] = {}
-        """Verified sizes that differ from what the index may hold (see _size_corrected)."""
-        self._index_prepared = False
-        self._index_sizes_failing = False
+        self.cache = cache = BlobCache(state.blob_cache_dir)
+        cache.clean_tmp()
+        gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
+        gitdir.remove_stale_temporaries()
+        self.hydrator = Hydrator(
+            session, cache, gitdir, Classifier(options.priority_rules), options.hydration
+        )
+        self.overlay = self._open_overlay(gitdir)
+        publish_token = journal_token(self.overlay.journal.path)  # changes from here on reach git
+        install_bridge(gitdir, options.remote, state.socket_path(options.mountpoint))
+        self.git_service = GitService(session, self.hydrator, cache, options.remote)
+        self.view = OverlayView(self.overlay, base.snapshot)
+        gitfile = f"gitdir: {gitdir.path}\n".encode()
+        self.operations = Operations(self.view, base.snapshot, self.hydrator, gitfile, mount_dir)
+        self.head = HeadFollower(gitdir, base.trees, base.snapshot, self.view, self.operations, self.hydrator)
+        self.index = IndexKeeper(
+            options.mountpoint,
+            options.hydration.mode,
+            gitdir,
+            self.hydrator,
+            self.view,
+            self.operations,
+            self.head,
+            publish_token,
+        )
+        self.hydrator.on_size_corrected = self.index.size_corrected
+        self.commands = ControlCommands(
+            self.status, self.request_shutdown, self.head, self.hydrator, self.git_service
+        )
 
     # ------------------------------------------------------------- main
 
-    async def run(self, on_ready: ReadyCallback) -> None:
+    async def serve(self, on_ready: ReadyCallback, phases: _PhaseTimer) -> None:
         options = self.options
-        private_dir(self.mount_dir)
-        phases = _PhaseTimer()
-        async with await open_remote(options.remote) as session:
-            self.session = session
-            phases.mark("remote opened")
-            resolved = await self._prepare_gitdir(session)
-            phases.mark("tree ready")
-            gitdir = self.gitdir
-            assert gitdir is not None
-            cache = BlobCache(self.state.blob_cache_dir)
-            cache.clean_tmp()
-            gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
-            gitdir.remove_stale_temporaries()
-            self.hydrator = Hydrator(
-                session, cache, gitdir, Classifier(options.priority_rules), options.hydration
-            )
-            overlay = self._open_overlay(gitdir)
-            self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
-            install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
-            git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote)
-            assert self.snapshot is not None
-            self.view = OverlayView(overlay, self.snapshot)
-            gitfile = f"gitdir: {gitdir.path}\n".encode()
-            self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
-            self.hydrator.on_size_corrected = self._size_corrected
-            fuse_options = set(pyfuse3.default_options) | {
-                "fsname=artifactfs",
-                "subtype=artifactfs",
-                "default_permissions",
-            }
-            if options.allow_other:
-                fuse_options.add("allow_other")
-            if self.read_only:
-                fuse_options.add("ro")
-            try:
-                pyfuse3.init(self.operations, str(options.mountpoint), fuse_options)
-            except RuntimeError as error:
-                raise MountpointError(f"cannot mount on {options.mountpoint}: {error}") from None
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch_signals)
-                    nursery.start_soon(self._fuse_main)
-                    await nursery.start(self.hydrator.run)
-                    if options.hydration.mode == "background":
-                        self._fetch_root_manifests()
-                    serve_control = functools.partial(
-                        control.serve, streams={"upload-pack": git_service.upload_pack}
-                    )
-                    await nursery.start(
-                        serve_control, self.state.socket_path(options.mountpoint), self._control
-                    )
-                    if options.metrics_address is not None:
-                        from artifactfs.daemon.metrics import serve_metrics  # optional dependency
+        session = self.session
+        gitdir = self.gitdir
+        overlay = self.overlay
+        git_service = self.git_service
+        fuse_options = set(pyfuse3.default_options) | {
+            "fsname=artifactfs",
+            "subtype=artifactfs",
+            "default_permissions",
+        }
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        if self.read_only:
+            fuse_options.add("ro")
+        try:
+            pyfuse3.init(self.operations, str(options.mountpoint), fuse_options)
+        except RuntimeError as error:
+            raise MountpointError(f"cannot mount on {options.mountpoint}: {error}") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self._fuse_main)
+                await nursery.start(self.hydrator.run)
+                if options.hydration.mode == "background":
+                    self._fetch_root_manifests()
+                serve_control = functools.partial(
+                    control.serve, streams={"upload-pack": git_service.upload_pack}
+                )
+                await nursery.start(
+                    serve_control, self.state.socket_path(options.mountpoint), self.commands.handle
+                )
+                if options.metrics_address is not None:
+                    from artifactfs.daemon.metrics import serve_metrics  # optional dependency
 
-                        await nursery.start(serve_metrics, options.metrics_address, self.status)
-                    phases.mark("fuse started")
-                    # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
-                    await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
-                    self._publish_runtime()
-                    self.state_name = "mounted"
-                    on_ready()
-                    phases.mark("ready")
-                    nursery.start_soon(self.hydrator.track, self.snapshot)
-                    self.hydrator.start_background(PriorityClass.CONFIG)
-                    # git waits on the .git file until the index matches the mount (see Operations.open).
-                    try:
-                        await self._prepare_index(resolved is not None)
-                    except (ArtifactFSError, OSError) as error:  # a full disk, too: the mount stays a mount
-                        log.error(
-                            "could not prepare the git index (%s); git status will re-read files", error
-                        )
-                    finally:
-                        self.operations.release_gitfile()
-                    if not self.read_only:
-                        overlay.arm_reserve()  # after the start-up writes, which may have needed its room
-                    phases.mark("index prepared")
-                    nursery.start_soon(self._correct_index_sizes)
-                    log.info(
-                        "mounted %s at %s (%s); start-up: %s",
-                        options.remote.redacted(),
-                        options.mountpoint,
-                        self.snapshot.commit_oid,
-                        phases.summary(),
-                    )
-                    # After the index: its object-info answers give every blob's size, and size decides
-                    # the binary class, so the other classes open once classes are final.
-                    self.hydrator.start_background()
-                    nursery.start_soon(report_progress, self.status)
-                    if gitdir.shallow_commits():
-                        nursery.start_soon(self._complete_history_after_source, session, gitdir)
-                    if not self.read_only:  # reconciling writes the overlay
-                        nursery.start_soon(self._follow_head)
-                    nursery.start_soon(self._watch_mountpoint)
-                    await self._shutdown.wait()
-                    nursery.cancel_scope.cancel()
-            finally:
-                self.state_name = "unmounting"
-                self.state.withdraw_runtime(options.mountpoint)
-                with trio.CancelScope(shield=True):
-                    pyfuse3.close(unmount=True)
-                log.info("unmounted %s", options.mountpoint)
+                    await nursery.start(serve_metrics, options.metrics_address, self.status)
+                phases.mark("fuse started")
+                # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
+                await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
+                self._publish_runtime()
+                self.state_name = "mounted"
+                on_ready()
+                phases.mark("ready")
+                nursery.start_soon(self.hydrator.track, self.head.snapshot)
+                self.hydrator.start_background(PriorityClass.CONFIG)
+                # git waits on the .git file until the index matches the mount (see Operations.open).
+                try:
+                    await self.index.prepare(self.fresh)
+                except (ArtifactFSError, OSError) as error:  # a full disk, too: the mount stays a mount
+                    log.error("could not prepare the git index (%s); git status will re-read files", error)
+                finally:
+                    self.operations.release_gitfile()
+                if not self.read_only:
+                    overlay.arm_reserve()  # after the start-up writes, which may have needed its room
+                phases.mark("index prepared")
+                nursery.start_soon(self.index.correct_sizes)
+                log.info(
+                    "mounted %s at %s (%s); start-up: %s",
+                    options.remote.redacted(),
+                    options.mountpoint,
+                    self.head.snapshot.commit_oid,
+                    phases.summary(),
+                )
+                # After the index: its object-info answers give every blob's size, and size decides
+                # the binary class, so the other classes open once classes are final.
+                self.hydrator.start_background()
+                nursery.start_soon(report_progress, self.status)
+                if gitdir.shallow_commits():
+                    nursery.start_soon(self._complete_history_after_source, session, gitdir)
+                if not self.read_only:  # reconciling writes the overlay
+                    nursery.start_soon(self.head.run)
+                nursery.start_soon(self._watch_mountpoint)
+                await self._shutdown.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.state_name = "unmounting"
+            self.state.withdraw_runtime(options.mountpoint)
+            with trio.CancelScope(shield=True):
+                pyfuse3.close(unmount=True)
+            log.info("unmounted %s", options.mountpoint)
 
     def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
         """Open the overlay and point git's fsmonitor at its journal.
@@ -270,8 +332,7 @@ class Mount:
 
     def _fetch_root_manifests(self) -> None:
         """Start fetching the top-level manifests during start-up: what agents read first."""
-        assert self.snapshot is not None and self.hydrator is not None
-        root = self.snapshot.children("") or {}
+        root = self.head.snapshot.children("") or {}
         self.hydrator.prefetch_paths(
             [
                 (name, entry.oid)
@@ -293,53 +354,9 @@ class Mount:
         source before they need ``git log``. The wait is capped so history
         still arrives early on very large trees.
         """
-        assert self.hydrator is not None
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
         await complete_history(session, gitdir, self.hydrator.health)
-
-    def _size_corrected(self, oid: str, size: int) -> None:
-        """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
-        assert self.snapshot is not None and self.operations is not None and self.view is not None
-        paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
-        self.operations.size_corrected(paths)
-        try:
-            for path in paths:
-                self.view.note_modified(path)
-        except (
-            ArtifactFSError,
-            OSError,
-        ) as error:  # a full disk, a read-only overlay: the kernel is fixed at least
-            log.warning("could not journal the corrected size of %s: %s", oid, error)
-        self._index_sizes[oid] = size
-        self._apply_index_sizes()  # at once (rare, and a few ms): the next git status must see it
-
-    def _apply_index_sizes(self) -> None:
-        """Write corrected sizes into git's index, once it is prepared and no git command holds it."""
-        assert self.gitdir is not None
-        if not self._index_sizes or not self._index_prepared or self.gitdir.git_busy():
-            return
-        pending = dict(self._index_sizes)
-        try:
-            correct_index_sizes(self.gitdir.path, pending)
-        except IndexLockedError:
-            return
-        except OSError as error:  # a full disk: try again later (said once, not every round)
-            (log.debug if self._index_sizes_failing else log.warning)(
-                "could not correct sizes in git's index: %s", error
-            )
-            self._index_sizes_failing = True
-            return
-        self._index_sizes_failing = False
-        for oid in pending:
-            self._index_sizes.pop(oid, None)
-
-    async def _correct_index_sizes(self) -> None:
-        """Retry corrections that found the index busy (or not yet prepared)."""
-        self._index_prepared = True
-        while True:
-            self._apply_index_sizes()
-            await trio.sleep(INDEX_CORRECTION_INTERVAL)
 
     async def _watch_mountpoint(self) -> None:
         """Exit when the mount disappears without us (``umount -l``, ``fusermount3 -u -z``).
@@ -365,140 +382,6 @@ class Mount:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    # ------------------------------------------------------------- start-up steps
-
-    async def _prepare_gitdir(self, session: RemoteSession) -> ResolvedRef | None:
-        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created."""
-        gitdir = GitDir(MountState(self.mount_dir).gitdir)
-        commit = gitdir.head_oid() if gitdir.exists() else None
-        if commit is not None and gitdir.has_object(commit):
-            self.gitdir = gitdir
-            self.trees = TreeCache(gitdir.read_tree)
-            self.snapshot = Snapshot(commit, gitdir.commit_tree(commit), self.trees)
-            log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
-            return None
-        refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
-        resolved = resolve_ref(refs, self.options.ref)
-        gitdir, tip = await create_gitdir(session, gitdir.path, self.options.remote.redacted(), resolved)
-        self.gitdir = gitdir
-        tip_trees = tip.trees
-
-        def read_tree(oid: str) -> bytes:
-            raw = tip_trees.get(oid)
-            return raw if raw is not None else gitdir.read_tree(oid)
-
-        self.trees = TreeCache(read_tree)
-        self.snapshot = Snapshot(tip.commit, tip.root_tree, self.trees)
-        write_private_file(
-            MountState(self.mount_dir).description,
-            json.dumps(
-                {
-                    "remote": self.options.remote.redacted(),
-                    "ref": self.options.ref,
-                    "commit": tip.commit,
-                    "branch": resolved.branch,
-                    "mountpoint": str(self.options.mountpoint),
-                }
-            ).encode(),
-        )
-        return resolved
-
-    async def _prepare_index(self, fresh: bool) -> None:
-        """Write an index git trusts at once (see :mod:`artifactfs.worktree.prepared`).
-
-        Skipped when git already keeps an index for this gitdir. Runs after the
-        mount is ready; nothing but git needs the index. Sizes come from
-        object-info when the server offers it, for at most a short wait: an
-        unknown size is written as 0 and status never looks at it.
-        """
-        gitdir = self.gitdir
-        assert gitdir is not None and self.snapshot is not None and self.hydrator is not None
-        assert self.view is not None and self._publish_token is not None
-        if not fresh and (gitdir.path / "index").exists():
-            return
-        listing = await trio.to_thread.run_sync(list_tree, self.snapshot)
-        blob_oids = listing.blob_oids()
-        exclude_blobs = [
-            (_join(directory, name), oid)
-            for name, files in ((".gitignore", listing.gitignores), (".gitattributes", listing.gitattributes))
-            for directory, oid in files.items()
-        ]
-        if self.options.hydration.mode == "none":
-            # git reads every .gitignore on every status: fetch them in one request, not one per read.
-            # (Background hydration takes them early anyway, with the config class.)
-            self.hydrator.prefetch_paths(exclude_blobs)
-        if self.hydrator.object_info_available:
-            with trio.move_on_after(INDEX_SIZE_WAIT):
-                await self.hydrator.sizes(blob_oids, partial=True)
-        gitignore_ids = await self._gitignore_ids(listing)
-        sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
-        changed = [row.path for row in self.view.rows()]
-        await trio.to_thread.run_sync(
-            functools.partial(
-                write_prepared_index,
-                listing,
-                gitdir.path,
-                self.options.mountpoint,
-                mtime_ns=BASE_MTIME_NS,
-                sizes=sizes,
-                token=self._publish_token,
-                changed=changed,
-                gitignore_ids=gitignore_ids,
-            )
-        )
-
-    async def _gitignore_ids(self, listing: TreeListing) -> dict[str, str]:
-        """The id git will compute for each ``.gitignore`` (see :mod:`artifactfs.worktree.untracked`).
-
-        Needs the ``.gitattributes`` blobs (git reads them from the gitdir,
-        where the blob cache is an alternate), and the content of each
-        ``.gitignore`` git converts; each is waited for briefly. A guess that
-        turns out wrong only makes git list that directory's subtree once.
-        """
-        assert self.hydrator is not None and self.gitdir is not None and self.snapshot is not None
-        if not listing.gitignores:
-            return {}
-        paths = {directory: _join(directory, ".gitignore") for directory in listing.gitignores}
-        converted: set[str] = set()
-        contents: dict[str, bytes] = {}
-        with trio.move_on_after(INDEX_SIZE_WAIT):
-            await self._hydrate_all(listing.gitattributes.values())
-            try:
-                # Abandoned on timeout: git may be waiting on a lazy fetch of a .gitattributes blob.
-                converted = await trio.to_thread.run_sync(
-                    functools.partial(
-                        converting_paths,
-                        self.gitdir.path,
-                        self.snapshot.root_tree_oid,
-                        sorted(paths.values()),
-                    ),
-                    abandon_on_cancel=True,
-                )
-            except ArtifactFSError as error:
-                log.warning("cannot tell which .gitignore files git converts (%s); guessing none", error)
-            for directory, oid in listing.gitignores.items():
-                if paths[directory] in converted:
-                    with contextlib.suppress(BlobUnavailableError, OSError, ValueError):  # then a guess
-                        with LooseBlobFile.open(await self.hydrator.ensure(oid)) as blob:
-                            contents[directory] = blob.read_all()
-        return {
-            directory: gitignore_id(oid, contents.get(directory), paths[directory] in converted)
-            for directory, oid in listing.gitignores.items()
-        }
-
-    async def _hydrate_all(self, oids: Iterable[str]) -> None:
-        """Wait until each blob is local or has failed; failures are the readers' to report."""
-        assert self.hydrator is not None
-        hydrator = self.hydrator
-
-        async def one(oid: str) -> None:
-            with contextlib.suppress(BlobUnavailableError):
-                await hydrator.ensure(oid)
-
-        async with trio.open_nursery() as nursery:
-            for oid in oids:
-                nursery.start_soon(one, oid)
-
     def _publish_runtime(self) -> None:
         try:
             self.state.publish_runtime(
@@ -515,89 +398,20 @@ class Mount:
                 raise self._no_space_error() from None
             raise
 
-    # ------------------------------------------------------------- following HEAD
-
-    async def _follow_head(self) -> None:
-        """Publish the tree git moved HEAD to, once the git command that moved it is done."""
-        gitdir = self.gitdir
-        assert gitdir is not None and self.view is not None and self.operations is not None
-        while True:
-            await trio.sleep(HEAD_POLL_INTERVAL)
-            assert self.snapshot is not None and self.trees is not None and self.hydrator is not None
-            commit = gitdir.head_oid()
-            if commit is None or commit == self.snapshot.commit_oid or gitdir.git_busy():
-                continue
-            try:
-                tree = gitdir.commit_tree(commit)
-            except KeyError:
-                continue  # the commit object is not visible yet
-            snapshot = Snapshot(commit, tree, self.trees)
-            report = self.view.reconcile(
-                snapshot, blob_id_of_file, busy=self.operations.paths_open_for_writing()
-            )
-            self.snapshot = snapshot
-            self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
-            log.info(
-                "HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
-                commit,
-                report.dropped,
-                report.converted,
-                report.kept,
-            )
-            await self.hydrator.track(snapshot, may_be_local=True)
-
-    # ------------------------------------------------------------- control
-
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request.get("op")
-        if op == "status":
-            return {"ok": True, **self.status()}
-        if op == "unmount":
-            self.request_shutdown()
-            return {"ok": True, "pid": os.getpid()}
-        if op == "prefetch":
-            paths = request.get("paths")
-            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                raise ArtifactFSError("prefetch needs a list of paths")
-            return {"ok": True, "boosted": self.prefetch(paths)}
-        if op == "credential":
-            assert self.git_service is not None
-            return {"ok": True, **await self.git_service.credential(request)}
-        if op == "record":
-            assert self.hydrator is not None
-            return {"ok": True, "record": [arrival.__dict__ for arrival in self.hydrator.record]}
-        raise ArtifactFSError(f"unknown control operation {op!r}")
-
-    def prefetch(self, pathspecs: list[str]) -> int:
-        """Raise every blob under or matching ``pathspecs`` to the front of the queue."""
-        assert self.snapshot is not None and self.hydrator is not None
-        cleaned = [spec.strip("/") for spec in pathspecs]
-        oids = []
-        for path, entry in self.snapshot.walk():
-            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
-                continue
-            for spec in cleaned:
-                if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
-                    oids.append(entry.oid)
-                    break
-        return self.hydrator.boost(oids)
-
     def status(self) -> dict[str, Any]:
-        assert self.snapshot is not None and self.hydrator is not None and self.gitdir is not None
-        assert self.git_service is not None
         return {
             "pid": os.getpid(),
             "state": self.state_name,
             "read_only": self.read_only,
             "remote": self.options.remote.redacted(),
             "mountpoint": str(self.options.mountpoint),
-            "head": self.snapshot.commit_oid,
+            "head": self.head.snapshot.commit_oid,
             "gitdir": str(self.gitdir.path),
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "history_complete": not self.gitdir.shallow_commits(),
             "hydration": self.hydrator.status(),
             "git": self.git_service.status(),
-            "fuse": self.operations.stats() if self.operations else {},
+            "fuse": self.operations.stats(),
         }
 
 

@@ -1,0 +1,22 @@
+"""Which blobs of a tree a ``prefetch`` pathspec names: paths, directories and globs."""
+
+from __future__ import annotations
+
+import fnmatch
+
+from artifactfs.snapshot.entries import EntryKind
+from artifactfs.snapshot.tree import Snapshot
+
+
+def matching_blobs(snapshot: Snapshot, pathspecs: list[str]) -> list[str]:
+    """The blob ids of files and symlinks under or matching ``pathspecs`` (an empty spec matches all)."""
+    cleaned = [spec.strip("/") for spec in pathspecs]
+    oids = []
+    for path, entry in snapshot.walk():
+        if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
+            continue
+        for spec in cleaned:
+            if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
+                oids.append(entry.oid)
+                break
+    return oids
