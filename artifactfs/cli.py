@@ -441,12 +441,13 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
         answer.pop("ok", None)
         click.echo(json.dumps(answer, indent=2))
         return
+    from artifactfs.status import MountStatus
     from artifactfs.statusview import render, watch_status
 
     if not watch:
-        click.echo(render(control.request(Path(record.socket), "status")))
+        click.echo(render(MountStatus.from_json(control.request(Path(record.socket), "status"))))
         return
-    watch_status(lambda: control.request(Path(record.socket), "status"))
+    watch_status(lambda: MountStatus.from_json(control.request(Path(record.socket), "status")))
 
 
 @main.command()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
-from artifactfs.retry import describe_health
+from artifactfs.status import MountStatus
 
 _BAR_WIDTH = 28
 
@@ -25,35 +24,35 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + "]"
 
 
-def render(status: dict[str, Any]) -> str:
-    hydration = status["hydration"]
+def render(status: MountStatus) -> str:
+    hydration = status.hydration
     lines = [
-        f"mount:    {status['mountpoint']}  ({status['state']}, pid {status['pid']})",
-        f"remote:   {status['remote']}  [{describe_health(hydration['remote'])}]",
-        f"head:     {status['head']}  (history {'complete' if status.get('history_complete') else 'arriving'})",
-        f"blobs:    {hydration['hydrated_blobs']}/{hydration['total_blobs']} hydrated, "
-        f"{hydration['failed_blobs']} failed, {hydration['queued_blobs']} queued, "
-        f"{hydration['retrying_blobs']} awaiting retry  [{hydration['mode']}]"
-        + (f"  PAUSED: {hydration['paused']}" if hydration["paused"] else ""),
-        f"bytes:    {_human_bytes(hydration['hydrated_bytes'])} of {_human_bytes(hydration['total_bytes'])}",
+        f"mount:    {status.mountpoint}  ({status.state}, pid {status.pid})",
+        f"remote:   {status.remote}  [{hydration.remote.describe()}]",
+        f"head:     {status.head}  (history {'complete' if status.history_complete else 'arriving'})",
+        f"blobs:    {hydration.hydrated_blobs}/{hydration.total_blobs} hydrated, "
+        f"{hydration.failed_blobs} failed, {hydration.queued_blobs} queued, "
+        f"{hydration.retrying_blobs} awaiting retry  [{hydration.mode}]"
+        + (f"  PAUSED: {hydration.paused}" if hydration.paused else ""),
+        f"bytes:    {_human_bytes(hydration.hydrated_bytes)} of {_human_bytes(hydration.total_bytes)}",
     ]
-    rate = hydration.get("rate_bytes_per_second") or 0
-    eta = hydration.get("eta_seconds")
+    rate = hydration.rate_bytes_per_second or 0
+    eta = hydration.eta_seconds
     lines.append(f"rate:     {_human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
     lines.append("classes:")
-    for label, counters in hydration["classes"].items():
+    for label, counters in hydration.classes.items():
         lines.append(
-            f"  {label:<9}{_bar(counters['hydrated'], counters['total'])} "
-            f"{counters['hydrated']}/{counters['total']}"
-            + (f", {counters['failed']} failed" if counters["failed"] else "")
+            f"  {label:<9}{_bar(counters.hydrated, counters.total)} "
+            f"{counters.hydrated}/{counters.total}"
+            + (f", {counters.failed} failed" if counters.failed else "")
         )
-    if hydration["errors"]:
+    if hydration.errors:
         lines.append("recent errors:")
-        lines.extend(f"  {message}" for message in hydration["errors"][-5:])
+        lines.extend(f"  {message}" for message in hydration.errors[-5:])
     return "\n".join(lines)
 
 
-def watch_status(fetch: Callable[[], dict[str, Any]], interval: float = 0.5) -> None:
+def watch_status(fetch: Callable[[], MountStatus], interval: float = 0.5) -> None:
     """Redraw the status until hydration completes or the user interrupts."""
     previous_lines = 0
     try:
@@ -65,7 +64,7 @@ def watch_status(fetch: Callable[[], dict[str, Any]], interval: float = 0.5) -> 
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
             previous_lines = text.count("\n") + 1
-            if status["hydration"]["complete"]:
+            if status.hydration.complete:
                 return
             time.sleep(interval)
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ import robustness
 
 from artifactfs.daemon.notify import progress_line
 from artifactfs.state import StateRoot
+from artifactfs.status import MountStatus
 from artifactfs.statusview import render
 from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.faultproxy import FaultProxy
@@ -151,8 +152,9 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(
             assert status["hydration"]["remote"]["state"] == "unreachable"
             assert not status["hydration"]["complete"] and status["hydration"]["failed_blobs"] == 0, status
             # The outage as people and systemd see it.
-            assert "[unreachable since " in render(status) and "awaiting retry" in render(status)
-            assert ", remote unreachable since " in progress_line(status)
+            report = MountStatus.from_json(status)
+            assert "[unreachable since " in render(report) and "awaiting retry" in render(report)
+            assert ", remote unreachable since " in progress_line(report)
             proxy.come_back()
 
             # The same read succeeds once the remote is back (it asks at once: no need to wait out a backoff).

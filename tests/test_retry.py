@@ -25,7 +25,6 @@ from artifactfs.retry import (
     RemoteHealth,
     Verdict,
     classify,
-    describe_health,
     retry_forever,
     retry_while_transient,
 )
@@ -143,10 +142,10 @@ def test_health_reports_outage_and_recovery() -> None:
     assert health.state == "ok"
     health.failed("fetch: connection refused")
     assert health.state == "unreachable"
-    described = describe_health(health.as_dict())
+    described = health.report().describe()
     assert described.startswith("unreachable since ") and "connection refused" in described
     health.succeeded()
-    assert health.as_dict()["state"] == "ok" and describe_health(health.as_dict()) == "ok"
+    assert health.report().state == "ok" and health.report().describe() == "ok"
 
 
 def test_retry_while_transient_gives_a_waiting_caller_an_answer_in_time() -> None:

@@ -15,6 +15,7 @@ from artifactfs.daemon.headfollow import HeadFollower
 from artifactfs.errors import ArtifactFSError
 from artifactfs.hydrator.hydrator import Hydrator
 from artifactfs.snapshot.pathspec import matching_blobs
+from artifactfs.status import MountStatus
 
 
 class ControlCommands:
@@ -22,7 +23,7 @@ class ControlCommands:
 
     def __init__(
         self,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], MountStatus],
         request_shutdown: Callable[[], None],
         head: HeadFollower,
         hydrator: Hydrator,
@@ -37,7 +38,7 @@ class ControlCommands:
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request.get("op")
         if op == "status":
-            return {"ok": True, **self.status()}
+            return {"ok": True, **self.status().to_json()}
         if op == "unmount":
             self.request_shutdown()
             return {"ok": True, "pid": os.getpid()}

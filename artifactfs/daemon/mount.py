@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyfuse3
 import trio
@@ -51,6 +50,7 @@ from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import MountState, RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
+from artifactfs.status import MountStatus
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.worktree.bridge import install_bridge
@@ -398,21 +398,21 @@ class Mount:
                 raise self._no_space_error() from None
             raise
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "pid": os.getpid(),
-            "state": self.state_name,
-            "read_only": self.read_only,
-            "remote": self.options.remote.redacted(),
-            "mountpoint": str(self.options.mountpoint),
-            "head": self.head.snapshot.commit_oid,
-            "gitdir": str(self.gitdir.path),
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "history_complete": not self.gitdir.shallow_commits(),
-            "hydration": self.hydrator.status(),
-            "git": self.git_service.status(),
-            "fuse": self.operations.stats(),
-        }
+    def status(self) -> MountStatus:
+        return MountStatus(
+            pid=os.getpid(),
+            state=self.state_name,
+            read_only=self.read_only,
+            remote=self.options.remote.redacted(),
+            mountpoint=str(self.options.mountpoint),
+            head=self.head.snapshot.commit_oid,
+            gitdir=str(self.gitdir.path),
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            history_complete=not self.gitdir.shallow_commits(),
+            hydration=self.hydrator.status(),
+            git=self.git_service.status(),
+            fuse=self.operations.stats(),
+        )
 
 
 def check_mountpoint(mountpoint: Path) -> None:

@@ -36,6 +36,7 @@ from artifactfs.overlay.errors import errno_for
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.status import FuseReport
 from artifactfs.store.loose import LooseBlobFile
 
 log = logging.getLogger(__name__)
@@ -610,9 +611,9 @@ class Operations(pyfuse3.Operations):
             histogram = self._latency[operation] = LatencyHistogram()
         histogram.observe(seconds)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "open_files": len(self._files),
-            "operations": {operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
-            "latency": {operation: h.as_dict() for operation, h in sorted(self._latency.items())},
-        }
+    def stats(self) -> FuseReport:
+        return FuseReport(
+            open_files=len(self._files),
+            operations={operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
+            latency={operation: h.report() for operation, h in sorted(self._latency.items())},
+        )

@@ -51,6 +51,7 @@ from artifactfs.retry import HYDRATION_BACKOFF, SPACE_BACKOFF, RemoteHealth, Ver
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.state import free_bytes
+from artifactfs.status import ClassProgress, HydrationReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
@@ -92,14 +93,8 @@ class ClassCounters:
     total_bytes: int = 0
     hydrated_bytes: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "total": self.total,
-            "hydrated": self.hydrated,
-            "failed": self.failed,
-            "total_bytes": self.total_bytes,
-            "hydrated_bytes": self.hydrated_bytes,
-        }
+    def report(self) -> ClassProgress:
+        return ClassProgress(self.total, self.hydrated, self.failed, self.total_bytes, self.hydrated_bytes)
 
 
 @dataclass
@@ -1021,7 +1016,7 @@ class Hydrator:
 
     # ----------------------------------------------------------------- reporting
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> HydrationReport:
         totals = ClassCounters()
         for counters in self._counters.values():
             totals.total += counters.total
@@ -1034,25 +1029,25 @@ class Hydrator:
         # Blobs waiting for a retry are neither hydrated nor failed: an outage never looks complete.
         complete = totals.hydrated + totals.failed >= totals.total and not self._retrying
         eta = None if complete or rate <= 0 or self.settings.mode == "none" else remaining_bytes / rate
-        return {
-            "mode": self.settings.mode,
-            "total_blobs": totals.total,
-            "hydrated_blobs": totals.hydrated,
-            "failed_blobs": totals.failed,
-            "total_bytes": totals.total_bytes,
-            "hydrated_bytes": totals.hydrated_bytes,
-            "queued_blobs": len(self._queue),
-            "retrying_blobs": len(self._retrying),
-            "paused": "disk full" if self._space_restored is not None else None,
-            "remote": self.health.as_dict(),
-            "inflight_blobs": len(self._inflight),
-            "rate_bytes_per_second": round(rate, 1),
-            "eta_seconds": None if eta is None else round(eta, 1),
-            "complete": complete,
-            "batch_size": self._batch_size,
-            "object_info": self._object_info,
-            "classes": {pc.label: self._counters[pc].as_dict() for pc in PriorityClass},
-            "errors": list(self.errors),
-            "errors_total": self._error_count,
-            "fetch_latency": self._fetch_latency.as_dict(),
-        }
+        return HydrationReport(
+            mode=self.settings.mode,
+            total_blobs=totals.total,
+            hydrated_blobs=totals.hydrated,
+            failed_blobs=totals.failed,
+            total_bytes=totals.total_bytes,
+            hydrated_bytes=totals.hydrated_bytes,
+            queued_blobs=len(self._queue),
+            retrying_blobs=len(self._retrying),
+            paused="disk full" if self._space_restored is not None else None,
+            remote=self.health.report(),
+            inflight_blobs=len(self._inflight),
+            rate_bytes_per_second=round(rate, 1),
+            eta_seconds=None if eta is None else round(eta, 1),
+            complete=complete,
+            batch_size=self._batch_size,
+            object_info=self._object_info,
+            classes={pc.label: self._counters[pc].report() for pc in PriorityClass},
+            errors=list(self.errors),
+            errors_total=self._error_count,
+            fetch_latency=self._fetch_latency.report(),
+        )

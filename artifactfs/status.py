@@ -1,0 +1,137 @@
+"""The status of a running mount, typed: what the daemon reports and everyone else reads.
+
+The daemon builds a :class:`MountStatus`; the control socket carries it as
+JSON (:meth:`MountStatus.to_json`, the stable format of ``status --json``);
+the CLI, systemd notifications, metrics and tests read it back with
+:meth:`MountStatus.from_json`. Field names are the JSON keys, in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ClassProgress:
+    """Hydration progress of one priority class."""
+
+    total: int
+    hydrated: int
+    failed: int
+    total_bytes: int
+    hydrated_bytes: int
+
+
+@dataclass(frozen=True)
+class RemoteHealthReport:
+    """Whether the remote answers (``ok``) or not (``unreachable``), since when, and the last error."""
+
+    state: str
+    since: float
+    last_error: str | None
+    consecutive_failures: int
+
+    def describe(self) -> str:
+        """``ok``, or ``unreachable since HH:MM:SS (last error)``: the one wording of an outage."""
+        if self.state == "ok":
+            return "ok"
+        since = time.strftime("%H:%M:%S", time.localtime(self.since))
+        return f"{self.state} since {since} ({self.last_error})"
+
+
+@dataclass(frozen=True)
+class LatencyReport:
+    """A latency histogram: cumulative bucket counts in Prometheus order (``+Inf`` last), sum and count."""
+
+    buckets: list[tuple[float | str, int]]
+    sum: float
+    count: int
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LatencyReport:
+        return cls([(bound, count) for bound, count in data["buckets"]], data["sum"], data["count"])
+
+
+@dataclass(frozen=True)
+class HydrationReport:
+    mode: str
+    total_blobs: int
+    hydrated_blobs: int
+    failed_blobs: int
+    total_bytes: int
+    hydrated_bytes: int
+    queued_blobs: int
+    retrying_blobs: int
+    paused: str | None
+    """Why hydration is paused (``disk full``), or None."""
+    remote: RemoteHealthReport
+    inflight_blobs: int
+    rate_bytes_per_second: float
+    eta_seconds: float | None
+    complete: bool
+    batch_size: int
+    object_info: bool
+    classes: dict[str, ClassProgress]
+    errors: list[str]
+    """The most recent fetch errors, oldest first."""
+    errors_total: int
+    fetch_latency: LatencyReport
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HydrationReport:
+        fields = dict(data)
+        fields["remote"] = RemoteHealthReport(**data["remote"])
+        fields["classes"] = {label: ClassProgress(**counters) for label, counters in data["classes"].items()}
+        fields["fetch_latency"] = LatencyReport.from_json(data["fetch_latency"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class FuseReport:
+    open_files: int
+    operations: dict[str, int]
+    """Requests served, by operation."""
+    latency: dict[str, LatencyReport]
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FuseReport:
+        latency = {
+            operation: LatencyReport.from_json(report) for operation, report in data["latency"].items()
+        }
+        return cls(data["open_files"], dict(data["operations"]), latency)
+
+
+@dataclass(frozen=True)
+class MountStatus:
+    pid: int
+    state: str
+    """``starting``, ``mounted`` or ``unmounting``."""
+    read_only: bool
+    remote: str
+    """The remote without credentials."""
+    mountpoint: str
+    head: str
+    """The commit the mount shows."""
+    gitdir: str
+    uptime_seconds: float
+    history_complete: bool
+    hydration: HydrationReport
+    git: dict[str, int]
+    """Counters of what git in the mount asked the daemon for."""
+    fuse: FuseReport
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MountStatus:
+        """Read a status back from JSON (keys the daemon does not send, such as ``ok``, are ignored)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        fields = {name: value for name, value in data.items() if name in names}
+        fields["hydration"] = HydrationReport.from_json(data["hydration"])
+        fields["git"] = dict(data["git"])
+        fields["fuse"] = FuseReport.from_json(data["fuse"])
+        return cls(**fields)
