@@ -24,6 +24,7 @@ from artifactfs.overlay.store import (
     OverlayStore,
     inspect_database,
 )
+from artifactfs.snapshot.entries import EntryKind
 from artifactfs.state import StateRoot, free_bytes
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli, small_tmpfs
@@ -236,14 +237,14 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Path) -> None:
     store = OverlayStore(tiny_disk / "overlay")
     with store.batch() as batch:
-        batch.put(OverlayRow("kept", "dir", 0o40755))
+        batch.put(OverlayRow("kept", EntryKind.DIR, 0o40755))
     filler = fill(tiny_disk)
     names = [f"d{number:03}-" + "n" * 200 for number in range(200)]
     committed = []
     for name in names:  # long names: sooner or later a transaction needs a page the disk lacks
         try:
             with store.batch() as batch:
-                batch.put(OverlayRow(name, "dir", 0o40755))
+                batch.put(OverlayRow(name, EntryKind.DIR, 0o40755))
         except Exception as error:
             assert errno_for(error) == errno.ENOSPC, repr(error)
             break
@@ -254,7 +255,7 @@ def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Pa
     assert store.get("kept") is not None and store.get(name) is None
     with pytest.raises(Exception) as again:
         with store.batch() as batch:
-            batch.put(OverlayRow(name, "dir", 0o40755))
+            batch.put(OverlayRow(name, EntryKind.DIR, 0o40755))
     assert errno_for(again.value) == errno.ENOSPC, repr(again.value)
     store.close()
     records = store.journal.path.read_bytes().split(b"\0")
@@ -273,8 +274,8 @@ def test_removal_on_a_full_disk_uses_the_reserve_and_the_reserve_comes_back(tiny
     data_id = store.new_data_file(None)
     with store.batch() as batch:
         for number in range(40):
-            batch.put(OverlayRow(f"dir{number}", "dir", 0o40755))
-        batch.put(OverlayRow("big", "file", 0o100644, data_id=data_id))
+            batch.put(OverlayRow(f"dir{number}", EntryKind.DIR, 0o40755))
+        batch.put(OverlayRow("big", EntryKind.FILE, 0o100644, data_id=data_id))
     with open(store.data_path(data_id), "ab", buffering=0) as stream, pytest.raises(OSError):
         while True:
             stream.write(b"\xa5" * 4096)

@@ -220,7 +220,7 @@ class Operations(pyfuse3.Operations):
 
     def _attributes_with_size(self, inode: int, node: Node, size: int | None) -> pyfuse3.EntryAttributes:
         mtime_ns = node.mtime_ns if node.mtime_ns is not None else BASE_MTIME_NS
-        if node.kind in ("dir", "gitlink"):
+        if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             return self._base_attributes(inode, node.mode, 4096, mtime_ns)
         if node.data_path is not None:
             info = os.stat(node.data_path)
@@ -318,8 +318,10 @@ class Operations(pyfuse3.Operations):
             return self._orphan_attributes(inode)
         node = self._node(path)
         if fields.update_size:
-            if node.kind != "file":
-                raise pyfuse3.FUSEError(errno.EISDIR if node.kind in ("dir", "gitlink") else errno.EINVAL)
+            if node.kind != EntryKind.FILE:
+                raise pyfuse3.FUSEError(
+                    errno.EISDIR if node.kind in (EntryKind.DIR, EntryKind.GITLINK) else errno.EINVAL
+                )
             node = await self._writable(path, node, truncate=attr.st_size == 0)
             assert node.data_path is not None
             os.truncate(node.data_path, attr.st_size)
@@ -333,7 +335,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(self._path(inode))
-        if node.kind != "symlink":
+        if node.kind != EntryKind.SYMLINK:
             raise pyfuse3.FUSEError(errno.EINVAL)
         if node.symlink_target is not None:
             return node.symlink_target
@@ -347,7 +349,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
         node = self._node(path)
-        if node.kind not in ("dir", "gitlink"):
+        if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = self._handle()
         self._dirs[handle] = _DirHandle(path)
@@ -489,7 +491,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         path = self._path(inode)
         node = self._node(path)
-        if node.kind in ("dir", "gitlink"):
+        if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if writable:
             node = await self._writable(path, node, truncate=bool(flags & os.O_TRUNC))

@@ -217,7 +217,7 @@ def _check_parents(rows: dict[str, OverlayRow], base: Snapshot | None, report: F
             if not is_dir(parent_of(path)):
                 known[path] = False
             elif row is not None:
-                known[path] = row.kind == "dir"
+                known[path] = row.kind == EntryKind.DIR
             elif base is None:
                 known[path] = True  # cannot tell; assume the base has it
             else:

@@ -44,8 +44,6 @@ from artifactfs.overlay.store import Batch, OverlayRow, OverlayStore, Readable, 
 from artifactfs.snapshot.entries import BaseEntry, BaseTree, EntryKind
 from artifactfs.snapshot.tree import FOLDS_TO_GIT, refusal_reason
 
-NodeKind = Literal["file", "dir", "symlink", "gitlink"]
-
 _DIR_MODE = stat.S_IFDIR | 0o755
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
 
@@ -60,7 +58,7 @@ class Node:
     """
 
     path: str
-    kind: NodeKind
+    kind: EntryKind
     mode: int
     base_oid: str | None
     data_path: Path | None
@@ -125,12 +123,12 @@ def _base_file_mode(entry: BaseEntry) -> int:
 def _row_from_base(path: str, entry: BaseEntry, *, opaque: bool) -> OverlayRow:
     """An overlay row that shows exactly what ``entry`` shows, without depending on the base."""
     if entry.kind is EntryKind.FILE:
-        return OverlayRow(path, "file", _base_file_mode(entry), base_oid=entry.oid)
+        return OverlayRow(path, EntryKind.FILE, _base_file_mode(entry), base_oid=entry.oid)
     if entry.kind is EntryKind.SYMLINK:
-        return OverlayRow(path, "symlink", _SYMLINK_MODE, base_oid=entry.oid)
+        return OverlayRow(path, EntryKind.SYMLINK, _SYMLINK_MODE, base_oid=entry.oid)
     if entry.kind is EntryKind.GITLINK:
-        return OverlayRow(path, "gitlink", _DIR_MODE, base_oid=entry.oid)
-    return OverlayRow(path, "dir", _DIR_MODE, opaque=opaque)
+        return OverlayRow(path, EntryKind.GITLINK, _DIR_MODE, base_oid=entry.oid)
+    return OverlayRow(path, EntryKind.DIR, _DIR_MODE, opaque=opaque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +199,7 @@ class OverlayView:
             if self._resolve(path).node is not None:
                 raise AlreadyExists(path, "file exists")
             data_id = self._store.new_data_file(None)
-            row = OverlayRow(path, "file", stat.S_IFREG | (mode & 0o7777), data_id=data_id)
+            row = OverlayRow(path, EntryKind.FILE, stat.S_IFREG | (mode & 0o7777), data_id=data_id)
             try:
                 with self._store.batch() as batch:
                     batch.put(row)
@@ -220,7 +218,7 @@ class OverlayView:
                 raise AlreadyExists(path, "file exists")
             opaque = not parent.base_below or current.base is not None
             row = OverlayRow(
-                path, "dir", stat.S_IFDIR | (mode & 0o7777), opaque=opaque, mtime_ns=time.time_ns()
+                path, EntryKind.DIR, stat.S_IFDIR | (mode & 0o7777), opaque=opaque, mtime_ns=time.time_ns()
             )
             with self._store.batch() as batch:
                 batch.put(row)
@@ -237,7 +235,7 @@ class OverlayView:
             self._resolve_parent(path)
             if self._resolve(path).node is not None:
                 raise AlreadyExists(path, "file exists")
-            row = OverlayRow(path, "symlink", _SYMLINK_MODE, target=target, mtime_ns=time.time_ns())
+            row = OverlayRow(path, EntryKind.SYMLINK, _SYMLINK_MODE, target=target, mtime_ns=time.time_ns())
             with self._store.batch() as batch:
                 batch.put(row)
                 self._touch_parent(batch, path)
@@ -253,15 +251,15 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind in ("dir", "gitlink"):
+            if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
                 raise IsADirectory(path, "is a directory")
-            if node.kind == "symlink":
+            if node.kind == EntryKind.SYMLINK:
                 raise InvalidOperation(path, "symlinks have no writable content")
             if node.data_path is not None:
                 return node
             data_id = self._store.new_data_file(source)
             recorded_mtime = resolved.row.mtime_ns if resolved.row is not None else None
-            row = OverlayRow(path, "file", node.mode, data_id=data_id)
+            row = OverlayRow(path, EntryKind.FILE, node.mode, data_id=data_id)
             try:
                 if recorded_mtime is not None:
                     os.utime(self._store.data_path(data_id), ns=(recorded_mtime, recorded_mtime))
@@ -282,7 +280,7 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind in ("dir", "gitlink"):
+            if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
                 raise IsADirectory(path, "is a directory")
 
             def remove() -> None:
@@ -299,7 +297,7 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind not in ("dir", "gitlink"):
+            if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
                 raise NotADirectory(path, "not a directory")
             if self._merged_children(resolved):
                 raise DirectoryNotEmpty(path, "directory not empty")
@@ -359,8 +357,8 @@ class OverlayView:
         assert source.node is not None and target.node is not None
         if noreplace:
             raise AlreadyExists(target.path, "file exists")
-        source_is_dir = source.node.kind in ("dir", "gitlink")
-        target_is_dir = target.node.kind in ("dir", "gitlink")
+        source_is_dir = source.node.kind in (EntryKind.DIR, EntryKind.GITLINK)
+        target_is_dir = target.node.kind in (EntryKind.DIR, EntryKind.GITLINK)
         if source_is_dir and not target_is_dir:
             raise NotADirectory(target.path, "not a directory")
         if target_is_dir and not source_is_dir:
@@ -402,7 +400,7 @@ class OverlayView:
             top = _row_from_base(path, entry, opaque=True)
             if entry.kind is not EntryKind.DIR:
                 return [top]
-        elif row.kind != "dir":
+        elif row.kind != EntryKind.DIR:
             return [row]
         else:
             top = replace(row, opaque=True)
@@ -410,16 +408,20 @@ class OverlayView:
             below = self._store.subtree(path)
             return [
                 top,
-                *(replace(r, opaque=True) if r.kind == "dir" else r for r in below if r.kind != "whiteout"),
+                *(
+                    replace(r, opaque=True) if r.kind == EntryKind.DIR else r
+                    for r in below
+                    if r.kind != EntryKind.WHITEOUT
+                ),
             ]
         rows = {_name_of(r.path): r for r in self._store.children(path)}
         base_children = self._base.children(path) or {}
         result = [top]
         for name in sorted(rows.keys() | base_children.keys()):
             child_row, child_entry = rows.get(name), base_children.get(name)
-            if child_row is not None and child_row.kind == "whiteout":
+            if child_row is not None and child_row.kind == EntryKind.WHITEOUT:
                 continue
-            if child_row is not None and (child_row.kind != "dir" or child_row.opaque):
+            if child_row is not None and (child_row.kind != EntryKind.DIR or child_row.opaque):
                 child_entry = None
             result.extend(self._materialize_entry(_join(path, name), child_row, child_entry))
         return result
@@ -431,7 +433,7 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind in ("symlink", "gitlink"):
+            if node.kind in (EntryKind.SYMLINK, EntryKind.GITLINK):
                 return node
             current = resolved.row if resolved.row is not None else self._row_for_base(resolved)
             row = replace(current, mode=stat.S_IFMT(current.mode) | (mode & 0o7777))
@@ -518,7 +520,7 @@ class OverlayView:
                 if row is None or path in dropped:
                     shows_base[path] = above
                 else:
-                    shows_base[path] = above and row.kind == "dir" and not row.opaque
+                    shows_base[path] = above and row.kind == EntryKind.DIR and not row.opaque
             return shows_base[path]
 
         for row in rows:
@@ -539,16 +541,16 @@ class OverlayView:
                 return True
             row = by_path.get(path)
             if row is not None and path not in dropped:
-                return row.kind == "dir"
+                return row.kind == EntryKind.DIR
             return base_shows_below(parent_of(path)) and _is_dir(new_base.entry(path))
 
         now = time.time_ns()
         for row in rows:
-            if row.path == "" or row.kind == "whiteout" or row.path in dropped:
+            if row.path == "" or row.kind == EntryKind.WHITEOUT or row.path in dropped:
                 continue
             parent = parent_of(row.path)
             while not is_dir_after(parent):
-                repaired[parent] = OverlayRow(parent, "dir", _DIR_MODE, opaque=True, mtime_ns=now)
+                repaired[parent] = OverlayRow(parent, EntryKind.DIR, _DIR_MODE, opaque=True, mtime_ns=now)
                 parent = parent_of(parent)
 
         with self._store.batch(journal=False) as batch:
@@ -575,11 +577,11 @@ class OverlayView:
         blob_oid_of: Callable[[Path], str],
     ) -> Literal["drop", "keep"] | OverlayRow:
         """Whether ``row`` is redundant over ``entry`` (the new base entry, None if hidden or absent)."""
-        if row.kind == "whiteout":
+        if row.kind == EntryKind.WHITEOUT:
             return "drop" if entry is None else "keep"
         if entry is None:
             return "keep"
-        if row.kind == "file" and entry.kind is EntryKind.FILE:
+        if row.kind == EntryKind.FILE and entry.kind is EntryKind.FILE:
             same_mode = row.mode == _base_file_mode(entry)
             if row.data_id is None:
                 return "drop" if row.base_oid == entry.oid and same_mode else "keep"
@@ -589,13 +591,13 @@ class OverlayView:
             if same_mode:
                 return "drop"
             mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
-            return OverlayRow(row.path, "file", row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
-        if row.kind == "symlink" and entry.kind is EntryKind.SYMLINK:
+            return OverlayRow(row.path, EntryKind.FILE, row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
+        if row.kind == EntryKind.SYMLINK and entry.kind is EntryKind.SYMLINK:
             target_oid = row.base_oid if row.target is None else blob_id(row.target)
             return "drop" if target_oid == entry.oid else "keep"
-        if row.kind == "gitlink" and entry.kind is EntryKind.GITLINK:
+        if row.kind == EntryKind.GITLINK and entry.kind is EntryKind.GITLINK:
             return "drop" if row.base_oid == entry.oid else "keep"
-        if row.kind == "dir" and entry.kind is EntryKind.DIR and row.mode == _DIR_MODE:
+        if row.kind == EntryKind.DIR and entry.kind is EntryKind.DIR and row.mode == _DIR_MODE:
             if not row.opaque:
                 return "drop"
             base_names = (new_base.children(row.path) or {}).keys()
@@ -616,7 +618,7 @@ class OverlayView:
             if row is None:
                 if prefix and not _is_dir(entry):
                     return _Resolved(path, None, None, None, False)
-            elif row.kind != "dir":
+            elif row.kind != EntryKind.DIR:
                 return _Resolved(path, None, None, None, False)
             elif prefix:
                 visible = visible and not row.opaque and _is_dir(entry)
@@ -625,8 +627,8 @@ class OverlayView:
         if path == "" and entry is None:
             entry = BaseEntry(EntryKind.DIR, 0o040000, "")
         if row is not None:
-            node = None if row.kind == "whiteout" else self._node_of(path, row)
-            below = row.kind == "dir" and not row.opaque and _is_dir(entry)
+            node = None if row.kind == EntryKind.WHITEOUT else self._node_of(path, row)
+            below = row.kind == EntryKind.DIR and not row.opaque and _is_dir(entry)
             return _Resolved(path, node, row, entry, below)
         node = None if entry is None else self._node_of(path, entry)
         return _Resolved(path, node, None, entry, _is_dir(entry))
@@ -634,7 +636,7 @@ class OverlayView:
     def _resolve_dir(self, path: str) -> _Resolved:
         resolved = self._resolve(path)
         node = self._require(resolved)
-        if node.kind not in ("dir", "gitlink"):
+        if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
             raise NotADirectory(path, "not a directory")
         return resolved
 
@@ -642,7 +644,7 @@ class OverlayView:
         """The directory a new entry at ``path`` goes into; it must accept entries."""
         resolved = self._resolve_dir(parent_of(path))
         assert resolved.node is not None
-        if resolved.node.kind == "gitlink":
+        if resolved.node.kind == EntryKind.GITLINK:
             raise ReadOnlyEntry(path, "cannot create entries inside a submodule")
         return resolved
 
@@ -657,7 +659,7 @@ class OverlayView:
         items: dict[str, OverlayRow | BaseEntry] = {}
         hidden: set[str] = set()
         for row in self._store.children(resolved.path):
-            if row.kind == "whiteout":
+            if row.kind == EntryKind.WHITEOUT:
                 hidden.add(_name_of(row.path))
             else:
                 items[_name_of(row.path)] = row
@@ -670,25 +672,27 @@ class OverlayView:
     def _node_of(self, path: str, item: OverlayRow | BaseEntry) -> Node:
         if isinstance(item, BaseEntry):
             return self._node_of_base(path, item)
-        if item.kind == "file":
+        if item.kind == EntryKind.FILE:
             if item.data_id is not None:
                 data_path = self._store.data_path(item.data_id)
                 mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
-                return Node(path, "file", item.mode, None, data_path, None, mtime_ns, True)
-            return Node(path, "file", item.mode, item.base_oid, None, None, item.mtime_ns, True)
-        if item.kind == "symlink":
-            return Node(path, "symlink", _SYMLINK_MODE, item.base_oid, None, item.target, item.mtime_ns, True)
-        if item.kind == "gitlink":
-            return Node(path, "gitlink", _DIR_MODE, None, None, None, item.mtime_ns, True)
-        return Node(path, "dir", item.mode, None, None, None, item.mtime_ns, True)
+                return Node(path, EntryKind.FILE, item.mode, None, data_path, None, mtime_ns, True)
+            return Node(path, EntryKind.FILE, item.mode, item.base_oid, None, None, item.mtime_ns, True)
+        if item.kind == EntryKind.SYMLINK:
+            return Node(
+                path, EntryKind.SYMLINK, _SYMLINK_MODE, item.base_oid, None, item.target, item.mtime_ns, True
+            )
+        if item.kind == EntryKind.GITLINK:
+            return Node(path, EntryKind.GITLINK, _DIR_MODE, None, None, None, item.mtime_ns, True)
+        return Node(path, EntryKind.DIR, item.mode, None, None, None, item.mtime_ns, True)
 
     @staticmethod
     def _node_of_base(path: str, entry: BaseEntry) -> Node:
         if entry.kind is EntryKind.FILE:
-            return Node(path, "file", _base_file_mode(entry), entry.oid, None, None, None, False)
+            return Node(path, EntryKind.FILE, _base_file_mode(entry), entry.oid, None, None, None, False)
         if entry.kind is EntryKind.SYMLINK:
-            return Node(path, "symlink", _SYMLINK_MODE, entry.oid, None, None, None, False)
-        kind: NodeKind = "gitlink" if entry.kind is EntryKind.GITLINK else "dir"
+            return Node(path, EntryKind.SYMLINK, _SYMLINK_MODE, entry.oid, None, None, None, False)
+        kind: EntryKind = EntryKind.GITLINK if entry.kind is EntryKind.GITLINK else EntryKind.DIR
         return Node(path, kind, _DIR_MODE, None, None, None, None, False)
 
     @staticmethod
@@ -701,7 +705,7 @@ class OverlayView:
     def _vacate(batch: Batch, resolved: _Resolved) -> None:
         """Make ``resolved.path`` empty: whiteout if the base shows something there."""
         if resolved.base is not None:
-            batch.put(OverlayRow(resolved.path, "whiteout"))
+            batch.put(OverlayRow(resolved.path, EntryKind.WHITEOUT))
         else:
             batch.delete(resolved.path)
 
@@ -712,6 +716,6 @@ class OverlayView:
         now = time.time_ns()
         row = batch.get(parent)
         if row is None:
-            batch.put(OverlayRow(parent, "dir", _DIR_MODE, mtime_ns=now))
+            batch.put(OverlayRow(parent, EntryKind.DIR, _DIR_MODE, mtime_ns=now))
         else:
             batch.put(replace(row, mtime_ns=now))
