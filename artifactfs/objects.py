@@ -28,6 +28,7 @@ OID_HEX_SIZE = 2 * OID_SIZE
 OID_PATTERN = f"[0-9a-f]{{{OID_HEX_SIZE}}}"
 """A full object id in lower-case hex, for building larger patterns."""
 _OID_RE = re.compile(OID_PATTERN)
+_ABBREVIATED_OID_RE = re.compile(f"[0-9a-f]{{4,{OID_HEX_SIZE - 1}}}")
 
 
 class ObjectType(enum.IntEnum):
@@ -56,6 +57,11 @@ TYPE_NUMBERS: dict[str, int] = {name: number for number, name in TYPE_NAMES.item
 def is_oid(text: str) -> bool:
     """Whether ``text`` is a full object id in lower-case hex."""
     return _OID_RE.fullmatch(text) is not None
+
+
+def is_abbreviated_oid(text: str) -> bool:
+    """Whether ``text`` is a shortened object id as git accepts one: 4 or more hex digits, not all."""
+    return _ABBREVIATED_OID_RE.fullmatch(text) is not None
 
 
 def check_oid(oid: str) -> None:

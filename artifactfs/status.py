@@ -118,6 +118,10 @@ class MountStatus:
     gitdir: str
     uptime_seconds: float
     history_complete: bool
+    history_depth: int | None
+    """Commits of history kept per branch and tag (``--depth``), or None for all."""
+    history_shallow: bool
+    """The remote cannot send history without blobs (no filter): the history stays at depth 1."""
     hydration: HydrationReport
     git: dict[str, int]
     """Counters of what git in the mount asked the daemon for."""

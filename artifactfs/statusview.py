@@ -11,7 +11,8 @@ from artifactfs.status import MountStatus
 _BAR_WIDTH = 28
 
 
-def _human_bytes(amount: float) -> str:
+def human_bytes(amount: float) -> str:
+    """``amount`` bytes for people: ``512 B``, ``3.4 MiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(amount) < 1024 or unit == "GiB":
             return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
@@ -24,21 +25,29 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + "]"
 
 
+def _history(status: MountStatus) -> str:
+    if status.history_complete:
+        return "complete"
+    if status.history_shallow:
+        return "depth 1: the remote has no filter"
+    return "arriving"
+
+
 def render(status: MountStatus) -> str:
     hydration = status.hydration
     lines = [
         f"mount:    {status.mountpoint}  ({status.state}, pid {status.pid})",
         f"remote:   {status.remote}  [{hydration.remote.describe()}]",
-        f"head:     {status.head}  (history {'complete' if status.history_complete else 'arriving'})",
+        f"head:     {status.head}  (history {_history(status)})",
         f"blobs:    {hydration.hydrated_blobs}/{hydration.total_blobs} hydrated, "
         f"{hydration.failed_blobs} failed, {hydration.queued_blobs} queued, "
         f"{hydration.retrying_blobs} awaiting retry  [{hydration.mode}]"
         + (f"  PAUSED: {hydration.paused}" if hydration.paused else ""),
-        f"bytes:    {_human_bytes(hydration.hydrated_bytes)} of {_human_bytes(hydration.total_bytes)}",
+        f"bytes:    {human_bytes(hydration.hydrated_bytes)} of {human_bytes(hydration.total_bytes)}",
     ]
     rate = hydration.rate_bytes_per_second or 0
     eta = hydration.eta_seconds
-    lines.append(f"rate:     {_human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
+    lines.append(f"rate:     {human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
     lines.append("classes:")
     for label, counters in hydration.classes.items():
         lines.append(
@@ -52,8 +61,8 @@ def render(status: MountStatus) -> str:
     return "\n".join(lines)
 
 
-def watch_status(fetch: Callable[[], MountStatus], interval: float = 0.5) -> None:
-    """Redraw the status until hydration completes or the user interrupts."""
+def watch_status(fetch: Callable[[], MountStatus], interval: float = 0.5) -> MountStatus | None:
+    """Redraw the status until hydration completes (then return that status) or the user interrupts."""
     previous_lines = 0
     try:
         while True:
@@ -65,7 +74,7 @@ def watch_status(fetch: Callable[[], MountStatus], interval: float = 0.5) -> Non
             sys.stdout.flush()
             previous_lines = text.count("\n") + 1
             if status.hydration.complete:
-                return
+                return status
             time.sleep(interval)
     except KeyboardInterrupt:
-        return
+        return None

@@ -16,6 +16,7 @@ itself lives with the modules that own it: :mod:`~artifactfs.daemon.gitindex`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -37,7 +38,13 @@ from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.headfollow import HeadFollower
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
-from artifactfs.daemon.startup import complete_history, create_gitdir, resolve_ref
+from artifactfs.daemon.startup import (
+    BlobStream,
+    complete_history,
+    create_gitdir,
+    history_available,
+    resolve_wanted,
+)
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import Operations
 from artifactfs.hydrator.hydrator import Hydrator
@@ -74,9 +81,13 @@ class MountOptions:
     allow_other: bool = False
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
+    history_depth: int | None = None
+    """Commits of history to keep per branch and tag (``--depth``); None for all."""
 
 
 ReadyCallback = Callable[[], None]
+ProgressCallback = Callable[[str], None]
+"""Told each start-up phase as one short line (``mount`` shows them on a terminal)."""
 
 
 class _PhaseTimer:
@@ -104,35 +115,69 @@ class MountBase:
     snapshot: Snapshot
     fresh: bool
     """The gitdir was created now (not reused), so git keeps no index for it yet."""
+    tip_blobs: BlobStream | None = None
+    """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
 
 
-async def run_mount(options: MountOptions, on_ready: ReadyCallback) -> None:
+async def run_mount(
+    options: MountOptions, on_ready: ReadyCallback, on_progress: ProgressCallback | None = None
+) -> None:
     """Open the remote and the base tree, build the mount, and serve it until unmount."""
     started_at = time.time()
+
+    def progress(line: str) -> None:
+        log.debug("start-up: %s", line)
+        if on_progress is not None:
+            on_progress(line)
+
     state = StateRoot(options.root)
     mount_dir = state.mount_dir(options.mountpoint, options.remote.redacted())
     private_dir(mount_dir)
     phases = _PhaseTimer()
-    async with await open_remote(options.remote) as session:
+    cache = BlobCache(state.blob_cache_dir)
+    cache.clean_tmp()
+    progress(f"connecting to {options.remote.redacted()}")
+    async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
         phases.mark("remote opened")
-        base = await prepare_gitdir(session, options, mount_dir)
+        base = await prepare_gitdir(session, options, mount_dir, cache, streams, progress)
         phases.mark("tree ready")
-        mount = Mount(options, state, mount_dir, session, base, started_at)
+        mount = Mount(options, state, mount_dir, session, cache, base, started_at, progress)
         await mount.serve(on_ready, phases)
 
 
-async def prepare_gitdir(session: RemoteSession, options: MountOptions, mount_dir: Path) -> MountBase:
-    """Reuse the local gitdir (keeping the user's HEAD), or create it."""
+async def prepare_gitdir(
+    session: RemoteSession,
+    options: MountOptions,
+    mount_dir: Path,
+    cache: BlobCache,
+    streams: contextlib.AsyncExitStack,
+    progress: ProgressCallback,
+) -> MountBase:
+    """Reuse the local gitdir (keeping the user's HEAD), or create it.
+
+    A remote without filter sends the tip's blobs after its trees: that stream stays open in
+    ``streams`` and waits in :attr:`MountBase.tip_blobs` for the hydrator."""
     gitdir = GitDir(MountState(mount_dir).gitdir)
     commit = gitdir.head_oid() if gitdir.exists() else None
     if commit is not None and gitdir.has_object(commit):
         trees = TreeCache(gitdir.read_tree)
         snapshot = Snapshot(commit, gitdir.commit_tree(commit), trees)
         log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
+        progress(f"reusing the local trees (HEAD {commit[:12]})")
         return MountBase(gitdir, trees, snapshot, fresh=False)
+    progress("listing refs")
     refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
-    resolved = resolve_ref(refs, options.ref)
-    gitdir, tip = await create_gitdir(session, gitdir.path, options.remote.redacted(), resolved)
+    resolved = await resolve_wanted(session, refs, options.ref)
+    progress(f"fetching trees of {resolved.commit[:12]}")
+    gitdir, tip = await create_gitdir(
+        session,
+        gitdir.path,
+        options.remote.redacted(),
+        resolved,
+        spool_dir=cache.tmp_dir,
+        streams=streams,
+    )
+    progress(f"received {len(tip.trees)} trees")
     tip_trees = tip.trees
     created = gitdir
 
@@ -154,7 +199,7 @@ async def prepare_gitdir(session: RemoteSession, options: MountOptions, mount_di
             }
         ).encode(),
     )
-    return MountBase(gitdir, trees, snapshot, fresh=True)
+    return MountBase(gitdir, trees, snapshot, fresh=True, tip_blobs=tip.blobs)
 
 
 class Mount:
@@ -166,8 +211,10 @@ class Mount:
         state: StateRoot,
         mount_dir: Path,
         session: RemoteSession,
+        cache: BlobCache,
         base: MountBase,
         started_at: float,
+        progress: ProgressCallback,
     ) -> None:
         self.options = options
         self.state = state
@@ -178,9 +225,11 @@ class Mount:
         self.state_name = "starting"
         self.read_only = False
         self.started_at = started_at
+        self._progress = progress
         self._shutdown = trio.Event()
-        self.cache = cache = BlobCache(state.blob_cache_dir)
-        cache.clean_tmp()
+        self._history_fetched = False
+        self._tip_blobs = base.tip_blobs
+        self.cache = cache
         gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
         gitdir.remove_stale_temporaries()
         self.hydrator = Hydrator(
@@ -252,6 +301,13 @@ class Mount:
                 await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                 self._publish_runtime()
                 self.state_name = "mounted"
+                if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
+                    blobs, self._tip_blobs = self._tip_blobs, None
+                    nursery.start_soon(self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks)
+                self._progress(
+                    f"ready: {options.mountpoint} at {self.head.snapshot.commit_oid[:12]} "
+                    f"({time.time() - self.started_at:.1f}s)"
+                )
                 on_ready()
                 phases.mark("ready")
                 nursery.start_soon(self.hydrator.track, self.head.snapshot)
@@ -278,8 +334,10 @@ class Mount:
                 # the binary class, so the other classes open once classes are final.
                 self.hydrator.start_background()
                 nursery.start_soon(report_progress, self.status)
-                if gitdir.shallow_commits():
+                if gitdir.shallow_commits() and history_available(session):
                     nursery.start_soon(self._complete_history_after_source, session, gitdir)
+                elif gitdir.shallow_commits():
+                    log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
                 if not self.read_only:  # reconciling writes the overlay
                     nursery.start_soon(self.head.run)
                 nursery.start_soon(self._watch_mountpoint)
@@ -356,7 +414,8 @@ class Mount:
         """
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
-        await complete_history(session, gitdir, self.hydrator.health)
+        await complete_history(session, gitdir, self.hydrator.health, self.options.history_depth)
+        self._history_fetched = True
 
     async def _watch_mountpoint(self) -> None:
         """Exit when the mount disappears without us (``umount -l``, ``fusermount3 -u -z``).
@@ -408,7 +467,9 @@ class Mount:
             head=self.head.snapshot.commit_oid,
             gitdir=str(self.gitdir.path),
             uptime_seconds=round(time.time() - self.started_at, 1),
-            history_complete=not self.gitdir.shallow_commits(),
+            history_complete=self._history_fetched or not self.gitdir.shallow_commits(),
+            history_depth=self.options.history_depth,
+            history_shallow=not history_available(self.session),
             hydration=self.hydrator.status(),
             git=self.git_service.status(),
             fuse=self.operations.stats(),

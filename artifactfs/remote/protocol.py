@@ -9,7 +9,7 @@ response stream ended properly (a truncated stream is a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -132,7 +132,7 @@ class FetchResponse:
         self._where = where
         self._consumed = False
 
-    async def pack_chunks(self) -> AsyncIterator[bytes]:
+    async def pack_chunks(self) -> AsyncGenerator[bytes, None]:
         """Raw pack bytes as they arrive. Ends normally only once the whole pack and
         the closing flush arrived and the pack checksum matched."""
         if self._consumed:
