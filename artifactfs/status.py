@@ -105,6 +105,17 @@ class FuseReport:
 
 
 @dataclass(frozen=True)
+class LfsReport:
+    files: int
+    """LFS files in the tree."""
+    downloaded: int
+    failures: int
+    missing: int
+    """Objects the LFS server does not have."""
+    endpoint: str | None
+
+
+@dataclass(frozen=True)
 class MountStatus:
     pid: int
     state: str
@@ -126,6 +137,7 @@ class MountStatus:
     git: dict[str, int]
     """Counters of what git in the mount asked the daemon for."""
     fuse: FuseReport
+    lfs: LfsReport
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -138,4 +150,5 @@ class MountStatus:
         fields["hydration"] = HydrationReport.from_json(data["hydration"])
         fields["git"] = dict(data["git"])
         fields["fuse"] = FuseReport.from_json(data["fuse"])
+        fields["lfs"] = LfsReport(**data["lfs"])
         return cls(**fields)

@@ -55,6 +55,12 @@ def render(status: MountStatus) -> str:
             f"{counters.hydrated}/{counters.total}"
             + (f", {counters.failed} failed" if counters.failed else "")
         )
+    lfs = status.lfs
+    if lfs.files:
+        lines.append(
+            f"lfs:      {lfs.files} files, {lfs.downloaded} objects fetched, {lfs.failures} failed "
+            f"({lfs.missing} missing on the server)  [{lfs.endpoint}]"
+        )
     if hydration.errors:
         lines.append("recent errors:")
         lines.extend(f"  {message}" for message in hydration.errors[-5:])

@@ -14,7 +14,8 @@ from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.headfollow import HeadFollower
 from artifactfs.errors import ArtifactFSError
 from artifactfs.hydrator.hydrator import Hydrator
-from artifactfs.snapshot.pathspec import matching_blobs
+from artifactfs.lfs.files import LfsFiles
+from artifactfs.snapshot.pathspec import matching_files
 from artifactfs.status import MountStatus
 
 
@@ -27,12 +28,14 @@ class ControlCommands:
         request_shutdown: Callable[[], None],
         head: HeadFollower,
         hydrator: Hydrator,
+        lfs: LfsFiles,
         git_service: GitService,
     ) -> None:
         self.status = status
         self.request_shutdown = request_shutdown
         self.head = head
         self.hydrator = hydrator
+        self.lfs = lfs
         self.git_service = git_service
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -55,4 +58,6 @@ class ControlCommands:
 
     def prefetch(self, pathspecs: list[str]) -> int:
         """Raise every blob under or matching ``pathspecs`` to the front of the queue."""
-        return self.hydrator.boost(matching_blobs(self.head.snapshot, pathspecs))
+        files = matching_files(self.head.snapshot, pathspecs)
+        self.lfs.prefetch(files)  # the objects of the LFS files among them
+        return self.hydrator.boost([oid for _, oid in files])

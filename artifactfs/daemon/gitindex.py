@@ -22,6 +22,7 @@ from artifactfs.errors import ArtifactFSError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.hydrator.settings import HydrationMode
+from artifactfs.lfs.files import LfsFiles
 from artifactfs.overlay.view import OverlayView
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.store.gitdir import GitDir
@@ -53,6 +54,7 @@ class IndexKeeper:
         view: OverlayView,
         operations: Operations,
         head: HeadFollower,
+        lfs: LfsFiles,
         publish_token: str,
     ) -> None:
         self._mountpoint = mountpoint
@@ -62,6 +64,7 @@ class IndexKeeper:
         self.view = view
         self.operations = operations
         self._head = head
+        self.lfs = lfs
         self._publish_token = publish_token
         self._index_sizes: dict[str, int] = {}
         """Verified sizes that differ from what the index may hold (see size_corrected)."""
@@ -99,6 +102,8 @@ class IndexKeeper:
                 await self.hydrator.sizes(blob_oids, partial=True)
         gitignore_ids = await self._gitignore_ids(listing)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
+        # an LFS file shows its object, not its pointer blob
+        sizes.update(await self.lfs.index_sizes(INDEX_SIZE_WAIT))
         changed = [row.path for row in self.view.rows()]
         await trio.to_thread.run_sync(
             functools.partial(

@@ -50,6 +50,8 @@ from artifactfs.fs.operations import Operations
 from artifactfs.hydrator.hydrator import Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.hydrator.settings import HydrationSettings
+from artifactfs.lfs.files import LfsFiles
+from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
@@ -83,6 +85,8 @@ class MountOptions:
     metrics_address: tuple[str, int] | None = None
     history_depth: int | None = None
     """Commits of history to keep per branch and tag (``--depth``); None for all."""
+    owner: tuple[int, int] | None = None
+    """(uid, gid) owning the base tree; the daemon's own if None."""
 
 
 ReadyCallback = Callable[[], None]
@@ -239,9 +243,18 @@ class Mount:
         publish_token = journal_token(self.overlay.journal.path)  # changes from here on reach git
         install_bridge(gitdir, options.remote, state.socket_path(options.mountpoint))
         self.git_service = GitService(session, self.hydrator, cache, options.remote)
-        self.view = OverlayView(self.overlay, base.snapshot)
+        self.view = OverlayView(self.overlay, base.snapshot, options.owner)
         gitfile = f"gitdir: {gitdir.path}\n".encode()
-        self.operations = Operations(self.view, base.snapshot, self.hydrator, gitfile, mount_dir)
+        self.lfs = LfsFiles(
+            self.hydrator,
+            cache,
+            LfsObjectStore(state.blob_cache_dir),
+            gitdir.path,
+            Classifier(options.priority_rules),
+            options.remote.url if options.remote.kind == "http" else None,
+            session.credential,
+        )
+        self.operations = Operations(self.view, base.snapshot, self.hydrator, self.lfs, gitfile, mount_dir)
         self.head = HeadFollower(gitdir, base.trees, base.snapshot, self.view, self.operations, self.hydrator)
         self.index = IndexKeeper(
             options.mountpoint,
@@ -251,11 +264,12 @@ class Mount:
             self.view,
             self.operations,
             self.head,
+            self.lfs,
             publish_token,
         )
         self.hydrator.on_size_corrected = self.index.size_corrected
         self.commands = ControlCommands(
-            self.status, self.request_shutdown, self.head, self.hydrator, self.git_service
+            self.status, self.request_shutdown, self.head, self.hydrator, self.lfs, self.git_service
         )
 
     # ------------------------------------------------------------- main
@@ -284,6 +298,10 @@ class Mount:
                 nursery.start_soon(self._watch_signals)
                 nursery.start_soon(self._fuse_main)
                 await nursery.start(self.hydrator.run)
+                if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
+                    blobs, self._tip_blobs = self._tip_blobs, None
+                    nursery.start_soon(self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks)
+                await nursery.start(self.lfs.run)
                 if options.hydration.mode == "background":
                     self._fetch_root_manifests()
                 serve_control = functools.partial(
@@ -301,9 +319,6 @@ class Mount:
                 await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                 self._publish_runtime()
                 self.state_name = "mounted"
-                if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
-                    blobs, self._tip_blobs = self._tip_blobs, None
-                    nursery.start_soon(self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks)
                 self._progress(
                     f"ready: {options.mountpoint} at {self.head.snapshot.commit_oid[:12]} "
                     f"({time.time() - self.started_at:.1f}s)"
@@ -473,6 +488,7 @@ class Mount:
             hydration=self.hydrator.status(),
             git=self.git_service.status(),
             fuse=self.operations.stats(),
+            lfs=self.lfs.status(),
         )
 
 

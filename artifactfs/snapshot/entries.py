@@ -18,6 +18,8 @@ class EntryKind(enum.StrEnum):
     DIR = "dir"
     SYMLINK = "symlink"
     GITLINK = "gitlink"
+    SPECIAL = "special"
+    """Only in the overlay: a FIFO, socket or device node."""
     WHITEOUT = "whiteout"
     """Only in the overlay: a deleted base entry, hidden from the view."""
 
