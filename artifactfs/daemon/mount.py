@@ -35,6 +35,7 @@ from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
+from artifactfs.hydrator.sources import CacheSource, OriginSource, SourceChain
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
@@ -58,6 +59,10 @@ INDEX_CORRECTION_INTERVAL = 0.5
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
+TIER_DEMAND_TIMEOUT = 2.0
+"""Seconds a blocked read waits for the shared tier before the origin is asked."""
+TIER_BATCH_TIMEOUT = 30.0
+"""Seconds a background batch waits for the shared tier before the origin is asked."""
 INDEX_SIZE_WAIT = 2.0
 """Seconds the prepared index waits for object-info sizes; git never needs them while nothing changed."""
 
@@ -140,9 +145,7 @@ class Mount:
             cache.clean_tmp()
             gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
-            self.hydrator = Hydrator(
-                session, cache, gitdir, Classifier(options.priority_rules), options.hydration
-            )
+            self.hydrator = self._hydrator(session, cache, gitdir)
             overlay = self._open_overlay(gitdir)
             self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
             install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
@@ -228,6 +231,17 @@ class Mount:
                 with trio.CancelScope(shield=True):
                     pyfuse3.close(unmount=True)
                 log.info("unmounted %s", options.mountpoint)
+
+    def _hydrator(self, session: RemoteSession, cache: BlobCache, gitdir: GitDir) -> Hydrator:
+        """The hydrator and its chain of blob sources: the local cache, then the origin."""
+        options = self.options
+        sources = SourceChain(
+            [CacheSource(cache), OriginSource(session, cache, options.hydration.max_bandwidth)],
+            optional_timeout=lambda urgent: TIER_DEMAND_TIMEOUT if urgent else TIER_BATCH_TIMEOUT,
+        )
+        return Hydrator(
+            session, sources, cache, gitdir, Classifier(options.priority_rules), options.hydration
+        )
 
     def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
         """Open the overlay and point git's fsmonitor at its journal.

@@ -3,10 +3,12 @@
 The :class:`Hydrator` owns every blob the mount may serve. Readers call
 :meth:`Hydrator.ensure` and block until the blob is in the
 :class:`~artifactfs.store.blobcache.BlobCache`; background workers drain the
-:class:`~artifactfs.hydrator.queue.HydrationQueue` in batches of many blobs per
-protocol-v2 ``fetch``. Each blob is handed to its waiters as soon as it has been
-parsed out of the pack stream and verified, and the same stream is indexed into
-the gitdir as a promisor pack so git in the mount never downloads it again.
+:class:`~artifactfs.hydrator.queue.HydrationQueue` in batches of many blobs.
+The hydrator decides what to fetch and when; where blobs come from (the local
+cache, the shared tier, the origin) is the
+:class:`~artifactfs.hydrator.sources.SourceChain`'s business. Each blob is
+handed to its waiters as soon as a source has stored it, verified, in the
+cache, which git in the mount reads as an alternate object directory.
 
 Failure policy, in one place (errors are classified by :mod:`artifactfs.retry`):
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import logging
 import sys
 import time
@@ -44,6 +47,7 @@ import trio.lowlevel
 from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObjectError
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
+from artifactfs.hydrator.sources import SourceChain
 from artifactfs.latency import LatencyHistogram
 from artifactfs.remote import RemoteSession
 from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
@@ -52,7 +56,6 @@ from artifactfs.snapshot.tree import Snapshot
 from artifactfs.state import free_bytes
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
-from artifactfs.store.packstream import PackObject, PackStreamParser
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +75,6 @@ _DEMAND_LANES = 2
 _SMALL_BATCH = 16
 _SMALL_BATCH_BYTES = 1 << 20
 """A background batch this small answers about as fast as a demand request of its own."""
-_INLINE_CACHE_CHECKS = 64
-"""Batches up to this size are checked against the cache on the event loop; larger ones in a thread."""
 _SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits (Python's default is 0.005)."""
 
@@ -165,12 +166,14 @@ class Hydrator:
     def __init__(
         self,
         session: RemoteSession,
+        sources: SourceChain,
         cache: BlobCache,
         gitdir: GitDir,
         classifier: Classifier,
         settings: HydrationSettings,
     ) -> None:
         self._session = session
+        self.sources = sources
         self._cache = cache
         self._gitdir = gitdir
         self._classifier = classifier
@@ -186,7 +189,6 @@ class Hydrator:
         self._small_inflight: set[str] = set()
         """Blobs in flight in a small background batch (a reader waits for it rather than ask again)."""
         self._work = trio.lowlevel.ParkingLot()
-        self._parse_thread = trio.CapacityLimiter(1)
         self._batch_size = settings.initial_batch
         self._size_pending: dict[str, None] = {}
         self._size_demand: dict[str, None] = {}
@@ -211,7 +213,6 @@ class Hydrator:
         self._space_pauses = 0
         self._space_work = trio.lowlevel.ParkingLot()
         self._rate = _RateMeter()
-        self._throttle_until = 0.0
         self._demanded: set[str] = set()
         self._background_level = BOOST
         self.record: list[Arrival] = []
@@ -706,9 +707,7 @@ class Hydrator:
                 self._small_inflight.update(oids)
             started = time.monotonic()
             try:
-                oids = await self._uncached(oids)
-                if oids:
-                    await self._fetch(oids)
+                await self._fetch(oids, urgent=batch[0][1] == DEMAND)
             finally:
                 for oid, level in batch:
                     self._inflight.discard(oid)
@@ -716,8 +715,6 @@ class Hydrator:
                         self._small_inflight.discard(oid)
                     if self._urgent_inflight.get(oid) == level:
                         del self._urgent_inflight[oid]
-            if not oids:
-                continue
             elapsed = time.monotonic() - started
             self._fetch_latency.observe(elapsed)
             if not urgent:
@@ -747,21 +744,6 @@ class Hydrator:
             min_level=BOOST,
         )
 
-    async def _uncached(self, oids: list[str]) -> list[str]:
-        """Drop the blobs that reached the cache since they were queued (another mount sharing it stored them).
-
-        A large batch is checked in a worker thread: thousands of ``stat`` calls
-        would otherwise hold up every FUSE request.
-        """
-
-        def cached() -> set[str]:
-            return {oid for oid in oids if self._cache.contains(oid)}
-
-        found = cached() if len(oids) <= _INLINE_CACHE_CHECKS else await trio.to_thread.run_sync(cached)
-        for oid in found:
-            self._mark_hydrated(oid, self._cache.size(oid) or 0)
-        return [oid for oid in oids if oid not in found] if found else oids
-
     def _adapt_batch(self, elapsed: float, count: int) -> None:
         if count < self._batch_size:
             return
@@ -770,14 +752,16 @@ class Hydrator:
         elif elapsed > 1.5:
             self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
 
-    async def _fetch(self, oids: list[str]) -> None:
-        """One attempt at ``oids``: deliver what arrives, fail what the remote lacks, retry the rest later."""
+    async def _fetch(self, oids: list[str], *, urgent: bool = False) -> None:
+        """One attempt at ``oids``: deliver what arrives, fail what the origin lacks, retry the rest later."""
         remaining = set(oids)
         while remaining:
             # Wants in batch order (best first): the server packs them in that order.
             ordered = [oid for oid in oids if oid in remaining]
             try:
-                await self._fetch_once(ordered, remaining)
+                await self.sources.fetch(
+                    ordered, lambda arrived: self._deliver(arrived, remaining), urgent=urgent
+                )
                 if remaining:
                     # A server refuses what it lacks; a pack without a wanted blob was altered in transit.
                     raise CorruptObjectError(
@@ -817,8 +801,8 @@ class Hydrator:
             return
         middle = len(oids) // 2
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._fetch, oids[:middle])
-            nursery.start_soon(self._fetch, oids[middle:])
+            nursery.start_soon(functools.partial(self._fetch, oids[:middle]))
+            nursery.start_soon(functools.partial(self._fetch, oids[middle:]))
 
     async def _missing(self, oid: str) -> None:
         """The remote does not have ``oid``: take it from the gitdir (git made it here), or fail it for good."""
@@ -919,62 +903,6 @@ class Hydrator:
             self._space_restored = None
             restored.set()
 
-    async def _fetch_once(self, wants: list[str], remaining: set[str]) -> None:
-        parser = PackStreamParser(spool_dir=self._cache.tmp_dir, external_base=self._cached_content)
-        # A demand request is parsed on the event loop: a thread hop (and the GIL held by
-        # background parsing) would cost a blocked reader more than its few blobs take.
-        inline = all(self._urgent_inflight.get(oid) == DEMAND for oid in wants)
-        async with self._session.fetch(wants) as response:
-            async for chunk in response.pack_chunks():
-                await self._throttle(len(chunk))
-                self._deliver(
-                    self._ingest(parser, chunk)
-                    if inline
-                    else await self._in_parse_thread(self._ingest, parser, chunk),
-                    remaining,
-                )
-            self._deliver(
-                self._ingest_end(parser) if inline else await self._in_parse_thread(self._ingest_end, parser),
-                remaining,
-            )
-
-    async def _in_parse_thread(
-        self, function: Callable[..., list[tuple[str, int]]], *args: object
-    ) -> list[tuple[str, int]]:
-        """Run a background batch's parsing step in the one parse thread.
-
-        Parsing holds the GIL most of the time: more threads would not parse
-        faster, only make the event loop (FUSE requests, demand reads) wait
-        longer to get the GIL back.
-        """
-        return await trio.to_thread.run_sync(function, *args, limiter=self._parse_thread)
-
-    def _ingest(self, parser: PackStreamParser, chunk: bytes) -> list[tuple[str, int]]:
-        """Parse a chunk and store every completed blob (runs in a worker thread)."""
-        return self._store_objects(parser.feed(chunk))
-
-    def _ingest_end(self, parser: PackStreamParser) -> list[tuple[str, int]]:
-        return self._store_objects(parser.finish())
-
-    def _store_objects(self, objects: Sequence[PackObject]) -> list[tuple[str, int]]:
-        stored: list[tuple[str, int]] = []
-        for obj in objects:
-            if obj.type_name != "blob":
-                continue
-            if obj.spool_path is not None:
-                self._cache.adopt_file(obj.oid, obj.spool_path)
-            else:
-                assert obj.data is not None
-                self._cache.store_bytes(obj.oid, obj.data)
-            stored.append((obj.oid, obj.size))
-        return stored
-
-    def _cached_content(self, oid: str) -> bytes | None:
-        """Delta bases the server expects us to have (runs in a worker thread)."""
-        if not self._cache.contains(oid):
-            return None
-        return self._cache.read_bytes(oid)
-
     def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> None:
         for oid, size in arrived:
             remaining.discard(oid)
@@ -1025,16 +953,6 @@ class Hydrator:
         self._error_count += 1
         self.errors.append(message)
 
-    async def _throttle(self, amount: int) -> None:
-        limit = self.settings.max_bandwidth
-        if not limit:
-            return
-        now = time.monotonic()
-        self._throttle_until = max(self._throttle_until, now) + amount / limit
-        delay = self._throttle_until - now
-        if delay > 0.01:
-            await trio.sleep(delay)
-
     # ----------------------------------------------------------------- reporting
 
     def status(self) -> dict[str, object]:
@@ -1071,4 +989,5 @@ class Hydrator:
             "errors": list(self.errors),
             "errors_total": self._error_count,
             "fetch_latency": self._fetch_latency.as_dict(),
+            "sources": self.sources.status(),
         }
