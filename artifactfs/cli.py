@@ -27,6 +27,7 @@ from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointE
 
 if TYPE_CHECKING:
     from artifactfs.state import StateRoot
+    from artifactfs.store.tier import TierLocation
 
 log = logging.getLogger("artifactfs")
 
@@ -169,6 +170,11 @@ def _scrub_command_line() -> None:
     help="Config file with a [priority] table (default: user config dir).",
 )
 @click.option(
+    "--blob-store",
+    metavar="s3://BUCKET/PREFIX",
+    help="Shared blob tier on an S3-compatible store (AWS_* environment and config; needs artifactfs[s3]).",
+)
+@click.option(
     "--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other)."
 )
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
@@ -192,6 +198,7 @@ def mount(
     read_timeout: float,
     priority_rules: tuple[str, ...],
     config_path: str | None,
+    blob_store: str | None,
     allow_other: bool,
     log_format: str,
     log_level: str,
@@ -227,6 +234,7 @@ def mount(
         priority_rules=load_rules(config_file, priority_rules),
         allow_other=allow_other,
         metrics_address=metrics,
+        blob_store=_blob_store(config_file, blob_store),
     )
     state_root = _state_root(root, create=True)
     withdraw_dead_runtime(state_root, mountpoint)
@@ -238,6 +246,17 @@ def mount(
     log_file = mount_dir / "daemon.log"
     log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     _spawn_daemon(options, log_file, log_fd, log_level, log_format)
+
+
+def _blob_store(config_file: Path, flag: str | None) -> TierLocation | None:
+    import importlib.util
+
+    from artifactfs.store.tier import configured_location
+
+    location = configured_location(config_file, flag)
+    if location is not None and importlib.util.find_spec("boto3") is None:
+        raise UsageError("--blob-store needs boto3: pip install 'artifactfs[s3]'")
+    return location
 
 
 def _metrics_address(text: str | None) -> tuple[str, int] | None:

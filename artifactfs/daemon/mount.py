@@ -35,17 +35,19 @@ from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
-from artifactfs.hydrator.sources import CacheSource, OriginSource, SourceChain
+from artifactfs.hydrator.sources import BlobSource, CacheSource, OriginSource, SourceChain
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
+from artifactfs.retry import HISTORY_BACKOFF
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
 from artifactfs.store.blobcache import BlobCache, blob_id_of_file
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.loose import LooseBlobFile
+from artifactfs.store.tier import S3Tier, TierError, TierLocation
 from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
 from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
@@ -63,6 +65,8 @@ TIER_DEMAND_TIMEOUT = 2.0
 """Seconds a blocked read waits for the shared tier before the origin is asked."""
 TIER_BATCH_TIMEOUT = 30.0
 """Seconds a background batch waits for the shared tier before the origin is asked."""
+PUBLISH_ATTEMPTS = 3
+"""Tries at writing a hydrated tree through to the tier before leaving it to the next machine."""
 INDEX_SIZE_WAIT = 2.0
 """Seconds the prepared index waits for object-info sizes; git never needs them while nothing changed."""
 
@@ -78,6 +82,8 @@ class MountOptions:
     allow_other: bool = False
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
+    blob_store: TierLocation | None = None
+    """The shared tier (``--blob-store s3://BUCKET/PREFIX``), or None."""
 
 
 ReadyCallback = Callable[[], None]
@@ -113,6 +119,7 @@ class Mount:
         self.session: RemoteSession | None = None
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
+        self.tier: S3Tier | None = None
         self.git_service: GitService | None = None
         self.operations: Operations | None = None
         self.view: OverlayView | None = None
@@ -223,6 +230,8 @@ class Mount:
                     if not self.read_only:  # reconciling writes the overlay
                         nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
+                    if self.tier is not None and options.hydration.mode == "background":
+                        nursery.start_soon(self._publish_to_tier, self.tier, self.snapshot)
                     await self._shutdown.wait()
                     nursery.cancel_scope.cancel()
             finally:
@@ -233,10 +242,17 @@ class Mount:
                 log.info("unmounted %s", options.mountpoint)
 
     def _hydrator(self, session: RemoteSession, cache: BlobCache, gitdir: GitDir) -> Hydrator:
-        """The hydrator and its chain of blob sources: the local cache, then the origin."""
+        """The hydrator and its chain of blob sources: the local cache, the shared tier if any, the origin."""
         options = self.options
+        assert self.snapshot is not None
+        chain: list[BlobSource] = [CacheSource(cache)]
+        if options.blob_store is not None:
+            self.tier = S3Tier(options.blob_store, cache)
+            self.tier.use_tree(self.snapshot.root_tree_oid)
+            chain.append(self.tier)
+        chain.append(OriginSource(session, cache, options.hydration.max_bandwidth))
         sources = SourceChain(
-            [CacheSource(cache), OriginSource(session, cache, options.hydration.max_bandwidth)],
+            chain,
             optional_timeout=lambda urgent: TIER_DEMAND_TIMEOUT if urgent else TIER_BATCH_TIMEOUT,
         )
         return Hydrator(
@@ -310,6 +326,34 @@ class Mount:
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
         await complete_history(session, gitdir, self.hydrator.health)
+
+    async def _publish_to_tier(self, tier: S3Tier, snapshot: Snapshot) -> None:
+        """Once every blob of the mounted tree is here, verified, write it through to the shared tier.
+
+        Only a complete tree is published (its index must name every blob),
+        and only if no other machine published it first. A failing tier is
+        logged; the mount does not depend on it.
+        """
+        assert self.hydrator is not None
+        await self.hydrator.wait_for_classes(PriorityClass.BINARY)
+        status = self.hydrator.status()
+        if status["failed_blobs"]:
+            log.info("not publishing tree %s to the tier: some blobs failed", snapshot.root_tree_oid)
+            return
+        groups = self.hydrator.blobs_by_class(snapshot)
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await tier.publish(snapshot.root_tree_oid, groups)
+                return
+            except (TierError, ArtifactFSError, OSError) as error:
+                log.warning(
+                    "could not publish tree %s to the tier (attempt %d of %d): %s",
+                    snapshot.root_tree_oid,
+                    attempt,
+                    PUBLISH_ATTEMPTS,
+                    error,
+                )
+            await trio.sleep(HISTORY_BACKOFF.delay(attempt))
 
     def _size_corrected(self, oid: str, size: int) -> None:
         """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
@@ -609,6 +653,7 @@ class Mount:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "history_complete": not self.gitdir.shallow_commits(),
             "hydration": self.hydrator.status(),
+            "tier": self.tier.status() if self.tier is not None else None,
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
         }

@@ -459,6 +459,17 @@ class Hydrator:
         self._work.unpark_all()
         return raised
 
+    def blobs_by_class(self, snapshot: Snapshot) -> list[list[str]]:
+        """The hydrated blobs of ``snapshot``'s files, one list per class, best class first, in tree order."""
+        groups: dict[PriorityClass, dict[str, None]] = {
+            priority_class: {} for priority_class in PriorityClass
+        }
+        for _, entry in snapshot.walk():
+            blob = self._blobs.get(entry.oid)
+            if blob is not None and blob.hydrated:
+                groups[blob.priority_class][entry.oid] = None
+        return [list(groups[priority_class]) for priority_class in sorted(groups)]
+
     def tracks(self, oid: str) -> bool:
         """Whether ``oid`` is a blob of a tree given to this hydrator (so fetching it by id is one blob)."""
         return oid in self._blobs

@@ -32,6 +32,7 @@ import trio
 
 from artifactfs.latency import LatencyHistogram
 from artifactfs.remote import RemoteSession
+from artifactfs.retry import Backoff
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.packstream import PackObject, PackStreamParser
 
@@ -42,6 +43,8 @@ Delivered = list[tuple[str, int]]
 Deliver = Callable[[Delivered], None]
 """Called on the event loop with each group of blobs as they arrive."""
 
+_OPTIONAL_BACKOFF = Backoff(base=1.0, cap=60.0)
+"""How long a failed optional source is left out: a dead tier must not cost every read a timeout."""
 _INLINE_CACHE_CHECKS = 64
 """Batches up to this size are checked against the cache on the event loop; larger ones in a thread."""
 
@@ -191,6 +194,9 @@ class SourceChain:
         self._sources = list(sources)
         self._optional_timeout = optional_timeout
         self.stats = {source.name: SourceStats() for source in self._sources}
+        self._failures: dict[str, int] = {}
+        self._skip_until: dict[str, float] = {}
+        """Trio time before which a failing optional source is not asked (so a dead tier costs no waits)."""
 
     @property
     def names(self) -> list[str]:
@@ -213,6 +219,8 @@ class SourceChain:
     async def _ask_optional(
         self, source: BlobSource, remaining: dict[str, None], deliver: Deliver, *, urgent: bool
     ) -> None:
+        if trio.current_time() < self._skip_until.get(source.name, 0.0):
+            return
         timeout = self._optional_timeout(urgent)
         try:
             with trio.move_on_after(timeout) as scope:
@@ -222,12 +230,19 @@ class SourceChain:
             return
         if scope.cancelled_caught:
             self._note_failure(source.name, f"no answer within {timeout:g}s")
+        elif self._failures.pop(source.name, 0):
+            log.warning("blob source %s answers again", source.name)
 
     def _note_failure(self, name: str, message: str) -> None:
         stats = self.stats[name]
         stats.errors += 1
         stats.last_error = message
-        log.warning("blob source %s failed (%s); falling back to the next source", name, message)
+        failures = self._failures[name] = self._failures.get(name, 0) + 1
+        delay = _OPTIONAL_BACKOFF.delay(failures)
+        self._skip_until[name] = trio.current_time() + delay
+        log.warning(
+            "blob source %s failed (%s); using the next source, and only it for %.1fs", name, message, delay
+        )
 
     async def _ask(
         self, source: BlobSource, remaining: dict[str, None], deliver: Deliver, *, urgent: bool
@@ -235,9 +250,8 @@ class SourceChain:
         stats = self.stats[source.name]
 
         def counted(arrived: Delivered) -> None:
-            fresh = [(oid, size) for oid, size in arrived if oid in remaining]
-            for oid, size in fresh:
-                del remaining[oid]
+            for oid, size in arrived:  # a source may deliver more than was asked (a whole pack)
+                remaining.pop(oid, None)
                 stats.blobs += 1
                 stats.bytes += size
             if arrived:

@@ -1,0 +1,165 @@
+"""The shared tier end to end: real mounts, a real git server and a real S3 server (SeaweedFS).
+
+Two machines are two state roots (each with its own blob cache) on this host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from artifactfs.errors import CorruptObjectError, UsageError
+from artifactfs.store.tier import TierLocation
+from artifactfs.store.tierlayout import decode_index, encode_index, pack_name, plan_packs
+from artifactfs.testing import FileSpec, GitHttpServer
+from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.repos import distinct_content as content
+from artifactfs.testing.s3server import SeaweedS3, free_port_pair
+
+_tiers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    with SeaweedS3(tmp_path_factory.mktemp("seaweed")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3: SeaweedS3) -> str:
+    name = f"fleet-{os.getpid()}"
+    s3.make_bucket(name)
+    return name
+
+
+@pytest.fixture
+def tier_url(s3_bucket: str) -> str:
+    """A fresh prefix in the session's bucket: an empty tier."""
+    return f"s3://{s3_bucket}/t{next(_tiers)}"
+
+
+def repository_files() -> dict[str, bytes | FileSpec]:
+    files: dict[str, bytes | FileSpec] = {
+        "package.json": b'{"name": "fleet"}\n',
+        ".gitignore": b"*.log\n",
+        "README.md": b"# fleet\n",
+        "assets/big.bin": content("big", 300_000),
+    }
+    for index in range(24):
+        files[f"src/mod{index // 8}/file{index}.py"] = content(f"src{index}", 2_000 + index)
+    return files
+
+
+def expected_bytes(files: dict[str, bytes | FileSpec]) -> dict[str, bytes]:
+    return {path: spec if isinstance(spec, bytes) else spec.content for path, spec in files.items()}
+
+
+def machine(tmp_path: Path, name: str, remote: str, tier_url: str, env: dict[str, str]) -> MountedTree:
+    return MountedTree(
+        remote, tmp_path / name / "mnt", tmp_path / name / "state", ("--blob-store", tier_url), env=env
+    )
+
+
+def complete(status: dict[str, Any]) -> bool:
+    return bool(status["hydration"]["complete"])
+
+
+def published(status: dict[str, Any]) -> bool:
+    return bool(status["tier"]["published"]["packs"])
+
+
+def read_all(tree: MountedTree, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        assert (tree.path / path).read_bytes() == data, path
+
+
+def blob_wants(server: GitHttpServer) -> int:
+    return sum(record.want_count for record in server.requests if not record.has_filter)
+
+
+def test_machine_b_hydrates_from_the_tier_alone(make_repo, git_server, s3, tier_url, tmp_path, fuse):
+    files = repository_files()
+    make_repo(files=files)
+    remote = git_server.url("repo")
+    expected = expected_bytes(files)
+    with machine(tmp_path, "a", remote, tier_url, s3.env()) as a:
+        a.wait_for(lambda status: complete(status) and published(status), timeout=60)
+        read_all(a, expected)
+        assert a.status()["hydration"]["sources"]["tier"]["blobs"] == 0  # nothing was there yet
+    git_server.clear_requests()
+    with machine(tmp_path, "b", remote, tier_url, s3.env()) as b:
+        git_server.stop()  # the origin is gone right after B's mount
+        read_all(b, expected)
+        status = b.wait_for(complete, timeout=60)
+        sources = status["hydration"]["sources"]
+        assert sources["origin"]["requests"] == 0 and sources["origin"]["blobs"] == 0
+        assert sources["tier"]["blobs"] >= len(files)
+        assert status["hydration"]["failed_blobs"] == 0
+        # Blobs from the tier reach git through the cache (the gitdir's alternate): no fetch needed.
+        shown = subprocess.run(
+            ["git", "cat-file", "blob", "HEAD:assets/big.bin"], cwd=b.path, capture_output=True, check=True
+        )
+        assert shown.stdout == expected["assets/big.bin"]
+        assert b.git("status", "--porcelain").stdout == ""
+    assert blob_wants(git_server) == 0
+
+
+def test_a_corrupt_tier_object_is_skipped_and_taken_from_the_origin(
+    make_repo, git_server, s3, tier_url, tmp_path, fuse
+):
+    files = repository_files()
+    make_repo(files=files)
+    remote = git_server.url("repo")
+    expected = expected_bytes(files)
+    with machine(tmp_path, "a", remote, tier_url, s3.env()) as a:
+        a.wait_for(lambda status: complete(status) and published(status), timeout=60)
+    client = s3.client()
+    bucket, _, prefix = tier_url.removeprefix("s3://").partition("/")
+    packs = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/packs/")["Contents"]
+    for pack in packs:  # same length, different bytes: only verification can tell
+        key = pack["Key"]
+        data = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        client.put_object(Bucket=bucket, Key=key, Body=bytes(byte ^ 0x5A for byte in data))
+    with machine(tmp_path, "b", remote, tier_url, s3.env()) as b:
+        read_all(b, expected)
+        status = b.wait_for(complete, timeout=60)
+        assert status["tier"]["rejected_blobs"] > 0
+        assert status["hydration"]["sources"]["tier"]["blobs"] == 0
+        assert status["hydration"]["sources"]["origin"]["blobs"] >= len(files)
+        assert status["hydration"]["failed_blobs"] == 0
+
+
+def test_a_tier_that_is_down_leaves_reads_exact(make_repo, git_server, s3, tmp_path, fuse):
+    files = repository_files()
+    make_repo(files=files)
+    closed = free_port_pair(set())  # nothing listens there
+    env = {**s3.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}"}
+    with machine(tmp_path, "a", git_server.url("repo"), "s3://nobucket/x", env) as a:
+        read_all(a, expected_bytes(files))
+        status = a.wait_for(complete, timeout=60)
+        sources = status["hydration"]["sources"]
+        assert sources["tier"]["errors"] >= 1 and sources["tier"]["blobs"] == 0
+        assert sources["origin"]["blobs"] >= len(files)
+        log = (a.root / "mounts").rglob("daemon.log")
+        text = "".join(path.read_text() for path in log)
+        assert "blob source tier failed" in text
+        assert "artifactfs-test-secret" not in text  # credentials never logged
+
+
+def test_packs_follow_the_classes_and_the_size_target() -> None:
+    groups = [[("a" * 40, 5), ("b" * 40, 5)], [("c" * 40, 20), ("d" * 40, 1), ("e" * 40, 1)]]
+    plans = plan_packs(groups, target=10)
+    assert [[oid[0] for oid, _ in plan.blobs] for plan in plans] == [["a", "b"], ["c"], ["d", "e"]]
+    data = b"x" * 10
+    index = decode_index(encode_index("f" * 40, [(pack_name(data), groups[0])]))
+    assert index["b" * 40].offset == 5 and index["b" * 40].length == 5
+    with pytest.raises(CorruptObjectError):
+        decode_index(b'{"version": 1, "packs": [{"name": "../../etc", "blobs": []}]}')
+    with pytest.raises(UsageError):
+        TierLocation.parse("https://bucket/prefix")
