@@ -478,6 +478,36 @@ def prefetch(directory: str, pathspecs: tuple[str, ...], root: str | None) -> No
     click.echo(f"queued {answer['boosted']} blobs first")
 
 
+@main.command()
+@click.argument("action", type=click.Choice(["show", "off", "on", "clear"]))
+@click.argument("remote")
+@_root_option
+def profile(action: str, remote: str, root: str | None) -> None:
+    """Show, turn off, turn on or clear REMOTE's learned prefetch profile.
+
+    A mount records the files it reads in its first minutes; the next mount of
+    the same remote fetches those first. The profile is kept in the state
+    root (and shared through --blob-store when one is used).
+    """
+    from artifactfs.hydrator.profile import ProfileStore
+    from artifactfs.remote.url import RemoteURL
+
+    state_root = _state_root(root, create=action in ("off", "on"))
+    store = ProfileStore(state_root.root)
+    key = store.key(RemoteURL.parse(remote).redacted())
+    if action == "show":
+        paths = store.load(key)
+        click.echo(f"learned prefetch: {'on' if store.enabled(key) else 'off'}")
+        click.echo(f"{len(paths or [])} paths")
+        for path in paths or []:
+            click.echo(path)
+    elif action == "clear":
+        click.echo("cleared" if store.clear(key) else "no profile")
+    else:
+        store.set_enabled(key, action == "on")
+        click.echo(f"learned prefetch {action}")
+
+
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_root_option

@@ -163,3 +163,36 @@ def test_packs_follow_the_classes_and_the_size_target() -> None:
         decode_index(b'{"version": 1, "packs": [{"name": "../../etc", "blobs": []}]}')
     with pytest.raises(UsageError):
         TierLocation.parse("https://bucket/prefix")
+
+
+def test_a_profile_learned_on_one_machine_is_followed_on_another(
+    make_repo, git_server, s3, tier_url, tmp_path, fuse
+):
+    files = repository_files()
+    make_repo(files=files)
+    remote = git_server.url("repo")
+    expected = expected_bytes(files)
+    first_reads = ["assets/big.bin", "src/mod2/file20.py"]
+    a = MountedTree(
+        remote,
+        tmp_path / "a" / "mnt",
+        tmp_path / "a" / "state",
+        ("--blob-store", tier_url, "--hydrate", "none"),
+        env=s3.env(),
+    )
+    with a:
+        for path in first_reads:
+            assert (a.path / path).read_bytes() == expected[path]
+    b = MountedTree(
+        remote,
+        tmp_path / "b" / "mnt",
+        tmp_path / "b" / "state",
+        ("--blob-store", tier_url, "--hydrate", "none"),
+        env=s3.env(),
+    )
+    with b:
+        status = b.wait_for(lambda status: status["hydration"]["hydrated_blobs"] >= 2, timeout=30)
+        assert status["profile"]["followed_paths"] == 2
+        # The index's .gitignore blobs are fetched at start whatever the profile says.
+        record = [(entry["path"], entry["demanded"]) for entry in b.record() if entry["path"] != ".gitignore"]
+        assert record == [(path, False) for path in first_reads]

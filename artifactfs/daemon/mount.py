@@ -35,6 +35,13 @@ from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
+from artifactfs.hydrator.profile import (
+    PROFILE_WINDOW,
+    ProfileRecorder,
+    ProfileStore,
+    decode_profile,
+    encode_profile,
+)
 from artifactfs.hydrator.sources import BlobSource, CacheSource, OriginSource, SourceChain
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
@@ -120,6 +127,9 @@ class Mount:
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
         self.tier: S3Tier | None = None
+        self.profiles = ProfileStore(options.root)
+        self.profile_key = ProfileStore.key(options.remote.redacted())
+        self._profile_followed = 0
         self.git_service: GitService | None = None
         self.operations: Operations | None = None
         self.view: OverlayView | None = None
@@ -180,6 +190,10 @@ class Mount:
                     nursery.start_soon(self._watch_signals)
                     nursery.start_soon(self._fuse_main)
                     await nursery.start(self.hydrator.run)
+                    if self.profiles.enabled(self.profile_key):
+                        self.hydrator.profile = ProfileRecorder()
+                        nursery.start_soon(self._follow_profile)
+                        nursery.start_soon(self._save_profile_after_window)
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
                     serve_control = functools.partial(
@@ -239,6 +253,7 @@ class Mount:
                 self.state.withdraw_runtime(options.mountpoint)
                 with trio.CancelScope(shield=True):
                     pyfuse3.close(unmount=True)
+                    await self._save_profile()
                 log.info("unmounted %s", options.mountpoint)
 
     def _hydrator(self, session: RemoteSession, cache: BlobCache, gitdir: GitDir) -> Hydrator:
@@ -326,6 +341,53 @@ class Mount:
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
         await complete_history(session, gitdir, self.hydrator.health)
+
+    async def _follow_profile(self) -> None:
+        """Queue the paths earlier mounts of this repository read first, above the classes.
+
+        The local profile wins; without one, the tier's (what the fleet's
+        agents read). Paths no longer in the tree are skipped.
+        """
+        assert self.hydrator is not None and self.snapshot is not None
+        paths = self.profiles.load(self.profile_key)
+        if paths is None and self.tier is not None:
+            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
+                try:
+                    data = await self.tier.get_profile(self.profile_key)
+                except TierError as error:
+                    log.info("no prefetch profile from the tier: %s", error)
+                    data = None
+                paths = decode_profile(data) if data is not None else None
+        blobs = []
+        for path in paths or ():
+            entry = self.snapshot.entry(path)
+            if entry is not None and entry.kind in (EntryKind.FILE, EntryKind.SYMLINK):
+                blobs.append((path, entry.oid))
+        if blobs:
+            log.info("prefetching %d paths from the learned profile first", len(blobs))
+            self.hydrator.prefetch_paths(blobs)
+        self._profile_followed = len(blobs)
+
+    async def _save_profile_after_window(self) -> None:
+        await trio.sleep(PROFILE_WINDOW)
+        await self._save_profile()
+
+    async def _save_profile(self) -> None:
+        """Keep what this mount read first, locally and in the tier if any (reading nothing keeps the old)."""
+        recorder = self.hydrator.profile if self.hydrator is not None else None
+        if recorder is None or not recorder.paths:
+            return
+        paths = recorder.paths
+        try:
+            self.profiles.save(self.profile_key, paths)
+        except OSError as error:
+            log.warning("could not save the prefetch profile: %s", error)
+        if self.tier is not None:
+            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
+                try:
+                    await self.tier.put_profile(self.profile_key, encode_profile(paths))
+                except TierError as error:
+                    log.warning("could not share the prefetch profile through the tier: %s", error)
 
     async def _publish_to_tier(self, tier: S3Tier, snapshot: Snapshot) -> None:
         """Once every blob of the mounted tree is here, verified, write it through to the shared tier.
@@ -654,6 +716,11 @@ class Mount:
             "history_complete": not self.gitdir.shallow_commits(),
             "hydration": self.hydrator.status(),
             "tier": self.tier.status() if self.tier is not None else None,
+            "profile": {
+                "enabled": self.hydrator.profile is not None,
+                "followed_paths": self._profile_followed,
+                "recorded_paths": len(self.hydrator.profile.paths) if self.hydrator.profile else 0,
+            },
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
         }

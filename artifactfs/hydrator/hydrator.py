@@ -46,6 +46,7 @@ import trio.lowlevel
 
 from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObjectError
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
+from artifactfs.hydrator.profile import ProfileRecorder
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
 from artifactfs.hydrator.sources import SourceChain
 from artifactfs.latency import LatencyHistogram
@@ -216,6 +217,8 @@ class Hydrator:
         self._demanded: set[str] = set()
         self._background_level = BOOST
         self.record: list[Arrival] = []
+        self.profile: ProfileRecorder | None = None
+        """Notes the paths read in the mount's first minutes (learned prefetch), when on."""
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
         self._error_count = 0
         self._fetch_latency = LatencyHistogram()
@@ -370,6 +373,8 @@ class Hydrator:
         level already (its directory was boosted). Raises
         :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
         """
+        if self.profile is not None:
+            self.profile.note(path)
         if self._cache.contains(oid):
             return self._cache.path(oid)
         blob = self._tracked(oid, path)
