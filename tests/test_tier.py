@@ -18,7 +18,7 @@ from artifactfs.errors import CorruptObjectError, UsageError
 from artifactfs.store.tier import TierLocation
 from artifactfs.store.tierlayout import decode_index, encode_index, pack_name, plan_packs
 from artifactfs.testing import FileSpec, GitHttpServer
-from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.mounts import MountedTree, run_cli
 from artifactfs.testing.repos import distinct_content as content
 from artifactfs.testing.s3server import SeaweedS3, free_port_pair
 
@@ -107,6 +107,12 @@ def test_machine_b_hydrates_from_the_tier_alone(make_repo, git_server, s3, tier_
         )
         assert shown.stdout == expected["assets/big.bin"]
         assert b.git("status", "--porcelain").stdout == ""
+        shown = run_cli("status", str(b.path), root=b.root).stdout
+        tier_line = next(line for line in shown.splitlines() if line.startswith("  tier "))
+        assert tier_line.startswith(f"  tier     {sources['tier']['blobs']} blobs")
+        assert next(line for line in shown.splitlines() if line.startswith("  origin ")).startswith(
+            "  origin   0 blobs, 0 B, 0 requests"
+        )
     assert blob_wants(git_server) == 0
 
 
