@@ -244,7 +244,7 @@ class S3Tier:
                     for entry in entries:
                         nursery.start_soon(self._fetch_range, entry, deliver)
                 else:
-                    nursery.start_soon(self._fetch_pack, name, deliver)
+                    nursery.start_soon(self._fetch_pack, name, entries, deliver)
 
     async def _fetch_range(self, entry: BlobEntry, deliver: Deliver) -> None:
         key = pack_key(self.location.prefix, entry.pack)
@@ -253,18 +253,18 @@ class S3Tier:
         except KeyError:
             log.warning("the tier lacks %s, which its index names", key)
             return
-        deliver(self._store([(entry, data)]))
+        deliver(self._stored(self._store([(entry, data)])))
 
-    async def _fetch_pack(self, name: str, deliver: Deliver) -> None:
+    async def _fetch_pack(self, name: str, wanted: Sequence[BlobEntry], deliver: Deliver) -> None:
         """Fetch a whole pack (once, however many lanes want it) and store every blob it holds."""
         lock = self._pack_locks.setdefault(name, trio.Lock())
         async with lock:
-            entries = self._packs[name]
+            entries = [entry for entry in self._packs[name] if entry.oid in self._where]
             missing = await trio.to_thread.run_sync(
                 lambda: [entry for entry in entries if not self._cache.contains(entry.oid)]
             )
-            if not missing:
-                deliver([(entry.oid, entry.length) for entry in entries])
+            if not missing:  # another lane stored this pack meanwhile
+                deliver([(entry.oid, entry.length) for entry in wanted if entry.oid in self._where])
                 return
             key = pack_key(self.location.prefix, name)
             try:
@@ -273,22 +273,34 @@ class S3Tier:
                 log.warning("the tier lacks %s, which its index names", key)
                 return
             pieces = [(entry, data[entry.offset : entry.offset + entry.length]) for entry in missing]
-            deliver(await trio.to_thread.run_sync(self._store, pieces))
+            deliver(self._stored(await trio.to_thread.run_sync(self._store, pieces)))
 
-    def _store(self, pieces: Sequence[tuple[BlobEntry, bytes]]) -> list[tuple[str, int]]:
-        """Store each piece in the cache, which checks it against its id (may run in a worker thread)."""
+    def _stored(self, outcome: tuple[list[tuple[str, int]], list[str]]) -> list[tuple[str, int]]:
+        """Forget the damaged blobs of a store (they are never asked of the tier again); return the stored."""
+        stored, damaged = outcome
+        for oid in damaged:
+            self._where.pop(oid, None)
+        self.rejected += len(damaged)
+        return stored
+
+    def _store(self, pieces: Sequence[tuple[BlobEntry, bytes]]) -> tuple[list[tuple[str, int]], list[str]]:
+        """Store each piece in the cache, which checks it against its id (may run in a worker thread).
+
+        Returns the stored (oid, size) and the ids of pieces that did not match.
+        """
         stored: list[tuple[str, int]] = []
+        damaged: list[str] = []
         for entry, data in pieces:
             try:
                 self._cache.store_bytes(entry.oid, data)
             except CorruptObjectError as error:
-                self.rejected += 1
+                damaged.append(entry.oid)
                 log.warning(
                     "the tier's copy of blob %s is damaged (%s); taking it from the origin", entry.oid, error
                 )
                 continue
             stored.append((entry.oid, len(data)))
-        return stored
+        return stored, damaged
 
     # ----------------------------------------------------------------- writing
 
