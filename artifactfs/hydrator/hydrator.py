@@ -775,7 +775,7 @@ class Hydrator:
             # Wants in batch order (best first): the server packs them in that order.
             ordered = [oid for oid in oids if oid in remaining]
             try:
-                await self.sources.fetch(
+                origin_asked = await self.sources.fetch(
                     ordered, lambda arrived: self._deliver(arrived, remaining), urgent=urgent
                 )
                 if remaining:
@@ -807,7 +807,8 @@ class Hydrator:
                     self._remote_failed(f"fetch of {len(remaining)} blobs failed", error)
                 self._retry_later(ordered)
                 return
-            self._remote_answered()
+            if origin_asked:  # the remote's health is the origin's: the cache and tier say nothing of it
+                self._remote_answered()
             self._space_pauses = 0
 
     async def _split(self, oids: list[str]) -> None:

@@ -205,16 +205,21 @@ class SourceChain:
     def source(self, name: str) -> BlobSource | None:
         return next((source for source in self._sources if source.name == name), None)
 
-    async def fetch(self, oids: Sequence[str], deliver: Deliver, *, urgent: bool) -> None:
-        """Deliver each blob of ``oids`` from the first source that has it; raises what the last one does."""
+    async def fetch(self, oids: Sequence[str], deliver: Deliver, *, urgent: bool) -> bool:
+        """Deliver each blob of ``oids`` from the first source that has it; raises what the last one does.
+
+        Returns whether the last source was asked (the others lacked something).
+        """
         remaining = dict.fromkeys(oids)
         *optional, last = self._sources
         for source in optional:
             if not remaining:
-                return
+                return False
             await self._ask_optional(source, remaining, deliver, urgent=urgent)
-        if remaining:
-            await self._ask(last, remaining, deliver, urgent=urgent)
+        if not remaining:
+            return False
+        await self._ask(last, remaining, deliver, urgent=urgent)
+        return True
 
     async def _ask_optional(
         self, source: BlobSource, remaining: dict[str, None], deliver: Deliver, *, urgent: bool
