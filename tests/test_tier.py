@@ -18,6 +18,7 @@ from artifactfs.errors import CorruptObjectError, UsageError
 from artifactfs.store.tier import TierLocation
 from artifactfs.store.tierlayout import decode_index, encode_index, pack_name, plan_packs
 from artifactfs.testing import FileSpec, GitHttpServer
+from artifactfs.testing.faultproxy import FaultProxy
 from artifactfs.testing.mounts import MountedTree, run_cli
 from artifactfs.testing.repos import distinct_content as content
 from artifactfs.testing.s3server import SeaweedS3, free_port_pair
@@ -62,8 +63,16 @@ def expected_bytes(files: dict[str, bytes | FileSpec]) -> dict[str, bytes]:
 
 def machine(tmp_path: Path, name: str, remote: str, tier_url: str, env: dict[str, str]) -> MountedTree:
     return MountedTree(
-        remote, tmp_path / name / "mnt", tmp_path / name / "state", ("--blob-store", tier_url), env=env
+        remote,
+        tmp_path / name / "mnt",
+        tmp_path / name / "state",
+        ("--blob-store", tier_url, "--log-level", "debug"),
+        env=env,
     )
+
+
+def daemon_log(tree: MountedTree) -> str:
+    return "".join(path.read_text() for path in (tree.root / "mounts").rglob("daemon.log"))
 
 
 def complete(status: dict[str, Any]) -> bool:
@@ -86,34 +95,44 @@ def blob_wants(server: GitHttpServer) -> int:
 def test_machine_b_hydrates_from_the_tier_alone(make_repo, git_server, s3, tier_url, tmp_path, fuse):
     files = repository_files()
     make_repo(files=files)
-    remote = git_server.url("repo")
     expected = expected_bytes(files)
-    with machine(tmp_path, "a", remote, tier_url, s3.env()) as a:
-        a.wait_for(lambda status: complete(status) and published(status), timeout=60)
-        read_all(a, expected)
-        assert a.status()["hydration"]["sources"]["tier"]["blobs"] == 0  # nothing was there yet
-    git_server.clear_requests()
-    with machine(tmp_path, "b", remote, tier_url, s3.env()) as b:
-        git_server.stop()  # the origin is gone right after B's mount
-        read_all(b, expected)
-        status = b.wait_for(complete, timeout=60)
-        sources = status["hydration"]["sources"]
-        assert sources["origin"]["requests"] == 0 and sources["origin"]["blobs"] == 0
-        assert sources["tier"]["blobs"] >= len(files)
-        assert status["hydration"]["failed_blobs"] == 0
-        # Blobs from the tier reach git through the cache (the gitdir's alternate): no fetch needed.
-        shown = subprocess.run(
-            ["git", "cat-file", "blob", "HEAD:assets/big.bin"], cwd=b.path, capture_output=True, check=True
-        )
-        assert shown.stdout == expected["assets/big.bin"]
-        assert b.git("status", "--porcelain").stdout == ""
-        shown = run_cli("status", str(b.path), root=b.root).stdout
-        tier_line = next(line for line in shown.splitlines() if line.startswith("  tier "))
-        assert tier_line.startswith(f"  tier     {sources['tier']['blobs']} blobs")
-        assert next(line for line in shown.splitlines() if line.startswith("  origin ")).startswith(
-            "  origin   0 blobs, 0 B, 0 requests"
-        )
+    with FaultProxy(f"http://127.0.0.1:{git_server.port}") as origin:
+        remote = origin.url("repo")
+        with machine(tmp_path, "a", remote, tier_url, s3.env()) as a:
+            a.wait_for(lambda status: complete(status) and published(status), timeout=60)
+            read_all(a, expected)
+            assert a.status()["hydration"]["sources"]["tier"]["blobs"] == 0  # nothing was there yet
+        git_server.clear_requests()
+        with machine(tmp_path, "b", remote, tier_url, s3.env()) as b:
+            origin.go_down()  # the origin is gone right after B's mount: connections reset, none accepted
+            check_machine_b(b, expected)
     assert blob_wants(git_server) == 0
+    log = daemon_log(b)
+    assert "tier index of tree" in log  # the debug log was written
+    for secret in ("artifactfs-test-secret", "artifactfs-test"):  # credentials never logged, even at debug
+        assert secret not in log
+
+
+def check_machine_b(b: MountedTree, expected: dict[str, bytes]) -> None:
+    """Every file reads exactly, every blob came from the tier, and git finds them without fetching."""
+    read_all(b, expected)
+    status = b.wait_for(complete, timeout=60)
+    sources = status["hydration"]["sources"]
+    assert sources["origin"]["requests"] == 0 and sources["origin"]["blobs"] == 0
+    assert sources["tier"]["blobs"] == status["hydration"]["total_blobs"]
+    assert status["hydration"]["failed_blobs"] == 0
+    # Blobs from the tier reach git through the cache (the gitdir's alternate): no fetch needed.
+    shown = subprocess.run(
+        ["git", "cat-file", "blob", "HEAD:assets/big.bin"], cwd=b.path, capture_output=True, check=True
+    )
+    assert shown.stdout == expected["assets/big.bin"]
+    assert b.git("status", "--porcelain").stdout == ""
+    shown = run_cli("status", str(b.path), root=b.root).stdout
+    tier_line = next(line for line in shown.splitlines() if line.startswith("  tier "))
+    assert tier_line.startswith(f"  tier     {sources['tier']['blobs']} blobs")
+    assert next(line for line in shown.splitlines() if line.startswith("  origin ")).startswith(
+        "  origin   0 blobs, 0 B, 0 requests"
+    )
 
 
 def test_a_corrupt_tier_object_is_skipped_and_taken_from_the_origin(
@@ -152,8 +171,7 @@ def test_a_tier_that_is_down_leaves_reads_exact(make_repo, git_server, s3, tmp_p
         sources = status["hydration"]["sources"]
         assert sources["tier"]["errors"] >= 1 and sources["tier"]["blobs"] == 0
         assert sources["origin"]["blobs"] >= len(files)
-        log = (a.root / "mounts").rglob("daemon.log")
-        text = "".join(path.read_text() for path in log)
+        text = daemon_log(a)
         assert "blob source tier failed" in text
         assert "artifactfs-test-secret" not in text  # credentials never logged
 

@@ -72,6 +72,8 @@ TIER_DEMAND_TIMEOUT = 2.0
 """Seconds a blocked read waits for the shared tier before the origin is asked."""
 TIER_BATCH_TIMEOUT = 30.0
 """Seconds a background batch waits for the shared tier before the origin is asked."""
+PUBLISH_POLL = 1.0
+"""Seconds between checks that every blob of the mounted tree is here before publishing it."""
 PUBLISH_ATTEMPTS = 3
 """Tries at writing a hydrated tree through to the tier before leaving it to the next machine."""
 INDEX_SIZE_WAIT = 2.0
@@ -397,12 +399,15 @@ class Mount:
         logged; the mount does not depend on it.
         """
         assert self.hydrator is not None
-        await self.hydrator.wait_for_classes(PriorityClass.BINARY)
-        status = self.hydrator.status()
-        if status["failed_blobs"]:
-            log.info("not publishing tree %s to the tier: some blobs failed", snapshot.root_tree_oid)
-            return
-        groups = self.hydrator.blobs_by_class(snapshot)
+        while True:
+            await self.hydrator.wait_for_classes(PriorityClass.BINARY)
+            if self.hydrator.status()["failed_blobs"]:
+                log.info("not publishing tree %s to the tier: some blobs failed", snapshot.root_tree_oid)
+                return
+            groups, pending = self.hydrator.blobs_by_class(snapshot)
+            if not pending:
+                break
+            await trio.sleep(PUBLISH_POLL)  # the tree is still being registered or fetched
         for attempt in range(1, PUBLISH_ATTEMPTS + 1):
             try:
                 await tier.publish(snapshot.root_tree_oid, groups)

@@ -464,16 +464,22 @@ class Hydrator:
         self._work.unpark_all()
         return raised
 
-    def blobs_by_class(self, snapshot: Snapshot) -> list[list[str]]:
-        """The hydrated blobs of ``snapshot``'s files, one list per class, best class first, in tree order."""
+    def blobs_by_class(self, snapshot: Snapshot) -> tuple[list[list[str]], int]:
+        """The hydrated blobs of ``snapshot``'s files, one list per class, best class first, in tree
+        order; and how many of its blobs are not hydrated (or not yet tracked)."""
         groups: dict[PriorityClass, dict[str, None]] = {
             priority_class: {} for priority_class in PriorityClass
         }
+        pending: set[str] = set()
         for _, entry in snapshot.walk():
+            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
+                continue
             blob = self._blobs.get(entry.oid)
             if blob is not None and blob.hydrated:
                 groups[blob.priority_class][entry.oid] = None
-        return [list(groups[priority_class]) for priority_class in sorted(groups)]
+            else:
+                pending.add(entry.oid)
+        return [list(groups[priority_class]) for priority_class in sorted(groups)], len(pending)
 
     def tracks(self, oid: str) -> bool:
         """Whether ``oid`` is a blob of a tree given to this hydrator (so fetching it by id is one blob)."""
@@ -920,11 +926,17 @@ class Hydrator:
             self._space_restored = None
             restored.set()
 
-    def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> None:
+    def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> list[tuple[str, int]]:
+        """Hand stored blobs to their waiters; returns those that were new here (for the sources' counts)."""
+        fresh = []
         for oid, size in arrived:
             remaining.discard(oid)
-            self._rate.add(size)
+            blob = self._blobs.get(oid)
+            if blob is None or not blob.hydrated:
+                fresh.append((oid, size))
+                self._rate.add(size)
             self._mark_hydrated(oid, size)
+        return fresh
 
     def _mark_hydrated(self, oid: str, size: int) -> None:
         blob = self._blobs.get(oid)

@@ -40,8 +40,9 @@ log = logging.getLogger(__name__)
 
 Delivered = list[tuple[str, int]]
 """(oid, size) of blobs now verified and stored in the blob cache."""
-Deliver = Callable[[Delivered], None]
-"""Called on the event loop with each group of blobs as they arrive."""
+Deliver = Callable[[Delivered], Delivered]
+"""Called on the event loop with each group of blobs as they arrive; returns those that were new to
+the caller (a source may deliver a blob twice, e.g. a pack another lane just stored)."""
 
 _OPTIONAL_BACKOFF = Backoff(base=1.0, cap=60.0)
 """How long a failed optional source is left out: a dead tier must not cost every read a timeout."""
@@ -254,13 +255,13 @@ class SourceChain:
     ) -> None:
         stats = self.stats[source.name]
 
-        def counted(arrived: Delivered) -> None:
-            for oid, size in arrived:  # a source may deliver more than was asked (a whole pack)
+        def counted(arrived: Delivered) -> Delivered:
+            for oid, _ in arrived:  # a source may deliver more than was asked (a whole pack)
                 remaining.pop(oid, None)
-                stats.blobs += 1
-                stats.bytes += size
-            if arrived:
-                deliver(arrived)
+            fresh = deliver(arrived) if arrived else []
+            stats.blobs += len(fresh)
+            stats.bytes += sum(size for _, size in fresh)
+            return fresh
 
         stats.requests += 1
         started = time.monotonic()

@@ -51,12 +51,13 @@ from artifactfs.store.tierlayout import (
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[list[tuple[str, int]]], None]
+Deliver = Callable[[list[tuple[str, int]]], object]
 
 _THREADS = 4
 """boto3 calls in flight at once."""
 _INDEX_RECHECK = 30.0
 """Seconds before an index found missing is looked for again (another machine may publish it)."""
+_CLIENT_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
 _CONNECT_TIMEOUT = 2.0
 _READ_TIMEOUT = 10.0
 
@@ -157,6 +158,10 @@ class S3Tier:
 
     @staticmethod
     def _make_client() -> Any:
+        # boto's own debug logs carry signed request headers (a session token among them): never
+        # let them reach the daemon log, whatever --log-level says.
+        for name in _CLIENT_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
         import boto3  # type: ignore[import-untyped]
         import botocore.config  # type: ignore[import-untyped]
 
@@ -323,15 +328,17 @@ class S3Tier:
         )
         started = time.monotonic()
         packs: list[tuple[str, Sequence[tuple[str, int]]]] = []
+        written = 0
         for plan in plan_packs(sized):
             data = await trio.to_thread.run_sync(self._assemble, plan.blobs)
             name = pack_name(data)
             await self._put(pack_key(self.location.prefix, name), data)
             packs.append((name, plan.blobs))
-            self.published["packs"] += 1
-            self.published["blobs"] += len(plan.blobs)
-            self.published["bytes"] += len(data)
+            written += len(data)
         await self._put(key, encode_index(tree_oid, packs))
+        self.published["packs"] += len(packs)  # counted once the index makes them visible
+        self.published["blobs"] += sum(len(blobs) for _, blobs in packs)
+        self.published["bytes"] += written
         log.info(
             "published tree %s to the tier %s: %d blobs in %d packs, %.1fs",
             tree_oid,

@@ -3,7 +3,8 @@
 :class:`SeaweedS3` starts ``weed server -s3`` on free loopback ports, waits
 until S3 answers (polling, with a deadline), creates buckets, and stops the
 server. Each SeaweedFS service also listens on its port + 10000 (gRPC), so
-ports are picked below 55535 with both free. SeaweedFS accepts any
+ports are picked below 55535 with both free; the listeners that have fixed
+default ports and are not needed (Iceberg, Lance, telemetry) are turned off. SeaweedFS accepts any
 credentials by default; :meth:`SeaweedS3.env` gives the standard AWS
 variables that point a client at it.
 """
@@ -98,6 +99,9 @@ class SeaweedS3:
             "-volume.max=64",
             "-s3",
             f"-s3.port={self.port}",
+            "-s3.port.iceberg=0",  # fixed default ports (8181, 9101): two servers at once would clash
+            "-s3.port.lance=0",
+            "-master.telemetry=false",
         ]
         with self._log.open("wb") as log:
             self._process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT)
