@@ -182,6 +182,13 @@ class OriginSource:
         return self._cache.read_bytes(oid)
 
 
+def _describe(error: BaseException) -> str:
+    """One line for a failure: the first leaf of an exception group (a source's concurrent requests)."""
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}"
+
+
 class SourceChain:
     """Ask each source in turn for what the ones before it did not deliver.
 
@@ -232,7 +239,7 @@ class SourceChain:
             with trio.move_on_after(timeout) as scope:
                 await self._ask(source, remaining, deliver, urgent=urgent)
         except Exception as error:  # an optional source never fails a fetch
-            self._note_failure(source.name, f"{type(error).__name__}: {error}")
+            self._note_failure(source.name, _describe(error))
             return
         if scope.cancelled_caught:
             self._note_failure(source.name, f"no answer within {timeout:g}s")

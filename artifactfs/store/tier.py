@@ -254,7 +254,8 @@ class S3Tier:
     async def _fetch_range(self, entry: BlobEntry, deliver: Deliver) -> None:
         key = pack_key(self.location.prefix, entry.pack)
         try:
-            data = await self._get(key, (entry.offset, entry.offset + entry.length))
+            # An empty range is not a valid Range header; an empty blob needs no request.
+            data = await self._get(key, (entry.offset, entry.offset + entry.length)) if entry.length else b""
         except KeyError:
             log.warning("the tier lacks %s, which its index names", key)
             return
