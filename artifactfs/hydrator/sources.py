@@ -44,8 +44,12 @@ Deliver = Callable[[Delivered], Delivered]
 """Called on the event loop with each group of blobs as they arrive; returns those that were new to
 the caller (a source may deliver a blob twice, e.g. a pack another lane just stored)."""
 
-_OPTIONAL_BACKOFF = Backoff(base=1.0, cap=60.0)
-"""How long a failed optional source is left out: a dead tier must not cost every read a timeout."""
+_OPTIONAL_BACKOFF = Backoff(base=1.0, cap=15.0)
+"""How long a failed optional source is left out: a dead tier must not cost every read a timeout, and a
+tier back after a blip must not wait long to be asked again (the origin may be down)."""
+_SMALL_URGENT = 16
+"""An urgent request of up to this many blobs (a blocked read) gets the short timeout; a larger one
+(git asking for hundreds of blobs at once) the batch timeout."""
 _INLINE_CACHE_CHECKS = 64
 """Batches up to this size are checked against the cache on the event loop; larger ones in a thread."""
 
@@ -234,7 +238,7 @@ class SourceChain:
     ) -> None:
         if trio.current_time() < self._skip_until.get(source.name, 0.0):
             return
-        timeout = self._optional_timeout(urgent)
+        timeout = self._optional_timeout(urgent and len(remaining) <= _SMALL_URGENT)
         try:
             with trio.move_on_after(timeout) as scope:
                 await self._ask(source, remaining, deliver, urgent=urgent)

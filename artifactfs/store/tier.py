@@ -14,11 +14,11 @@ Credentials stay inside boto3: nothing here logs or stores them, and errors
 are reported by their class and S3 error code only.
 
 Reading: a tree's index is fetched once (and looked for again at most every
-:data:`_INDEX_RECHECK` seconds while absent). A blocked read fetches its
-blobs with ranged GETs; a background batch fetches whole packs, storing every
-blob of them. Each blob goes through the blob cache, which refuses content
-that does not hash to its id: such a blob is logged, counted and left to the
-next source.
+:data:`_INDEX_RECHECK` seconds while absent). A blocked read fetches its few
+blobs with ranged GETs; a background batch (or git asking for many blobs at
+once) fetches whole packs, storing every blob of them. Each blob goes
+through the blob cache, which refuses content that does not hash to its id:
+such a blob is logged, counted and left to the next source.
 
 Writing: :meth:`S3Tier.publish` uploads a tree's packs, then its index, once
 the tree is fully hydrated, if no index exists yet.
@@ -57,6 +57,8 @@ _THREADS = 4
 """boto3 calls in flight at once."""
 _INDEX_RECHECK = 30.0
 """Seconds before an index found missing is looked for again (another machine may publish it)."""
+_RANGED_PER_PACK = 4
+"""Urgent blobs of one pack fetched by ranged GETs each; more than this, and the whole pack is one GET."""
 _CLIENT_LOGGERS = ("boto3", "botocore", "s3transfer", "urllib3")
 _CONNECT_TIMEOUT = 2.0
 _READ_TIMEOUT = 10.0
@@ -234,7 +236,7 @@ class S3Tier:
             log.info("tier index of tree %s found", tree_oid)
 
     async def fetch(self, oids: Sequence[str], deliver: Deliver, *, urgent: bool) -> None:
-        """Store what the tier has of ``oids``: ranged GETs when ``urgent``, whole packs otherwise."""
+        """Store what the tier has of ``oids``: ranged GETs for few urgent blobs of a pack, else the pack."""
         await self._load_indexes()
         by_pack: dict[str, list[BlobEntry]] = {}
         for oid in oids:
@@ -245,7 +247,7 @@ class S3Tier:
             return
         async with trio.open_nursery() as nursery:
             for name, entries in by_pack.items():
-                if urgent:
+                if urgent and len(entries) <= _RANGED_PER_PACK:
                     for entry in entries:
                         nursery.start_soon(self._fetch_range, entry, deliver)
                 else:
