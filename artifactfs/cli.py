@@ -4,11 +4,14 @@ Every failure ends in one line on stderr naming the problem and a non-zero
 exit status. ``mount`` validates what it can in the calling process, then forks
 the daemon and waits on a pipe until the daemon reports the tree is listable
 (or why it is not); credentials therefore never travel through argv or the
-environment of a child.
+environment of a child. The same pipe carries the start-up phases, which
+``mount`` shows on a terminal. A mount that fails removes everything it
+created: the mount directory and its state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +29,7 @@ import click
 from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
 
 if TYPE_CHECKING:
-    from artifactfs.state import StateRoot
+    from artifactfs.state import RuntimeRecord, StateRoot
     from artifactfs.store.tier import TierLocation
 
 log = logging.getLogger("artifactfs")
@@ -124,9 +127,18 @@ def _scrub_command_line() -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option(
     "--ref",
+    "-b",
+    "--branch",
+    "ref",
     envvar="ARTIFACTFS_REF",
-    help="Branch, tag or commit to mount (default: the remote's HEAD; env ARTIFACTFS_REF).",
+    help="Branch, tag or commit (a short id too) to mount (default: the remote's HEAD; env ARTIFACTFS_REF).",
 )
+@click.option(
+    "--depth",
+    type=click.IntRange(1),
+    help="Fetch only this many commits of history per branch and tag (default: all, in the background).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Show no progress on a terminal.")
 @click.option(
     "--root",
     envvar="ARTIFACTFS_ROOT",
@@ -177,6 +189,18 @@ def _scrub_command_line() -> None:
 @click.option(
     "--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other)."
 )
+@click.option(
+    "--uid",
+    "owner_uid",
+    type=click.IntRange(0),
+    help="Owner of the checked-out tree (default: the mounting user).",
+)
+@click.option(
+    "--gid",
+    "owner_gid",
+    type=click.IntRange(0),
+    help="Group of the checked-out tree (default: the mounting user's group).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -190,6 +214,8 @@ def mount(
     remote: str,
     directory: str,
     ref: str | None,
+    depth: int | None,
+    quiet: bool,
     root: str | None,
     foreground: bool,
     hydrate: str,
@@ -200,14 +226,16 @@ def mount(
     config_path: str | None,
     blob_store: str | None,
     allow_other: bool,
+    owner_uid: int | None,
+    owner_gid: int | None,
     log_format: str,
     log_level: str,
     metrics_address: str | None,
 ) -> None:
-    """Mount REMOTE (URL or path) at DIRECTORY and return once the tree is visible."""
+    """Mount REMOTE (URL or path) at DIRECTORY (created if missing); return once the tree is visible."""
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
-    from artifactfs.daemon.recovery import withdraw_dead_runtime
+    from artifactfs.daemon.recovery import artifactfs_mounts, withdraw_dead_runtime
     from artifactfs.hydrator.hydrator import HydrationSettings
     from artifactfs.hydrator.priority import load_rules
     from artifactfs.remote.url import RemoteURL
@@ -215,7 +243,6 @@ def mount(
     parsed_remote = RemoteURL.parse(remote)
     mountpoint = _mountpoint(directory)
     _check_fuse()
-    check_mountpoint(mountpoint)
     metrics = _metrics_address(metrics_address)
     config_file = Path(config_path) if config_path else state.config_file()
     if config_path and not config_file.exists():
@@ -233,19 +260,73 @@ def mount(
         ),
         priority_rules=load_rules(config_file, priority_rules),
         allow_other=allow_other,
+        owner=(
+            os.getuid() if owner_uid is None else owner_uid,
+            os.getgid() if owner_gid is None else owner_gid,
+        ),
         metrics_address=metrics,
         blob_store=_blob_store(config_file, blob_store),
+        history_depth=depth,
     )
-    state_root = _state_root(root, create=True)
-    withdraw_dead_runtime(state_root, mountpoint)
-    mount_dir = state.private_dir(state_root.mount_dir(mountpoint, parsed_remote.redacted()))
-    if foreground:
-        logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
-        _run_daemon(options, _notify_systemd_ready)
-        return
-    log_file = mount_dir / "daemon.log"
-    log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    _spawn_daemon(options, log_file, log_fd, log_level, log_format)
+    _refuse_root_inside_a_mount(options.root, mountpoint, artifactfs_mounts())
+    show_progress = not quiet and sys.stderr.isatty()
+    made_mountpoint = state.Footprint([mountpoint], whole=False)
+    planned = state.StateRoot(options.root)
+    mount_dir = planned.mount_dir(mountpoint, parsed_remote.redacted())
+    made_state = state.Footprint([mount_dir, planned.blob_cache_dir, planned.run_dir], whole=True)
+    ready = False
+    try:
+        _create_mountpoint(mountpoint)
+        check_mountpoint(mountpoint)
+        state_root = _state_root(root, create=True)
+        withdraw_dead_runtime(state_root, mountpoint)
+        state.private_dir(mount_dir)
+        if foreground:
+            logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
+
+            def on_ready() -> None:
+                nonlocal ready
+                ready = True
+                _notify_systemd_ready()
+
+            _run_daemon(options, on_ready, _show_progress if show_progress else None)
+            return
+        log_file = mount_dir / "daemon.log"
+        log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        _start_daemon(options, log_file, log_fd, log_level, log_format, show_progress)
+        ready = True
+    finally:
+        if not ready:
+            made_state.remove()
+            made_mountpoint.remove()
+
+
+def _refuse_root_inside_a_mount(root: Path, mountpoint: Path, mounts: list[Path]) -> None:
+    """A state root inside a mount of ours would have the daemon serve its own writes: a deadlock."""
+    resolved = Path(os.path.realpath(root))
+    for outer in (mountpoint, *mounts):
+        if resolved == outer or outer in resolved.parents:
+            where = "the mount directory" if outer == mountpoint else "the ArtifactFS mount"
+            raise UsageError(f"the state root {root} is inside {where} {outer}; pass a --root outside it")
+
+
+def _create_mountpoint(mountpoint: Path) -> None:
+    """Create a missing mount directory (and its parents), as ``git clone`` does."""
+    try:
+        os.lstat(mountpoint)
+    except FileNotFoundError:
+        try:
+            mountpoint.mkdir(parents=True)
+        except OSError as error:
+            raise MountpointError(
+                f"cannot create the mount directory {mountpoint}: {error.strerror}"
+            ) from None
+    except OSError:
+        pass  # a dead mount, for instance: check_mountpoint says what it is
+
+
+def _show_progress(line: str) -> None:
+    click.echo(f"artifactfs: {line}", err=True)
 
 
 def _blob_store(config_file: Path, flag: str | None) -> TierLocation | None:
@@ -277,7 +358,9 @@ def _notify_systemd_ready() -> None:
     notify("READY=1\nSTATUS=mounted")
 
 
-def _run_daemon(options: Any, on_ready: Callable[[], None]) -> None:
+def _run_daemon(
+    options: Any, on_ready: Callable[[], None], on_progress: Callable[[str], None] | None = None
+) -> None:
     import setproctitle
     import trio
 
@@ -288,13 +371,19 @@ def _run_daemon(options: Any, on_ready: Callable[[], None]) -> None:
     setproctitle.setproctitle(f"artifactfs mount {options.remote.redacted()} {options.mountpoint}")
     state.use_private_umask()
     try:
-        trio.run(Mount(options).run, on_ready)
+        trio.run(Mount(options, on_progress).run, on_ready)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from group
 
 
-def _spawn_daemon(options: Any, log_file: Path, log_fd: int, log_level: str, log_format: str) -> NoReturn:
-    """Fork the daemon (its stdout and stderr go to ``log_fd``) and wait until it reports ready or failed."""
+def _start_daemon(
+    options: Any, log_file: Path, log_fd: int, log_level: str, log_format: str, show_progress: bool
+) -> None:
+    """Fork the daemon (its stdout and stderr go to ``log_fd``) and wait until it reports ready.
+
+    The daemon writes ``progress: <phase>`` lines, then ``ok`` or ``error: <why>``
+    on a pipe. Raises if it failed; then it has exited, so its files can go.
+    """
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -304,14 +393,46 @@ def _spawn_daemon(options: Any, log_file: Path, log_fd: int, log_level: str, log
         _daemon_child(options, log_fd, log_level, log_format, write_end)
     os.close(write_end)
     os.close(log_fd)
-    with os.fdopen(read_end, "rb") as pipe:
-        message = pipe.read().decode(errors="replace").strip()
-    if message == "ok":
-        sys.exit(0)
-    if message.startswith("error: "):
-        _fail(message[len("error: ") :])
-    os.waitpid(pid, os.WNOHANG)  # reap it if it is already gone
-    _fail(f"the daemon exited during start-up; see {log_file}")
+    try:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = raw.decode(errors="replace").strip()
+                if line == "ok":
+                    return
+                if line.startswith("progress: "):
+                    if show_progress:
+                        _show_progress(line[len("progress: ") :])
+                elif line.startswith("error: "):
+                    os.waitpid(pid, 0)
+                    raise ArtifactFSError(line[len("error: ") :])
+    except BaseException as error:
+        if not isinstance(error, ArtifactFSError):  # interrupted: the daemon must not outlive the attempt
+            _stop_daemon(pid, options.mountpoint)
+        raise
+    os.waitpid(pid, 0)
+    raise ArtifactFSError(f"the daemon exited during start-up: {_last_line(log_file)}")
+
+
+def _stop_daemon(pid: int, mountpoint: Path) -> None:
+    """End a daemon that is still starting, and detach the mount it may have made."""
+    from artifactfs.daemon.recovery import is_mounted
+
+    try:
+        os.kill(pid, 15)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+    if is_mounted(mountpoint):
+        subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+def _last_line(log_file: Path) -> str:
+    """The daemon's last words, for a failure it could not report (the log goes with the failed state)."""
+    try:
+        lines = log_file.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return _one_line(lines[-1]) if lines else "no log"
 
 
 def _daemon_child(options: Any, log_fd: int, log_level: str, log_format: str, ready_fd: int) -> NoReturn:
@@ -333,8 +454,12 @@ def _daemon_child(options: Any, log_fd: int, log_level: str, log_format: str, re
             ready_stream.write(b"ok\n")
             ready_stream.close()
 
+        def on_progress(line: str) -> None:
+            with contextlib.suppress(OSError):  # `mount` was interrupted: it stops us anyway
+                ready_stream.write(f"progress: {_one_line(line)}\n".encode())
+
         try:
-            _run_daemon(options, on_ready)
+            _run_daemon(options, on_ready, on_progress)
         except ArtifactFSError as error:
             log.error("%s", _one_line(str(error)))
             if not ready_stream.closed:
@@ -385,18 +510,31 @@ def _root_option(function: Callable[..., Any]) -> Callable[..., Any]:
     )(function)
 
 
-def _find_mount(directory: str | None, root: str | None) -> tuple[Any, Path]:
-    """The runtime record of the mount at DIRECTORY, or of the one containing the cwd."""
+def _running(state_root: StateRoot) -> list[RuntimeRecord]:
+    """Running mounts: those of ``state_root``, then the machine-wide registry's (whatever their root)."""
     from artifactfs import state
+    from artifactfs.daemon.recovery import live_registered
 
+    found = {record.mountpoint: record for record in state_root.runtimes() if state.pid_alive(record.pid)}
+    for record in live_registered():
+        found.setdefault(record.mountpoint, record)
+    return list(found.values())
+
+
+def _running_at(state_root: StateRoot, mountpoint: Path) -> RuntimeRecord | None:
+    return next((record for record in _running(state_root) if record.mountpoint == str(mountpoint)), None)
+
+
+def _find_mount(directory: str | None, root: str | None) -> tuple[RuntimeRecord, Path]:
+    """The runtime record of the mount at DIRECTORY, or of the one containing the cwd."""
     state_root = _state_root(root)
     if directory is not None:
         mountpoint = _mountpoint(directory)
-        record = state_root.runtime(mountpoint)
-        if record is None or not state.pid_alive(record.pid):
+        record = _running_at(state_root, mountpoint)
+        if record is None:
             raise MountpointError(f"{mountpoint} is not a running ArtifactFS mount")
         return record, mountpoint
-    running = [record for record in state_root.runtimes() if state.pid_alive(record.pid)]
+    running = _running(state_root)
     cwd = Path.cwd()
     for record in running:
         if cwd == Path(record.mountpoint) or Path(record.mountpoint) in cwd.parents:
@@ -410,16 +548,23 @@ def _find_mount(directory: str | None, root: str | None) -> tuple[Any, Path]:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--forget", is_flag=True, help="Also remove the mount's state (see `forget`).")
 @_root_option
-def unmount(directory: str, root: str | None) -> None:
-    """Unmount DIRECTORY and stop its daemon (works from any shell)."""
+def unmount(directory: str, forget: bool, root: str | None) -> None:
+    """Unmount DIRECTORY and stop its daemon (works from any shell).
+
+    The state stays for a fast remount (your commits and edits included) unless --forget.
+    """
     from artifactfs import state
     from artifactfs.daemon import control
+    from artifactfs.daemon.recovery import is_mounted
 
     mountpoint = _mountpoint(directory)
     state_root = _state_root(root)
-    record = state_root.runtime(mountpoint)
-    if record is not None and state.pid_alive(record.pid):
+    record = _running_at(state_root, mountpoint)
+    if record is not None:
+        if record.root:
+            state_root = state.StateRoot(Path(record.root))
         try:
             control.request(Path(record.socket), "unmount")
         except control.ControlError:
@@ -429,23 +574,56 @@ def unmount(directory: str, root: str | None) -> None:
             time.sleep(0.05)
         if state.pid_alive(record.pid):
             raise MountpointError(f"the daemon for {mountpoint} did not stop within {_UNMOUNT_WAIT:g}s")
-        return
-    from artifactfs.daemon.recovery import is_mounted
-
-    if is_mounted(mountpoint):
+    elif is_mounted(mountpoint):
         result = subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True, text=True)
         state_root.withdraw_runtime(mountpoint)
         if result.returncode != 0:
             raise MountpointError(f"cannot unmount {mountpoint}: {result.stderr.strip()}")
-        return
+    elif not forget:
+        state_root.withdraw_runtime(mountpoint)
+        raise MountpointError(f"{mountpoint} is not mounted")
+    if forget:
+        _forget(state_root, mountpoint)
+
+
+@main.command(name="forget")
+@click.argument("directory", type=click.Path(file_okay=False))
+@_root_option
+def forget_command(directory: str, root: str | None) -> None:
+    """Remove the state kept for DIRECTORY (gitdir, overlay, log) after an unmount.
+
+    Unsaved edits and unpushed commits in it are lost. The shared blob cache
+    stays (see `gc`).
+    """
+    _forget(_state_root(root), _mountpoint(directory))
+
+
+def _forget(state_root: StateRoot, mountpoint: Path) -> None:
+    """Remove every state directory kept for ``mountpoint``; refused while it is mounted."""
+    from artifactfs.daemon.recovery import is_mounted
+
+    if is_mounted(mountpoint):
+        raise MountpointError(f"{mountpoint} is mounted; unmount it first (or: artifactfs unmount --forget)")
+    directories = state_root.state_dirs(mountpoint)
+    if not directories:
+        raise MountpointError(
+            f"no state kept for {mountpoint} under {state_root.root} (pass the --root it was mounted with)"
+        )
     state_root.withdraw_runtime(mountpoint)
-    raise MountpointError(f"{mountpoint} is not mounted")
+    for directory in directories:
+        shutil.rmtree(directory)
+    noun = "directory" if len(directories) == 1 else "directories"
+    click.echo(f"forgot {mountpoint}: removed {len(directories)} state {noun}")
 
 
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-@click.option("--watch", is_flag=True, help="Redraw a live progress display until hydration completes.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw a live progress display until hydration completes; exit 1 if blobs failed.",
+)
 @_root_option
 def status(directory: str | None, as_json: bool, watch: bool, root: str | None) -> None:
     """Show a mount's state and hydration progress."""
@@ -462,7 +640,10 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
     if not watch:
         click.echo(render(control.request(Path(record.socket), "status")))
         return
-    watch_status(lambda: control.request(Path(record.socket), "status"))
+    final = watch_status(lambda: control.request(Path(record.socket), "status"))
+    failed = final["hydration"]["failed_blobs"] if final is not None else 0
+    if failed:
+        _fail(f"hydration finished with {failed} blobs failed (see `artifactfs status` for the errors)")
 
 
 @main.command()
@@ -470,7 +651,10 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
 @click.argument("pathspecs", nargs=-1, required=True)
 @_root_option
 def prefetch(directory: str, pathspecs: tuple[str, ...], root: str | None) -> None:
-    """Move the blobs under PATHSPECS (paths or globs) to the front of the queue."""
+    """Move the blobs under PATHSPECS (paths or globs) to the front of the queue.
+
+    A pathspec that matches no file is an error.
+    """
     from artifactfs.daemon import control
 
     record, _ = _find_mount(directory, root)
@@ -512,13 +696,22 @@ def profile(action: str, remote: str, root: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @_root_option
 def list_mounts(as_json: bool, root: str | None) -> None:
-    """List every mount with its state."""
+    """List every mount on this machine (whatever its --root), and dead ones of this root."""
     from artifactfs import state
     from artifactfs.daemon import control
+    from artifactfs.daemon.recovery import live_registered
 
+    records = {record.mountpoint: record for record in _state_root(root).runtimes()}
+    for record in live_registered():
+        records.setdefault(record.mountpoint, record)
     rows = []
-    for record in _state_root(root).runtimes():
-        row: dict[str, Any] = {"mountpoint": record.mountpoint, "pid": record.pid, "remote": record.remote}
+    for record in records.values():
+        row: dict[str, Any] = {
+            "mountpoint": record.mountpoint,
+            "pid": record.pid,
+            "remote": record.remote,
+            "root": record.root or None,
+        }
         if not state.pid_alive(record.pid):
             row["state"] = "dead"
         else:
@@ -595,11 +788,13 @@ def fsck(directory: str, root: str | None) -> None:
 def gc(max_size: str, keep_recent: float, root: str | None) -> None:
     """Evict least recently used blobs until the blob cache fits in --max-size."""
     from artifactfs.maintenance.gc import collect
+    from artifactfs.statusview import human_bytes
     from artifactfs.store.blobcache import BlobCache
 
     cache = BlobCache(_state_root(root, create=True).blob_cache_dir)
     result = collect(cache, _parse_size(max_size), keep_recent=keep_recent)
     click.echo(
-        f"blob cache: {result.before_bytes} -> {result.after_bytes} bytes; evicted {result.evicted_blobs} "
-        f"blobs ({result.evicted_bytes} bytes), kept {result.kept_recent_blobs} recently used"
+        f"blob cache: {human_bytes(result.before_bytes)} -> {human_bytes(result.after_bytes)}; evicted "
+        f"{result.evicted_blobs} blobs ({human_bytes(result.evicted_bytes)}), "
+        f"kept {result.kept_recent_blobs} recently used"
     )

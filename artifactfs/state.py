@@ -15,6 +15,12 @@ directory) holds::
 The run key depends only on the mountpoint, so ``unmount DIR`` finds the
 daemon without knowing the remote. Nothing under the root ever holds a secret.
 
+Beside the roots, one machine-wide registry per user (:func:`registry_dir`)
+holds a copy of each running mount's record, naming its state root, so that
+``list``, ``status`` and ``unmount`` find every mount whatever ``--root`` it
+uses. The registry lives on a runtime filesystem (``/run``), so a reboot
+empties it; entries of daemons that died are pruned by whoever reads them.
+
 This module also owns the rule that the state is private to its owner: every
 directory under the root is 0700 and every file 0600 (blobs 0400), whatever
 the umask; files are opened without following symlinks; and a root that other
@@ -27,8 +33,12 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
+import shutil
 import stat
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +47,12 @@ import platformdirs
 
 from artifactfs.errors import ArtifactFSError
 
+log = logging.getLogger(__name__)
+
 ROOT_ENVIRONMENT_VARIABLE = "ARTIFACTFS_ROOT"
+REGISTRY_ENVIRONMENT_VARIABLE = "ARTIFACTFS_RUNTIME_DIR"
+SYSTEM_REGISTRY = Path("/run/artifactfs")
+"""The registry of root's mounts, wherever they were started from (a service has no XDG_RUNTIME_DIR)."""
 
 PRIVATE_DIR_MODE = 0o700
 """Every directory under the state root."""
@@ -206,6 +221,24 @@ def state_root(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(platformdirs.user_data_dir("artifactfs", appauthor=False))
 
 
+def registry_dir() -> Path:
+    """Where this user's running mounts are registered machine-wide.
+
+    ``$ARTIFACTFS_RUNTIME_DIR`` if set; else ``/run/artifactfs`` for root;
+    else ``$XDG_RUNTIME_DIR/artifactfs``; else a per-user directory in the
+    temporary directory (checked like a state root before use).
+    """
+    override = os.environ.get(REGISTRY_ENVIRONMENT_VARIABLE)
+    if override:
+        return Path(override).absolute()
+    if os.geteuid() == 0:
+        return SYSTEM_REGISTRY
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "artifactfs"
+    return Path(tempfile.gettempdir()) / f"artifactfs-{os.geteuid()}"
+
+
 def config_file() -> Path:
     return Path(platformdirs.user_config_dir("artifactfs", appauthor=False)) / "config.toml"
 
@@ -228,6 +261,8 @@ class RuntimeRecord:
     state_dir: str
     remote: str
     socket: str
+    root: str = ""
+    """The state root the daemon uses (older daemons did not record it)."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -258,18 +293,42 @@ class StateRoot:
         return self.run_dir / f"{self.run_key(mountpoint)}.json"
 
     def publish_runtime(self, record: RuntimeRecord) -> None:
+        """Record a running daemon under ``run/`` and in the machine-wide registry."""
         private_dir(self.run_dir)
-        write_private_file(self.runtime_file(Path(record.mountpoint)), json.dumps(record.as_dict()).encode())
+        data = json.dumps({**record.as_dict(), "root": str(self.root)}).encode()
+        write_private_file(self.runtime_file(Path(record.mountpoint)), data)
+        try:
+            check_state_root(registry_dir(), create=True)
+            private_dir(registry_dir())
+            write_private_file(_registry_file(Path(record.mountpoint)), data)
+        except (OSError, StateRootError) as error:  # the mount works; only `list` elsewhere misses it
+            log.warning("cannot register the mount in %s: %s", registry_dir(), error)
 
     def withdraw_runtime(self, mountpoint: Path) -> None:
         self.runtime_file(mountpoint).unlink(missing_ok=True)
         self.socket_path(mountpoint).unlink(missing_ok=True)
+        unregister(mountpoint)
 
     def runtime(self, mountpoint: Path) -> RuntimeRecord | None:
         try:
             return RuntimeRecord(**json.loads(read_private_bytes(self.runtime_file(mountpoint))))
         except (FileNotFoundError, ValueError, TypeError):
             return None
+
+    def state_dirs(self, mountpoint: Path) -> list[Path]:
+        """Every state directory kept for ``mountpoint``: the running daemon's, then by ``mount.json``."""
+        found: list[Path] = []
+        record = self.runtime(mountpoint)
+        if record is not None:
+            found.append(Path(record.state_dir))
+        for description in sorted((self.root / "mounts").glob("*/mount.json")):
+            try:
+                recorded = json.loads(read_private_bytes(description)).get("mountpoint")
+            except (OSError, ValueError, AttributeError, StateRootError):
+                continue
+            if recorded == str(mountpoint) and description.parent not in found:
+                found.append(description.parent)
+        return found
 
     def runtimes(self) -> list[RuntimeRecord]:
         records = []
@@ -279,6 +338,90 @@ class StateRoot:
             except (OSError, ValueError, TypeError):
                 continue
         return records
+
+
+def _registry_file(mountpoint: Path) -> Path:
+    return registry_dir() / f"{_digest(str(mountpoint))}.json"
+
+
+def unregister(mountpoint: Path, pid: int | None = None) -> None:
+    """Remove ``mountpoint``'s entry from the machine-wide registry (only if daemon ``pid``'s, when given)."""
+    path = _registry_file(mountpoint)
+    try:
+        if pid is not None:
+            try:
+                owner = json.loads(read_private_bytes(path)).get("pid")
+            except (ValueError, AttributeError):
+                owner = pid  # unreadable: nobody's entry
+            if owner != pid:
+                return  # a new daemon registered there since the entry was read
+        path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    except (OSError, StateRootError) as error:
+        log.warning("cannot withdraw %s from the registry: %s", mountpoint, error)
+
+
+def registered() -> list[RuntimeRecord]:
+    """Every record in the machine-wide registry, live or not (see ``recovery.live_registered``)."""
+    directory = registry_dir()
+    try:
+        check_state_root(directory, create=False)
+        paths = sorted(directory.glob("*.json"))
+    except (OSError, StateRootError):
+        return []
+    records = []
+    for path in paths:
+        try:
+            records.append(RuntimeRecord(**json.loads(read_private_bytes(path))))
+        except (OSError, ValueError, TypeError, StateRootError):
+            continue
+    return records
+
+
+class Footprint:
+    """The directories an attempt is about to create, so that a failed attempt removes exactly those.
+
+    Taken before the attempt: each given directory that does not exist yet,
+    and its missing ancestors. :meth:`remove` deletes each such directory with
+    all it holds if ``whole`` (state only this attempt wrote), else only if
+    empty (a mountpoint), then the missing ancestors that are left empty.
+    """
+
+    def __init__(self, directories: Iterable[Path], *, whole: bool) -> None:
+        self._whole = whole
+        self._created: list[list[Path]] = []
+        for directory in directories:
+            missing: list[Path] = []
+            current = directory
+            while not _exists(current) and current != current.parent:
+                missing.append(current)
+                current = current.parent
+            self._created.append(missing)
+
+    def remove(self) -> None:
+        for missing in self._created:
+            for index, directory in enumerate(missing):
+                try:
+                    if index == 0 and self._whole:
+                        shutil.rmtree(directory)
+                    else:
+                        os.rmdir(directory)
+                except FileNotFoundError:
+                    continue
+                except OSError:
+                    break  # not empty: someone else uses it now
+
+
+def _exists(path: Path) -> bool:
+    """False only for a path that is surely absent (a dead FUSE mount fails ``lstat`` but is there)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    return True
 
 
 def pid_alive(pid: int) -> bool:

@@ -12,7 +12,8 @@ from artifactfs.retry import describe_health
 _BAR_WIDTH = 28
 
 
-def _human_bytes(amount: float) -> str:
+def human_bytes(amount: float) -> str:
+    """``amount`` bytes for people: ``512 B``, ``3.4 MiB``."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(amount) < 1024 or unit == "GiB":
             return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
@@ -25,21 +26,29 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + "]"
 
 
+def _history(status: dict[str, Any]) -> str:
+    if status.get("history_complete"):
+        return "complete"
+    if status.get("history_shallow"):
+        return "depth 1: the remote has no filter"
+    return "arriving"
+
+
 def render(status: dict[str, Any]) -> str:
     hydration = status["hydration"]
     lines = [
         f"mount:    {status['mountpoint']}  ({status['state']}, pid {status['pid']})",
         f"remote:   {status['remote']}  [{describe_health(hydration['remote'])}]",
-        f"head:     {status['head']}  (history {'complete' if status.get('history_complete') else 'arriving'})",
+        f"head:     {status['head']}  (history {_history(status)})",
         f"blobs:    {hydration['hydrated_blobs']}/{hydration['total_blobs']} hydrated, "
         f"{hydration['failed_blobs']} failed, {hydration['queued_blobs']} queued, "
         f"{hydration['retrying_blobs']} awaiting retry  [{hydration['mode']}]"
         + (f"  PAUSED: {hydration['paused']}" if hydration["paused"] else ""),
-        f"bytes:    {_human_bytes(hydration['hydrated_bytes'])} of {_human_bytes(hydration['total_bytes'])}",
+        f"bytes:    {human_bytes(hydration['hydrated_bytes'])} of {human_bytes(hydration['total_bytes'])}",
     ]
     rate = hydration.get("rate_bytes_per_second") or 0
     eta = hydration.get("eta_seconds")
-    lines.append(f"rate:     {_human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
+    lines.append(f"rate:     {human_bytes(rate)}/s" + (f", ETA {eta:.0f}s" if eta is not None else ""))
     lines.append("classes:")
     for label, counters in hydration["classes"].items():
         lines.append(
@@ -71,8 +80,8 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def watch_status(fetch: Callable[[], dict[str, Any]], interval: float = 0.5) -> None:
-    """Redraw the status until hydration completes or the user interrupts."""
+def watch_status(fetch: Callable[[], dict[str, Any]], interval: float = 0.5) -> dict[str, Any] | None:
+    """Redraw the status until hydration completes (then return that status) or the user interrupts."""
     previous_lines = 0
     try:
         while True:
@@ -84,7 +93,7 @@ def watch_status(fetch: Callable[[], dict[str, Any]], interval: float = 0.5) -> 
             sys.stdout.flush()
             previous_lines = text.count("\n") + 1
             if status["hydration"]["complete"]:
-                return
+                return status
             time.sleep(interval)
     except KeyboardInterrupt:
-        return
+        return None

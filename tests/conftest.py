@@ -78,6 +78,21 @@ def fuse() -> None:
     assert shutil.which("fusermount3"), "fusermount3 is missing: run scripts/install"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mount_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This session's registry of running mounts: ``list`` in tests sees no mount of another session."""
+    import os
+
+    path = tmp_path_factory.mktemp("registry")
+    previous = os.environ.get("ARTIFACTFS_RUNTIME_DIR")
+    os.environ["ARTIFACTFS_RUNTIME_DIR"] = str(path)
+    yield path
+    if previous is None:
+        del os.environ["ARTIFACTFS_RUNTIME_DIR"]
+    else:
+        os.environ["ARTIFACTFS_RUNTIME_DIR"] = previous
+
+
 @pytest.fixture
 def state_root(tmp_path: Path) -> Path:
     """The ArtifactFS state root used by this test's mounts."""

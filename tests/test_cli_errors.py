@@ -60,8 +60,9 @@ def mount(remote: str, directory: Path, state_root: Path, *extra: str, env: dict
         ("http://", "url"),
         ("https://exa mple.com/repo.git", "url"),
         ("http://example.com:99999/repo.git", "port"),
-        ("ssh://git@example.com/repo.git", "unsupported"),
-        ("git@example.com:org/repo.git", "unsupported"),
+        ("git://example.com/repo.git", "unsupported"),
+        ("ssh://git:secret@example.com/repo.git", "password"),
+        ("git@example.com:", "no repository path"),
         ("/no/such/repository", "does not exist"),
     ],
 )
@@ -72,6 +73,11 @@ def test_malformed_remote(remote, expected, empty_dir, state_root, fuse):
 def test_unreachable_remote(empty_dir, state_root, fuse):
     result = mount(f"http://127.0.0.1:{closed_port()}/repo.git", empty_dir, state_root)
     assert_clean_failure(result, "127.0.0.1", state_root, empty_dir)
+
+
+def test_unreachable_ssh_remote(empty_dir, state_root, fuse):
+    result = mount(f"ssh://git@127.0.0.1:{closed_port()}/repo.git", empty_dir, state_root)
+    assert_clean_failure(result, "cannot connect", state_root, empty_dir)
 
 
 def test_not_a_repository(git_server, empty_dir, state_root, fuse):
@@ -95,11 +101,13 @@ def test_unknown_ref(make_repo, git_server, empty_dir, state_root, fuse):
     assert_clean_failure(result, "no-such-branch", state_root, empty_dir)
 
 
-def test_directory_missing(make_repo, git_server, tmp_path, state_root, fuse):
+def test_directory_that_cannot_be_created(make_repo, git_server, tmp_path, state_root, fuse):
     make_repo("demo")
-    assert_clean_failure(
-        mount(git_server.url("demo"), tmp_path / "absent", state_root), "does not exist", state_root
-    )
+    (tmp_path / "a-file").write_text("x")
+    target = tmp_path / "a-file" / "absent"
+    assert_clean_failure(mount(git_server.url("demo"), target, state_root), "not a directory", state_root)
+    assert (tmp_path / "a-file").read_text() == "x"
+    assert not state_root.exists()
 
 
 def test_directory_not_empty(make_repo, git_server, empty_dir, state_root, fuse):

@@ -30,7 +30,14 @@ from artifactfs.daemon import control
 from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
-from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_ref
+from artifactfs.daemon.startup import (
+    BlobStream,
+    ResolvedRef,
+    complete_history,
+    create_gitdir,
+    history_available,
+    resolve_wanted,
+)
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
@@ -89,13 +96,19 @@ class MountOptions:
     hydration: HydrationSettings = field(default_factory=HydrationSettings)
     priority_rules: tuple[PriorityRule, ...] = ()
     allow_other: bool = False
+    owner: tuple[int, int] | None = None
+    """(uid, gid) owning the base tree; the daemon's own if None."""
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
+    history_depth: int | None = None
+    """Commits of history to keep per branch and tag (``--depth``); None for all."""
     blob_store: TierLocation | None = None
     """The shared tier (``--blob-store s3://BUCKET/PREFIX``), or None."""
 
 
 ReadyCallback = Callable[[], None]
+ProgressCallback = Callable[[str], None]
+"""Told each start-up phase as one short line (``mount`` shows them on a terminal)."""
 
 
 class _PhaseTimer:
@@ -121,14 +134,16 @@ def _join(directory: str, name: str) -> str:
 class Mount:
     """Everything one running mount owns."""
 
-    def __init__(self, options: MountOptions) -> None:
+    def __init__(self, options: MountOptions, on_progress: ProgressCallback | None = None) -> None:
         self.options = options
+        self._on_progress = on_progress
         self.state = StateRoot(options.root)
         self.mount_dir = self.state.mount_dir(options.mountpoint, options.remote.redacted())
         self.session: RemoteSession | None = None
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
         self.tier: S3Tier | None = None
+        self._origin: OriginSource | None = None
         self.profiles = ProfileStore(options.root)
         self.profile_key = ProfileStore.key(options.remote.redacted())
         self._profile_followed = 0
@@ -146,22 +161,31 @@ class Mount:
         """Verified sizes that differ from what the index may hold (see _size_corrected)."""
         self._index_prepared = False
         self._index_sizes_failing = False
+        self._history_fetched = False
+        self._tip_blobs: BlobStream | None = None
+        """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
 
     # ------------------------------------------------------------- main
+
+    def _progress(self, line: str) -> None:
+        log.debug("start-up: %s", line)
+        if self._on_progress is not None:
+            self._on_progress(line)
 
     async def run(self, on_ready: ReadyCallback) -> None:
         options = self.options
         private_dir(self.mount_dir)
         phases = _PhaseTimer()
-        async with await open_remote(options.remote) as session:
+        cache = BlobCache(self.state.blob_cache_dir)
+        cache.clean_tmp()
+        self._progress(f"connecting to {options.remote.redacted()}")
+        async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
             self.session = session
             phases.mark("remote opened")
-            resolved = await self._prepare_gitdir(session)
+            resolved = await self._prepare_gitdir(session, cache, streams)
             phases.mark("tree ready")
             gitdir = self.gitdir
             assert gitdir is not None
-            cache = BlobCache(self.state.blob_cache_dir)
-            cache.clean_tmp()
             gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
             self.hydrator = self._hydrator(session, cache, gitdir)
@@ -170,7 +194,7 @@ class Mount:
             install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
             git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote)
             assert self.snapshot is not None
-            self.view = OverlayView(overlay, self.snapshot)
+            self.view = OverlayView(overlay, self.snapshot, options.owner)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
             self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
             self.hydrator.on_size_corrected = self._size_corrected
@@ -192,6 +216,12 @@ class Mount:
                     nursery.start_soon(self._watch_signals)
                     nursery.start_soon(self._fuse_main)
                     await nursery.start(self.hydrator.run)
+                    if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
+                        blobs, self._tip_blobs = self._tip_blobs, None
+                        assert self._origin is not None
+                        nursery.start_soon(
+                            self.hydrator.take_stream, self._origin, blobs.parser, blobs.arrived, blobs.chunks
+                        )
                     if self.profiles.enabled(self.profile_key):
                         self.hydrator.profile = ProfileRecorder()
                         nursery.start_soon(self._follow_profile)
@@ -213,6 +243,10 @@ class Mount:
                     await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
                     self._publish_runtime()
                     self.state_name = "mounted"
+                    self._progress(
+                        f"ready: {options.mountpoint} at {self.snapshot.commit_oid[:12]} "
+                        f"({time.time() - self.started_at:.1f}s)"
+                    )
                     on_ready()
                     phases.mark("ready")
                     nursery.start_soon(self.hydrator.track, self.snapshot)
@@ -241,8 +275,10 @@ class Mount:
                     # the binary class, so the other classes open once classes are final.
                     self.hydrator.start_background()
                     nursery.start_soon(report_progress, self.status)
-                    if gitdir.shallow_commits():
+                    if gitdir.shallow_commits() and history_available(session):
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
+                    elif gitdir.shallow_commits():
+                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
                     if not self.read_only:  # reconciling writes the overlay
                         nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
@@ -267,7 +303,8 @@ class Mount:
             self.tier = S3Tier(options.blob_store, cache)
             self.tier.use_tree(self.snapshot.root_tree_oid)
             chain.append(self.tier)
-        chain.append(OriginSource(session, cache, options.hydration.max_bandwidth))
+        self._origin = OriginSource(session, cache, options.hydration.max_bandwidth)
+        chain.append(self._origin)
         sources = SourceChain(
             chain,
             optional_timeout=lambda urgent: TIER_DEMAND_TIMEOUT if urgent else TIER_BATCH_TIMEOUT,
@@ -342,7 +379,8 @@ class Mount:
         assert self.hydrator is not None
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
-        await complete_history(session, gitdir, self.hydrator.health)
+        await complete_history(session, gitdir, self.hydrator.health, self.options.history_depth)
+        self._history_fetched = True
 
     async def _follow_profile(self) -> None:
         """Queue the paths earlier mounts of this repository read first, above the classes.
@@ -491,8 +529,13 @@ class Mount:
 
     # ------------------------------------------------------------- start-up steps
 
-    async def _prepare_gitdir(self, session: RemoteSession) -> ResolvedRef | None:
-        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created."""
+    async def _prepare_gitdir(
+        self, session: RemoteSession, cache: BlobCache, streams: contextlib.AsyncExitStack
+    ) -> ResolvedRef | None:
+        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created.
+
+        A remote without filter sends the tip's blobs after its trees: that stream stays open in
+        ``streams`` and waits in ``_tip_blobs`` for the hydrator."""
         gitdir = GitDir(self.mount_dir / "gitdir")
         commit = gitdir.head_oid() if gitdir.exists() else None
         if commit is not None and gitdir.has_object(commit):
@@ -500,11 +543,23 @@ class Mount:
             self.trees = TreeCache(gitdir.read_tree)
             self.snapshot = Snapshot(commit, gitdir.commit_tree(commit), self.trees)
             log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
+            self._progress(f"reusing the local trees (HEAD {commit[:12]})")
             return None
+        self._progress("listing refs")
         refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
-        resolved = resolve_ref(refs, self.options.ref)
-        gitdir, tip = await create_gitdir(session, gitdir.path, self.options.remote.redacted(), resolved)
+        resolved = await resolve_wanted(session, refs, self.options.ref)
+        self._progress(f"fetching trees of {resolved.commit[:12]}")
+        gitdir, tip = await create_gitdir(
+            session,
+            gitdir.path,
+            self.options.remote.redacted(),
+            resolved,
+            spool_dir=cache.tmp_dir,
+            streams=streams,
+        )
+        self._progress(f"received {len(tip.trees)} trees")
         self.gitdir = gitdir
+        self._tip_blobs = tip.blobs
         tip_trees = tip.trees
 
         def read_tree(oid: str) -> bytes:
@@ -693,17 +748,26 @@ class Mount:
         raise ArtifactFSError(f"unknown control operation {op!r}")
 
     def prefetch(self, pathspecs: list[str]) -> int:
-        """Raise every blob under or matching ``pathspecs`` to the front of the queue."""
+        """Raise every blob under or matching ``pathspecs`` to the front of the queue.
+
+        A pathspec that matches no file is an error (as in ``git add``), so a
+        typo is not mistaken for blobs that are all local already.
+        """
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
                 continue
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
-                    break
+                    unmatched.discard(spec)
+        if unmatched:
+            raise ArtifactFSError(
+                "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
+            )
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:
@@ -718,7 +782,9 @@ class Mount:
             "head": self.snapshot.commit_oid,
             "gitdir": str(self.gitdir.path),
             "uptime_seconds": round(time.time() - self.started_at, 1),
-            "history_complete": not self.gitdir.shallow_commits(),
+            "history_complete": self._history_fetched or not self.gitdir.shallow_commits(),
+            "history_depth": self.options.history_depth,
+            "history_shallow": self.session is not None and not history_available(self.session),
             "hydration": self.hydrator.status(),
             "tier": self.tier.status() if self.tier is not None else None,
             "profile": {

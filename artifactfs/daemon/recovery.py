@@ -11,11 +11,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
 from artifactfs.errors import MountpointError
-from artifactfs.state import StateRoot, pid_alive
+from artifactfs.state import RuntimeRecord, StateRoot, pid_alive, registered, unregister
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,22 @@ def is_mounted(mountpoint: Path) -> bool:
             return any(line.split(" ", 5)[4] == escaped for line in table)
     except OSError:
         return os.path.ismount(mountpoint)
+
+
+def artifactfs_mounts() -> list[Path]:
+    """Mountpoints of every ArtifactFS mount this process can see (from the kernel's mount table)."""
+    try:
+        with open("/proc/self/mountinfo") as table:
+            lines = table.readlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        if tail.split(" ", 1)[0] == "fuse.artifactfs":
+            escaped = fields.split(" ")[4]
+            found.append(Path(re.sub(r"\\([0-7]{3})", lambda match: chr(int(match[1], 8)), escaped)))
+    return found
 
 
 def is_stale_mount(mountpoint: Path) -> bool:
@@ -70,3 +87,18 @@ def withdraw_dead_runtime(state: StateRoot, mountpoint: Path) -> bool:
     state.withdraw_runtime(mountpoint)
     log.warning("removed the runtime record of dead daemon %d for %s", record.pid, mountpoint)
     return True
+
+
+def live_registered() -> list[RuntimeRecord]:
+    """The machine-wide registry's mounts that still run; entries of dead daemons are removed.
+
+    An entry whose pid is gone, or whose mountpoint holds no mount any more
+    (its daemon is ending, or the pid was reused), is stale.
+    """
+    live = []
+    for record in registered():
+        if pid_alive(record.pid) and is_mounted(Path(record.mountpoint)):
+            live.append(record)
+        else:
+            unregister(Path(record.mountpoint), record.pid)
+    return live

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -136,6 +136,22 @@ class OriginSource:
                 await self._throttle(len(chunk))
                 deliver(await self._step(self._ingest, parser, chunk, urgent=urgent))
             deliver(await self._step(self._ingest_end, parser, b"", urgent=urgent))
+
+    async def ingest_stream(
+        self,
+        parser: PackStreamParser,
+        arrived: Sequence[PackObject],
+        chunks: AsyncIterator[bytes] | None,
+        deliver: Deliver,
+    ) -> None:
+        """Store the blobs of a pack the origin is already sending (the tip's, from a server without
+        filter): ``arrived`` were parsed before, ``chunks`` feed ``parser`` the rest."""
+        deliver(await trio.to_thread.run_sync(self._store, arrived, limiter=self._parse_thread))
+        if chunks is not None:
+            async for chunk in chunks:
+                await self._throttle(len(chunk))
+                deliver(await self._step(self._ingest, parser, chunk, urgent=False))
+            deliver(await self._step(self._ingest_end, parser, b"", urgent=False))
 
     async def _throttle(self, amount: int) -> None:
         """Pace the origin's bytes to ``max_bandwidth`` bytes per second across all requests."""

@@ -11,7 +11,6 @@ overlay is only read, never changed, because the daemon owns it.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from artifactfs.errors import CorruptObjectError, MountpointError
 from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import StateRoot, pid_alive, read_private_bytes
+from artifactfs.state import StateRoot, pid_alive
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 
@@ -56,27 +55,11 @@ class FsckReport:
         return self.count("damaged") == 0
 
 
-def state_dirs_for(state: StateRoot, mountpoint: Path) -> list[Path]:
-    """Every state directory recorded for ``mountpoint``: the running daemon's, then by ``mount.json``."""
-    found: list[Path] = []
-    record = state.runtime(mountpoint)
-    if record is not None:
-        found.append(Path(record.state_dir))
-    for description in sorted((state.root / "mounts").glob("*/mount.json")):
-        try:
-            recorded = json.loads(read_private_bytes(description)).get("mountpoint")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if recorded == str(mountpoint) and description.parent not in found:
-            found.append(description.parent)
-    return found
-
-
 def fsck(state: StateRoot, mountpoint: Path) -> FsckReport:
     """Check (and where safe, repair) everything ArtifactFS keeps for ``mountpoint``."""
     report = FsckReport(mountpoint)
     live_dir = _check_runtime(state, mountpoint, report)
-    report.state_dirs = state_dirs_for(state, mountpoint)
+    report.state_dirs = state.state_dirs(mountpoint)
     if not report.state_dirs:
         raise MountpointError(f"no ArtifactFS state for {mountpoint} under {state.root}")
     _check_blob_cache(BlobCache(state.blob_cache_dir), report)
