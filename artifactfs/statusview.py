@@ -63,7 +63,7 @@ def render(status: dict[str, Any]) -> str:
             latency = stats["latency"]
             mean = latency["sum"] / latency["count"] * 1000 if latency["count"] else 0.0
             lines.append(
-                f"  {name:<9}{stats['blobs']} blobs, {_human_bytes(stats['bytes'])}, "
+                f"  {name:<9}{stats['blobs']} blobs, {human_bytes(stats['bytes'])}, "
                 f"{stats['requests']} requests, {mean:.0f} ms mean"
                 + (f", {stats['errors']} errors" if stats["errors"] else "")
             )
