@@ -74,6 +74,12 @@ def render(status: dict[str, Any]) -> str:
             f"tier:     {tier['location']}: {tier['indexed_blobs']} blobs indexed, "
             f"{tier['rejected_blobs']} rejected, {published['blobs']} published"
         )
+    lfs = status.get("lfs") or {}
+    if lfs.get("files"):
+        lines.append(
+            f"lfs:      {lfs['files']} files, {lfs['downloaded']} objects fetched, {lfs['failures']} failed "
+            f"({lfs['missing']} missing on the server)  [{lfs['endpoint']}]"
+        )
     if hydration["errors"]:
         lines.append("recent errors:")
         lines.extend(f"  {message}" for message in hydration["errors"][-5:])

@@ -50,6 +50,8 @@ from artifactfs.hydrator.profile import (
     encode_profile,
 )
 from artifactfs.hydrator.sources import BlobSource, CacheSource, OriginSource, SourceChain
+from artifactfs.lfs.files import LfsFiles
+from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
@@ -147,6 +149,7 @@ class Mount:
         self.profiles = ProfileStore(options.root)
         self.profile_key = ProfileStore.key(options.remote.redacted())
         self._profile_followed = 0
+        self.lfs: LfsFiles | None = None
         self.git_service: GitService | None = None
         self.operations: Operations | None = None
         self.view: OverlayView | None = None
@@ -196,7 +199,18 @@ class Mount:
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot, options.owner)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
-            self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
+            self.lfs = LfsFiles(
+                self.hydrator,
+                cache,
+                LfsObjectStore(self.state.blob_cache_dir),
+                gitdir.path,
+                Classifier(options.priority_rules),
+                options.remote.url if options.remote.kind == "http" else None,
+                session.credential,
+            )
+            self.operations = Operations(
+                self.view, self.snapshot, self.hydrator, self.lfs, gitfile, self.mount_dir
+            )
             self.hydrator.on_size_corrected = self._size_corrected
             fuse_options = set(pyfuse3.default_options) | {
                 "fsname=artifactfs",
@@ -226,6 +240,7 @@ class Mount:
                         self.hydrator.profile = ProfileRecorder()
                         nursery.start_soon(self._follow_profile)
                         nursery.start_soon(self._save_profile_after_window)
+                    await nursery.start(self.lfs.run)
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
                     serve_control = functools.partial(
@@ -611,6 +626,8 @@ class Mount:
                 await self.hydrator.sizes(blob_oids, partial=True)
         gitignore_ids = await self._gitignore_ids(listing)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
+        if self.lfs is not None:  # an LFS file shows its object, not its pointer blob
+            sizes.update(await self.lfs.index_sizes(INDEX_SIZE_WAIT))
         changed = [row.path for row in self.view.rows()]
         await trio.to_thread.run_sync(
             functools.partial(
@@ -756,6 +773,7 @@ class Mount:
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        files: list[tuple[str, str]] = []
         unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
@@ -763,11 +781,14 @@ class Mount:
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
+                    files.append((path, entry.oid))
                     unmatched.discard(spec)
         if unmatched:
             raise ArtifactFSError(
                 "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
             )
+        if self.lfs is not None:
+            self.lfs.prefetch(files)  # the objects of the LFS files among them
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:
@@ -794,6 +815,7 @@ class Mount:
             },
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
+            "lfs": self.lfs.status() if self.lfs else {},
         }
 
 

@@ -39,6 +39,8 @@ import trio
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.latency import LatencyHistogram
+from artifactfs.lfs.files import LfsFiles
+from artifactfs.lfs.objects import LfsObjectFile
 from artifactfs.overlay.errors import errno_for
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
@@ -102,8 +104,8 @@ class _FileHandle:
     """A data file (overlay content), or -1."""
     writable: bool
     written: bool = False
-    blob: LooseBlobFile | None = None
-    """Set instead of ``fd`` for a file whose content is still its base blob."""
+    blob: LooseBlobFile | LfsObjectFile | None = None
+    """Set instead of ``fd`` for a file whose content is still its base blob (or its LFS object)."""
     read: bool = False
 
 
@@ -120,12 +122,20 @@ class Operations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(
-        self, view: OverlayView, snapshot: Snapshot, hydrator: Hydrator, gitfile: bytes, state_dir: Path
+        self,
+        view: OverlayView,
+        snapshot: Snapshot,
+        hydrator: Hydrator,
+        lfs: LfsFiles,
+        gitfile: bytes,
+        state_dir: Path,
     ) -> None:
         super().__init__()
         self._view = view
         self._snapshot = snapshot
         self._hydrator = hydrator
+        self._lfs = lfs
+        lfs.publish(snapshot)
         self._gitfile = gitfile
         self._state_dir = state_dir
         self._inodes = InodeTable()
@@ -147,6 +157,7 @@ class Operations(pyfuse3.Operations):
         Reconciling never changes what a path contains, but a dropped overlay
         entry reports the base mtime again, so cached attributes are forgotten.
         """
+        self._lfs.publish(snapshot)
         self._snapshot = snapshot
         if not attributes_changed:
             return
@@ -285,6 +296,11 @@ class Operations(pyfuse3.Operations):
         oid = self._content_oid(node)
         size = None
         if oid is not None:
+            await self._lfs.ready()
+            if self._lfs.covers(node.path):  # an LFS file: the size its pointer names
+                return self._attributes_with_size(
+                    inode, node, await self._lfs.size(node.path, oid, fetch=fetch)
+                )
             size = self._hydrator.known_size(oid)
             if size is None and (fetch or self._hydrator.object_info_available):
                 size = (await self._hydrator.sizes([oid], neighbours=self._neighbours(node.path)))[oid]
@@ -453,14 +469,30 @@ class Operations(pyfuse3.Operations):
             self._inodes.remember(inode)
 
     async def _listing_sizes(self, listing: Sequence[tuple[bytes, Node | None]]) -> dict[str, int]:
-        """Sizes for a directory listing in one batch (never hydrating: unknown ones are left out)."""
-        oids = [oid for _, node in listing if node is not None and (oid := self._content_oid(node))]
+        """Sizes for a directory listing in one batch (never hydrating: unknown ones are left out).
+
+        LFS files report the size their pointer names once it is known; until
+        the LFS paths are (right after a mount or a HEAD move), any blob that
+        may be a pointer is left out.
+        """
+        lfs_ready = self._lfs.settled()
+        oids: list[str] = []
+        lfs_sizes: dict[str, int] = {}
+        for _, node in listing:
+            if node is None or (oid := self._content_oid(node)) is None:
+                continue
+            if not lfs_ready or self._lfs.covers(node.path):
+                size = self._lfs.known_size(node.path, oid, maybe_lfs=not lfs_ready)
+                if size is not None:
+                    lfs_sizes[oid] = size
+            else:
+                oids.append(oid)
         known = {oid: size for oid in oids if (size := self._hydrator.known_size(oid)) is not None}
         missing = [oid for oid in oids if oid not in known]
         if missing and self._hydrator.object_info_available:
             # partial: a blob the remote lacks must not make the whole directory unlistable.
             known.update(await self._hydrator.sizes(missing, partial=True))
-        return known
+        return known | lfs_sizes
 
     @_fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -566,12 +598,24 @@ class Operations(pyfuse3.Operations):
             return node
         if truncate or node.base_oid is None:
             return self._view.copy_up(path, None)
+        lfs_object = await self._lfs_object(path, node.base_oid)
+        if lfs_object is not None:
+            with lfs_object:
+                current = self._node(path)  # the view may have changed while we waited
+                return current if current.data_path is not None else self._view.copy_up(path, lfs_object)
         source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
         node = self._node(path)  # the view may have changed while we waited
         if node.data_path is not None:
             return node
         with LooseBlobFile.open(source) as blob:
             return self._view.copy_up(path, blob)
+
+    async def _lfs_object(self, path: str, oid: str) -> LfsObjectFile | None:
+        """The LFS object ``path`` shows, or None when its base blob is its content."""
+        await self._lfs.ready()
+        if not self._lfs.covers(path):
+            return None
+        return await self._lfs.open(path, oid)
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -600,6 +644,11 @@ class Operations(pyfuse3.Operations):
             fd = os.open(node.data_path, os.O_RDONLY)
         else:
             assert node.base_oid is not None
+            lfs_object = await self._lfs_object(path, node.base_oid)
+            if lfs_object is not None:
+                handle = self._handle()
+                self._files[handle] = _FileHandle(inode, node, -1, False, blob=lfs_object)
+                return pyfuse3.FileInfo(fh=handle, keep_cache=True)
             source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
             blob = LooseBlobFile.open(source)
             # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
