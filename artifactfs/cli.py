@@ -31,6 +31,7 @@ from artifactfs.hydrator.settings import HYDRATION_MODES, HydrationSettings
 
 if TYPE_CHECKING:
     from artifactfs.state import RuntimeRecord, StateRoot
+    from artifactfs.store.tier import TierLocation
 
 log = logging.getLogger("artifactfs")
 
@@ -185,6 +186,11 @@ _HYDRATION_DEFAULTS = HydrationSettings()
     help="Config file with a [priority] table (default: user config dir).",
 )
 @click.option(
+    "--blob-store",
+    metavar="s3://BUCKET/PREFIX",
+    help="Shared blob tier on an S3-compatible store (AWS_* environment and config; needs artifactfs[s3]).",
+)
+@click.option(
     "--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other)."
 )
 @click.option(
@@ -222,6 +228,7 @@ def mount(
     read_timeout: float,
     priority_rules: tuple[str, ...],
     config_path: str | None,
+    blob_store: str | None,
     allow_other: bool,
     owner_uid: int | None,
     owner_gid: int | None,
@@ -261,6 +268,7 @@ def mount(
             os.getgid() if owner_gid is None else owner_gid,
         ),
         metrics_address=metrics,
+        blob_store=_blob_store(config_file, blob_store),
         history_depth=depth,
     )
     _refuse_root_inside_a_mount(options.root, mountpoint, artifactfs_mounts())
@@ -322,6 +330,17 @@ def _create_mountpoint(mountpoint: Path) -> None:
 
 def _show_progress(line: str) -> None:
     click.echo(f"artifactfs: {line}", err=True)
+
+
+def _blob_store(config_file: Path, flag: str | None) -> TierLocation | None:
+    import importlib.util
+
+    from artifactfs.store.tier import configured_location
+
+    location = configured_location(config_file, flag)
+    if location is not None and importlib.util.find_spec("boto3") is None:
+        raise UsageError("--blob-store needs boto3: pip install 'artifactfs[s3]'")
+    return location
 
 
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
@@ -645,6 +664,36 @@ def prefetch(directory: str, pathspecs: tuple[str, ...], root: str | None) -> No
     record, _ = _find_mount(directory, root)
     answer = control.request(Path(record.socket), "prefetch", paths=list(pathspecs))
     click.echo(f"queued {answer['boosted']} blobs first")
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["show", "off", "on", "clear"]))
+@click.argument("remote")
+@_root_option
+def profile(action: str, remote: str, root: str | None) -> None:
+    """Show, turn off, turn on or clear REMOTE's learned prefetch profile.
+
+    A mount records the files it reads in its first minutes; the next mount of
+    the same remote fetches those first. The profile is kept in the state
+    root (and shared through --blob-store when one is used).
+    """
+    from artifactfs.hydrator.profile import ProfileStore
+    from artifactfs.remote.url import RemoteURL
+
+    state_root = _state_root(root, create=action in ("off", "on"))
+    store = ProfileStore(state_root.root)
+    key = store.key(RemoteURL.parse(remote).redacted())
+    if action == "show":
+        paths = store.load(key)
+        click.echo(f"learned prefetch: {'on' if store.enabled(key) else 'off'}")
+        click.echo(f"{len(paths or [])} paths")
+        for path in paths or []:
+            click.echo(path)
+    elif action == "clear":
+        click.echo("cleared" if store.clear(key) else "no profile")
+    else:
+        store.set_enabled(key, action == "on")
+        click.echo(f"learned prefetch {action}")
 
 
 @main.command(name="list")

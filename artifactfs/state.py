@@ -247,6 +247,11 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
+def repository_key(remote_display: str) -> str:
+    """A repository's name in per-repository state (prefetch profiles): a digest of its redacted URL."""
+    return _digest("repository", remote_display)
+
+
 @dataclass(frozen=True)
 class RuntimeRecord:
     """What a running daemon publishes about itself under ``run/``."""

@@ -56,6 +56,24 @@ class LatencyReport:
 
 
 @dataclass(frozen=True)
+class SourceReport:
+    """What one blob source (local cache, shared tier, origin) served."""
+
+    requests: int
+    blobs: int
+    bytes: int
+    errors: int
+    last_error: str | None
+    latency: LatencyReport
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SourceReport:
+        fields = dict(data)
+        fields["latency"] = LatencyReport.from_json(data["latency"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
 class HydrationReport:
     mode: str
     total_blobs: int
@@ -79,6 +97,8 @@ class HydrationReport:
     """The most recent fetch errors, oldest first."""
     errors_total: int
     fetch_latency: LatencyReport
+    sources: dict[str, SourceReport]
+    """By source, in the order they are asked."""
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HydrationReport:
@@ -86,6 +106,7 @@ class HydrationReport:
         fields["remote"] = RemoteHealthReport(**data["remote"])
         fields["classes"] = {label: ClassProgress(**counters) for label, counters in data["classes"].items()}
         fields["fetch_latency"] = LatencyReport.from_json(data["fetch_latency"])
+        fields["sources"] = {name: SourceReport.from_json(stats) for name, stats in data["sources"].items()}
         return cls(**fields)
 
 
@@ -102,6 +123,27 @@ class FuseReport:
             operation: LatencyReport.from_json(report) for operation, report in data["latency"].items()
         }
         return cls(data["open_files"], dict(data["operations"]), latency)
+
+
+@dataclass(frozen=True)
+class TierReport:
+    """The shared blob tier (``--blob-store``)."""
+
+    location: str
+    indexes_found: int
+    indexed_blobs: int
+    rejected_blobs: int
+    published: dict[str, int]
+    """What this mount wrote through to the tier: packs, blobs, bytes."""
+
+
+@dataclass(frozen=True)
+class ProfileReport:
+    """The learned prefetch profile: whether it is recorded, how many paths it led and recorded."""
+
+    enabled: bool
+    followed_paths: int
+    recorded_paths: int
 
 
 @dataclass(frozen=True)
@@ -134,6 +176,8 @@ class MountStatus:
     history_shallow: bool
     """The remote cannot send history without blobs (no filter): the history stays at depth 1."""
     hydration: HydrationReport
+    tier: TierReport | None
+    profile: ProfileReport
     git: dict[str, int]
     """Counters of what git in the mount asked the daemon for."""
     fuse: FuseReport
@@ -148,6 +192,8 @@ class MountStatus:
         names = {field.name for field in dataclasses.fields(cls)}
         fields = {name: value for name, value in data.items() if name in names}
         fields["hydration"] = HydrationReport.from_json(data["hydration"])
+        fields["tier"] = TierReport(**data["tier"]) if data["tier"] is not None else None
+        fields["profile"] = ProfileReport(**data["profile"])
         fields["git"] = dict(data["git"])
         fields["fuse"] = FuseReport.from_json(data["fuse"])
         fields["lfs"] = LfsReport(**data["lfs"])

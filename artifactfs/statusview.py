@@ -55,6 +55,23 @@ def render(status: MountStatus) -> str:
             f"{counters.hydrated}/{counters.total}"
             + (f", {counters.failed} failed" if counters.failed else "")
         )
+    if hydration.sources:
+        lines.append("sources:")
+        for name, stats in hydration.sources.items():
+            latency = stats.latency
+            mean = latency.sum / latency.count * 1000 if latency.count else 0.0
+            lines.append(
+                f"  {name:<9}{stats.blobs} blobs, {human_bytes(stats.bytes)}, "
+                f"{stats.requests} requests, {mean:.0f} ms mean"
+                + (f", {stats.errors} errors" if stats.errors else "")
+            )
+    tier = status.tier
+    if tier:
+        published = tier.published
+        lines.append(
+            f"tier:     {tier.location}: {tier.indexed_blobs} blobs indexed, "
+            f"{tier.rejected_blobs} rejected, {published['blobs']} published"
+        )
     lfs = status.lfs
     if lfs.files:
         lines.append(

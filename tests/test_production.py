@@ -321,6 +321,9 @@ def test_prometheus_metrics_endpoint(
     fetches = {labels["le"]: value for labels, value in samples["artifactfs_fetch_seconds_bucket"]}
     assert fetches["+Inf"] >= 1 and samples["artifactfs_fetch_seconds_count"][0][1] == fetches["+Inf"]
     assert samples["artifactfs_errors_total"][0][1] == 0
+    from_sources = {labels["source"]: value for labels, value in samples["artifactfs_source_blobs_total"]}
+    assert from_sources == {name: stats["blobs"] for name, stats in hydration["sources"].items()}
+    assert from_sources["origin"] >= 2 and set(from_sources) == {"cache", "origin"}
     assert samples["artifactfs_remote_up"][0][1] == 1
     assert (
         samples["artifactfs_hydration_paused"][0][1] == 0

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from artifactfs.errors import UsageError
-from artifactfs.status import LatencyReport, MountStatus
+from artifactfs.status import LatencyReport, MountStatus, SourceReport
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,33 @@ class MountCollector(Collector):
         )
         fetch_latency.add_metric([], _buckets(hydration.fetch_latency), hydration.fetch_latency.sum)
         yield fetch_latency
+        yield from _source_metrics(hydration.sources)
         yield CounterMetricFamily(
             "artifactfs_errors",
             "Fetch and object-info failures (each retry counts).",
             value=hydration.errors_total,
         )
+
+
+def _source_metrics(sources: dict[str, SourceReport]) -> Iterator[Metric]:
+    """Where blobs came from: the local cache, the shared tier, the origin."""
+    counters = {
+        "requests": "Requests made to each blob source.",
+        "blobs": "Blobs each blob source delivered (verified).",
+        "bytes": "Bytes of blobs each blob source delivered.",
+        "errors": "Failures of each blob source (an optional one's blobs then come from the next).",
+    }
+    for field, documentation in counters.items():
+        family = CounterMetricFamily(f"artifactfs_source_{field}", documentation, labels=["source"])
+        for name, stats in sources.items():
+            family.add_metric([name], getattr(stats, field))
+        yield family
+    latency = HistogramMetricFamily(
+        "artifactfs_source_request_seconds", "Duration of requests to each blob source.", labels=["source"]
+    )
+    for name, stats in sources.items():
+        latency.add_metric([name], _buckets(stats.latency), stats.latency.sum)
+    yield latency
 
 
 def _buckets(histogram: LatencyReport) -> list[tuple[str, float]]:

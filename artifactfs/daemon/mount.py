@@ -49,19 +49,29 @@ from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import Operations
 from artifactfs.hydrator.hydrator import Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
+from artifactfs.hydrator.profile import (
+    PROFILE_WINDOW,
+    ProfileRecorder,
+    ProfileStore,
+    decode_profile,
+    encode_profile,
+)
 from artifactfs.hydrator.settings import HydrationSettings
+from artifactfs.hydrator.sources import BlobSource, CacheSource, OriginSource, SourceChain
 from artifactfs.lfs.files import LfsFiles
 from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
 from artifactfs.remote import RemoteSession, RemoteURL, open_remote
+from artifactfs.retry import HISTORY_BACKOFF
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.state import MountState, RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
-from artifactfs.status import MountStatus
+from artifactfs.status import MountStatus, ProfileReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
+from artifactfs.store.tier import S3Tier, TierError, TierLocation
 from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
 
@@ -70,6 +80,14 @@ log = logging.getLogger(__name__)
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
+TIER_DEMAND_TIMEOUT = 2.0
+"""Seconds a blocked read waits for the shared tier before the origin is asked."""
+TIER_BATCH_TIMEOUT = 30.0
+"""Seconds a background batch waits for the shared tier before the origin is asked."""
+PUBLISH_POLL = 1.0
+"""Seconds between checks that every blob of the mounted tree is here before publishing it."""
+PUBLISH_ATTEMPTS = 3
+"""Tries at writing a hydrated tree through to the tier before leaving it to the next machine."""
 
 
 @dataclass
@@ -87,6 +105,8 @@ class MountOptions:
     """Commits of history to keep per branch and tag (``--depth``); None for all."""
     owner: tuple[int, int] | None = None
     """(uid, gid) owning the base tree; the daemon's own if None."""
+    blob_store: TierLocation | None = None
+    """The shared tier (``--blob-store s3://BUCKET/PREFIX``), or None."""
 
 
 ReadyCallback = Callable[[], None]
@@ -236,9 +256,12 @@ class Mount:
         self.cache = cache
         gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
         gitdir.remove_stale_temporaries()
-        self.hydrator = Hydrator(
-            session, cache, gitdir, Classifier(options.priority_rules), options.hydration
-        )
+        self.profiles = ProfileStore(options.root)
+        self.profile_key = ProfileStore.key(options.remote.redacted())
+        self._profile_followed = 0
+        self.tier: S3Tier | None = None
+        """The shared tier, when the mount has one (``--blob-store``)."""
+        self.hydrator = self._hydrator(session, cache, gitdir, base.snapshot)
         self.overlay = self._open_overlay(gitdir)
         publish_token = journal_token(self.overlay.journal.path)  # changes from here on reach git
         install_bridge(gitdir, options.remote, state.socket_path(options.mountpoint))
@@ -300,7 +323,13 @@ class Mount:
                 await nursery.start(self.hydrator.run)
                 if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
                     blobs, self._tip_blobs = self._tip_blobs, None
-                    nursery.start_soon(self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks)
+                    nursery.start_soon(
+                        self.hydrator.take_stream, self._origin, blobs.parser, blobs.arrived, blobs.chunks
+                    )
+                if self.profiles.enabled(self.profile_key):
+                    self.hydrator.profile = ProfileRecorder()
+                    nursery.start_soon(self._follow_profile)
+                    nursery.start_soon(self._save_profile_after_window)
                 await nursery.start(self.lfs.run)
                 if options.hydration.mode == "background":
                     self._fetch_root_manifests()
@@ -356,6 +385,8 @@ class Mount:
                 if not self.read_only:  # reconciling writes the overlay
                     nursery.start_soon(self.head.run)
                 nursery.start_soon(self._watch_mountpoint)
+                if self.tier is not None and options.hydration.mode == "background":
+                    nursery.start_soon(self._publish_to_tier, self.tier, self.head.snapshot)
                 await self._shutdown.wait()
                 nursery.cancel_scope.cancel()
         finally:
@@ -363,7 +394,105 @@ class Mount:
             self.state.withdraw_runtime(options.mountpoint)
             with trio.CancelScope(shield=True):
                 pyfuse3.close(unmount=True)
+                await self._save_profile()
             log.info("unmounted %s", options.mountpoint)
+
+    def _hydrator(
+        self, session: RemoteSession, cache: BlobCache, gitdir: GitDir, snapshot: Snapshot
+    ) -> Hydrator:
+        """The hydrator and its chain of blob sources: the local cache, the shared tier if any, the origin."""
+        options = self.options
+        chain: list[BlobSource] = [CacheSource(cache)]
+        if options.blob_store is not None:
+            self.tier = S3Tier(options.blob_store, cache)
+            self.tier.use_tree(snapshot.root_tree_oid)
+            chain.append(self.tier)
+        self._origin = OriginSource(session, cache, options.hydration.max_bandwidth)
+        chain.append(self._origin)
+        sources = SourceChain(
+            chain,
+            optional_timeout=lambda urgent: TIER_DEMAND_TIMEOUT if urgent else TIER_BATCH_TIMEOUT,
+        )
+        return Hydrator(
+            session, sources, cache, gitdir, Classifier(options.priority_rules), options.hydration
+        )
+
+    async def _follow_profile(self) -> None:
+        """Queue the paths earlier mounts of this repository read first, above the classes.
+
+        The local profile wins; without one, the tier's (what the fleet's
+        agents read). Paths no longer in the tree are skipped.
+        """
+        snapshot = self.head.snapshot
+        paths = self.profiles.load(self.profile_key)
+        if paths is None and self.tier is not None:
+            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
+                try:
+                    data = await self.tier.get_profile(self.profile_key)
+                except TierError as error:
+                    log.info("no prefetch profile from the tier: %s", error)
+                    data = None
+                paths = decode_profile(data) if data is not None else None
+        blobs = []
+        for path in paths or ():
+            entry = snapshot.entry(path)
+            if entry is not None and entry.kind in (EntryKind.FILE, EntryKind.SYMLINK):
+                blobs.append((path, entry.oid))
+        if blobs:
+            log.info("prefetching %d paths from the learned profile first", len(blobs))
+            self.hydrator.prefetch_paths(blobs)
+        self._profile_followed = len(blobs)
+
+    async def _save_profile_after_window(self) -> None:
+        await trio.sleep(PROFILE_WINDOW)
+        await self._save_profile()
+
+    async def _save_profile(self) -> None:
+        """Keep what this mount read first, locally and in the tier if any (reading nothing keeps the old)."""
+        recorder = self.hydrator.profile
+        if recorder is None or not recorder.paths:
+            return
+        paths = recorder.paths
+        try:
+            self.profiles.save(self.profile_key, paths)
+        except OSError as error:
+            log.warning("could not save the prefetch profile: %s", error)
+        if self.tier is not None:
+            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
+                try:
+                    await self.tier.put_profile(self.profile_key, encode_profile(paths))
+                except TierError as error:
+                    log.warning("could not share the prefetch profile through the tier: %s", error)
+
+    async def _publish_to_tier(self, tier: S3Tier, snapshot: Snapshot) -> None:
+        """Once every blob of the mounted tree is here, verified, write it through to the shared tier.
+
+        Only a complete tree is published (its index must name every blob),
+        and only if no other machine published it first. A failing tier is
+        logged; the mount does not depend on it.
+        """
+        while True:
+            await self.hydrator.wait_for_classes(PriorityClass.BINARY)
+            if self.hydrator.status().failed_blobs:
+                log.info("not publishing tree %s to the tier: some blobs failed", snapshot.root_tree_oid)
+                return
+            groups, pending = self.hydrator.blobs_by_class(snapshot)
+            if not pending:
+                break
+            await trio.sleep(PUBLISH_POLL)  # the tree is still being registered or fetched
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await tier.publish(snapshot.root_tree_oid, groups)
+                return
+            except (TierError, ArtifactFSError, OSError) as error:
+                log.warning(
+                    "could not publish tree %s to the tier (attempt %d of %d): %s",
+                    snapshot.root_tree_oid,
+                    attempt,
+                    PUBLISH_ATTEMPTS,
+                    error,
+                )
+            await trio.sleep(HISTORY_BACKOFF.delay(attempt))
 
     def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
         """Open the overlay and point git's fsmonitor at its journal.
@@ -486,6 +615,12 @@ class Mount:
             history_depth=self.options.history_depth,
             history_shallow=not history_available(self.session),
             hydration=self.hydrator.status(),
+            tier=self.tier.status() if self.tier is not None else None,
+            profile=ProfileReport(
+                enabled=self.hydrator.profile is not None,
+                followed_paths=self._profile_followed,
+                recorded_paths=len(self.hydrator.profile.paths) if self.hydrator.profile else 0,
+            ),
             git=self.git_service.status(),
             fuse=self.operations.stats(),
             lfs=self.lfs.status(),
