@@ -190,7 +190,7 @@ def test_demand_preempts_a_blocked_background_batch(tmp_path: Path) -> None:
         assert not release.is_set()  # served while the background batch was still held
         release.set()
         await hydrated(rig.hydrator)
-        assert rig.hydrator.status()["sources"]["origin"]["blobs"] == len(FILES)  # type: ignore[index]
+        assert rig.hydrator.status().sources["origin"].blobs == len(FILES)
 
     run(test, tmp_path)
 
@@ -282,6 +282,6 @@ def test_an_optional_source_never_fails_a_fetch(tmp_path: Path, mode: str) -> No
     assert sorted(delivered) == sorted(oids.values())
     assert tier.asked == 1
     status = chain.status()
-    assert status["tier"]["errors"] == 1  # type: ignore[index]
-    assert status["origin"]["blobs"] == len(FILES)  # type: ignore[index]
-    assert status["cache"]["blobs"] == 0  # type: ignore[index]
+    assert status["tier"].errors == 1
+    assert status["origin"].blobs == len(FILES)
+    assert status["cache"].blobs == 0
