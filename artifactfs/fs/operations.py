@@ -30,6 +30,7 @@ import pyfuse3
 import trio
 
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
+from artifactfs.fs.viewcache import ViewCache
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.latency import LatencyHistogram
 from artifactfs.overlay.errors import errno_for
@@ -89,12 +90,14 @@ class _FileHandle:
     written: bool = False
     blob: LooseBlobFile | None = None
     """Set instead of ``fd`` for a file whose content is still its base blob."""
+    oid: str | None = None
+    """The base blob to open on the first read when ``blob`` is not open yet (see :meth:`Operations.open`)."""
 
 
 @dataclass
 class _DirHandle:
     path: str
-    listing: list[tuple[bytes, Node | None]] | None = None
+    listing: Sequence[tuple[bytes, Node | None]] | None = None
     sizes: dict[str, int] = field(default_factory=dict)
 
 
@@ -108,6 +111,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self._view = view
+        self._cache = ViewCache(view)
         self._snapshot = snapshot
         self._hydrator = hydrator
         self._gitfile = gitfile
@@ -174,7 +178,7 @@ class Operations(pyfuse3.Operations):
         return f"{parent}/{text}" if parent else text
 
     def _node(self, path: str) -> Node:
-        node = self._view.lookup(path)
+        node = self._cache.lookup(path)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -264,7 +268,7 @@ class Operations(pyfuse3.Operations):
             return self._gitfile_attributes()
         else:
             path = self._join(parent, name)
-        node = self._view.lookup(path)
+        node = self._cache.lookup(path)
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
@@ -293,6 +297,9 @@ class Operations(pyfuse3.Operations):
         for handle in self._files.values():
             if handle.inode == inode and handle.blob is not None:
                 return self._base_attributes(inode, stat.S_IFREG | 0o444, handle.blob.size, BASE_MTIME_NS)
+            if handle.inode == inode and handle.oid is not None:
+                size = self._hydrator.known_size(handle.oid) or 0
+                return self._base_attributes(inode, stat.S_IFREG | 0o444, size, BASE_MTIME_NS)
             if handle.inode == inode:
                 info = os.fstat(handle.fd)
                 return self._base_attributes(inode, info.st_mode, info.st_size, info.st_mtime_ns)
@@ -356,11 +363,9 @@ class Operations(pyfuse3.Operations):
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         handle = self._dirs[fh]
         if handle.listing is None or start_id == 0:
-            listing: list[tuple[bytes, Node | None]] = []
+            listing: Sequence[tuple[bytes, Node | None]] = self._cache.listing(handle.path)
             if handle.path == "":
-                listing.append((GITFILE_NAME, None))
-            for name, node in self._view.list_dir(handle.path):
-                listing.append((name.encode("utf-8", "surrogateescape"), node))
+                listing = [(GITFILE_NAME, None), *listing]
             handle.listing = listing
             handle.sizes = await self._listing_sizes(listing)
         for index in range(start_id, len(handle.listing)):
@@ -501,11 +506,16 @@ class Operations(pyfuse3.Operations):
         else:
             assert node.base_oid is not None
             source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
-            blob = LooseBlobFile.open(source)
-            # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
-            self._hydrator.settle_size(node.base_oid, blob.size)
             handle = self._handle()
-            self._files[handle] = _FileHandle(inode, -1, False, blob=blob)
+            if self._hydrator.size_hinted(node.base_oid):
+                blob = LooseBlobFile.open(source)
+                # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
+                self._hydrator.settle_size(node.base_oid, blob.size)
+                self._files[handle] = _FileHandle(inode, -1, False, blob=blob)
+            else:
+                # Local content: the blob is opened by the first read, and a re-read from the
+                # page cache never asks, so an open of a cached file costs no file operation.
+                self._files[handle] = _FileHandle(inode, -1, False, oid=node.base_oid)
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         handle = self._handle()
         self._files[handle] = _FileHandle(inode, fd, writable)
@@ -529,11 +539,23 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         handle = self._files[fh]
+        if handle.blob is None and handle.oid is not None:
+            await self._open_blob(handle, handle.oid)
         if handle.blob is not None:
             return handle.blob.pread(size, off)
         if handle.inode == GITFILE_INODE:
             return self._gitfile[off : off + size]
         return os.pread(handle.fd, size, off)
+
+    async def _open_blob(self, handle: _FileHandle, oid: str) -> None:
+        """Open the base blob of a handle whose open found it local (it is fetched again if evicted since)."""
+        blob = LooseBlobFile.open(
+            await self._hydrator.ensure(oid, path=self._inodes.path(handle.inode) or "")
+        )
+        if handle.blob is None:
+            handle.blob = blob
+        else:
+            blob.close()  # a concurrent read opened it first
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -542,10 +564,6 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         handle.written = True
         return os.pwrite(handle.fd, buf, off)
-
-    @_fuse_errors
-    async def flush(self, fh: int) -> None:
-        return None
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -51,6 +51,7 @@ from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
+from artifactfs.overlay.rowindex import RowIndex
 from artifactfs.state import free_bytes, open_private, private_dir
 
 RowKind = Literal["file", "dir", "symlink", "gitlink", "whiteout"]
@@ -221,6 +222,8 @@ class Batch:
         self._journal = journal
         self._orphan_candidates: set[str] = set()
         self._touched: list[bytes] = []
+        self.changes: list[tuple[str, bool]] = []
+        """(path, has a row afterwards) for every row written or deleted, in order."""
 
     def get(self, path: str) -> OverlayRow | None:
         record = self._conn.execute(
@@ -251,6 +254,7 @@ class Batch:
             ),
         )
         self._touched.append(key)
+        self.changes.append((row.path, True))
 
     def delete(self, path: str) -> None:
         key = encode_path(path)
@@ -260,6 +264,7 @@ class Batch:
             if data_id is not None:
                 self._orphan_candidates.add(data_id)
             self._touched.append(key)
+            self.changes.append((path, False))
 
     def delete_subtree(self, path: str) -> None:
         """Delete every strict descendant of ``path`` (all rows but the root's, for "")."""
@@ -276,6 +281,7 @@ class Batch:
             if data_id is not None:
                 self._orphan_candidates.add(data_id)
             self._touched.append(key)
+            self.changes.append((decode_path(key), False))
 
     def record(self, path: str) -> None:
         """Journal ``path`` as changed without changing its row (e.g. content written)."""
@@ -329,6 +335,10 @@ class OverlayStore:
             self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         try:
             self._open_database(read_only)
+            self.rows_index = RowIndex(
+                decode_path(key) for (key,) in self._conn.execute("SELECT path FROM entries")
+            )
+            """Paths with rows, so reads of unchanged paths skip SQLite."""
         except BaseException:
             self._conn.close()
             raise
@@ -371,6 +381,8 @@ class OverlayStore:
     # -- reading -------------------------------------------------------------
 
     def get(self, path: str) -> OverlayRow | None:
+        if path not in self.rows_index:
+            return None
         with self._lock:
             record = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (encode_path(path),)
@@ -378,7 +390,7 @@ class OverlayStore:
         return None if record is None else _row_from_db(record)
 
     def get_many(self, paths: Iterable[str]) -> dict[str, OverlayRow]:
-        keys = [encode_path(path) for path in paths]
+        keys = [encode_path(path) for path in paths if path in self.rows_index]
         if not keys:
             return {}
         marks = ", ".join("?" * len(keys))
@@ -391,6 +403,8 @@ class OverlayStore:
 
     def children(self, path: str) -> list[OverlayRow]:
         """Rows whose parent is ``path`` (whiteouts included)."""
+        if not self.rows_index.has_children(path):
+            return []
         with self._lock:
             records = self._conn.execute(
                 f"SELECT {_COLUMNS} FROM entries WHERE parent = ?", (encode_path(path),)
@@ -439,6 +453,7 @@ class OverlayStore:
                 yield batch
                 unreferenced = batch._finish()
                 self._conn.execute("COMMIT")
+                self.rows_index.apply(batch.changes)
             except BaseException:
                 # SQLite has already rolled back a COMMIT that failed for lack of space.
                 if self._conn.in_transaction:
