@@ -29,6 +29,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from artifactfs.fs.basechanges import changed_paths
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
 from artifactfs.fs.viewcache import ViewCache
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
@@ -130,10 +131,13 @@ class Operations(pyfuse3.Operations):
     def publish(self, snapshot: Snapshot, *, attributes_changed: bool) -> None:
         """Adopt a new base snapshot.
 
-        Reconciling never changes what a path contains, but a dropped overlay
-        entry reports the base mtime again, so cached attributes are forgotten.
+        Reconciling never changes what a path with overlay rows contains, but a
+        dropped overlay entry reports the base mtime again, so cached attributes
+        are forgotten. Paths without rows show the new base: whatever the
+        kernel holds about those that changed is forgotten too.
         """
-        self._snapshot = snapshot
+        previous, self._snapshot = self._snapshot, snapshot
+        self._forget_base_changes(previous, snapshot)
         if not attributes_changed:
             return
         for inode in self._inodes.known_inodes():
@@ -141,6 +145,28 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError:
                 pass  # the kernel already forgot it
+
+    def _forget_base_changes(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        """Make the kernel drop entries, attributes and pages of known paths the new base changed."""
+        if previous.root_tree_oid == snapshot.root_tree_oid:
+            return
+        known = [
+            path for inode in self._inodes.known_inodes() if (path := self._inodes.path(inode)) is not None
+        ]
+        for path in changed_paths(previous, snapshot, known):
+            inode = self._inodes.known(path)
+            if inode is not None:
+                try:
+                    pyfuse3.invalidate_inode(inode)
+                except OSError:
+                    pass  # the kernel already forgot it
+            parent, _, name = path.rpartition("/")
+            parent_inode = self._inodes.known(parent)
+            if parent_inode is not None:
+                # Asynchronous: a request on that directory may be in progress in this event loop.
+                pyfuse3.invalidate_entry_async(
+                    parent_inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True
+                )
 
     def size_corrected(self, paths: Iterable[str]) -> None:
         """These files' sizes were reported wrong (an object-info hint): the kernel must ask again."""
