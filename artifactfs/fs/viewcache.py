@@ -7,10 +7,10 @@ functions of the view's version (:attr:`OverlayView.version`: the overlay's
 committed row changes and the published base), so this cache answers them
 from memory until the version moves, then forgets everything at once.
 
-Only nodes of unchanged base entries are kept per path: a node with overlay
-content carries values (a data file's mtime) that writes change without a
-new version. Directory listings are kept whole; their overlay nodes are used
-for names, kinds and data-file paths only, never for those values.
+Only nodes of unchanged base entries are kept per path: a node with a data
+file carries values (its times) that writes change without a new version.
+For the same reason a listing's entries with data files are looked up afresh
+each time the listing is handed out.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ class ViewCache:
         self._view = view
         self._version: ViewVersion | None = None
         self._nodes: dict[str, Node] = {}
-        self._listings: dict[str, Listing] = {}
+        self._listings: dict[str, tuple[Listing, list[int]]] = {}
+        """Listings by directory, with the positions of their entries that have data files."""
 
     def _current(self) -> None:
         version = self._view.version
@@ -50,10 +51,18 @@ class ViewCache:
     def listing(self, path: str) -> Listing:
         """The merged listing of directory ``path``, prepared once per version."""
         self._current()
-        listing = self._listings.get(path)
-        if listing is None:
+        cached = self._listings.get(path)
+        if cached is None:
             listing = [
                 (name.encode("utf-8", "surrogateescape"), node) for name, node in self._view.list_dir(path)
             ]
-            self._listings[path] = listing
-        return listing
+            written = [index for index, (_, node) in enumerate(listing) if node.data_path is not None]
+            cached = self._listings[path] = (listing, written)
+        listing, written = cached
+        if not written:
+            return listing
+        fresh = list(listing)
+        for index in written:
+            name, node = listing[index]
+            fresh[index] = (name, self._view.lookup(node.path) or node)
+        return fresh
