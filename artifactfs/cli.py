@@ -183,6 +183,18 @@ def _scrub_command_line() -> None:
 @click.option(
     "--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other)."
 )
+@click.option(
+    "--uid",
+    "owner_uid",
+    type=click.IntRange(0),
+    help="Owner of the checked-out tree (default: the mounting user).",
+)
+@click.option(
+    "--gid",
+    "owner_gid",
+    type=click.IntRange(0),
+    help="Group of the checked-out tree (default: the mounting user's group).",
+)
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option(
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
@@ -207,6 +219,8 @@ def mount(
     priority_rules: tuple[str, ...],
     config_path: str | None,
     allow_other: bool,
+    owner_uid: int | None,
+    owner_gid: int | None,
     log_format: str,
     log_level: str,
     metrics_address: str | None,
@@ -239,6 +253,10 @@ def mount(
         ),
         priority_rules=load_rules(config_file, priority_rules),
         allow_other=allow_other,
+        owner=(
+            os.getuid() if owner_uid is None else owner_uid,
+            os.getgid() if owner_gid is None else owner_gid,
+        ),
         metrics_address=metrics,
         history_depth=depth,
     )

@@ -26,12 +26,20 @@ def _bar(done: int, total: int) -> str:
     return "[" + "#" * filled + "-" * (_BAR_WIDTH - filled) + "]"
 
 
+def _history(status: dict[str, Any]) -> str:
+    if status.get("history_complete"):
+        return "complete"
+    if status.get("history_shallow"):
+        return "depth 1: the remote has no filter"
+    return "arriving"
+
+
 def render(status: dict[str, Any]) -> str:
     hydration = status["hydration"]
     lines = [
         f"mount:    {status['mountpoint']}  ({status['state']}, pid {status['pid']})",
         f"remote:   {status['remote']}  [{describe_health(hydration['remote'])}]",
-        f"head:     {status['head']}  (history {'complete' if status.get('history_complete') else 'arriving'})",
+        f"head:     {status['head']}  (history {_history(status)})",
         f"blobs:    {hydration['hydrated_blobs']}/{hydration['total_blobs']} hydrated, "
         f"{hydration['failed_blobs']} failed, {hydration['queued_blobs']} queued, "
         f"{hydration['retrying_blobs']} awaiting retry  [{hydration['mode']}]"
@@ -47,6 +55,12 @@ def render(status: dict[str, Any]) -> str:
             f"  {label:<9}{_bar(counters['hydrated'], counters['total'])} "
             f"{counters['hydrated']}/{counters['total']}"
             + (f", {counters['failed']} failed" if counters["failed"] else "")
+        )
+    lfs = status.get("lfs") or {}
+    if lfs.get("files"):
+        lines.append(
+            f"lfs:      {lfs['files']} files, {lfs['downloaded']} objects fetched, {lfs['failures']} failed "
+            f"({lfs['missing']} missing on the server)  [{lfs['endpoint']}]"
         )
     if hydration["errors"]:
         lines.append("recent errors:")

@@ -60,8 +60,9 @@ def mount(remote: str, directory: Path, state_root: Path, *extra: str, env: dict
         ("http://", "url"),
         ("https://exa mple.com/repo.git", "url"),
         ("http://example.com:99999/repo.git", "port"),
-        ("ssh://git@example.com/repo.git", "unsupported"),
-        ("git@example.com:org/repo.git", "unsupported"),
+        ("git://example.com/repo.git", "unsupported"),
+        ("ssh://git:secret@example.com/repo.git", "password"),
+        ("git@example.com:", "no repository path"),
         ("/no/such/repository", "does not exist"),
     ],
 )
@@ -72,6 +73,11 @@ def test_malformed_remote(remote, expected, empty_dir, state_root, fuse):
 def test_unreachable_remote(empty_dir, state_root, fuse):
     result = mount(f"http://127.0.0.1:{closed_port()}/repo.git", empty_dir, state_root)
     assert_clean_failure(result, "127.0.0.1", state_root, empty_dir)
+
+
+def test_unreachable_ssh_remote(empty_dir, state_root, fuse):
+    result = mount(f"ssh://git@127.0.0.1:{closed_port()}/repo.git", empty_dir, state_root)
+    assert_clean_failure(result, "cannot connect", state_root, empty_dir)
 
 
 def test_not_a_repository(git_server, empty_dir, state_root, fuse):

@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -699,3 +699,72 @@ def test_changed_since_reports_touched_paths(env: Env) -> None:
     assert env.view.changed_since(latest) == (latest, [])
     env.reopen()
     assert env.view.changed_since(latest) == (latest, [])
+
+
+# --------------------------------------------------------------------- POSIX metadata
+
+
+def count_queries(env: Env, action: Callable[[], object]) -> int:
+    statements: list[str] = []
+    env.store._conn.set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        env.store._conn.set_trace_callback(None)
+    return len(statements)
+
+
+def test_lookups_cost_one_query_and_none_without_rows(env: Env) -> None:
+    """At most the resolve query: link and subdirectory counts come from memory, and a path with no
+    row on it or above it is resolved without SQLite at all."""
+    env.write("docs/new.md", b"new\n")  # rows elsewhere (docs, the root) must not make src cost more
+    for path in ("src/main.py", "src", "src/pkg", "README.md", "docs/new.md"):
+        prefixes = ["", *("/".join(path.split("/")[: depth + 1]) for depth in range(path.count("/") + 1))]
+        with_rows = any(prefix in env.store.rows_index for prefix in prefixes)
+        assert count_queries(env, lambda path=path: env.view.lookup(path)) == int(with_rows), path
+    assert (
+        "docs/new.md" in env.store.rows_index and "" not in env.store.rows_index
+    )  # src resolves from memory
+    assert env.view.lookup("src").nlink == 3  # type: ignore[union-attr]
+    assert env.view.lookup("").nlink == 2 + 3  # type: ignore[union-attr]  # src, docs, vendor
+
+
+def test_hard_links_share_content_and_metadata(env: Env) -> None:
+    env.write("a.txt", b"shared\n")
+    env.view.link("a.txt", "src/b.txt")
+    env.view.set_attributes("src/b.txt", mode=0o600, uid=1234)
+    first, second = env.view.lookup("a.txt"), env.view.lookup("src/b.txt")
+    assert first is not None and second is not None
+    assert (first.nlink, first.mode & 0o777, first.uid) == (2, 0o600, 1234)
+    assert first.link_id == second.link_id and first.data_path == second.data_path
+    env.view.set_xattr("a.txt", b"user.k", b"v")
+    assert env.view.xattrs("src/b.txt") == {b"user.k": b"v"}
+    env.reopen()
+    assert env.view.lookup("a.txt").nlink == 2  # type: ignore[union-attr]
+    env.view.unlink("a.txt")
+    remaining = env.view.lookup("src/b.txt")
+    assert remaining is not None and remaining.nlink == 1 and env.read("src/b.txt") == b"shared\n"
+    with raises_errno(errno.EINVAL):
+        env.view.link("README.md", "copy")  # a base file is copied up by the FUSE layer first
+
+
+def test_reconcile_keeps_links_owners_and_xattrs_but_drops_the_owners_own_rows(env: Env) -> None:
+    uid, gid = env.view.owner
+    env.view.set_attributes("README.md", uid=uid, gid=gid)  # the base owner: nothing to keep
+    env.view.set_attributes("src/main.py", uid=uid + 1)
+    env.view.set_xattr("src/util.py", b"user.k", b"v")
+    env.write("linked", b"readme\n")
+    env.view.link("linked", "other")
+    report = env.view.reconcile(env.base, blob_oid_of)
+    kept = {row.path for row in env.store.all_rows() if row.kind != "dir"}
+    assert "README.md" not in kept
+    assert {"src/main.py", "src/util.py", "linked", "other"} <= kept
+    assert report.dropped >= 1
+
+
+def test_names_longer_than_255_bytes_are_refused(env: Env) -> None:
+    env.view.create_file("é" * 127, 0o644)  # 254 bytes
+    with raises_errno(errno.ENAMETOOLONG):
+        env.view.create_file("é" * 128, 0o644)
+    with raises_errno(errno.ENAMETOOLONG):
+        env.view.mkdir("src/" + "x" * 256, 0o755)

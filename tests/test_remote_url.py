@@ -8,6 +8,7 @@ import pytest
 
 from artifactfs.errors import InvalidRemoteError
 from artifactfs.remote import RemoteURL, redact
+from artifactfs.remote.url import SshTarget
 
 
 def test_https_url_with_percent_encoded_credentials() -> None:
@@ -54,9 +55,11 @@ def test_local_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("https://exa mple.com/r", "whitespace"),
         ("https://example.com/r\n", "control"),
         ("https://example.com/r?x=1", "query"),
-        ("ssh://git@example.com/r.git", "unsupported"),
+        ("ssh://u:pw@example.com/r.git", "password"),
+        ("ssh://-oProxyCommand=x/r", "must not start"),
+        ("host:", "no repository path"),
         ("git://example.com/r.git", "unsupported"),
-        ("git@github.com:org/repo.git", "unsupported"),
+        ("-x:y", "must not start"),
         ("file://otherhost/srv/r.git", "host"),
         ("://nothing", "malformed"),
     ],
@@ -95,3 +98,29 @@ def test_redact_scrubs_userinfo_headers_and_credential_lines() -> None:
     assert "https://user@host/r.git/" in scrubbed
     assert "username=user" in scrubbed
     assert redact("nothing secret at https://host/x") == "nothing secret at https://host/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("ssh://git@example.com/org/r.git", SshTarget("example.com", "/org/r.git", "git")),
+        ("git+ssh://example.com:2222/~bob/r", SshTarget("example.com", "~bob/r", None, 2222)),
+        ("ssh://[::1]:22/a%20b", SshTarget("::1", "/a b", None, 22)),
+        ("git@github.com:org/repo.git", SshTarget("github.com", "org/repo.git", "git")),
+        ("host:path/x", SshTarget("host", "path/x")),
+        ("[git@host:2200]:srv/r", SshTarget("host", "srv/r", "git", 2200)),
+        ("[::1]:r.git", SshTarget("::1", "r.git")),
+    ],
+)
+def test_ssh_remotes(text: str, target: SshTarget) -> None:
+    remote = RemoteURL.parse(text)
+    assert (remote.kind, remote.url, remote.ssh) == ("ssh", text, target)
+    assert remote.redacted() == text
+
+
+def test_colon_after_a_slash_or_a_drive_letter_is_a_local_path(tmp_path: Path) -> None:
+    repo = tmp_path / "a:b.git"
+    repo.mkdir()
+    assert RemoteURL.parse(str(repo)).kind == "local"
+    with pytest.raises(InvalidRemoteError, match="does not exist"):
+        RemoteURL.parse("C:\\src\\repo")

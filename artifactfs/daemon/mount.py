@@ -30,11 +30,20 @@ from artifactfs.daemon import control
 from artifactfs.daemon.gitserve import GitService
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
-from artifactfs.daemon.startup import ResolvedRef, complete_history, create_gitdir, resolve_wanted
+from artifactfs.daemon.startup import (
+    BlobStream,
+    ResolvedRef,
+    complete_history,
+    create_gitdir,
+    history_available,
+    resolve_wanted,
+)
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
+from artifactfs.lfs.files import LfsFiles
+from artifactfs.lfs.objects import LfsObjectStore
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.store import WRITABLE_MINIMUM, OverlayStore, space_for_writing
 from artifactfs.overlay.view import OverlayView
@@ -71,6 +80,8 @@ class MountOptions:
     hydration: HydrationSettings = field(default_factory=HydrationSettings)
     priority_rules: tuple[PriorityRule, ...] = ()
     allow_other: bool = False
+    owner: tuple[int, int] | None = None
+    """(uid, gid) owning the base tree; the daemon's own if None."""
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
     history_depth: int | None = None
@@ -113,6 +124,7 @@ class Mount:
         self.session: RemoteSession | None = None
         self.gitdir: GitDir | None = None
         self.hydrator: Hydrator | None = None
+        self.lfs: LfsFiles | None = None
         self.git_service: GitService | None = None
         self.operations: Operations | None = None
         self.view: OverlayView | None = None
@@ -128,6 +140,8 @@ class Mount:
         self._index_prepared = False
         self._index_sizes_failing = False
         self._history_fetched = False
+        self._tip_blobs: BlobStream | None = None
+        """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
 
     # ------------------------------------------------------------- main
 
@@ -140,16 +154,16 @@ class Mount:
         options = self.options
         private_dir(self.mount_dir)
         phases = _PhaseTimer()
+        cache = BlobCache(self.state.blob_cache_dir)
+        cache.clean_tmp()
         self._progress(f"connecting to {options.remote.redacted()}")
-        async with await open_remote(options.remote) as session:
+        async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
             self.session = session
             phases.mark("remote opened")
-            resolved = await self._prepare_gitdir(session)
+            resolved = await self._prepare_gitdir(session, cache, streams)
             phases.mark("tree ready")
             gitdir = self.gitdir
             assert gitdir is not None
-            cache = BlobCache(self.state.blob_cache_dir)
-            cache.clean_tmp()
             gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
             gitdir.remove_stale_temporaries()
             self.hydrator = Hydrator(
@@ -160,9 +174,20 @@ class Mount:
             install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
             git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote)
             assert self.snapshot is not None
-            self.view = OverlayView(overlay, self.snapshot)
+            self.view = OverlayView(overlay, self.snapshot, options.owner)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
-            self.operations = Operations(self.view, self.snapshot, self.hydrator, gitfile, self.mount_dir)
+            self.lfs = LfsFiles(
+                self.hydrator,
+                cache,
+                LfsObjectStore(self.state.blob_cache_dir),
+                gitdir.path,
+                Classifier(options.priority_rules),
+                options.remote.url if options.remote.kind == "http" else None,
+                session.credential,
+            )
+            self.operations = Operations(
+                self.view, self.snapshot, self.hydrator, self.lfs, gitfile, self.mount_dir
+            )
             self.hydrator.on_size_corrected = self._size_corrected
             fuse_options = set(pyfuse3.default_options) | {
                 "fsname=artifactfs",
@@ -182,6 +207,12 @@ class Mount:
                     nursery.start_soon(self._watch_signals)
                     nursery.start_soon(self._fuse_main)
                     await nursery.start(self.hydrator.run)
+                    if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
+                        blobs, self._tip_blobs = self._tip_blobs, None
+                        nursery.start_soon(
+                            self.hydrator.take_stream, blobs.parser, blobs.arrived, blobs.chunks
+                        )
+                    await nursery.start(self.lfs.run)
                     if options.hydration.mode == "background":
                         self._fetch_root_manifests()
                     serve_control = functools.partial(
@@ -231,8 +262,10 @@ class Mount:
                     # the binary class, so the other classes open once classes are final.
                     self.hydrator.start_background()
                     nursery.start_soon(report_progress, self.status)
-                    if gitdir.shallow_commits():
+                    if gitdir.shallow_commits() and history_available(session):
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
+                    elif gitdir.shallow_commits():
+                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
                     if not self.read_only:  # reconciling writes the overlay
                         nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
@@ -383,8 +416,13 @@ class Mount:
 
     # ------------------------------------------------------------- start-up steps
 
-    async def _prepare_gitdir(self, session: RemoteSession) -> ResolvedRef | None:
-        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created."""
+    async def _prepare_gitdir(
+        self, session: RemoteSession, cache: BlobCache, streams: contextlib.AsyncExitStack
+    ) -> ResolvedRef | None:
+        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created.
+
+        A remote without filter sends the tip's blobs after its trees: that stream stays open in
+        ``streams`` and waits in ``_tip_blobs`` for the hydrator."""
         gitdir = GitDir(self.mount_dir / "gitdir")
         commit = gitdir.head_oid() if gitdir.exists() else None
         if commit is not None and gitdir.has_object(commit):
@@ -398,9 +436,17 @@ class Mount:
         refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
         resolved = await resolve_wanted(session, refs, self.options.ref)
         self._progress(f"fetching trees of {resolved.commit[:12]}")
-        gitdir, tip = await create_gitdir(session, gitdir.path, self.options.remote.redacted(), resolved)
+        gitdir, tip = await create_gitdir(
+            session,
+            gitdir.path,
+            self.options.remote.redacted(),
+            resolved,
+            spool_dir=cache.tmp_dir,
+            streams=streams,
+        )
         self._progress(f"received {len(tip.trees)} trees")
         self.gitdir = gitdir
+        self._tip_blobs = tip.blobs
         tip_trees = tip.trees
 
         def read_tree(oid: str) -> bytes:
@@ -452,6 +498,8 @@ class Mount:
                 await self.hydrator.sizes(blob_oids, partial=True)
         gitignore_ids = await self._gitignore_ids(listing)
         sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
+        if self.lfs is not None:  # an LFS file shows its object, not its pointer blob
+            sizes.update(await self.lfs.index_sizes(INDEX_SIZE_WAIT))
         changed = [row.path for row in self.view.rows()]
         await trio.to_thread.run_sync(
             functools.partial(
@@ -597,6 +645,7 @@ class Mount:
         assert self.snapshot is not None and self.hydrator is not None
         cleaned = [spec.strip("/") for spec in pathspecs]
         oids = []
+        files: list[tuple[str, str]] = []
         unmatched = set(cleaned)
         for path, entry in self.snapshot.walk():
             if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
@@ -604,11 +653,14 @@ class Mount:
             for spec in cleaned:
                 if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
                     oids.append(entry.oid)
+                    files.append((path, entry.oid))
                     unmatched.discard(spec)
         if unmatched:
             raise ArtifactFSError(
                 "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
             )
+        if self.lfs is not None:
+            self.lfs.prefetch(files)  # the objects of the LFS files among them
         return self.hydrator.boost(oids)
 
     def status(self) -> dict[str, Any]:
@@ -625,9 +677,11 @@ class Mount:
             "uptime_seconds": round(time.time() - self.started_at, 1),
             "history_complete": self._history_fetched or not self.gitdir.shallow_commits(),
             "history_depth": self.options.history_depth,
+            "history_shallow": self.session is not None and not history_available(self.session),
             "hydration": self.hydrator.status(),
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
+            "lfs": self.lfs.status() if self.lfs else {},
         }
 
 

@@ -10,6 +10,17 @@ A short commit id that names no branch or tag tip is looked up in the
 remote's commit graph: one fetch with ``filter tree:0`` (commits and tags
 only, no trees, no blobs) of every branch and tag, parsed in memory and not
 stored. That costs a moment per thousand commits, and only such mounts pay it.
+
+A server without ``filter`` sends the tip's blobs too (``deepen 1`` alone).
+The tree is published as soon as every tree of the tip has arrived, in
+whatever order (git writes a tagged tip's trees before its blobs, an untagged
+tip's objects in traversal order); the commit and trees
+go into the gitdir as a pack of their own, and the still-open stream is
+handed on (:class:`BlobStream`) for the hydrator to store its blobs in the
+blob cache. The history is then not fetched at all: without a filter every
+older version of every file would come with it. The gitdir stays shallow at
+depth 1, like ``git clone --depth 1``, and ``git fetch --deepen`` or
+``--unshallow`` in the mount fetches more when wanted.
 """
 
 from __future__ import annotations
@@ -17,8 +28,9 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dulwich.objects import Commit
@@ -28,6 +40,7 @@ from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
+from artifactfs.store.packwrite import PackWriter
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +127,40 @@ def _matching_commits(objects: Sequence[PackObject], prefix: str) -> set[str]:
 
 
 @dataclass
+class BlobStream:
+    """The rest of a tip pack from a server without ``filter``: its blobs, still arriving.
+
+    ``arrived`` holds blobs parsed before the last tree; ``chunks`` (None once
+    the pack ended) yields the rest for ``parser``. The response stays open
+    until the exit stack given to :func:`fetch_tip` closes.
+    """
+
+    parser: PackStreamParser
+    arrived: list[PackObject]
+    chunks: AsyncGenerator[bytes, None] | None
+
+
+@dataclass
 class Tip:
     commit: str
     root_tree: str
     trees: dict[str, bytes]
     shallow: list[str]
+    blobs: BlobStream | None = field(default=None)
+    """Set when the tip came with its blobs (a server without ``filter``)."""
 
 
-async def fetch_tip(session: RemoteSession, gitdir: GitDir, commit: str) -> Tip:
-    """Fetch one commit and all its trees, index them into ``gitdir`` and return the trees."""
+async def fetch_tip(
+    session: RemoteSession, gitdir: GitDir, commit: str, *, spool_dir: Path, streams: AsyncExitStack
+) -> Tip:
+    """Fetch one commit and all its trees, index them into ``gitdir`` and return the trees.
+
+    Without ``filter`` on the server, the blobs follow in the same pack:
+    :func:`_fetch_tip_with_blobs` returns once the trees are in, keeping the
+    response open in ``streams`` (large blobs spool to ``spool_dir``).
+    """
+    if not session.supports("fetch", "filter"):
+        return await _fetch_tip_with_blobs(session, gitdir, commit, spool_dir, streams)
     parser = PackStreamParser()
     trees: dict[str, bytes] = {}
     commits: dict[str, bytes] = {}
@@ -146,6 +184,98 @@ async def fetch_tip(session: RemoteSession, gitdir: GitDir, commit: str) -> Tip:
     return Tip(commit, root_tree, trees, shallow)
 
 
+class TreeTracker:
+    """Knows when every tree reachable from one commit has arrived, whatever their order."""
+
+    def __init__(self, commit: str) -> None:
+        self.commit = commit
+        self.root_tree: str | None = None
+        self.trees: dict[str, bytes] = {}
+        self.commits: dict[str, bytes] = {}
+        self._missing: set[str] = set()
+
+    @property
+    def complete(self) -> bool:
+        return self.root_tree is not None and not self._missing
+
+    def add(self, obj: PackObject) -> None:
+        if obj.data is None:
+            return
+        if obj.type_name == "commit":
+            self.commits[obj.oid] = obj.data
+            if obj.oid == self.commit:
+                if not obj.data.startswith(b"tree ") or not _OID.fullmatch(
+                    obj.data[5:45].decode("ascii", "replace")
+                ):
+                    raise ProtocolError(f"commit {obj.oid} does not start with its tree")
+                self.root_tree = obj.data[5:45].decode("ascii")
+                self._need(self.root_tree)
+        elif obj.type_name == "tree":
+            self.trees[obj.oid] = obj.data
+            if obj.oid in self._missing:
+                self._missing.discard(obj.oid)
+                self._need_children(obj.data)
+
+    def _need(self, oid: str) -> None:
+        raw = self.trees.get(oid)
+        if raw is None:
+            self._missing.add(oid)
+        else:
+            self._need_children(raw)
+
+    def _need_children(self, raw: bytes) -> None:
+        position = 0
+        while position < len(raw):
+            space = raw.index(b" ", position)
+            nul = raw.index(b"\0", space)
+            if raw[position:space] == b"40000":
+                self._need(raw[nul + 1 : nul + 21].hex())
+            position = nul + 21
+
+
+async def _fetch_tip_with_blobs(
+    session: RemoteSession, gitdir: GitDir, commit: str, spool_dir: Path, streams: AsyncExitStack
+) -> Tip:
+    """A depth-1 fetch with blobs: return once the trees are in, leaving the blobs streaming."""
+    parser = PackStreamParser(spool_dir=spool_dir)
+    tracker = TreeTracker(commit)
+    blobs: list[PackObject] = []
+    response = await streams.enter_async_context(session.fetch([commit], depth=1))
+    pack_chunks = response.pack_chunks()
+    streams.push_async_callback(pack_chunks.aclose)
+    chunks: AsyncGenerator[bytes, None] | None = pack_chunks
+
+    def take(objects: list[PackObject]) -> None:
+        for obj in objects:
+            if obj.type_name == "blob":
+                blobs.append(obj)
+            else:
+                tracker.add(obj)
+
+    async for chunk in pack_chunks:
+        take(parser.feed(chunk))
+        if tracker.complete:
+            break
+    else:
+        take(parser.finish())
+        chunks = None
+    if tracker.root_tree is None:
+        raise ProtocolError(f"the remote did not send commit {commit}")
+    if not tracker.complete:
+        raise ProtocolError(f"the remote did not send every tree of {commit}")
+    objects = [("commit", tracker.commits[commit]), *(("tree", raw) for raw in tracker.trees.values())]
+    pieces: list[bytes] = []
+    writer = PackWriter(pieces.append, len(objects))
+    for type_name, raw in objects:
+        writer.add_bytes(type_name, raw)
+    writer.finish()
+    async with gitdir.promisor_pack_writer() as pack:
+        await pack.write(b"".join(pieces))
+    shallow = [oid for kind, oid in response.shallow_info if kind == "shallow"]
+    log.info("tip trees in; its blobs keep streaming (the remote has no filter)")
+    return Tip(commit, tracker.root_tree, tracker.trees, shallow, BlobStream(parser, blobs, chunks))
+
+
 def _collect(
     type_name: str, oid: str, data: bytes | None, trees: dict[str, bytes], commits: dict[str, bytes]
 ) -> None:
@@ -158,14 +288,21 @@ def _collect(
 
 
 async def create_gitdir(
-    session: RemoteSession, path: Path, remote_display: str, resolved: ResolvedRef
+    session: RemoteSession,
+    path: Path,
+    remote_display: str,
+    resolved: ResolvedRef,
+    *,
+    spool_dir: Path,
+    streams: AsyncExitStack,
 ) -> tuple[GitDir, Tip]:
-    """Build a complete gitdir at ``path`` for ``resolved``, or leave nothing behind."""
+    """Build a complete gitdir at ``path`` for ``resolved``, or leave nothing behind
+    (see :func:`fetch_tip` for ``spool_dir`` and ``streams``)."""
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         gitdir = GitDir.create(staging, remote_display)
-        tip = await fetch_tip(session, gitdir, resolved.commit)
+        tip = await fetch_tip(session, gitdir, resolved.commit, spool_dir=spool_dir, streams=streams)
         gitdir.write_shallow(tip.shallow)
         gitdir.set_head(resolved.branch, resolved.commit)
         if resolved.branch is not None:
@@ -187,6 +324,7 @@ async def complete_history(
     tag, counted from its tip, as ``git clone --depth`` does; None fetches all.
     Runs after the mount is ready, so it never gives up and never ends the
     daemon: every failure waits and tries again (see :mod:`artifactfs.retry`).
+    Only for a remote with ``filter`` (see :func:`history_available`).
     """
     await retry_forever(
         lambda: _fetch_history_once(session, gitdir, depth or INFINITE_DEPTH),
@@ -194,6 +332,12 @@ async def complete_history(
         health,
         HISTORY_BACKOFF,
     )
+
+
+def history_available(session: RemoteSession) -> bool:
+    """Whether the history can arrive without its blobs; without ``filter`` every old blob would
+    come with it, so such a mount stays at depth 1 (see the module docstring)."""
+    return session.supports("fetch", "filter")
 
 
 async def _fetch_history_once(session: RemoteSession, gitdir: GitDir, depth: int) -> None:

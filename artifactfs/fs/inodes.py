@@ -3,7 +3,9 @@
 The namespace is addressed by path (base tree + overlay), the kernel by inode.
 This table hands out an inode per path on first lookup, keeps it while the
 kernel holds a reference (lookup count) and moves it with renames, so an
-inode keeps naming the same file for as long as the kernel remembers it.
+inode keeps naming the same file for as long as the kernel remembers it. A
+hard-linked file has one inode and several paths: :meth:`InodeTable.path`
+gives one of them, and the inode loses its path only when the last goes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class InodeTable:
         self._inode_of: dict[str, int] = {"": ROOT_INODE}
         self._lookups: dict[int, int] = {}
         self._next = GITFILE_INODE + 1
+        self._other_paths: dict[int, set[str]] = {}
+        """Hard links: the paths of an inode besides ``_path_of[inode]``."""
 
     def path(self, inode: int) -> str | None:
         """The current path of ``inode``, or None if it was unlinked or forgotten."""
@@ -35,6 +39,17 @@ class InodeTable:
             self._inode_of[path] = inode
             self._path_of[inode] = path
         return inode
+
+    def link(self, inode: int, path: str) -> None:
+        """``path`` is one more name of ``inode`` (a hard link)."""
+        if self._inode_of.get(path) == inode:
+            return
+        self.detach(path)
+        self._inode_of[path] = inode
+        if inode not in self._path_of:
+            self._path_of[inode] = path
+        else:
+            self._other_paths.setdefault(inode, set()).add(path)
 
     def known(self, path: str) -> int | None:
         return self._inode_of.get(path)
@@ -51,15 +66,28 @@ class InodeTable:
         self._lookups.pop(inode, None)
         if inode in (ROOT_INODE, GITFILE_INODE):
             return
+        paths = self._other_paths.pop(inode, set())
         path = self._path_of.pop(inode, None)
-        if path is not None and self._inode_of.get(path) == inode:
-            del self._inode_of[path]
+        if path is not None:
+            paths.add(path)
+        for path in paths:
+            if self._inode_of.get(path) == inode:
+                del self._inode_of[path]
 
     def detach(self, path: str) -> int | None:
-        """``path`` was removed: its inode keeps existing (open handles) but no longer has a path."""
+        """``path`` was removed: its inode keeps existing (open handles, other links) without it."""
         inode = self._inode_of.pop(path, None)
-        if inode is not None:
-            self._path_of.pop(inode, None)
+        if inode is None:
+            return None
+        others = self._other_paths.get(inode)
+        if others:
+            others.discard(path)
+            if self._path_of.get(inode) == path:
+                self._path_of[inode] = others.pop()
+            if not others:
+                del self._other_paths[inode]
+        elif self._path_of.get(inode) == path:
+            del self._path_of[inode]
         return inode
 
     def move(self, old: str, new: str) -> None:
@@ -69,12 +97,17 @@ class InodeTable:
         moved = [
             (path, inode) for path, inode in self._inode_of.items() if path == old or path.startswith(prefix)
         ]
-        for path, inode in moved:
+        for path, _ in moved:
             del self._inode_of[path]
         for path, inode in moved:
             new_path = new + path[len(old) :]
             self._inode_of[new_path] = inode
-            self._path_of[inode] = new_path
+            others = self._other_paths.get(inode)
+            if others is not None and path in others:
+                others.discard(path)
+                others.add(new_path)
+            else:
+                self._path_of[inode] = new_path
 
     def exchange(self, first: str, second: str) -> None:
         """Swap two subtrees (``RENAME_EXCHANGE``)."""

@@ -33,7 +33,7 @@ import errno
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -219,8 +219,52 @@ class Hydrator:
         self._error_count = 0
         self._fetch_latency = LatencyHistogram()
         self.started_at = time.monotonic()
+        self._streaming = False
+        """True while the tip's own pack is still bringing blobs (a remote without filter)."""
+        self._awaiting_stream: set[str] = set()
+        """Demanded blobs the remote refused to send by id while the stream was running."""
 
     # ----------------------------------------------------------------- running
+
+    async def take_stream(
+        self,
+        parser: PackStreamParser,
+        arrived: Sequence[PackObject],
+        chunks: AsyncIterator[bytes] | None,
+    ) -> None:
+        """Store the blobs of a tip pack still arriving (a remote without filter), verified as usual.
+
+        ``arrived`` were parsed before the trees were complete; ``chunks``
+        feeds ``parser`` the rest. Meanwhile the background lanes take
+        nothing (the stream brings every blob of the tip), demand reads still
+        ask for their blob by id, and a blob the remote refuses by id waits
+        for the stream. If the stream breaks, the lanes fetch what it did not
+        bring, as for any tree.
+        """
+        self._streaming = True
+        try:
+            self._deliver(await self._in_parse_thread(self._store_objects, arrived), set())
+            if chunks is not None:
+                async for chunk in chunks:
+                    await self._throttle(len(chunk))
+                    self._deliver(await self._in_parse_thread(self._ingest, parser, chunk), set())
+                self._deliver(await self._in_parse_thread(self._ingest_end, parser), set())
+            log.info("the tip's pack is complete: its blobs are all stored")
+        except Exception as error:
+            verdict = classify(error)
+            if verdict is None:
+                raise
+            if verdict is Verdict.NO_SPACE:
+                self._pause_for_space(error)
+            else:
+                self._note_error(f"the tip's pack broke off ({error}); fetching the rest by id")
+        finally:
+            self._streaming = False
+            for oid in self._awaiting_stream:
+                if not self._cache.contains(oid):
+                    self._queue.push(oid, DEMAND)  # the remote refused it once; now it fails for good
+            self._awaiting_stream.clear()
+            self._work.unpark_all()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the fetch lanes and the size resolver until cancelled.
@@ -535,13 +579,14 @@ class Hydrator:
         the unhydrated ``neighbours`` in one request beside it; a ``stat`` of
         any of those then waits for that request. So ``ls -l`` or ``find
         -size`` cost about two requests per directory, not one per file.
-        Failures are reported by :meth:`sizes`.
+        Failures are reported by :meth:`sizes`. While the tip's pack streams
+        (a remote without filter), the directory is left to the stream.
         """
         wanted = [oid for oid in oids if not ((blob := self._blobs.get(oid)) and blob.permanent_failure)]
         if all(oid in self._urgent_inflight or self._queued_at(oid, STAT) for oid in wanted):
             await self._wait(self._request(wanted, STAT))
             return
-        for path, oid in neighbours:
+        for path, oid in () if self._streaming else neighbours:
             if oid not in wanted and oid not in self._urgent_inflight:
                 blob = self._tracked(oid, path)
                 if not blob.hydrated and not blob.permanent_failure:
@@ -741,7 +786,10 @@ class Hydrator:
         )
 
     def _take_background(self) -> list[tuple[str, int]]:
-        """Boosted blobs first, then the classes background hydration has opened."""
+        """Boosted blobs first, then the classes background hydration has opened (nothing while
+        the tip's pack still streams: it brings them all)."""
+        if self._streaming:
+            return []
         return self._queue.pop_batch(
             self._background_level,
             self._batch_size,
@@ -825,10 +873,15 @@ class Hydrator:
             nursery.start_soon(self._fetch, oids[middle:])
 
     async def _missing(self, oid: str) -> None:
-        """The remote does not have ``oid``: take it from the gitdir (git made it here), or fail it for good."""
+        """The remote does not have ``oid``: take it from the gitdir (git made it here), or fail it for good.
+
+        While the tip's pack streams, a remote may refuse a blob by id that the stream will bring:
+        its readers wait for the stream."""
         local = await trio.to_thread.run_sync(self._hydrate_locally, [oid])
         if local:
             self._deliver(local, set())
+        elif self._streaming:
+            self._awaiting_stream.add(oid)
         else:
             self._fail(oid, "not found on the remote")
 

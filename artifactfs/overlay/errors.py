@@ -10,7 +10,20 @@ shared-memory index" codes), so a full disk is never reported as EIO.
 from __future__ import annotations
 
 import sqlite3
-from errno import EBUSY, EEXIST, EINVAL, EIO, EISDIR, ENOENT, ENOSPC, ENOTDIR, ENOTEMPTY, EPERM
+from errno import (
+    EBUSY,
+    EEXIST,
+    EINVAL,
+    EIO,
+    EISDIR,
+    ENAMETOOLONG,
+    ENODATA,
+    ENOENT,
+    ENOSPC,
+    ENOTDIR,
+    ENOTEMPTY,
+    EPERM,
+)
 from typing import ClassVar
 
 from artifactfs.errors import NO_SPACE_ERRNOS, ArtifactFSError
@@ -50,6 +63,18 @@ class InvalidName(OverlayError):
     """Empty, ``.``, ``..``, or containing NUL: not a name a directory entry can have."""
 
     errno = EINVAL
+
+
+class NameTooLong(OverlayError):
+    """A directory entry name longer than 255 bytes (NAME_MAX)."""
+
+    errno = ENAMETOOLONG
+
+
+class NoAttribute(OverlayError):
+    """The extended attribute asked for does not exist."""
+
+    errno = ENODATA
 
 
 class ReservedName(OverlayError):

@@ -54,26 +54,45 @@ from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.rowindex import RowIndex
 from artifactfs.state import free_bytes, open_private, private_dir
 
-RowKind = Literal["file", "dir", "symlink", "gitlink", "whiteout"]
+RowKind = Literal["file", "dir", "symlink", "gitlink", "special", "whiteout"]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _DATA_ID_RE = re.compile(r"[0-9a-f]{32}")
-_COLUMNS = "path, kind, mode, data_id, base_oid, target, opaque, mtime_ns"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
+_V1_COLUMNS = "path, kind, mode, data_id, base_oid, target, opaque, mtime_ns"
+_COLUMNS = f"{_V1_COLUMNS}, uid, gid, atime_ns, ctime_ns, rdev, xattrs"
+_COLUMNS_OF_V1 = f"{_V1_COLUMNS}, NULL, NULL, NULL, NULL, 0, NULL"
+"""What a version-1 database (before ownership, times, special files and xattrs) reads as."""
+_TABLE = """
+CREATE TABLE {name} (
     path     BLOB PRIMARY KEY,
     parent   BLOB,
-    kind     TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'gitlink', 'whiteout')),
+    kind     TEXT NOT NULL CHECK (kind IN ('file', 'dir', 'symlink', 'gitlink', 'special', 'whiteout')),
     mode     INTEGER NOT NULL,
     data_id  TEXT,
     base_oid TEXT,
     target   BLOB,
     opaque   INTEGER NOT NULL DEFAULT 0,
-    mtime_ns INTEGER
+    mtime_ns INTEGER,
+    uid      INTEGER,
+    gid      INTEGER,
+    atime_ns INTEGER,
+    ctime_ns INTEGER,
+    rdev     INTEGER NOT NULL DEFAULT 0,
+    xattrs   BLOB
 ) WITHOUT ROWID;
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_parent ON entries (parent);
 CREATE INDEX IF NOT EXISTS entries_data_id ON entries (data_id) WHERE data_id IS NOT NULL;
 """
+_SCHEMA = _TABLE.format(name="entries") + _INDEXES
+_MIGRATE_FROM_V1 = (
+    _TABLE.format(name="entries_v2")
+    + f"INSERT INTO entries_v2 (parent, {_V1_COLUMNS}) SELECT parent, {_V1_COLUMNS} FROM entries;"
+    + "DROP TABLE entries; ALTER TABLE entries_v2 RENAME TO entries;"
+    + _INDEXES
+)
+"""Version 2 adds columns and a row kind; SQLite cannot change a CHECK in place, so the table is rebuilt."""
 _JOURNAL_LIMIT = 8 << 20
 """A journal larger than this is started afresh when the store opens (a new generation)."""
 RESERVE_BYTES = 1 << 20
@@ -151,7 +170,13 @@ class OverlayRow:
     ``base_oid``. A ``gitlink`` (submodule placeholder) has the commit id in
     ``base_oid``. ``opaque`` dirs hide whatever the base has below them.
     ``mtime_ns`` is unused for data-file rows (the data file's own mtime counts)
-    and ``None`` elsewhere means "unchanged since the base".
+    and ``None`` elsewhere means "unchanged since the base". A ``special`` row is a
+    FIFO, socket or device node (type in ``mode``, device number in ``rdev``).
+    ``uid``/``gid`` None means the owner of the base tree; ``atime_ns`` and
+    ``ctime_ns`` None mean "as mtime" (a data file's own atime counts when set).
+    ``xattrs`` is :func:`encode_xattrs` of the extended attributes (None: none).
+    Rows that share a ``data_id`` are hard links of one file and carry the same
+    metadata.
     """
 
     path: str
@@ -162,6 +187,12 @@ class OverlayRow:
     target: bytes | None = None
     opaque: bool = False
     mtime_ns: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    rdev: int = 0
+    xattrs: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "file" and (self.data_id is None) == (self.base_oid is None):
@@ -170,8 +201,39 @@ class OverlayRow:
             raise ValueError(f"symlink row needs exactly one of target or base_oid: {self.path!r}")
         if self.kind == "gitlink" and self.base_oid is None:
             raise ValueError(f"gitlink row needs a commit id: {self.path!r}")
-        if self.data_id is not None and self.kind != "file":
-            raise ValueError(f"only file rows have data files: {self.path!r}")
+        if self.data_id is not None and self.kind not in ("file", "special"):
+            raise ValueError(f"only file and special rows have data files: {self.path!r}")
+        if self.kind == "special" and not (stat.S_ISFIFO(self.mode) or stat.S_ISSOCK(self.mode)):
+            if not (stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)):
+                raise ValueError(f"special row with mode {self.mode:o}: {self.path!r}")
+
+    def metadata_differs_from_base(self) -> bool:
+        """Whether the row records ownership or xattrs a base entry cannot show."""
+        return self.uid is not None or self.gid is not None or bool(self.xattrs)
+
+
+def encode_xattrs(attributes: dict[bytes, bytes]) -> bytes | None:
+    """Extended attributes as one column value: length-prefixed name and value pairs, sorted."""
+    if not attributes:
+        return None
+    parts = []
+    for name in sorted(attributes):
+        value = attributes[name]
+        parts.append(len(name).to_bytes(4, "big") + name + len(value).to_bytes(4, "big") + value)
+    return b"".join(parts)
+
+
+def decode_xattrs(raw: bytes | None) -> dict[bytes, bytes]:
+    attributes: dict[bytes, bytes] = {}
+    offset = 0
+    while raw and offset < len(raw):
+        size = int.from_bytes(raw[offset : offset + 4], "big")
+        name = raw[offset + 4 : offset + 4 + size]
+        offset += 4 + size
+        size = int.from_bytes(raw[offset : offset + 4], "big")
+        attributes[name] = raw[offset + 4 : offset + 4 + size]
+        offset += 4 + size
+    return attributes
 
 
 def encode_path(path: str) -> bytes:
@@ -193,10 +255,15 @@ def _subtree_bounds(path: str) -> tuple[bytes, bytes]:
     return key + b"/", key + b"0"
 
 
-def _row_from_db(
-    record: tuple[bytes, str, int, str | None, str | None, bytes | None, int, int | None],
-) -> OverlayRow:
-    raw_path, kind, mode, data_id, base_oid, target, opaque, mtime_ns = record
+_Record = tuple[
+    bytes, str, int, str | None, str | None, bytes | None, int, int | None,
+    int | None, int | None, int | None, int | None, int, bytes | None,
+]  # fmt: skip
+
+
+def _row_from_db(record: _Record) -> OverlayRow:
+    raw_path, kind, mode, data_id, base_oid, target, opaque, mtime_ns = record[:8]
+    uid, gid, atime_ns, ctime_ns, rdev, xattrs = record[8:]
     return OverlayRow(
         path=decode_path(raw_path),
         kind=cast(RowKind, kind),
@@ -206,7 +273,17 @@ def _row_from_db(
         target=target,
         opaque=bool(opaque),
         mtime_ns=mtime_ns,
+        uid=uid,
+        gid=gid,
+        atime_ns=atime_ns,
+        ctime_ns=ctime_ns,
+        rdev=rdev,
+        xattrs=xattrs,
     )
+
+
+_METADATA_COLUMNS = ("mode", "uid", "gid", "atime_ns", "ctime_ns", "xattrs")
+"""What hard links share (content and mtime are the shared data file's)."""
 
 
 class Batch:
@@ -220,10 +297,14 @@ class Batch:
     def __init__(self, conn: sqlite3.Connection, journal: ChangeJournal | None) -> None:
         self._conn = conn
         self._journal = journal
-        self._orphan_candidates: set[str] = set()
+        self._data_ids: set[str] = set()
+        """Data ids whose number of rows may have changed: unreferenced ones are unlinked, shared ones
+        (hard links) counted."""
         self._touched: list[bytes] = []
         self.changes: list[tuple[str, bool]] = []
         """(path, has a row afterwards) for every row written or deleted, in order."""
+        self.parent_deltas: dict[bytes | None, int] = {}
+        """Change in the number of rows under each parent key, applied to the store's count on commit."""
 
     def get(self, path: str) -> OverlayRow | None:
         record = self._conn.execute(
@@ -236,14 +317,15 @@ class Batch:
         key = encode_path(row.path)
         previous = self._conn.execute("SELECT data_id FROM entries WHERE path = ?", (key,)).fetchone()
         if previous is not None and previous[0] is not None:
-            self._orphan_candidates.add(previous[0])
+            self._data_ids.add(previous[0])
+        if row.data_id is not None:
+            self._data_ids.add(row.data_id)
         parent = None if row.path == "" else encode_path(parent_of(row.path))
         self._conn.execute(
-            "INSERT OR REPLACE INTO entries (path, parent, kind, mode, data_id, base_oid, target, opaque, mtime_ns)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO entries (parent, {_COLUMNS}) VALUES ({', '.join('?' * 15)})",
             (
-                key,
                 parent,
+                key,
                 row.kind,
                 row.mode,
                 row.data_id,
@@ -251,10 +333,37 @@ class Batch:
                 row.target,
                 int(row.opaque),
                 row.mtime_ns,
+                row.uid,
+                row.gid,
+                row.atime_ns,
+                row.ctime_ns,
+                row.rdev,
+                row.xattrs,
             ),
         )
         self._touched.append(key)
         self.changes.append((row.path, True))
+        if previous is None:
+            self.parent_deltas[parent] = self.parent_deltas.get(parent, 0) + 1
+
+    def put_metadata(self, row: OverlayRow) -> None:
+        """Put ``row`` and give its metadata to every hard link of it (rows sharing its data file)."""
+        self.put(row)
+        if row.data_id is None:
+            return
+        assignments = ", ".join(f"{column} = ?" for column in _METADATA_COLUMNS)
+        linked = self._conn.execute(
+            f"UPDATE entries SET {assignments} WHERE data_id = ? AND path != ? RETURNING path",
+            (*(getattr(row, column) for column in _METADATA_COLUMNS), row.data_id, encode_path(row.path)),
+        ).fetchall()
+        self._touched.extend(key for (key,) in linked)
+
+    def links(self, data_id: str) -> list[str]:
+        """Every path whose row uses ``data_id``: the hard links of one file."""
+        return [
+            decode_path(key)
+            for (key,) in self._conn.execute("SELECT path FROM entries WHERE data_id = ?", (data_id,))
+        ]
 
     def delete(self, path: str) -> None:
         key = encode_path(path)
@@ -262,9 +371,14 @@ class Batch:
             "DELETE FROM entries WHERE path = ? RETURNING data_id", (key,)
         ).fetchall():
             if data_id is not None:
-                self._orphan_candidates.add(data_id)
+                self._data_ids.add(data_id)
             self._touched.append(key)
             self.changes.append((path, False))
+            self._removed(key)
+
+    def _removed(self, key: bytes) -> None:
+        parent = None if key == b"" else key.rpartition(b"/")[0]
+        self.parent_deltas[parent] = self.parent_deltas.get(parent, 0) - 1
 
     def delete_subtree(self, path: str) -> None:
         """Delete every strict descendant of ``path`` (all rows but the root's, for "")."""
@@ -279,28 +393,29 @@ class Batch:
             )
         for key, data_id in deleted.fetchall():
             if data_id is not None:
-                self._orphan_candidates.add(data_id)
+                self._data_ids.add(data_id)
             self._touched.append(key)
             self.changes.append((decode_path(key), False))
+            self._removed(key)
 
     def record(self, path: str) -> None:
         """Journal ``path`` as changed without changing its row (e.g. content written)."""
         self._touched.append(encode_path(path))
 
-    def _finish(self) -> list[str]:
-        """Write the journal and return the data ids that became unreferenced.
+    def _finish(self) -> dict[str, int]:
+        """Write the journal and return how many rows each data id it changed now has (0: unreferenced).
 
         The journal is written before the commit: after a crash it may name a
         change that did not happen, never miss one that did.
         """
         if self._journal is not None and self._touched:
             self._journal.append(self._touched)
-        return [
-            data_id
-            for data_id in sorted(self._orphan_candidates)
-            if self._conn.execute("SELECT 1 FROM entries WHERE data_id = ? LIMIT 1", (data_id,)).fetchone()
-            is None
-        ]
+        return {
+            data_id: self._conn.execute(
+                "SELECT count(*) FROM entries WHERE data_id = ?", (data_id,)
+            ).fetchone()[0]
+            for data_id in sorted(self._data_ids)
+        }
 
 
 class OverlayStore:
@@ -322,6 +437,11 @@ class OverlayStore:
         self._reserve_wanted = False
         self._reserve_complete = False
         self._lock = threading.RLock()
+        self._columns = _COLUMNS
+        self._child_rows: dict[bytes | None, int] = {}
+        """Rows per parent key, kept in memory so a directory without rows costs no query."""
+        self._shared: dict[str, int] = {}
+        """Rows per data id for ids that more than one row uses (hard links), kept in memory."""
         if read_only:
             uri = f"file:{quote(str(self._db_path))}?mode=ro"
             self._conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
@@ -350,13 +470,16 @@ class OverlayStore:
         """Check the schema version; create the schema only in a new database (an existing one is
         not written while opening, so a full disk does not stop a remount)."""
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _SCHEMA_VERSION):
+        if version not in (0, 1, _SCHEMA_VERSION):
             raise OverlayStoreError(f"overlay database {self._db_path} has unknown schema version {version}")
         if read_only:
             if version == 0:
                 raise OverlayStoreError(
                     f"overlay database {self._db_path} was never set up; it cannot be read"
                 )
+            if version == 1:
+                self._columns = _COLUMNS_OF_V1
+            self._count_rows()
             return
         if self._conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self._conn.execute("PRAGMA journal_mode = WAL")
@@ -366,6 +489,24 @@ class OverlayStore:
         if version == 0:
             self._conn.executescript(_SCHEMA)
             self._conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+        elif version == 1:
+            self._conn.executescript(f"BEGIN IMMEDIATE; {_MIGRATE_FROM_V1} PRAGMA user_version = 2; COMMIT;")
+        self._count_rows()
+
+    def _count_rows(self) -> None:
+        """Load the in-memory counts: rows per parent, rows per shared data id."""
+        self._child_rows = dict(self._conn.execute("SELECT parent, count(*) FROM entries GROUP BY parent"))
+        self._shared = dict(
+            self._conn.execute(
+                "SELECT data_id, count(*) FROM entries WHERE data_id IS NOT NULL"
+                " GROUP BY data_id HAVING count(*) > 1"
+            )
+        )
+
+    def has_child_rows(self, path: str) -> bool:
+        """Whether any row (whiteouts included) lies directly below ``path``; answered from memory."""
+        with self._lock:
+            return self._child_rows.get(encode_path(path), 0) > 0
 
     def close(self) -> None:
         with self._lock:
@@ -385,9 +526,14 @@ class OverlayStore:
             return None
         with self._lock:
             record = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE path = ?", (encode_path(path),)
+                f"SELECT {self._columns} FROM entries WHERE path = ?", (encode_path(path),)
             ).fetchone()
         return None if record is None else _row_from_db(record)
+
+    def link_count(self, data_id: str) -> int:
+        """How many rows share ``data_id`` (a file's hard links); answered from memory."""
+        with self._lock:
+            return self._shared.get(data_id, 1)
 
     def get_many(self, paths: Iterable[str]) -> dict[str, OverlayRow]:
         keys = [encode_path(path) for path in paths if path in self.rows_index]
@@ -396,7 +542,7 @@ class OverlayStore:
         marks = ", ".join("?" * len(keys))
         with self._lock:
             records = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE path IN ({marks})", keys
+                f"SELECT {self._columns} FROM entries WHERE path IN ({marks})", keys
             ).fetchall()
         rows = (_row_from_db(record) for record in records)
         return {row.path: row for row in rows}
@@ -407,7 +553,7 @@ class OverlayStore:
             return []
         with self._lock:
             records = self._conn.execute(
-                f"SELECT {_COLUMNS} FROM entries WHERE parent = ?", (encode_path(path),)
+                f"SELECT {self._columns} FROM entries WHERE parent = ?", (encode_path(path),)
             ).fetchall()
         return [_row_from_db(record) for record in records]
 
@@ -416,11 +562,11 @@ class OverlayStore:
         with self._lock:
             if path == "":
                 records = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM entries WHERE path != ? ORDER BY path", (b"",)
+                    f"SELECT {self._columns} FROM entries WHERE path != ? ORDER BY path", (b"",)
                 ).fetchall()
             else:
                 records = self._conn.execute(
-                    f"SELECT {_COLUMNS} FROM entries WHERE path > ? AND path < ? ORDER BY path",
+                    f"SELECT {self._columns} FROM entries WHERE path > ? AND path < ? ORDER BY path",
                     _subtree_bounds(path),
                 ).fetchall()
         return [_row_from_db(record) for record in records]
@@ -428,7 +574,7 @@ class OverlayStore:
     def all_rows(self) -> list[OverlayRow]:
         """Every row, parents before children."""
         with self._lock:
-            records = self._conn.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY path").fetchall()
+            records = self._conn.execute(f"SELECT {self._columns} FROM entries ORDER BY path").fetchall()
         return [_row_from_db(record) for record in records]
 
     def changed_since(self, offset: int) -> tuple[int, list[str]]:
@@ -451,15 +597,22 @@ class OverlayStore:
             try:
                 batch = Batch(self._conn, self.journal if journal else None)
                 yield batch
-                unreferenced = batch._finish()
+                counts = batch._finish()
                 self._conn.execute("COMMIT")
                 self.rows_index.apply(batch.changes)
+                for parent, delta in batch.parent_deltas.items():
+                    self._child_rows[parent] = self._child_rows.get(parent, 0) + delta
+                for data_id, count in counts.items():
+                    if count > 1:
+                        self._shared[data_id] = count
+                    else:
+                        self._shared.pop(data_id, None)
             except BaseException:
                 # SQLite has already rolled back a COMMIT that failed for lack of space.
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
-            self.discard_data(unreferenced)
+            self.discard_data(data_id for data_id, count in counts.items() if count == 0)
 
     def with_reserve(self, operation: Callable[[], _T]) -> _T:
         """Run ``operation``, a change that must work on a full disk (a removal, journaling a write).
@@ -594,7 +747,7 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-_ROW_KINDS: frozenset[str] = frozenset({"file", "dir", "symlink", "gitlink", "whiteout"})
+_ROW_KINDS: frozenset[str] = frozenset({"file", "dir", "symlink", "gitlink", "special", "whiteout"})
 
 
 def inspect_database(state_dir: Path, *, read_only: bool) -> tuple[dict[str, OverlayRow], list[str]]:
@@ -616,7 +769,9 @@ def inspect_database(state_dir: Path, *, read_only: bool) -> tuple[dict[str, Ove
         verdict = [line for (line,) in connection.execute("PRAGMA quick_check")]
         if verdict != ["ok"]:
             raise OverlayStoreError(f"overlay database {database} is corrupt: {'; '.join(verdict[:3])}")
-        records = connection.execute(f"SELECT {_COLUMNS} FROM entries").fetchall()
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        columns = _COLUMNS_OF_V1 if version == 1 else _COLUMNS
+        records = connection.execute(f"SELECT {columns} FROM entries").fetchall()
     except sqlite3.Error as error:
         raise OverlayStoreError(f"overlay database {database} is unreadable: {error}") from None
     finally:

@@ -34,19 +34,31 @@ from artifactfs.overlay.errors import (
     InvalidName,
     InvalidOperation,
     IsADirectory,
+    NameTooLong,
+    NoAttribute,
     NotADirectory,
     NotFound,
     ReadOnlyEntry,
     ReservedName,
     ResourceBusy,
 )
-from artifactfs.overlay.store import Batch, OverlayRow, OverlayStore, Readable, parent_of
+from artifactfs.overlay.store import (
+    Batch,
+    OverlayRow,
+    OverlayStore,
+    Readable,
+    decode_xattrs,
+    encode_xattrs,
+    parent_of,
+)
 from artifactfs.snapshot.entries import BaseEntry, BaseTree, EntryKind
 from artifactfs.snapshot.tree import FOLDS_TO_GIT, refusal_reason
 
-NodeKind = Literal["file", "dir", "symlink", "gitlink"]
 ViewVersion = tuple[int, BaseTree]
 """The overlay's row generation and the published base: equal versions show the same namespace."""
+NodeKind = Literal["file", "dir", "symlink", "gitlink", "special"]
+NAME_MAX = 255
+"""Longest directory entry name, in bytes."""
 
 _DIR_MODE = stat.S_IFDIR | 0o755
 _SYMLINK_MODE = stat.S_IFLNK | 0o777
@@ -58,7 +70,9 @@ class Node:
 
     ``mtime_ns`` is None when the entry is unchanged since the base (the FUSE
     layer reports its fixed base mtime); for data-file content it is the data
-    file's mtime. ``base_oid`` is set when content must come from a base blob.
+    file's mtime. ``atime_ns`` and ``ctime_ns`` None mean "as mtime".
+    ``base_oid`` is set when content must come from a base blob. ``nlink``
+    counts hard links for files and ``2 + subdirectories`` for directories.
     """
 
     path: str
@@ -69,6 +83,15 @@ class Node:
     symlink_target: bytes | None
     mtime_ns: int | None
     in_overlay: bool
+    uid: int = 0
+    gid: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    atime_ns: int | None = None
+    ctime_ns: int | None = None
+    xattrs: bytes | None = None
+    link_id: str | None = None
+    """What every hard link of this file shares (its data file id), if it has one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +117,10 @@ def check_name(name: str) -> None:
     ``.git`` in any spelling NTFS or HFS+ would fold to it (what the snapshot
     hides) is refused with EPERM; empty, ``.``, ``..``, ``/`` and NUL with EINVAL.
     """
-    reason = refusal_reason(name.encode("utf-8", "surrogateescape"))
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > NAME_MAX:
+        raise NameTooLong(name, "file name too long")
+    reason = refusal_reason(raw)
     if reason == FOLDS_TO_GIT:
         raise ReservedName(name, "name is reserved for git")
     if reason is not None:
@@ -161,10 +187,14 @@ class _Resolved:
 class OverlayView:
     """Merged base + overlay namespace; every method is atomic and thread-safe."""
 
-    def __init__(self, store: OverlayStore, base: BaseTree) -> None:
+    def __init__(self, store: OverlayStore, base: BaseTree, owner: tuple[int, int] | None = None) -> None:
         self._store = store
         self._base = base
         self._lock = threading.RLock()
+        self.owner = owner if owner is not None else (os.getuid(), os.getgid())
+        """(uid, gid) of every entry whose row records no owner: the base tree's owner."""
+        self._base_subdirs: dict[str, int] = {}
+        """Subdirectory counts of base directories (for their link count), per published base."""
 
     @property
     def base(self) -> BaseTree:
@@ -188,14 +218,47 @@ class OverlayView:
 
     def lookup(self, path: str) -> Node | None:
         with self._lock:
-            return self._resolve(path).node
+            resolved = self._resolve(path)
+            if resolved.node is None or resolved.node.kind != "dir":
+                return resolved.node
+            return replace(resolved.node, nlink=2 + self._subdirectories(resolved))
 
     def list_dir(self, path: str) -> list[tuple[str, Node]]:
         """The merged directory listing, sorted by name."""
         with self._lock:
             resolved = self._resolve_dir(path)
             items = self._merged_children(resolved)
-            return [(name, self._node_of(_join(path, name), items[name])) for name in sorted(items)]
+            listing = []
+            for name in sorted(items):
+                child = _join(path, name)
+                node = self._node_of(child, items[name])
+                if node.kind == "dir":
+                    item = items[name]
+                    if isinstance(item, BaseEntry) and not self._store.has_child_rows(child):
+                        subdirectories = self._base_subdirectories(child)
+                    else:
+                        subdirectories = self._subdirectories(self._resolve(child))
+                    node = replace(node, nlink=2 + subdirectories)
+                listing.append((name, node))
+            return listing
+
+    def _subdirectories(self, resolved: _Resolved) -> int:
+        """How many directories a directory holds; from memory when it has no rows below it."""
+        if resolved.base_below and not self._store.has_child_rows(resolved.path):
+            return self._base_subdirectories(resolved.path)
+        items = self._merged_children(resolved)
+        return sum(
+            1
+            for item in items.values()
+            if (item.kind is EntryKind.DIR if isinstance(item, BaseEntry) else item.kind == "dir")
+        )
+
+    def _base_subdirectories(self, path: str) -> int:
+        count = self._base_subdirs.get(path)
+        if count is None:
+            children = self._base.children(path) or {}
+            count = self._base_subdirs[path] = sum(1 for e in children.values() if e.kind is EntryKind.DIR)
+        return count
 
     def rows(self) -> list[OverlayRow]:
         """Every overlay row: the paths that differ from the base."""
@@ -207,14 +270,34 @@ class OverlayView:
 
     # -- creating ------------------------------------------------------------
 
-    def create_file(self, path: str, mode: int) -> Node:
+    def _new_owner(
+        self, parent: _Resolved, owner: tuple[int, int] | None, mode: int
+    ) -> tuple[int | None, int | None, int]:
+        """(uid, gid, mode) to store for a new entry: a setgid directory hands down its group (and,
+        to directories, its setgid bit)."""
+        uid, gid = owner if owner is not None else self.owner
+        assert parent.node is not None
+        if parent.node.mode & stat.S_ISGID:
+            gid = parent.node.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return (*self._stored_owner(uid, gid), mode)
+
+    def _stored_owner(self, uid: int, gid: int) -> tuple[int | None, int | None]:
+        """The base tree's owner is stored as None, so such rows stay redundant over an equal base
+        (git's commits let reconciliation drop them) and follow ``--uid``/``--gid``."""
+        return (None if uid == self.owner[0] else uid), (None if gid == self.owner[1] else gid)
+
+    def create_file(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> Node:
+        """A new empty file; ``owner`` is the creating (uid, gid), the base tree's owner if None."""
         _check_new_path(path)
         with self._lock:
-            self._resolve_parent(path)
+            parent = self._resolve_parent(path)
             if self._resolve(path).node is not None:
                 raise AlreadyExists(path, "file exists")
+            uid, gid, full_mode = self._new_owner(parent, owner, stat.S_IFREG | (mode & 0o7777))
             data_id = self._store.new_data_file(None)
-            row = OverlayRow(path, "file", stat.S_IFREG | (mode & 0o7777), data_id=data_id)
+            row = OverlayRow(path, "file", full_mode, data_id=data_id, uid=uid, gid=gid)
             try:
                 with self._store.batch() as batch:
                     batch.put(row)
@@ -224,7 +307,7 @@ class OverlayView:
                 raise
             return self._node_of(path, row)
 
-    def mkdir(self, path: str, mode: int) -> Node:
+    def mkdir(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> Node:
         _check_new_path(path)
         with self._lock:
             parent = self._resolve_parent(path)
@@ -232,25 +315,104 @@ class OverlayView:
             if current.node is not None:
                 raise AlreadyExists(path, "file exists")
             opaque = not parent.base_below or current.base is not None
+            uid, gid, full_mode = self._new_owner(parent, owner, stat.S_IFDIR | (mode & 0o7777))
+            now = time.time_ns()
             row = OverlayRow(
-                path, "dir", stat.S_IFDIR | (mode & 0o7777), opaque=opaque, mtime_ns=time.time_ns()
+                path,
+                "dir",
+                full_mode,
+                opaque=opaque,
+                mtime_ns=now,
+                uid=uid,
+                gid=gid,
+                atime_ns=now,
+                ctime_ns=now,
+            )
+            with self._store.batch() as batch:
+                batch.put(row)
+                self._touch_parent(batch, path)
+            return replace(self._node_of(path, row), nlink=2)
+
+    def mknod(self, path: str, mode: int, rdev: int, owner: tuple[int, int] | None = None) -> Node:
+        """A FIFO, unix socket or device node (``mode`` holds its type); who may is the kernel's check."""
+        _check_new_path(path)
+        if not any(test(mode) for test in (stat.S_ISFIFO, stat.S_ISSOCK, stat.S_ISCHR, stat.S_ISBLK)):
+            if stat.S_ISREG(mode):
+                return self.create_file(path, mode, owner)
+            raise InvalidOperation(path, "mknod of an unsupported file type")
+        with self._lock:
+            parent = self._resolve_parent(path)
+            if self._resolve(path).node is not None:
+                raise AlreadyExists(path, "file exists")
+            uid, gid, full_mode = self._new_owner(parent, owner, stat.S_IFMT(mode) | (mode & 0o7777))
+            now = time.time_ns()
+            row = OverlayRow(
+                path,
+                "special",
+                full_mode,
+                uid=uid,
+                gid=gid,
+                rdev=rdev,
+                mtime_ns=now,
+                atime_ns=now,
+                ctime_ns=now,
             )
             with self._store.batch() as batch:
                 batch.put(row)
                 self._touch_parent(batch, path)
             return self._node_of(path, row)
 
-    def symlink(self, path: str, target: bytes) -> Node:
+    def link(self, existing: str, path: str) -> Node:
+        """A hard link: a second row sharing the file's data file (and so its metadata).
+
+        A file still showing its base blob must be copied up first (the FUSE
+        layer does it, as it hydrates). A special file gets an empty data file
+        the first time it is linked, as the identity its links share.
+        """
+        _check_new_path(path)
+        with self._lock:
+            source = self._resolve(existing)
+            node = self._require(source)
+            if node.kind in ("dir", "gitlink"):
+                raise ReadOnlyEntry(existing, "cannot hard-link a directory")
+            self._resolve_parent(path)
+            if self._resolve(path).node is not None:
+                raise AlreadyExists(path, "file exists")
+            row = source.row
+            if node.kind == "symlink" or row is None or (row.kind == "file" and row.data_id is None):
+                raise InvalidOperation(existing, "only overlay files and special files can be hard-linked")
+            fresh = None
+            if row.data_id is None:
+                fresh = self._store.new_data_file(None)
+                row = replace(row, data_id=fresh)
+            row = replace(row, ctime_ns=time.time_ns())
+            try:
+                with self._store.batch() as batch:
+                    batch.put_metadata(row)
+                    batch.put(replace(row, path=path))
+                    self._touch_parent(batch, path)
+            except BaseException:
+                if fresh is not None:
+                    self._store.discard_data([fresh])
+                raise
+            return self._node_of(path, row)
+
+    def symlink(self, path: str, target: bytes, owner: tuple[int, int] | None = None) -> Node:
         _check_new_path(path)
         if not target:
             raise NotFound(path, "empty symlink target")
         if b"\0" in target:
             raise InvalidOperation(path, "symlink target contains NUL")
         with self._lock:
-            self._resolve_parent(path)
+            parent = self._resolve_parent(path)
             if self._resolve(path).node is not None:
                 raise AlreadyExists(path, "file exists")
-            row = OverlayRow(path, "symlink", _SYMLINK_MODE, target=target, mtime_ns=time.time_ns())
+            uid, gid, _ = self._new_owner(parent, owner, _SYMLINK_MODE)
+            now = time.time_ns()
+            row = OverlayRow(
+                path, "symlink", _SYMLINK_MODE, target=target, uid=uid, gid=gid,
+                mtime_ns=now, atime_ns=now, ctime_ns=now,
+            )  # fmt: skip
             with self._store.batch() as batch:
                 batch.put(row)
                 self._touch_parent(batch, path)
@@ -268,16 +430,17 @@ class OverlayView:
             node = self._require(resolved)
             if node.kind in ("dir", "gitlink"):
                 raise IsADirectory(path, "is a directory")
-            if node.kind == "symlink":
-                raise InvalidOperation(path, "symlinks have no writable content")
+            if node.kind in ("symlink", "special"):
+                raise InvalidOperation(path, f"{node.kind}s have no writable content")
             if node.data_path is not None:
                 return node
             data_id = self._store.new_data_file(source)
-            recorded_mtime = resolved.row.mtime_ns if resolved.row is not None else None
-            row = OverlayRow(path, "file", node.mode, data_id=data_id)
+            current = resolved.row if resolved.row is not None else self._row_for_base(resolved)
+            row = replace(current, data_id=data_id, base_oid=None, mtime_ns=None)
             try:
-                if recorded_mtime is not None:
-                    os.utime(self._store.data_path(data_id), ns=(recorded_mtime, recorded_mtime))
+                if current.mtime_ns is not None:
+                    atime = current.atime_ns if current.atime_ns is not None else current.mtime_ns
+                    os.utime(self._store.data_path(data_id), ns=(atime, current.mtime_ns))
                 with self._store.batch() as batch:
                     batch.put(row)
             except BaseException:
@@ -302,6 +465,8 @@ class OverlayView:
                 with self._store.batch() as batch:
                     self._vacate(batch, resolved)
                     self._touch_parent(batch, path)
+                    if resolved.row is not None and resolved.row.data_id is not None:
+                        self._touch_links(batch, resolved.row.data_id)
 
             self._store.with_reserve(remove)
 
@@ -361,12 +526,16 @@ class OverlayView:
                     batch.record(row.path)
                 batch.delete_subtree(old)
                 self._vacate(batch, source)
+                replaced = batch.get(new)
                 batch.delete_subtree(new)
                 batch.delete(new)
+                moved[0] = replace(moved[0], ctime_ns=time.time_ns())
                 for row in moved:
                     batch.put(replace(row, path=new + row.path[len(old) :]))
                 self._touch_parent(batch, old)
                 self._touch_parent(batch, new)
+                if replaced is not None and replaced.data_id is not None:
+                    self._touch_links(batch, replaced.data_id)
 
     def _check_replaceable(self, source: _Resolved, target: _Resolved, *, noreplace: bool) -> None:
         assert source.node is not None and target.node is not None
@@ -441,30 +610,82 @@ class OverlayView:
 
     def chmod(self, path: str, mode: int) -> Node:
         """Change permission bits without copying content (symlinks and gitlinks ignore it)."""
+        return self.set_attributes(path, mode=mode)
+
+    def set_mtime(self, path: str, mtime_ns: int) -> Node:
+        return self.set_attributes(path, atime_ns=mtime_ns, mtime_ns=mtime_ns)
+
+    def set_attributes(
+        self,
+        path: str,
+        *,
+        mode: int | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+        atime_ns: int | None = None,
+        mtime_ns: int | None = None,
+    ) -> Node:
+        """chmod, chown and utimes in one change, never copying content; ctime becomes now.
+
+        Who may do what is the kernel's check (``default_permissions``), as is
+        clearing set-id bits on chown and write (it sends the new mode along).
+        Hard links share the result. Symlinks and gitlinks keep their mode.
+        """
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind in ("symlink", "gitlink"):
-                return node
             current = resolved.row if resolved.row is not None else self._row_for_base(resolved)
-            row = replace(current, mode=stat.S_IFMT(current.mode) | (mode & 0o7777))
+            row = replace(current, ctime_ns=time.time_ns())
+            if mode is not None and node.kind not in ("symlink", "gitlink"):
+                row = replace(row, mode=stat.S_IFMT(current.mode) | (mode & 0o7777))
+            if uid is not None or gid is not None:
+                stored_uid, stored_gid = self._stored_owner(
+                    uid if uid is not None else node.uid, gid if gid is not None else node.gid
+                )
+                row = replace(row, uid=stored_uid, gid=stored_gid)
+            if atime_ns is not None or mtime_ns is not None:
+                if row.kind == "file" and row.data_id is not None:
+                    data_path = self._store.data_path(row.data_id)
+                    info = os.stat(data_path, follow_symlinks=False)
+                    os.utime(
+                        data_path,
+                        ns=(
+                            atime_ns if atime_ns is not None else info.st_atime_ns,
+                            mtime_ns if mtime_ns is not None else info.st_mtime_ns,
+                        ),
+                        follow_symlinks=False,
+                    )
+                else:
+                    old_mtime = node.mtime_ns if node.mtime_ns is not None else mtime_ns
+                    row = replace(
+                        row,
+                        mtime_ns=mtime_ns if mtime_ns is not None else old_mtime,
+                        atime_ns=atime_ns if atime_ns is not None else node.atime_ns,
+                    )
             with self._store.batch() as batch:
-                batch.put(row)
-            return self._node_of(path, row)
+                batch.put_metadata(row)
+            return self.lookup(path) or self._node_of(path, row)
 
-    def set_mtime(self, path: str, mtime_ns: int) -> None:
+    def xattrs(self, path: str) -> dict[bytes, bytes]:
+        """The extended attributes of ``path``."""
+        with self._lock:
+            return decode_xattrs(self._require(self._resolve(path)).xattrs)
+
+    def set_xattr(self, path: str, name: bytes, value: bytes | None) -> None:
+        """Set (``value``) or remove (None) one extended attribute; hard links share them."""
         with self._lock:
             resolved = self._resolve(path)
-            self._require(resolved)
+            node = self._require(resolved)
+            attributes = decode_xattrs(node.xattrs)
+            if value is None:
+                if attributes.pop(name, None) is None:
+                    raise NoAttribute(path, "no such attribute")
+            else:
+                attributes[name] = value
             current = resolved.row if resolved.row is not None else self._row_for_base(resolved)
+            row = replace(current, xattrs=encode_xattrs(attributes), ctime_ns=time.time_ns())
             with self._store.batch() as batch:
-                if current.data_id is not None:
-                    os.utime(
-                        self._store.data_path(current.data_id), ns=(mtime_ns, mtime_ns), follow_symlinks=False
-                    )
-                    batch.record(path)
-                else:
-                    batch.put(replace(current, mtime_ns=mtime_ns))
+                batch.put_metadata(row)
 
     def note_modified(self, path: str) -> None:
         """Journal that a file's content was written (writes bypass the database).
@@ -534,9 +755,15 @@ class OverlayView:
                     shows_base[path] = above and row.kind == "dir" and not row.opaque
             return shows_base[path]
 
+        link_counts: dict[str, int] = defaultdict(int)
+        for row in rows:
+            if row.data_id is not None:
+                link_counts[row.data_id] += 1
         for row in rows:
             if blob_oid_of is None or row.path in busy:
                 continue
+            if row.data_id is not None and link_counts[row.data_id] > 1:
+                continue  # a hard link: dropping one row would split the file
             visible = row.path == "" or base_shows_below(parent_of(row.path))
             entry = new_base.entry(row.path) if visible else None
             outcome = self._compare(row, entry, new_base, child_names, blob_oid_of)
@@ -572,6 +799,7 @@ class OverlayView:
             for replacement in repaired.values():
                 batch.put(replacement)
         self._base = new_base
+        self._base_subdirs = {}
         return ReconcileReport(
             dropped=len(dropped),
             converted=len(converted),
@@ -590,7 +818,7 @@ class OverlayView:
         """Whether ``row`` is redundant over ``entry`` (the new base entry, None if hidden or absent)."""
         if row.kind == "whiteout":
             return "drop" if entry is None else "keep"
-        if entry is None:
+        if entry is None or row.metadata_differs_from_base():
             return "keep"
         if row.kind == "file" and entry.kind is EntryKind.FILE:
             same_mode = row.mode == _base_file_mode(entry)
@@ -683,26 +911,48 @@ class OverlayView:
     def _node_of(self, path: str, item: OverlayRow | BaseEntry) -> Node:
         if isinstance(item, BaseEntry):
             return self._node_of_base(path, item)
-        if item.kind == "file":
-            if item.data_id is not None:
-                data_path = self._store.data_path(item.data_id)
-                mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
-                return Node(path, "file", item.mode, None, data_path, None, mtime_ns, True)
-            return Node(path, "file", item.mode, item.base_oid, None, None, item.mtime_ns, True)
-        if item.kind == "symlink":
-            return Node(path, "symlink", _SYMLINK_MODE, item.base_oid, None, item.target, item.mtime_ns, True)
-        if item.kind == "gitlink":
-            return Node(path, "gitlink", _DIR_MODE, None, None, None, item.mtime_ns, True)
-        return Node(path, "dir", item.mode, None, None, None, item.mtime_ns, True)
+        kind: NodeKind = "dir" if item.kind == "whiteout" else item.kind
+        mode, base_oid, data_path = item.mode, item.base_oid, None
+        mtime_ns, atime_ns, ctime_ns = item.mtime_ns, item.atime_ns, item.ctime_ns
+        nlink = 2 if kind in ("dir", "gitlink") else 1
+        if item.data_id is not None:
+            nlink = self._store.link_count(item.data_id)
+        if kind == "file" and item.data_id is not None:
+            data_path = self._store.data_path(item.data_id)
+            info = os.stat(data_path, follow_symlinks=False)
+            mtime_ns, atime_ns = info.st_mtime_ns, info.st_atime_ns
+            ctime_ns = max(item.ctime_ns or 0, info.st_ctime_ns)
+        elif kind == "symlink":
+            mode = _SYMLINK_MODE
+        elif kind == "gitlink":
+            mode, base_oid = _DIR_MODE, None
+        return Node(
+            path,
+            kind,
+            mode,
+            base_oid,
+            data_path,
+            item.target,
+            mtime_ns,
+            True,
+            uid=item.uid if item.uid is not None else self.owner[0],
+            gid=item.gid if item.gid is not None else self.owner[1],
+            nlink=nlink,
+            rdev=item.rdev,
+            atime_ns=atime_ns,
+            ctime_ns=ctime_ns,
+            xattrs=item.xattrs,
+            link_id=item.data_id,
+        )
 
-    @staticmethod
-    def _node_of_base(path: str, entry: BaseEntry) -> Node:
+    def _node_of_base(self, path: str, entry: BaseEntry) -> Node:
+        uid, gid = self.owner
         if entry.kind is EntryKind.FILE:
-            return Node(path, "file", _base_file_mode(entry), entry.oid, None, None, None, False)
+            return Node(path, "file", _base_file_mode(entry), entry.oid, None, None, None, False, uid, gid)
         if entry.kind is EntryKind.SYMLINK:
-            return Node(path, "symlink", _SYMLINK_MODE, entry.oid, None, None, None, False)
+            return Node(path, "symlink", _SYMLINK_MODE, entry.oid, None, None, None, False, uid, gid)
         kind: NodeKind = "gitlink" if entry.kind is EntryKind.GITLINK else "dir"
-        return Node(path, kind, _DIR_MODE, None, None, None, None, False)
+        return Node(path, kind, _DIR_MODE, None, None, None, None, False, uid, gid, nlink=2)
 
     @staticmethod
     def _row_for_base(resolved: _Resolved) -> OverlayRow:
@@ -720,11 +970,20 @@ class OverlayView:
 
     @staticmethod
     def _touch_parent(batch: Batch, path: str) -> None:
-        """Record that the directory containing ``path`` changed (its mtime)."""
+        """Record that the directory containing ``path`` changed (its mtime and ctime)."""
         parent = parent_of(path)
         now = time.time_ns()
         row = batch.get(parent)
         if row is None:
-            batch.put(OverlayRow(parent, "dir", _DIR_MODE, mtime_ns=now))
+            batch.put(OverlayRow(parent, "dir", _DIR_MODE, mtime_ns=now, ctime_ns=now))
         else:
-            batch.put(replace(row, mtime_ns=now))
+            batch.put(replace(row, mtime_ns=now, ctime_ns=now))
+
+    @staticmethod
+    def _touch_links(batch: Batch, data_id: str) -> None:
+        """A link of a file went away: the links that remain have a new ctime."""
+        remaining = batch.links(data_id)
+        if remaining:
+            row = batch.get(remaining[0])
+            assert row is not None
+            batch.put_metadata(replace(row, ctime_ns=time.time_ns()))

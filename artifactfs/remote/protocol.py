@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
@@ -137,7 +137,7 @@ class FetchResponse:
         self._object_format = object_format
         self._consumed = False
 
-    async def pack_chunks(self) -> AsyncIterator[bytes]:
+    async def pack_chunks(self) -> AsyncGenerator[bytes, None]:
         """Raw pack bytes as they arrive. Ends normally only once the whole pack and
         the closing flush arrived and the pack checksum matched."""
         if self._consumed:

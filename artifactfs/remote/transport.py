@@ -1,5 +1,5 @@
-"""Byte transports for stateless Git protocol v2: smart HTTP(S) and local
-``git upload-pack``.
+"""Byte transports for Git protocol v2: smart HTTP(S), local ``git upload-pack``
+and (in :mod:`artifactfs.remote.ssh`) ``git-upload-pack`` over ssh.
 
 A transport does two things: fetch the raw capability advertisement, and send
 one command request and stream back the raw response bytes. It owns mapping
@@ -37,6 +37,7 @@ from artifactfs.errors import (
 )
 from artifactfs.remote.credentials import Credential, GitCredentialHelper
 from artifactfs.remote.pktline import one_line
+from artifactfs.remote.ssh import SshTransport
 from artifactfs.remote.url import RemoteURL
 
 log = logging.getLogger("artifactfs.remote.transport")
@@ -73,6 +74,8 @@ class Transport(Protocol):
 def open_transport(remote: RemoteURL, *, timeout: float) -> Transport:
     if remote.kind == "http":
         return HttpTransport(remote, timeout=timeout)
+    if remote.kind == "ssh":
+        return SshTransport(remote, timeout=timeout)
     return LocalTransport(remote.url, timeout=timeout)
 
 

@@ -64,12 +64,27 @@ class GitHttpServer:
 
     ``object_info=False`` hides the ``object-info`` capability and refuses the
     command; ``auth=(user, password)`` demands HTTP Basic auth on every request.
+    ``allow_filter=False`` runs upload-pack with ``uploadpack.allowFilter=false``
+    (no ``filter`` capability, as on some forges). ``tip_wants_only=True``
+    refuses a fetch that wants anything but a ref's tip (``not our ref``), as a
+    server would that allows no other wants (git's own v2 upload-pack
+    serves a want of any object it has).
     """
 
-    def __init__(self, root: Path, *, object_info: bool = True, auth: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        object_info: bool = True,
+        auth: tuple[str, str] | None = None,
+        allow_filter: bool = True,
+        tip_wants_only: bool = False,
+    ) -> None:
         self.root = Path(root)
         self.object_info = object_info
         self.auth = auth
+        self.allow_filter = allow_filter
+        self.tip_wants_only = tip_wants_only
         self._lock = threading.Lock()
         self._records: list[RequestRecord] = []
         self._faults: deque[str] = deque()
@@ -232,6 +247,11 @@ class _Handler(BaseHTTPRequestHandler):
                 error = pktline.encode("ERR invalid command 'object-info'\n")
                 self._reply(200, error, {"Content-Type": "application/x-git-upload-pack-result"})
                 return
+            refused = self._refused_want(path_info, record) if owner.tip_wants_only else None
+            if refused is not None:
+                error = pktline.encode(f"ERR upload-pack: not our ref {refused}\n")
+                self._reply(200, error, {"Content-Type": "application/x-git-upload-pack-result"})
+                return
         process = subprocess.Popen(
             ["git", "http-backend"],
             stdin=subprocess.PIPE,
@@ -251,6 +271,20 @@ class _Handler(BaseHTTPRequestHandler):
                 process.kill()
             process.wait()
             feeder.join()
+
+    def _refused_want(self, path_info: str, record: RequestRecord) -> str | None:
+        """The first want of a fetch that is not a ref's tip, or None."""
+        if record.command != "fetch":
+            return None
+        repo = self.server.owner.root / path_info.removesuffix("/git-upload-pack").lstrip("/")
+        tips = subprocess.run(
+            ["git", "--git-dir", str(repo), "for-each-ref", "--format=%(objectname)"],
+            capture_output=True,
+            text=True,
+            env=git_env(),
+            check=False,
+        ).stdout.split()
+        return next((oid for oid in record.wants if oid not in tips), None)
 
     def _authorized(self, credentials: tuple[str, str]) -> bool:
         header = self.headers.get("Authorization", "")
@@ -320,6 +354,10 @@ class _Handler(BaseHTTPRequestHandler):
             env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
         if self.headers.get("Content-Encoding"):
             env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
+        if not owner.allow_filter:  # command-line config: over the served repository's own
+            env.update(
+                GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="uploadpack.allowFilter", GIT_CONFIG_VALUE_0="false"
+            )
         return env
 
     def _relay(
