@@ -549,7 +549,7 @@ class OverlayStore:
 
     def children(self, path: str) -> list[OverlayRow]:
         """Rows whose parent is ``path`` (whiteouts included)."""
-        if not self.rows_index.has_children(path):
+        if not self.has_child_rows(path):
             return []
         with self._lock:
             records = self._conn.execute(
