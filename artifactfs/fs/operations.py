@@ -644,7 +644,8 @@ class Operations(pyfuse3.Operations):
 
     async def _lfs_object(self, path: str, oid: str) -> LfsObjectFile | None:
         """The LFS object ``path`` shows, or None when its base blob is its content."""
-        await self._lfs.ready()
+        if not self._lfs.settled():
+            await self._lfs.ready()  # a cancel scope per open otherwise, on the hottest path
         if not self._lfs.covers(path):
             return None
         return await self._lfs.open(path, oid)
