@@ -14,13 +14,15 @@ import errno
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
+from artifactfs.fs.basechanges import changed_paths
 from artifactfs.overlay.rowindex import RowIndex
 from artifactfs.overlay.store import OverlayRow, OverlayStore
+from artifactfs.snapshot.entries import BaseEntry, EntryKind
 from artifactfs.testing import commit_files
 from artifactfs.testing.mounts import MountedTree
 
@@ -249,3 +251,48 @@ def test_head_moved_without_writing_the_tree_reaches_the_kernel(project) -> None
     assert sorted(listing.stdout.split()) == sorted(
         ["./.git", "./README.md", "./docs/new.md", "./src/app.py", "./src/lib/more.py", "./src/lib/util.py"]
     )
+
+
+# --------------------------------------------------------------------- base changes
+
+
+class _Tree:
+    """A BaseTree from {path: oid} of files; directory ids derive from their content."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self._children: dict[str, dict[str, BaseEntry]] = {"": {}}
+        for path in sorted(files):
+            parts = path.split("/")
+            for depth in range(len(parts) - 1):
+                self._children.setdefault("/".join(parts[: depth + 1]), {})
+            self._children["/".join(parts[:-1])][parts[-1]] = BaseEntry(EntryKind.FILE, 0o100644, files[path])
+        for directory in sorted(self._children, key=lambda d: -d.count("/") if d else 1):
+            if directory:
+                parent, _, name = directory.rpartition("/")
+                oid = repr(sorted((n, e.oid) for n, e in self._children[directory].items()))
+                self._children[parent][name] = BaseEntry(EntryKind.DIR, 0o040000, oid)
+
+    def entry(self, path: str) -> BaseEntry | None:
+        parent, _, name = path.rpartition("/")
+        return (self._children.get(parent) or {}).get(name)
+
+    def children(self, path: str) -> Mapping[str, BaseEntry] | None:
+        return self._children.get(path)
+
+
+def test_changed_paths_follow_known_changed_directories_only() -> None:
+    old = _Tree({"a/x": "1", "a/y": "2", "b/deep/z": "3", "c/w": "4", "top": "5"})
+    new = _Tree({"a/x": "1", "a/new": "6", "b/deep/z": "7", "c/w": "4", "top": "8"})
+    everything = {"", "a", "b", "b/deep", "c"}
+    assert list(changed_paths(old, new, everything)) == [
+        "a",
+        "b",
+        "top",
+        "b/deep",
+        "b/deep/z",
+        "a/new",
+        "a/y",
+    ]
+    # The kernel knows neither b nor anything below it: nothing there can be cached.
+    assert sorted(changed_paths(old, new, {"", "a"})) == ["a", "a/new", "a/y", "b", "top"]
+    assert list(changed_paths(old, old, everything)) == []

@@ -179,9 +179,9 @@ class Operations(pyfuse3.Operations):
         """Make the kernel drop entries, attributes and pages of known paths the new base changed."""
         if previous.root_tree_oid == snapshot.root_tree_oid:
             return
-        known = [
+        known = {
             path for inode in self._inodes.known_inodes() if (path := self._inodes.path(inode)) is not None
-        ]
+        }
         for path in changed_paths(previous, snapshot, known):
             inode = self._inodes.known(path)
             if inode is not None:
