@@ -36,7 +36,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from artifactfs.fs.basechanges import changed_paths
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
+from artifactfs.fs.viewcache import ViewCache
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.latency import LatencyHistogram
 from artifactfs.lfs.files import LfsFiles
@@ -108,12 +110,14 @@ class _FileHandle:
     blob: LooseBlobFile | LfsObjectFile | None = None
     """Set instead of ``fd`` for a file whose content is still its base blob (or its LFS object)."""
     read: bool = False
+    oid: str | None = None
+    """The base blob to open on the first read when ``blob`` is not open yet (see :meth:`Operations.open`)."""
 
 
 @dataclass
 class _DirHandle:
     path: str
-    listing: list[tuple[bytes, Node | None]] | None = None
+    listing: Sequence[tuple[bytes, Node | None]] | None = None
     sizes: dict[str, int] = field(default_factory=dict)
 
 
@@ -133,6 +137,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self._view = view
+        self._cache = ViewCache(view)
         self._snapshot = snapshot
         self._hydrator = hydrator
         self._lfs = lfs
@@ -155,11 +160,14 @@ class Operations(pyfuse3.Operations):
     def publish(self, snapshot: Snapshot, *, attributes_changed: bool) -> None:
         """Adopt a new base snapshot.
 
-        Reconciling never changes what a path contains, but a dropped overlay
-        entry reports the base mtime again, so cached attributes are forgotten.
+        Reconciling never changes what a path with overlay rows contains, but a
+        dropped overlay entry reports the base mtime again, so cached attributes
+        are forgotten. Paths without rows show the new base: whatever the
+        kernel holds about those that changed is forgotten too.
         """
         self._lfs.publish(snapshot)
-        self._snapshot = snapshot
+        previous, self._snapshot = self._snapshot, snapshot
+        self._forget_base_changes(previous, snapshot)
         if not attributes_changed:
             return
         for inode in self._inodes.known_inodes():
@@ -167,6 +175,28 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError:
                 pass  # the kernel already forgot it
+
+    def _forget_base_changes(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        """Make the kernel drop entries, attributes and pages of known paths the new base changed."""
+        if previous.root_tree_oid == snapshot.root_tree_oid:
+            return
+        known = {
+            path for inode in self._inodes.known_inodes() if (path := self._inodes.path(inode)) is not None
+        }
+        for path in changed_paths(previous, snapshot, known):
+            inode = self._inodes.known(path)
+            if inode is not None:
+                try:
+                    pyfuse3.invalidate_inode(inode)
+                except OSError:
+                    pass  # the kernel already forgot it
+            parent, _, name = path.rpartition("/")
+            parent_inode = self._inodes.known(parent)
+            if parent_inode is not None:
+                # Asynchronous: a request on that directory may be in progress in this event loop.
+                pyfuse3.invalidate_entry_async(
+                    parent_inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True
+                )
 
     def size_corrected(self, paths: Iterable[str]) -> None:
         """These files' sizes were reported wrong (an object-info hint): the kernel must ask again."""
@@ -204,7 +234,7 @@ class Operations(pyfuse3.Operations):
         return f"{parent}/{text}" if parent else text
 
     def _node(self, path: str) -> Node:
-        node = self._view.lookup(path)
+        node = self._cache.lookup(path)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -325,7 +355,7 @@ class Operations(pyfuse3.Operations):
             return self._gitfile_attributes()
         else:
             path = self._join(parent, name)
-        node = self._view.lookup(path)
+        node = self._cache.lookup(path)
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
@@ -360,6 +390,9 @@ class Operations(pyfuse3.Operations):
                 continue
             if handle.blob is not None:
                 attributes = self._base_attributes(inode, handle.node.mode, handle.blob.size, BASE_MTIME_NS)
+            elif handle.oid is not None:
+                size = self._hydrator.known_size(handle.oid) or 0
+                attributes = self._base_attributes(inode, handle.node.mode, size, BASE_MTIME_NS)
             else:
                 info = os.fstat(handle.fd)
                 attributes = self._base_attributes(
@@ -448,8 +481,7 @@ class Operations(pyfuse3.Operations):
             ]
             if handle.path == "":
                 listing.append((GITFILE_NAME, None))
-            for text, child in self._view.list_dir(handle.path):
-                listing.append((text.encode("utf-8", "surrogateescape"), child))
+            listing.extend(self._cache.listing(handle.path))
             handle.listing = listing
             handle.sizes = await self._listing_sizes(listing)
         for index in range(start_id, len(handle.listing)):
@@ -615,7 +647,8 @@ class Operations(pyfuse3.Operations):
 
     async def _lfs_object(self, path: str, oid: str) -> LfsObjectFile | None:
         """The LFS object ``path`` shows, or None when its base blob is its content."""
-        await self._lfs.ready()
+        if not self._lfs.settled():
+            await self._lfs.ready()  # a cancel scope per open otherwise, on the hottest path
         if not self._lfs.covers(path):
             return None
         return await self._lfs.open(path, oid)
@@ -653,11 +686,16 @@ class Operations(pyfuse3.Operations):
                 self._files[handle] = _FileHandle(inode, node, -1, False, blob=lfs_object)
                 return pyfuse3.FileInfo(fh=handle, keep_cache=True)
             source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
-            blob = LooseBlobFile.open(source)
-            # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
-            self._hydrator.settle_size(node.base_oid, blob.size)
             handle = self._handle()
-            self._files[handle] = _FileHandle(inode, node, -1, False, blob=blob)
+            if self._hydrator.size_hinted(node.base_oid):
+                blob = LooseBlobFile.open(source)
+                # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
+                self._hydrator.settle_size(node.base_oid, blob.size)
+                self._files[handle] = _FileHandle(inode, node, -1, False, blob=blob)
+            else:
+                # Local content: the blob is opened by the first read, and a re-read from the
+                # page cache never asks, so an open of a cached file costs no file operation.
+                self._files[handle] = _FileHandle(inode, node, -1, False, oid=node.base_oid)
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         handle = self._handle()
         self._files[handle] = _FileHandle(inode, node, fd, writable)
@@ -684,11 +722,23 @@ class Operations(pyfuse3.Operations):
         if not handle.read and handle.inode != GITFILE_INODE:
             handle.read = True
             self._accessed(handle)
+        if handle.blob is None and handle.oid is not None:
+            await self._open_blob(handle, handle.oid)
         if handle.blob is not None:
             return handle.blob.pread(size, off)
         if handle.inode == GITFILE_INODE:
             return self._gitfile[off : off + size]
         return os.pread(handle.fd, size, off)
+
+    async def _open_blob(self, handle: _FileHandle, oid: str) -> None:
+        """Open the base blob of a handle whose open found it local (it is fetched again if evicted since)."""
+        blob = LooseBlobFile.open(
+            await self._hydrator.ensure(oid, path=self._inodes.path(handle.inode) or "")
+        )
+        if handle.blob is None:
+            handle.blob = blob
+        else:
+            blob.close()  # a concurrent read opened it first
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -697,10 +747,6 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         handle.written = True
         return os.pwrite(handle.fd, buf, off)
-
-    @_fuse_errors
-    async def flush(self, fh: int) -> None:
-        return None
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:

@@ -700,6 +700,10 @@ class Hydrator:
                 self._queue.discard(oid)
                 self._queue.push(oid, level_of(reclassified))
 
+    def size_hinted(self, oid: str) -> bool:
+        """Whether the size known for ``oid`` is still the remote's word only (``settle_size`` pending)."""
+        return oid in self._hinted
+
     def settle_size(self, oid: str, verified_size: int) -> None:
         """The size of the verified blob ``oid`` as served (an open file's length): it wins over any hint."""
         self._settle_hint(oid, verified_size)

@@ -51,6 +51,7 @@ from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
+from artifactfs.overlay.rowindex import RowIndex
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.state import free_bytes, open_private, private_dir
 
@@ -299,6 +300,8 @@ class Batch:
         """Data ids whose number of rows may have changed: unreferenced ones are unlinked, shared ones
         (hard links) counted."""
         self._touched: list[bytes] = []
+        self.changes: list[tuple[str, bool]] = []
+        """(path, has a row afterwards) for every row written or deleted, in order."""
         self.parent_deltas: dict[bytes | None, int] = {}
         """Change in the number of rows under each parent key, applied to the store's count on commit."""
 
@@ -338,6 +341,7 @@ class Batch:
             ),
         )
         self._touched.append(key)
+        self.changes.append((row.path, True))
         if previous is None:
             self.parent_deltas[parent] = self.parent_deltas.get(parent, 0) + 1
 
@@ -368,6 +372,7 @@ class Batch:
             if data_id is not None:
                 self._data_ids.add(data_id)
             self._touched.append(key)
+            self.changes.append((path, False))
             self._removed(key)
 
     def _removed(self, key: bytes) -> None:
@@ -389,6 +394,7 @@ class Batch:
             if data_id is not None:
                 self._data_ids.add(data_id)
             self._touched.append(key)
+            self.changes.append((decode_path(key), False))
             self._removed(key)
 
     def record(self, path: str) -> None:
@@ -448,6 +454,10 @@ class OverlayStore:
             self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         try:
             self._open_database(read_only)
+            self.rows_index = RowIndex(
+                decode_path(key) for (key,) in self._conn.execute("SELECT path FROM entries")
+            )
+            """Paths with rows, so reads of unchanged paths skip SQLite."""
         except BaseException:
             self._conn.close()
             raise
@@ -511,6 +521,8 @@ class OverlayStore:
     # -- reading -------------------------------------------------------------
 
     def get(self, path: str) -> OverlayRow | None:
+        if path not in self.rows_index:
+            return None
         with self._lock:
             record = self._conn.execute(
                 f"SELECT {self._columns} FROM entries WHERE path = ?", (encode_path(path),)
@@ -523,7 +535,7 @@ class OverlayStore:
             return self._shared.get(data_id, 1)
 
     def get_many(self, paths: Iterable[str]) -> dict[str, OverlayRow]:
-        keys = [encode_path(path) for path in paths]
+        keys = [encode_path(path) for path in paths if path in self.rows_index]
         if not keys:
             return {}
         marks = ", ".join("?" * len(keys))
@@ -536,6 +548,8 @@ class OverlayStore:
 
     def children(self, path: str) -> list[OverlayRow]:
         """Rows whose parent is ``path`` (whiteouts included)."""
+        if not self.has_child_rows(path):
+            return []
         with self._lock:
             records = self._conn.execute(
                 f"SELECT {self._columns} FROM entries WHERE parent = ?", (encode_path(path),)
@@ -584,6 +598,7 @@ class OverlayStore:
                 yield batch
                 counts = batch._finish()
                 self._conn.execute("COMMIT")
+                self.rows_index.apply(batch.changes)
                 for parent, delta in batch.parent_deltas.items():
                     self._child_rows[parent] = self._child_rows.get(parent, 0) + delta
                 for data_id, count in counts.items():

@@ -54,6 +54,8 @@ from artifactfs.overlay.store import (
 from artifactfs.snapshot.entries import BaseEntry, BaseTree, EntryKind
 from artifactfs.snapshot.tree import FOLDS_TO_GIT, refusal_reason
 
+ViewVersion = tuple[int, BaseTree]
+"""The overlay's row generation and the published base: equal versions show the same namespace."""
 NAME_MAX = 255
 """Longest directory entry name, in bytes."""
 
@@ -190,6 +192,11 @@ class OverlayView:
     @property
     def base(self) -> BaseTree:
         return self._base
+
+    @property
+    def version(self) -> ViewVersion:
+        """Changes whenever a committed overlay change or a new base may change what a path shows."""
+        return self._store.rows_index.generation, self._base
 
     def set_base(self, base: BaseTree) -> None:
         """Publish ``base`` keeping every row (no content comparison).
