@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
+from artifactfs.hydrator.settings import HYDRATION_MODES, HydrationSettings
 
 if TYPE_CHECKING:
     from artifactfs.state import RuntimeRecord, StateRoot
+    from artifactfs.store.tier import TierLocation
 
 log = logging.getLogger("artifactfs")
 
@@ -120,6 +122,9 @@ def _scrub_command_line() -> None:
 
 # --------------------------------------------------------------------- mount
 
+_HYDRATION_DEFAULTS = HydrationSettings()
+"""The mount options' defaults are the settings' own."""
+
 
 @main.command()
 @click.argument("remote")
@@ -147,15 +152,15 @@ def _scrub_command_line() -> None:
 @click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
 @click.option(
     "--hydrate",
-    type=click.Choice(["background", "none"]),
-    default="background",
+    type=click.Choice(HYDRATION_MODES),
+    default=_HYDRATION_DEFAULTS.mode,
     show_default=True,
     help="Fetch every blob in the background, or only what is read.",
 )
 @click.option(
     "--connections",
     type=click.IntRange(1, 16),
-    default=3,
+    default=_HYDRATION_DEFAULTS.connections,
     show_default=True,
     help="Background fetch requests in flight at once.",
 )
@@ -163,7 +168,7 @@ def _scrub_command_line() -> None:
 @click.option(
     "--read-timeout",
     type=click.FloatRange(0.1),
-    default=120.0,
+    default=_HYDRATION_DEFAULTS.read_timeout,
     show_default=True,
     help="Seconds a read waits for its blob before failing with EIO.",
 )
@@ -179,6 +184,11 @@ def _scrub_command_line() -> None:
     "config_path",
     type=click.Path(dir_okay=False),
     help="Config file with a [priority] table (default: user config dir).",
+)
+@click.option(
+    "--blob-store",
+    metavar="s3://BUCKET/PREFIX",
+    help="Shared blob tier on an S3-compatible store (AWS_* environment and config; needs artifactfs[s3]).",
 )
 @click.option(
     "--allow-other", is_flag=True, help="Let other users access the mount (needs user_allow_other)."
@@ -218,6 +228,7 @@ def mount(
     read_timeout: float,
     priority_rules: tuple[str, ...],
     config_path: str | None,
+    blob_store: str | None,
     allow_other: bool,
     owner_uid: int | None,
     owner_gid: int | None,
@@ -229,7 +240,6 @@ def mount(
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
     from artifactfs.daemon.recovery import artifactfs_mounts, withdraw_dead_runtime
-    from artifactfs.hydrator.hydrator import HydrationSettings
     from artifactfs.hydrator.priority import load_rules
     from artifactfs.remote.url import RemoteURL
 
@@ -258,6 +268,7 @@ def mount(
             os.getgid() if owner_gid is None else owner_gid,
         ),
         metrics_address=metrics,
+        blob_store=_blob_store(config_file, blob_store),
         history_depth=depth,
     )
     _refuse_root_inside_a_mount(options.root, mountpoint, artifactfs_mounts())
@@ -285,7 +296,7 @@ def mount(
 
             _run_daemon(options, on_ready, _show_progress if show_progress else None)
             return
-        log_file = mount_dir / "daemon.log"
+        log_file = state.MountState(mount_dir).log_file
         log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         _start_daemon(options, log_file, log_fd, log_level, log_format, show_progress)
         ready = True
@@ -323,6 +334,17 @@ def _show_progress(line: str) -> None:
     click.echo(f"artifactfs: {line}", err=True)
 
 
+def _blob_store(config_file: Path, flag: str | None) -> TierLocation | None:
+    import importlib.util
+
+    from artifactfs.store.tier import configured_location
+
+    location = configured_location(config_file, flag)
+    if location is not None and importlib.util.find_spec("boto3") is None:
+        raise UsageError("--blob-store needs boto3: pip install 'artifactfs[s3]'")
+    return location
+
+
 def _metrics_address(text: str | None) -> tuple[str, int] | None:
     if text is None:
         return None
@@ -348,13 +370,13 @@ def _run_daemon(
     import trio
 
     from artifactfs import state
-    from artifactfs.daemon.mount import Mount
+    from artifactfs.daemon.mount import run_mount
 
     # The command line may hold a URL with a token; replace it so /proc/PID/cmdline shows none.
     setproctitle.setproctitle(f"artifactfs mount {options.remote.redacted()} {options.mountpoint}")
     state.use_private_umask()
     try:
-        trio.run(Mount(options, on_progress).run, on_ready)
+        trio.run(run_mount, options, on_ready, on_progress)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from group
 
@@ -618,13 +640,14 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
         answer.pop("ok", None)
         click.echo(json.dumps(answer, indent=2))
         return
+    from artifactfs.status import MountStatus
     from artifactfs.statusview import render, watch_status
 
     if not watch:
-        click.echo(render(control.request(Path(record.socket), "status")))
+        click.echo(render(MountStatus.from_json(control.request(Path(record.socket), "status"))))
         return
-    final = watch_status(lambda: control.request(Path(record.socket), "status"))
-    failed = final["hydration"]["failed_blobs"] if final is not None else 0
+    final = watch_status(lambda: MountStatus.from_json(control.request(Path(record.socket), "status")))
+    failed = final.hydration.failed_blobs if final is not None else 0
     if failed:
         _fail(f"hydration finished with {failed} blobs failed (see `artifactfs status` for the errors)")
 
@@ -643,6 +666,36 @@ def prefetch(directory: str, pathspecs: tuple[str, ...], root: str | None) -> No
     record, _ = _find_mount(directory, root)
     answer = control.request(Path(record.socket), "prefetch", paths=list(pathspecs))
     click.echo(f"queued {answer['boosted']} blobs first")
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["show", "off", "on", "clear"]))
+@click.argument("remote")
+@_root_option
+def profile(action: str, remote: str, root: str | None) -> None:
+    """Show, turn off, turn on or clear REMOTE's learned prefetch profile.
+
+    A mount records the files it reads in its first minutes; the next mount of
+    the same remote fetches those first. The profile is kept in the state
+    root (and shared through --blob-store when one is used).
+    """
+    from artifactfs.hydrator.profile import ProfileStore
+    from artifactfs.remote.url import RemoteURL
+
+    state_root = _state_root(root, create=action in ("off", "on"))
+    store = ProfileStore(state_root.root)
+    key = store.key(RemoteURL.parse(remote).redacted())
+    if action == "show":
+        paths = store.load(key)
+        click.echo(f"learned prefetch: {'on' if store.enabled(key) else 'off'}")
+        click.echo(f"{len(paths or [])} paths")
+        for path in paths or []:
+            click.echo(path)
+    elif action == "clear":
+        click.echo("cleared" if store.clear(key) else "no profile")
+    else:
+        store.set_enabled(key, action == "on")
+        click.echo(f"learned prefetch {action}")
 
 
 @main.command(name="list")

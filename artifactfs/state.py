@@ -411,6 +411,11 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode("utf-8", "surrogateescape")).hexdigest()[:20]
 
 
+def repository_key(remote_display: str) -> str:
+    """A repository's name in per-repository state (prefetch profiles): a digest of its redacted URL."""
+    return _digest("repository", remote_display)
+
+
 @dataclass(frozen=True)
 class RuntimeRecord:
     """What a running daemon publishes about itself under ``run/``."""
@@ -427,7 +432,33 @@ class RuntimeRecord:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class MountState:
+    """The layout of one mount's state directory, ``mounts/<key>/``."""
+
+    path: Path
+
+    @property
+    def gitdir(self) -> Path:
+        return self.path / "gitdir"
+
+    @property
+    def overlay(self) -> Path:
+        return self.path / "overlay"
+
+    @property
+    def description(self) -> Path:
+        """``mount.json``: what was mounted there."""
+        return self.path / "mount.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "daemon.log"
+
+
 class StateRoot:
+    """The layout of the state root: every path under it is spelled here (see the module docstring)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -435,14 +466,14 @@ class StateRoot:
     def blob_cache_dir(self) -> Path:
         return self.root / "cache" / "blobs"
 
-    def open_for_owner(self, mount_dir: Path) -> None:
-        """Let the owner of ``mount_dir``'s git state pass through our directories to it, to its blob
+    def open_for_owner(self, mount: MountState) -> None:
+        """Let the owner of ``mount``'s git state pass through our directories to it, to its blob
         cache and to the control socket (0711 each; see :func:`traversable_dir`)."""
         for directory in (
             self.root,
-            self.root / "mounts",
-            mount_dir,
-            mount_dir / "overlay",
+            self.mounts_dir,
+            mount.path,
+            mount.overlay,
             self.run_dir,
             self.owner_blob_caches_dir.parent,
             self.owner_blob_caches_dir,
@@ -458,6 +489,10 @@ class StateRoot:
         """The blob cache of mounts kept for ``owner``: theirs alone, since their git reads it."""
         return self.owner_blob_caches_dir / str(owner.uid)
 
+    def blob_cache_for(self, owner: Owner | None) -> Path:
+        """The blob cache of mounts whose git state is ``owner``'s: the shared one for the daemon's own."""
+        return self.blob_cache_dir if owner is None else self.owner_blob_cache_dir(owner)
+
     def blob_caches(self) -> list[tuple[Path, Owner | None]]:
         """Every blob cache under the root with whom it belongs to: the shared one, then each owner's."""
         owners = self.owner_blob_caches_dir
@@ -468,8 +503,19 @@ class StateRoot:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    @property
+    def mounts_dir(self) -> Path:
+        return self.root / "mounts"
+
     def mount_dir(self, mountpoint: Path, remote_display: str) -> Path:
-        return self.root / "mounts" / _digest(str(mountpoint), remote_display)
+        return self.mounts_dir / _digest(str(mountpoint), remote_display)
+
+    def mount_state(self, mountpoint: Path, remote_display: str) -> MountState:
+        return MountState(self.mount_dir(mountpoint, remote_display))
+
+    def mount_states(self) -> list[MountState]:
+        """Every mount's state directory, in a stable order."""
+        return [MountState(path) for path in sorted(self.mounts_dir.glob("*")) if path.is_dir()]
 
     def run_key(self, mountpoint: Path) -> str:
         return _digest(str(mountpoint))
@@ -509,13 +555,13 @@ class StateRoot:
         record = self.runtime(mountpoint)
         if record is not None:
             found.append(Path(record.state_dir))
-        for description in sorted((self.root / "mounts").glob("*/mount.json")):
+        for mount in self.mount_states():
             try:
-                recorded = json.loads(read_private_bytes(description)).get("mountpoint")
+                recorded = json.loads(read_private_bytes(mount.description)).get("mountpoint")
             except (OSError, ValueError, AttributeError, StateRootError):
                 continue
-            if recorded == str(mountpoint) and description.parent not in found:
-                found.append(description.parent)
+            if recorded == str(mountpoint) and mount.path not in found:
+                found.append(mount.path)
         return found
 
     def runtimes(self) -> list[RuntimeRecord]:

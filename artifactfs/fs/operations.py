@@ -28,7 +28,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -36,7 +36,9 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from artifactfs.fs.basechanges import changed_paths
 from artifactfs.fs.inodes import GITFILE_INODE, InodeTable
+from artifactfs.fs.viewcache import ViewCache
 from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.latency import LatencyHistogram
 from artifactfs.lfs.files import LfsFiles
@@ -45,6 +47,7 @@ from artifactfs.overlay.errors import errno_for
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.status import FuseReport
 from artifactfs.store.loose import LooseBlobFile
 
 log = logging.getLogger(__name__)
@@ -65,7 +68,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+def _fuse_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Turn every failure of one request into the errno the kernel should see for it."""
 
     name = method.__name__
@@ -107,12 +110,14 @@ class _FileHandle:
     blob: LooseBlobFile | LfsObjectFile | None = None
     """Set instead of ``fd`` for a file whose content is still its base blob (or its LFS object)."""
     read: bool = False
+    oid: str | None = None
+    """The base blob to open on the first read when ``blob`` is not open yet (see :meth:`Operations.open`)."""
 
 
 @dataclass
 class _DirHandle:
     path: str
-    listing: list[tuple[bytes, Node | None]] | None = None
+    listing: Sequence[tuple[bytes, Node | None]] | None = None
     sizes: dict[str, int] = field(default_factory=dict)
 
 
@@ -132,6 +137,7 @@ class Operations(pyfuse3.Operations):
     ) -> None:
         super().__init__()
         self._view = view
+        self._cache = ViewCache(view)
         self._snapshot = snapshot
         self._hydrator = hydrator
         self._lfs = lfs
@@ -154,11 +160,14 @@ class Operations(pyfuse3.Operations):
     def publish(self, snapshot: Snapshot, *, attributes_changed: bool) -> None:
         """Adopt a new base snapshot.
 
-        Reconciling never changes what a path contains, but a dropped overlay
-        entry reports the base mtime again, so cached attributes are forgotten.
+        Reconciling never changes what a path with overlay rows contains, but a
+        dropped overlay entry reports the base mtime again, so cached attributes
+        are forgotten. Paths without rows show the new base: whatever the
+        kernel holds about those that changed is forgotten too.
         """
         self._lfs.publish(snapshot)
-        self._snapshot = snapshot
+        previous, self._snapshot = self._snapshot, snapshot
+        self._forget_base_changes(previous, snapshot)
         if not attributes_changed:
             return
         for inode in self._inodes.known_inodes():
@@ -166,6 +175,28 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_inode(inode, attr_only=True)
             except OSError:
                 pass  # the kernel already forgot it
+
+    def _forget_base_changes(self, previous: Snapshot, snapshot: Snapshot) -> None:
+        """Make the kernel drop entries, attributes and pages of known paths the new base changed."""
+        if previous.root_tree_oid == snapshot.root_tree_oid:
+            return
+        known = {
+            path for inode in self._inodes.known_inodes() if (path := self._inodes.path(inode)) is not None
+        }
+        for path in changed_paths(previous, snapshot, known):
+            inode = self._inodes.known(path)
+            if inode is not None:
+                try:
+                    pyfuse3.invalidate_inode(inode)
+                except OSError:
+                    pass  # the kernel already forgot it
+            parent, _, name = path.rpartition("/")
+            parent_inode = self._inodes.known(parent)
+            if parent_inode is not None:
+                # Asynchronous: a request on that directory may be in progress in this event loop.
+                pyfuse3.invalidate_entry_async(
+                    parent_inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True
+                )
 
     def size_corrected(self, paths: Iterable[str]) -> None:
         """These files' sizes were reported wrong (an object-info hint): the kernel must ask again."""
@@ -203,7 +234,7 @@ class Operations(pyfuse3.Operations):
         return f"{parent}/{text}" if parent else text
 
     def _node(self, path: str) -> Node:
-        node = self._view.lookup(path)
+        node = self._cache.lookup(path)
         if node is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return node
@@ -252,7 +283,7 @@ class Operations(pyfuse3.Operations):
 
     def _inode_for(self, node: Node) -> int:
         """The inode of ``node``'s path; every hard link of one file gets the same one."""
-        if node.nlink < 2 or node.kind in ("dir", "gitlink") or node.link_id is None:
+        if node.nlink < 2 or node.kind in (EntryKind.DIR, EntryKind.GITLINK) or node.link_id is None:
             return self._inodes.inode(node.path)
         inode = self._linked.get(node.link_id)
         if inode is not None and self._inodes.path(inode) is not None:
@@ -270,9 +301,9 @@ class Operations(pyfuse3.Operations):
 
     def _attributes_with_size(self, inode: int, node: Node, size: int | None) -> pyfuse3.EntryAttributes:
         mtime_ns = node.mtime_ns if node.mtime_ns is not None else BASE_MTIME_NS
-        if node.kind in ("dir", "gitlink"):
+        if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             return self._base_attributes(inode, node.mode, 4096, mtime_ns, node)
-        if node.kind == "special":
+        if node.kind == EntryKind.SPECIAL:
             return self._base_attributes(inode, node.mode, 0, mtime_ns, node)
         if node.data_path is not None:
             info = os.stat(node.data_path)
@@ -324,7 +355,7 @@ class Operations(pyfuse3.Operations):
             return self._gitfile_attributes()
         else:
             path = self._join(parent, name)
-        node = self._view.lookup(path)
+        node = self._cache.lookup(path)
         if node is None:
             negative = pyfuse3.EntryAttributes()
             negative.st_ino = 0
@@ -335,7 +366,7 @@ class Operations(pyfuse3.Operations):
         self._inodes.remember(inode)
         return attributes
 
-    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self._inodes.forget(inode, count)
             if self._inodes.path(inode) is None:
@@ -359,6 +390,9 @@ class Operations(pyfuse3.Operations):
                 continue
             if handle.blob is not None:
                 attributes = self._base_attributes(inode, handle.node.mode, handle.blob.size, BASE_MTIME_NS)
+            elif handle.oid is not None:
+                size = self._hydrator.known_size(handle.oid) or 0
+                attributes = self._base_attributes(inode, handle.node.mode, size, BASE_MTIME_NS)
             else:
                 info = os.fstat(handle.fd)
                 attributes = self._base_attributes(
@@ -390,8 +424,10 @@ class Operations(pyfuse3.Operations):
             return self._orphan_attributes(inode)
         node = self._node(path)
         if fields.update_size:
-            if node.kind != "file":
-                raise pyfuse3.FUSEError(errno.EISDIR if node.kind in ("dir", "gitlink") else errno.EINVAL)
+            if node.kind != EntryKind.FILE:
+                raise pyfuse3.FUSEError(
+                    errno.EISDIR if node.kind in (EntryKind.DIR, EntryKind.GITLINK) else errno.EINVAL
+                )
             node = await self._writable(path, node, truncate=attr.st_size == 0)
             assert node.data_path is not None
             os.truncate(node.data_path, attr.st_size)
@@ -415,7 +451,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(self._path(inode))
-        if node.kind != "symlink":
+        if node.kind != EntryKind.SYMLINK:
             raise pyfuse3.FUSEError(errno.EINVAL)
         if node.symlink_target is not None:
             return node.symlink_target
@@ -429,7 +465,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
         node = self._node(path)
-        if node.kind not in ("dir", "gitlink"):
+        if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = self._handle()
         self._dirs[handle] = _DirHandle(path)
@@ -445,8 +481,7 @@ class Operations(pyfuse3.Operations):
             ]
             if handle.path == "":
                 listing.append((GITFILE_NAME, None))
-            for text, child in self._view.list_dir(handle.path):
-                listing.append((text.encode("utf-8", "surrogateescape"), child))
+            listing.extend(self._cache.listing(handle.path))
             handle.listing = listing
             handle.sizes = await self._listing_sizes(listing)
         for index in range(start_id, len(handle.listing)):
@@ -580,7 +615,7 @@ class Operations(pyfuse3.Operations):
         existing = self._path(inode)
         path = self._join(self._path(new_parent_inode), new_name)
         node = self._node(existing)
-        if node.kind == "file":
+        if node.kind == EntryKind.FILE:
             await self._writable(existing, node, truncate=False)
         node = self._view.link(existing, path)
         self._inodes.link(inode, path)
@@ -612,7 +647,8 @@ class Operations(pyfuse3.Operations):
 
     async def _lfs_object(self, path: str, oid: str) -> LfsObjectFile | None:
         """The LFS object ``path`` shows, or None when its base blob is its content."""
-        await self._lfs.ready()
+        if not self._lfs.settled():
+            await self._lfs.ready()  # a cancel scope per open otherwise, on the hottest path
         if not self._lfs.covers(path):
             return None
         return await self._lfs.open(path, oid)
@@ -632,7 +668,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         path = self._path(inode)
         node = self._node(path)
-        if node.kind in ("dir", "gitlink"):
+        if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if writable:
             node = await self._writable(path, node, truncate=bool(flags & os.O_TRUNC))
@@ -650,11 +686,16 @@ class Operations(pyfuse3.Operations):
                 self._files[handle] = _FileHandle(inode, node, -1, False, blob=lfs_object)
                 return pyfuse3.FileInfo(fh=handle, keep_cache=True)
             source = await self._hydrator.ensure(node.base_oid, path=path, neighbours=self._neighbours(path))
-            blob = LooseBlobFile.open(source)
-            # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
-            self._hydrator.settle_size(node.base_oid, blob.size)
             handle = self._handle()
-            self._files[handle] = _FileHandle(inode, node, -1, False, blob=blob)
+            if self._hydrator.size_hinted(node.base_oid):
+                blob = LooseBlobFile.open(source)
+                # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
+                self._hydrator.settle_size(node.base_oid, blob.size)
+                self._files[handle] = _FileHandle(inode, node, -1, False, blob=blob)
+            else:
+                # Local content: the blob is opened by the first read, and a re-read from the
+                # page cache never asks, so an open of a cached file costs no file operation.
+                self._files[handle] = _FileHandle(inode, node, -1, False, oid=node.base_oid)
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         handle = self._handle()
         self._files[handle] = _FileHandle(inode, node, fd, writable)
@@ -681,11 +722,23 @@ class Operations(pyfuse3.Operations):
         if not handle.read and handle.inode != GITFILE_INODE:
             handle.read = True
             self._accessed(handle)
+        if handle.blob is None and handle.oid is not None:
+            await self._open_blob(handle, handle.oid)
         if handle.blob is not None:
             return handle.blob.pread(size, off)
         if handle.inode == GITFILE_INODE:
             return self._gitfile[off : off + size]
         return os.pread(handle.fd, size, off)
+
+    async def _open_blob(self, handle: _FileHandle, oid: str) -> None:
+        """Open the base blob of a handle whose open found it local (it is fetched again if evicted since)."""
+        blob = LooseBlobFile.open(
+            await self._hydrator.ensure(oid, path=self._inodes.path(handle.inode) or "")
+        )
+        if handle.blob is None:
+            handle.blob = blob
+        else:
+            blob.close()  # a concurrent read opened it first
 
     @_fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -694,10 +747,6 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         handle.written = True
         return os.pwrite(handle.fd, buf, off)
-
-    @_fuse_errors
-    async def flush(self, fh: int) -> None:
-        return None
 
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -801,9 +850,9 @@ class Operations(pyfuse3.Operations):
             histogram = self._latency[operation] = LatencyHistogram()
         histogram.observe(seconds)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "open_files": len(self._files),
-            "operations": {operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
-            "latency": {operation: h.as_dict() for operation, h in sorted(self._latency.items())},
-        }
+    def stats(self) -> FuseReport:
+        return FuseReport(
+            open_files=len(self._files),
+            operations={operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
+            latency={operation: h.report() for operation, h in sorted(self._latency.items())},
+        )

@@ -3,10 +3,12 @@
 The :class:`Hydrator` owns every blob the mount may serve. Readers call
 :meth:`Hydrator.ensure` and block until the blob is in the
 :class:`~artifactfs.store.blobcache.BlobCache`; background workers drain the
-:class:`~artifactfs.hydrator.queue.HydrationQueue` in batches of many blobs per
-protocol-v2 ``fetch``. Each blob is handed to its waiters as soon as it has been
-parsed out of the pack stream and verified, and the same stream is indexed into
-the gitdir as a promisor pack so git in the mount never downloads it again.
+:class:`~artifactfs.hydrator.queue.HydrationQueue` in batches of many blobs.
+The hydrator decides what to fetch and when; where blobs come from (the local
+cache, the shared tier, the origin) is the
+:class:`~artifactfs.hydrator.sources.SourceChain`'s business. Each blob is
+handed to its waiters as soon as a source has stored it, verified, in the
+cache, which git in the mount reads as an alternate object directory.
 
 Failure policy, in one place (errors are classified by :mod:`artifactfs.retry`):
 
@@ -30,33 +32,36 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import logging
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import trio
 import trio.lowlevel
 
 from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObjectError
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
+from artifactfs.hydrator.profile import ProfileRecorder
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
+from artifactfs.hydrator.settings import HydrationSettings
+from artifactfs.hydrator.sources import OriginSource, SourceChain
 from artifactfs.latency import LatencyHistogram
+from artifactfs.objects import ObjectType
 from artifactfs.remote import RemoteSession
-from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
+from artifactfs.retry import HYDRATION_BACKOFF, SPACE_BACKOFF, RemoteHealth, Verdict, classify
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.state import free_bytes
+from artifactfs.status import ClassProgress, HydrationReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
 
 log = logging.getLogger(__name__)
-
-HydrationMode = Literal["background", "none"]
 
 _UNKNOWN_SIZE_GUESS = 16 << 10
 _OBJECT_INFO_CHUNK = 2048
@@ -66,14 +71,11 @@ _OBJECT_INFO_ATTEMPTS = 3
 """Failed object-info requests after which a blob's size is left to hydration."""
 _LOW_SPACE = 1 << 20
 """A fetch that fails with less free space than this on the cache's disk failed for want of space."""
-_SPACE_BACKOFF = Backoff(base=0.5, cap=30.0)
 _DEMAND_LANES = 2
 """Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
 _SMALL_BATCH = 16
 _SMALL_BATCH_BYTES = 1 << 20
 """A background batch this small answers about as fast as a demand request of its own."""
-_INLINE_CACHE_CHECKS = 64
-"""Batches up to this size are checked against the cache on the event loop; larger ones in a thread."""
 _SWITCH_INTERVAL = 0.001
 """Seconds a thread may hold the GIL while another waits (Python's default is 0.005)."""
 
@@ -87,20 +89,6 @@ class BlobUnavailableError(ArtifactFSError):
 
 
 @dataclass
-class HydrationSettings:
-    mode: HydrationMode = "background"
-    connections: int = 3
-    """Background fetch requests in flight at once (a separate lane serves demand reads)."""
-    initial_batch: int = 256
-    max_batch: int = 4096
-    max_batch_bytes: int = 64 << 20
-    read_timeout: float = 120.0
-    """Seconds a read waits for its blob before failing with EIO."""
-    max_bandwidth: int | None = None
-    """Bytes per second across all fetches, or None for no limit."""
-
-
-@dataclass
 class ClassCounters:
     total: int = 0
     hydrated: int = 0
@@ -108,14 +96,8 @@ class ClassCounters:
     total_bytes: int = 0
     hydrated_bytes: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "total": self.total,
-            "hydrated": self.hydrated,
-            "failed": self.failed,
-            "total_bytes": self.total_bytes,
-            "hydrated_bytes": self.hydrated_bytes,
-        }
+    def report(self) -> ClassProgress:
+        return ClassProgress(self.total, self.hydrated, self.failed, self.total_bytes, self.hydrated_bytes)
 
 
 @dataclass
@@ -165,12 +147,14 @@ class Hydrator:
     def __init__(
         self,
         session: RemoteSession,
+        sources: SourceChain,
         cache: BlobCache,
         gitdir: GitDir,
         classifier: Classifier,
         settings: HydrationSettings,
     ) -> None:
         self._session = session
+        self.sources = sources
         self._cache = cache
         self._gitdir = gitdir
         self._classifier = classifier
@@ -186,7 +170,6 @@ class Hydrator:
         self._small_inflight: set[str] = set()
         """Blobs in flight in a small background batch (a reader waits for it rather than ask again)."""
         self._work = trio.lowlevel.ParkingLot()
-        self._parse_thread = trio.CapacityLimiter(1)
         self._batch_size = settings.initial_batch
         self._size_pending: dict[str, None] = {}
         self._size_demand: dict[str, None] = {}
@@ -211,10 +194,11 @@ class Hydrator:
         self._space_pauses = 0
         self._space_work = trio.lowlevel.ParkingLot()
         self._rate = _RateMeter()
-        self._throttle_until = 0.0
         self._demanded: set[str] = set()
         self._background_level = BOOST
         self.record: list[Arrival] = []
+        self.profile: ProfileRecorder | None = None
+        """Notes the paths read in the mount's first minutes (learned prefetch), when on."""
         self.errors: collections.deque[str] = collections.deque(maxlen=20)
         self._error_count = 0
         self._fetch_latency = LatencyHistogram()
@@ -228,6 +212,7 @@ class Hydrator:
 
     async def take_stream(
         self,
+        origin: OriginSource,
         parser: PackStreamParser,
         arrived: Sequence[PackObject],
         chunks: AsyncIterator[bytes] | None,
@@ -235,20 +220,16 @@ class Hydrator:
         """Store the blobs of a tip pack still arriving (a remote without filter), verified as usual.
 
         ``arrived`` were parsed before the trees were complete; ``chunks``
-        feeds ``parser`` the rest. Meanwhile the background lanes take
-        nothing (the stream brings every blob of the tip), demand reads still
-        ask for their blob by id, and a blob the remote refuses by id waits
-        for the stream. If the stream breaks, the lanes fetch what it did not
-        bring, as for any tree.
+        feeds ``parser`` the rest, through ``origin`` (its parse thread and
+        bandwidth cap). Meanwhile the background lanes take nothing (the
+        stream brings every blob of the tip), demand reads still ask for their
+        blob by id, and a blob the remote refuses by id waits for the stream.
+        If the stream breaks, the lanes fetch what it did not bring, as for
+        any tree.
         """
         self._streaming = True
         try:
-            self._deliver(await self._in_parse_thread(self._store_objects, arrived), set())
-            if chunks is not None:
-                async for chunk in chunks:
-                    await self._throttle(len(chunk))
-                    self._deliver(await self._in_parse_thread(self._ingest, parser, chunk), set())
-                self._deliver(await self._in_parse_thread(self._ingest_end, parser), set())
+            await origin.ingest_stream(parser, arrived, chunks, lambda stored: self._deliver(stored, set()))
             log.info("the tip's pack is complete: its blobs are all stored")
         except Exception as error:
             verdict = classify(error)
@@ -362,7 +343,7 @@ class Hydrator:
                 type_num, content = self._gitdir.read_object(oid)
             except KeyError:
                 continue
-            if type_num == 3:
+            if type_num == ObjectType.BLOB:
                 self._cache.store_bytes(oid, content)
                 found.append((oid, len(content)))
         return found
@@ -413,6 +394,8 @@ class Hydrator:
         level already (its directory was boosted). Raises
         :class:`BlobUnavailableError` on failure or after ``read_timeout`` seconds.
         """
+        if self.profile is not None:
+            self.profile.note(path)
         if self._cache.contains(oid):
             return self._cache.path(oid)
         blob = self._tracked(oid, path)
@@ -501,6 +484,23 @@ class Hydrator:
                 raised += self._queue.push(oid, BOOST)
         self._work.unpark_all()
         return raised
+
+    def blobs_by_class(self, snapshot: Snapshot) -> tuple[list[list[str]], int]:
+        """The hydrated blobs of ``snapshot``'s files, one list per class, best class first, in tree
+        order; and how many of its blobs are not hydrated (or not yet tracked)."""
+        groups: dict[PriorityClass, dict[str, None]] = {
+            priority_class: {} for priority_class in PriorityClass
+        }
+        pending: set[str] = set()
+        for _, entry in snapshot.walk():
+            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
+                continue
+            blob = self._blobs.get(entry.oid)
+            if blob is not None and blob.hydrated:
+                groups[blob.priority_class][entry.oid] = None
+            else:
+                pending.add(entry.oid)
+        return [list(groups[priority_class]) for priority_class in sorted(groups)], len(pending)
 
     def tracks(self, oid: str) -> bool:
         """Whether ``oid`` is a blob of a tree given to this hydrator (so fetching it by id is one blob)."""
@@ -700,6 +700,10 @@ class Hydrator:
                 self._queue.discard(oid)
                 self._queue.push(oid, level_of(reclassified))
 
+    def size_hinted(self, oid: str) -> bool:
+        """Whether the size known for ``oid`` is still the remote's word only (``settle_size`` pending)."""
+        return oid in self._hinted
+
     def settle_size(self, oid: str, verified_size: int) -> None:
         """The size of the verified blob ``oid`` as served (an open file's length): it wins over any hint."""
         self._settle_hint(oid, verified_size)
@@ -751,9 +755,7 @@ class Hydrator:
                 self._small_inflight.update(oids)
             started = time.monotonic()
             try:
-                oids = await self._uncached(oids)
-                if oids:
-                    await self._fetch(oids)
+                await self._fetch(oids, urgent=batch[0][1] == DEMAND)
             finally:
                 for oid, level in batch:
                     self._inflight.discard(oid)
@@ -761,8 +763,6 @@ class Hydrator:
                         self._small_inflight.discard(oid)
                     if self._urgent_inflight.get(oid) == level:
                         del self._urgent_inflight[oid]
-            if not oids:
-                continue
             elapsed = time.monotonic() - started
             self._fetch_latency.observe(elapsed)
             if not urgent:
@@ -795,21 +795,6 @@ class Hydrator:
             min_level=BOOST,
         )
 
-    async def _uncached(self, oids: list[str]) -> list[str]:
-        """Drop the blobs that reached the cache since they were queued (another mount sharing it stored them).
-
-        A large batch is checked in a worker thread: thousands of ``stat`` calls
-        would otherwise hold up every FUSE request.
-        """
-
-        def cached() -> set[str]:
-            return {oid for oid in oids if self._cache.contains(oid)}
-
-        found = cached() if len(oids) <= _INLINE_CACHE_CHECKS else await trio.to_thread.run_sync(cached)
-        for oid in found:
-            self._mark_hydrated(oid, self._cache.size(oid) or 0)
-        return [oid for oid in oids if oid not in found] if found else oids
-
     def _adapt_batch(self, elapsed: float, count: int) -> None:
         if count < self._batch_size:
             return
@@ -818,14 +803,16 @@ class Hydrator:
         elif elapsed > 1.5:
             self._batch_size = max(self._batch_size // 2, _MIN_BATCH)
 
-    async def _fetch(self, oids: list[str]) -> None:
-        """One attempt at ``oids``: deliver what arrives, fail what the remote lacks, retry the rest later."""
+    async def _fetch(self, oids: list[str], *, urgent: bool = False) -> None:
+        """One attempt at ``oids``: deliver what arrives, fail what the origin lacks, retry the rest later."""
         remaining = set(oids)
         while remaining:
             # Wants in batch order (best first): the server packs them in that order.
             ordered = [oid for oid in oids if oid in remaining]
             try:
-                await self._fetch_once(ordered, remaining)
+                origin_asked = await self.sources.fetch(
+                    ordered, lambda arrived: self._deliver(arrived, remaining), urgent=urgent
+                )
                 if remaining:
                     # A server refuses what it lacks; a pack without a wanted blob was altered in transit.
                     raise CorruptObjectError(
@@ -855,7 +842,8 @@ class Hydrator:
                     self._remote_failed(f"fetch of {len(remaining)} blobs failed", error)
                 self._retry_later(ordered)
                 return
-            self._remote_answered()
+            if origin_asked:  # the remote's health is the origin's: the cache and tier say nothing of it
+                self._remote_answered()
             self._space_pauses = 0
 
     async def _split(self, oids: list[str]) -> None:
@@ -865,8 +853,8 @@ class Hydrator:
             return
         middle = len(oids) // 2
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._fetch, oids[:middle])
-            nursery.start_soon(self._fetch, oids[middle:])
+            nursery.start_soon(functools.partial(self._fetch, oids[:middle]))
+            nursery.start_soon(functools.partial(self._fetch, oids[middle:]))
 
     async def _missing(self, oid: str) -> None:
         """The remote does not have ``oid``: take it from the gitdir (git made it here), or fail it for good.
@@ -963,7 +951,7 @@ class Hydrator:
                 continue
             attempt = self._space_pauses
             while True:
-                await trio.sleep(_SPACE_BACKOFF.delay(attempt))
+                await trio.sleep(SPACE_BACKOFF.delay(attempt))
                 attempt += 1
                 free = await trio.to_thread.run_sync(free_bytes, self._cache.tmp_dir)
                 if free >= self._space_floor:
@@ -972,67 +960,17 @@ class Hydrator:
             self._space_restored = None
             restored.set()
 
-    async def _fetch_once(self, wants: list[str], remaining: set[str]) -> None:
-        parser = PackStreamParser(spool_dir=self._cache.tmp_dir, external_base=self._cached_content)
-        # A demand request is parsed on the event loop: a thread hop (and the GIL held by
-        # background parsing) would cost a blocked reader more than its few blobs take.
-        inline = all(self._urgent_inflight.get(oid) == DEMAND for oid in wants)
-        async with self._session.fetch(wants) as response:
-            async for chunk in response.pack_chunks():
-                await self._throttle(len(chunk))
-                self._deliver(
-                    self._ingest(parser, chunk)
-                    if inline
-                    else await self._in_parse_thread(self._ingest, parser, chunk),
-                    remaining,
-                )
-            self._deliver(
-                self._ingest_end(parser) if inline else await self._in_parse_thread(self._ingest_end, parser),
-                remaining,
-            )
-
-    async def _in_parse_thread(
-        self, function: Callable[..., list[tuple[str, int]]], *args: object
-    ) -> list[tuple[str, int]]:
-        """Run a background batch's parsing step in the one parse thread.
-
-        Parsing holds the GIL most of the time: more threads would not parse
-        faster, only make the event loop (FUSE requests, demand reads) wait
-        longer to get the GIL back.
-        """
-        return await trio.to_thread.run_sync(function, *args, limiter=self._parse_thread)
-
-    def _ingest(self, parser: PackStreamParser, chunk: bytes) -> list[tuple[str, int]]:
-        """Parse a chunk and store every completed blob (runs in a worker thread)."""
-        return self._store_objects(parser.feed(chunk))
-
-    def _ingest_end(self, parser: PackStreamParser) -> list[tuple[str, int]]:
-        return self._store_objects(parser.finish())
-
-    def _store_objects(self, objects: Sequence[PackObject]) -> list[tuple[str, int]]:
-        stored: list[tuple[str, int]] = []
-        for obj in objects:
-            if obj.type_name != "blob":
-                continue
-            if obj.spool_path is not None:
-                self._cache.adopt_file(obj.oid, obj.spool_path)
-            else:
-                assert obj.data is not None
-                self._cache.store_bytes(obj.oid, obj.data)
-            stored.append((obj.oid, obj.size))
-        return stored
-
-    def _cached_content(self, oid: str) -> bytes | None:
-        """Delta bases the server expects us to have (runs in a worker thread)."""
-        if not self._cache.contains(oid):
-            return None
-        return self._cache.read_bytes(oid)
-
-    def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> None:
+    def _deliver(self, arrived: list[tuple[str, int]], remaining: set[str]) -> list[tuple[str, int]]:
+        """Hand stored blobs to their waiters; returns those that were new here (for the sources' counts)."""
+        fresh = []
         for oid, size in arrived:
             remaining.discard(oid)
-            self._rate.add(size)
+            blob = self._blobs.get(oid)
+            if blob is None or not blob.hydrated:
+                fresh.append((oid, size))
+                self._rate.add(size)
             self._mark_hydrated(oid, size)
+        return fresh
 
     def _mark_hydrated(self, oid: str, size: int) -> None:
         blob = self._blobs.get(oid)
@@ -1078,19 +1016,9 @@ class Hydrator:
         self._error_count += 1
         self.errors.append(message)
 
-    async def _throttle(self, amount: int) -> None:
-        limit = self.settings.max_bandwidth
-        if not limit:
-            return
-        now = time.monotonic()
-        self._throttle_until = max(self._throttle_until, now) + amount / limit
-        delay = self._throttle_until - now
-        if delay > 0.01:
-            await trio.sleep(delay)
-
     # ----------------------------------------------------------------- reporting
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> HydrationReport:
         totals = ClassCounters()
         for counters in self._counters.values():
             totals.total += counters.total
@@ -1103,25 +1031,26 @@ class Hydrator:
         # Blobs waiting for a retry are neither hydrated nor failed: an outage never looks complete.
         complete = totals.hydrated + totals.failed >= totals.total and not self._retrying
         eta = None if complete or rate <= 0 or self.settings.mode == "none" else remaining_bytes / rate
-        return {
-            "mode": self.settings.mode,
-            "total_blobs": totals.total,
-            "hydrated_blobs": totals.hydrated,
-            "failed_blobs": totals.failed,
-            "total_bytes": totals.total_bytes,
-            "hydrated_bytes": totals.hydrated_bytes,
-            "queued_blobs": len(self._queue),
-            "retrying_blobs": len(self._retrying),
-            "paused": "disk full" if self._space_restored is not None else None,
-            "remote": self.health.as_dict(),
-            "inflight_blobs": len(self._inflight),
-            "rate_bytes_per_second": round(rate, 1),
-            "eta_seconds": None if eta is None else round(eta, 1),
-            "complete": complete,
-            "batch_size": self._batch_size,
-            "object_info": self._object_info,
-            "classes": {pc.label: self._counters[pc].as_dict() for pc in PriorityClass},
-            "errors": list(self.errors),
-            "errors_total": self._error_count,
-            "fetch_latency": self._fetch_latency.as_dict(),
-        }
+        return HydrationReport(
+            mode=self.settings.mode,
+            total_blobs=totals.total,
+            hydrated_blobs=totals.hydrated,
+            failed_blobs=totals.failed,
+            total_bytes=totals.total_bytes,
+            hydrated_bytes=totals.hydrated_bytes,
+            queued_blobs=len(self._queue),
+            retrying_blobs=len(self._retrying),
+            paused="disk full" if self._space_restored is not None else None,
+            remote=self.health.report(),
+            inflight_blobs=len(self._inflight),
+            rate_bytes_per_second=round(rate, 1),
+            eta_seconds=None if eta is None else round(eta, 1),
+            complete=complete,
+            batch_size=self._batch_size,
+            object_info=self._object_info,
+            classes={pc.label: self._counters[pc].report() for pc in PriorityClass},
+            errors=list(self.errors),
+            errors_total=self._error_count,
+            fetch_latency=self._fetch_latency.report(),
+            sources=self.sources.status(),
+        )

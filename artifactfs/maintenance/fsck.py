@@ -22,7 +22,7 @@ from artifactfs.errors import CorruptObjectError, MountpointError
 from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import StateRoot, owner_of, pid_alive, run_as
+from artifactfs.state import MountState, StateRoot, owner_of, pid_alive, run_as
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 
@@ -65,9 +65,10 @@ def fsck(state: StateRoot, mountpoint: Path) -> FsckReport:
     for cache_dir, cache_owner in state.blob_caches():
         _check_blob_cache(BlobCache(cache_dir, cache_owner), report)
     for state_dir in report.state_dirs:
-        gitdir = state_dir / "gitdir"
+        mount = MountState(state_dir)
+        gitdir = mount.gitdir
         base = _check_gitdir(GitDir(gitdir, owner_of(gitdir) if gitdir.is_dir() else None), report)
-        _check_overlay(state_dir / "overlay", base, state_dir == live_dir, report)
+        _check_overlay(mount.overlay, base, state_dir == live_dir, report)
     return report
 
 
@@ -204,7 +205,7 @@ def _check_parents(rows: dict[str, OverlayRow], base: Snapshot | None, report: F
             if not is_dir(parent_of(path)):
                 known[path] = False
             elif row is not None:
-                known[path] = row.kind == "dir"
+                known[path] = row.kind == EntryKind.DIR
             elif base is None:
                 known[path] = True  # cannot tell; assume the base has it
             else:

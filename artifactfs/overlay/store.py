@@ -46,14 +46,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
+from artifactfs.overlay.rowindex import RowIndex
+from artifactfs.snapshot.entries import EntryKind
 from artifactfs.state import Owner, free_bytes, handed_file, open_private, private_dir
-
-RowKind = Literal["file", "dir", "symlink", "gitlink", "special", "whiteout"]
 
 _SCHEMA_VERSION = 2
 _DATA_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -183,7 +183,7 @@ class OverlayRow:
     """
 
     path: str
-    kind: RowKind
+    kind: EntryKind
     mode: int = 0
     data_id: str | None = None
     base_oid: str | None = None
@@ -198,15 +198,15 @@ class OverlayRow:
     xattrs: bytes | None = None
 
     def __post_init__(self) -> None:
-        if self.kind == "file" and (self.data_id is None) == (self.base_oid is None):
+        if self.kind == EntryKind.FILE and (self.data_id is None) == (self.base_oid is None):
             raise ValueError(f"file row needs exactly one of data_id or base_oid: {self.path!r}")
-        if self.kind == "symlink" and (self.target is None) == (self.base_oid is None):
+        if self.kind == EntryKind.SYMLINK and (self.target is None) == (self.base_oid is None):
             raise ValueError(f"symlink row needs exactly one of target or base_oid: {self.path!r}")
-        if self.kind == "gitlink" and self.base_oid is None:
+        if self.kind == EntryKind.GITLINK and self.base_oid is None:
             raise ValueError(f"gitlink row needs a commit id: {self.path!r}")
-        if self.data_id is not None and self.kind not in ("file", "special"):
+        if self.data_id is not None and self.kind not in (EntryKind.FILE, EntryKind.SPECIAL):
             raise ValueError(f"only file and special rows have data files: {self.path!r}")
-        if self.kind == "special" and not (stat.S_ISFIFO(self.mode) or stat.S_ISSOCK(self.mode)):
+        if self.kind == EntryKind.SPECIAL and not (stat.S_ISFIFO(self.mode) or stat.S_ISSOCK(self.mode)):
             if not (stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)):
                 raise ValueError(f"special row with mode {self.mode:o}: {self.path!r}")
 
@@ -269,7 +269,7 @@ def _row_from_db(record: _Record) -> OverlayRow:
     uid, gid, atime_ns, ctime_ns, rdev, xattrs = record[8:]
     return OverlayRow(
         path=decode_path(raw_path),
-        kind=cast(RowKind, kind),
+        kind=EntryKind(kind),
         mode=mode,
         data_id=data_id,
         base_oid=base_oid,
@@ -304,6 +304,8 @@ class Batch:
         """Data ids whose number of rows may have changed: unreferenced ones are unlinked, shared ones
         (hard links) counted."""
         self._touched: list[bytes] = []
+        self.changes: list[tuple[str, bool]] = []
+        """(path, has a row afterwards) for every row written or deleted, in order."""
         self.parent_deltas: dict[bytes | None, int] = {}
         """Change in the number of rows under each parent key, applied to the store's count on commit."""
 
@@ -343,6 +345,7 @@ class Batch:
             ),
         )
         self._touched.append(key)
+        self.changes.append((row.path, True))
         if previous is None:
             self.parent_deltas[parent] = self.parent_deltas.get(parent, 0) + 1
 
@@ -373,6 +376,7 @@ class Batch:
             if data_id is not None:
                 self._data_ids.add(data_id)
             self._touched.append(key)
+            self.changes.append((path, False))
             self._removed(key)
 
     def _removed(self, key: bytes) -> None:
@@ -394,6 +398,7 @@ class Batch:
             if data_id is not None:
                 self._data_ids.add(data_id)
             self._touched.append(key)
+            self.changes.append((decode_path(key), False))
             self._removed(key)
 
     def record(self, path: str) -> None:
@@ -455,6 +460,10 @@ class OverlayStore:
             self._conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
         try:
             self._open_database(read_only)
+            self.rows_index = RowIndex(
+                decode_path(key) for (key,) in self._conn.execute("SELECT path FROM entries")
+            )
+            """Paths with rows, so reads of unchanged paths skip SQLite."""
         except BaseException:
             self._conn.close()
             raise
@@ -518,6 +527,8 @@ class OverlayStore:
     # -- reading -------------------------------------------------------------
 
     def get(self, path: str) -> OverlayRow | None:
+        if path not in self.rows_index:
+            return None
         with self._lock:
             record = self._conn.execute(
                 f"SELECT {self._columns} FROM entries WHERE path = ?", (encode_path(path),)
@@ -530,7 +541,7 @@ class OverlayStore:
             return self._shared.get(data_id, 1)
 
     def get_many(self, paths: Iterable[str]) -> dict[str, OverlayRow]:
-        keys = [encode_path(path) for path in paths]
+        keys = [encode_path(path) for path in paths if path in self.rows_index]
         if not keys:
             return {}
         marks = ", ".join("?" * len(keys))
@@ -543,6 +554,8 @@ class OverlayStore:
 
     def children(self, path: str) -> list[OverlayRow]:
         """Rows whose parent is ``path`` (whiteouts included)."""
+        if not self.has_child_rows(path):
+            return []
         with self._lock:
             records = self._conn.execute(
                 f"SELECT {self._columns} FROM entries WHERE parent = ?", (encode_path(path),)
@@ -591,6 +604,7 @@ class OverlayStore:
                 yield batch
                 counts = batch._finish()
                 self._conn.execute("COMMIT")
+                self.rows_index.apply(batch.changes)
                 for parent, delta in batch.parent_deltas.items():
                     self._child_rows[parent] = self._child_rows.get(parent, 0) + delta
                 for data_id, count in counts.items():
@@ -738,7 +752,7 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-_ROW_KINDS: frozenset[str] = frozenset({"file", "dir", "symlink", "gitlink", "special", "whiteout"})
+_ROW_KINDS: frozenset[str] = frozenset(EntryKind)
 
 
 def inspect_database(state_dir: Path, *, read_only: bool) -> tuple[dict[str, OverlayRow], list[str]]:
