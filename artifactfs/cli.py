@@ -276,7 +276,9 @@ def mount(
     made_mountpoint = state.Footprint([mountpoint], whole=False)
     planned = state.StateRoot(options.root)
     mount_dir = planned.mount_dir(mountpoint, parsed_remote.redacted())
-    made_state = state.Footprint([mount_dir, planned.blob_cache_dir, planned.run_dir], whole=True)
+    made_state = state.Footprint(
+        [mount_dir, planned.blob_cache_dir, planned.owner_blob_caches_dir, planned.run_dir], whole=True
+    )
     ready = False
     try:
         _create_mountpoint(mountpoint)
@@ -795,8 +797,8 @@ def gc(max_size: str, keep_recent: float, root: str | None) -> None:
     from artifactfs.statusview import human_bytes
     from artifactfs.store.blobcache import BlobCache
 
-    cache = BlobCache(_state_root(root, create=True).blob_cache_dir)
-    result = collect(cache, _parse_size(max_size), keep_recent=keep_recent)
+    caches = [BlobCache(path, owner) for path, owner in _state_root(root, create=True).blob_caches()]
+    result = collect(caches, _parse_size(max_size), keep_recent=keep_recent)
     click.echo(
         f"blob cache: {human_bytes(result.before_bytes)} -> {human_bytes(result.after_bytes)}; evicted "
         f"{result.evicted_blobs} blobs ({human_bytes(result.evicted_bytes)}), "

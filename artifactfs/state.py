@@ -4,6 +4,7 @@ The state root (``--root``, ``$ARTIFACTFS_ROOT``, else the platform's user data
 directory) holds::
 
     cache/blobs/            content-addressed blob cache, shared by all mounts
+    cache/owners/<uid>/     the same, for mounts a root daemon keeps for user <uid>
     mounts/<key>/           one directory per (mountpoint, remote) pair
         gitdir/             the real partial-clone gitdir
         overlay/            copy-on-write overlay (SQLite + data files)
@@ -26,10 +27,21 @@ directory under the root is 0700 and every file 0600 (blobs 0400), whatever
 the umask; files are opened without following symlinks; and a root that other
 users can write to, or that another user owns, is refused. Everything that
 creates or opens something under the root goes through the functions here.
+
+A root daemon may mount for another user (``--uid``/``--gid``): then what git
+run by that user touches (the mount's gitdir, its change journal, its blob
+cache ``cache/owners/<uid>/``) belongs to that user, with the same private
+modes, and the directories above it become traverse-only (0711, see
+:func:`traversable_dir`). The daemon writes there only while acting as that
+user (:func:`acting_as`: its filesystem uid and gid), so the kernel creates
+what it writes with that owner and checks that user's permissions, never
+root's, on every path the user could have changed.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import hashlib
 import json
@@ -38,12 +50,11 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import platformdirs
 
 from artifactfs.errors import ArtifactFSError
 
@@ -65,12 +76,144 @@ PRIVATE_UMASK = 0o077
 """The daemon's umask, for what its libraries and git subprocesses create (packs, SQLite's WAL)."""
 GIT_SHARED_REPOSITORY = "0600"
 """``core.sharedRepository`` of every gitdir: git commands run in the mount write owner-only files too."""
+TRAVERSE_DIR_MODE = 0o711
+"""A directory above another user's mount state: that user may pass through it, nobody may list it."""
+_ACCEPTED_DIR_MODES = (PRIVATE_DIR_MODE, TRAVERSE_DIR_MODE)
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 _GROUP_AND_OTHER = 0o077
 
 
 class StateRootError(ArtifactFSError):
     """The state root, or something in it, is not private to the user running ArtifactFS."""
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Another user for whom a root daemon keeps a mount's git state."""
+
+    uid: int
+    gid: int
+
+
+def run_as(owner: Owner | None) -> dict[str, Any]:
+    """``subprocess`` keyword arguments that run a program (git on the owner's gitdir) as ``owner``.
+
+    git then reads only what that user can read and creates files owned by
+    that user, and never runs that user's configured commands as root.
+    """
+    if owner is None:
+        return {}
+    return {"user": owner.uid, "group": owner.gid, "extra_groups": []}
+
+
+def state_owner(uid: int, gid: int) -> Owner | None:
+    """Who the git state of a mount owned by ``uid:gid`` belongs to: None when it is the daemon's own.
+
+    Only root can keep state for another user; any other daemon keeps its
+    state for itself whatever the mount's owner.
+    """
+    if os.geteuid() != 0 or uid == os.geteuid():
+        return None
+    return Owner(uid, gid)
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _filesystem_ids(uid: int, gid: int) -> tuple[int, int]:
+    """Set this thread's filesystem uid and gid (-1 keeps one); returns the previous pair."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    previous_gid: int = _libc.setfsgid(gid)
+    previous_uid: int = _libc.setfsuid(uid)
+    return previous_uid, previous_gid
+
+
+@contextmanager
+def acting_as(owner: Owner | None) -> Iterator[None]:
+    """Create and open files as ``owner`` in this thread for the duration (nothing to do for None).
+
+    Linux filesystem ids are per thread, so other threads and trio tasks keep
+    the daemon's own; the body must not ``await``.
+    """
+    if owner is None:
+        yield
+        return
+    previous = _filesystem_ids(owner.uid, owner.gid)
+    try:
+        if _filesystem_ids(-1, -1) != (owner.uid, owner.gid):
+            raise StateRootError(f"cannot act as uid {owner.uid} gid {owner.gid} on the state")
+        yield
+    finally:
+        _filesystem_ids(*previous)
+
+
+def reachable_by(path: Path, owner: Owner) -> bool:
+    """True if ``owner`` can pass through every directory above ``path``."""
+    try:
+        with acting_as(owner):
+            os.stat(path)
+    except PermissionError:
+        return False
+    return True
+
+
+def owner_of(path: Path) -> Owner | None:
+    """Whom ``path`` (a gitdir, a blob cache) is kept for: None if it is the daemon's user's own."""
+    info = os.lstat(path)
+    return None if info.st_uid == os.geteuid() else Owner(info.st_uid, info.st_gid)
+
+
+def _expected_uid(owner: Owner | None) -> int:
+    return os.geteuid() if owner is None else owner.uid
+
+
+def traversable_dir(path: Path) -> None:
+    """Let other users pass through ``path``, a directory of ours, without listing it (0711).
+
+    Used for the directories above a mount state that belongs to another user;
+    what they hold stays 0700/0600, so passing through reveals only whether a
+    name the user already knows exists.
+    """
+    private_dir(path)
+    os.chmod(path, TRAVERSE_DIR_MODE)
+
+
+def handed_dir(path: Path, owner: Owner | None) -> Path:
+    """A private directory in one of ours that belongs to ``owner`` (made by us and handed over).
+
+    The top of what a mount keeps for another user (its gitdir, its blob
+    cache): that user cannot create it, since its parent is ours.
+    """
+    if owner is None:
+        return private_dir(path)
+    try:
+        os.mkdir(path, PRIVATE_DIR_MODE)
+    except FileExistsError:
+        pass
+    info = os.lstat(path)
+    if stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid():
+        os.lchown(path, owner.uid, owner.gid)
+    return private_dir(path, owner)
+
+
+def handed_file(path: Path, owner: Owner) -> None:
+    """Make sure ``path``, a file in one of our directories, exists and belongs to ``owner`` (0600).
+
+    For a file the daemon keeps writing but the owner's git reads: the mount's
+    change journal.
+    """
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE
+        )
+    except FileExistsError:
+        return
+    try:
+        os.fchown(fd, owner.uid, owner.gid)
+    finally:
+        os.close(fd)
 
 
 def check_state_root(root: Path, *, create: bool) -> None:
@@ -114,17 +257,24 @@ def free_bytes(directory: Path) -> int:
     return info.f_bavail * info.f_frsize
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, owner: Owner | None = None) -> Path:
     """Create ``path`` (and missing parents) 0700; an existing one must be our own directory and is made 0700.
 
     Making an existing directory 0700 also closes state written by older
-    versions (0755 directories): nothing below it is reachable by others.
+    versions (0755 directories): nothing below it is reachable by others. A
+    traverse-only directory (0711, :func:`traversable_dir`) stays so. With
+    ``owner``, the directory is created as, and must belong to, that user.
     """
+    with acting_as(owner):
+        return _private_dir(path, owner)
+
+
+def _private_dir(path: Path, owner: Owner | None) -> Path:
     try:
         os.mkdir(path, PRIVATE_DIR_MODE)
     except FileNotFoundError:
-        private_dir(path.parent)
-        return private_dir(path)
+        _private_dir(path.parent, owner)
+        return _private_dir(path, owner)
     except FileExistsError:
         pass
     info = os.lstat(path)
@@ -134,21 +284,22 @@ def private_dir(path: Path) -> Path:
         )
     if not stat.S_ISDIR(info.st_mode):
         raise StateRootError(f"{path} is not a directory")
-    if info.st_uid != os.geteuid():
-        raise StateRootError(f"{path} belongs to uid {info.st_uid}, not to you (uid {os.geteuid()})")
-    if stat.S_IMODE(info.st_mode) != PRIVATE_DIR_MODE:
+    if info.st_uid != _expected_uid(owner):
+        raise StateRootError(f"{path} belongs to uid {info.st_uid}, not to uid {_expected_uid(owner)}")
+    if stat.S_IMODE(info.st_mode) not in _ACCEPTED_DIR_MODES:
         os.chmod(path, PRIVATE_DIR_MODE)
     return path
 
 
-def open_private(path: Path, flags: int) -> int:
+def open_private(path: Path, flags: int, owner: Owner | None = None) -> int:
     """``os.open`` for a file under the state root: never through a symlink, created 0600.
 
-    An existing file must be a regular file of ours; group and other bits
-    left by older versions are removed.
+    An existing file must be a regular file of ours (or of ``owner``, as whom
+    it is then opened); group and other bits left by older versions are removed.
     """
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        with acting_as(owner):
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise StateRootError(
@@ -160,8 +311,10 @@ def open_private(path: Path, flags: int) -> int:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise StateRootError(f"refusing to open {path}: it is not a regular file")
-        if info.st_uid != os.geteuid():
-            raise StateRootError(f"refusing to open {path}: it belongs to uid {info.st_uid}, not to you")
+        if info.st_uid != _expected_uid(owner):
+            raise StateRootError(
+                f"refusing to open {path}: it belongs to uid {info.st_uid}, not to uid {_expected_uid(owner)}"
+            )
         if info.st_mode & _GROUP_AND_OTHER:
             os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~_GROUP_AND_OTHER)
     except BaseException:
@@ -170,19 +323,26 @@ def open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def read_private_bytes(path: Path) -> bytes:
+def read_private_bytes(path: Path, owner: Owner | None = None) -> bytes:
     """The content of a file under the state root, read without following a symlink."""
-    with os.fdopen(open_private(path, os.O_RDONLY), "rb") as stream:
+    with os.fdopen(open_private(path, os.O_RDONLY, owner), "rb") as stream:
         return stream.read()
 
 
-def write_private_file(path: Path, data: bytes, *, executable: bool = False) -> None:
-    """Replace ``path`` with ``data`` atomically (0600, or 0700 if ``executable``).
+def write_private_file(
+    path: Path, data: bytes, *, executable: bool = False, owner: Owner | None = None
+) -> None:
+    """Replace ``path`` with ``data`` atomically (0600, or 0700 if ``executable``), as ``owner`` if given.
 
     A symlink at ``path`` is replaced, never followed. A file that already
     holds ``data`` with that mode is left alone, so a mount that rewrites its
     scripts and config on every start needs no free space when nothing changed.
     """
+    with acting_as(owner):
+        _write_private_file(path, data, executable, owner)
+
+
+def _write_private_file(path: Path, data: bytes, executable: bool, owner: Owner | None) -> None:
     mode = PRIVATE_EXECUTABLE_MODE if executable else PRIVATE_FILE_MODE
     try:
         info = os.lstat(path)
@@ -190,14 +350,14 @@ def write_private_file(path: Path, data: bytes, *, executable: bool = False) -> 
             stat.S_ISREG(info.st_mode)
             and stat.S_IMODE(info.st_mode) == mode
             and info.st_size == len(data)
-            and read_private_bytes(path) == data
+            and read_private_bytes(path, owner) == data
         ):
             return
     except (FileNotFoundError, StateRootError):
         pass  # absent, or not ours to read: replaced below
     temporary = path.with_name(f".{path.name}.artifactfs-tmp")
     try:
-        with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as stream:
+        with os.fdopen(open_private(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, owner), "wb") as stream:
             stream.write(data)
             if executable:
                 os.fchmod(stream.fileno(), PRIVATE_EXECUTABLE_MODE)
@@ -218,6 +378,8 @@ def state_root(override: str | os.PathLike[str] | None = None) -> Path:
     from_environment = os.environ.get(ROOT_ENVIRONMENT_VARIABLE)
     if from_environment:
         return Path(from_environment).absolute()
+    import platformdirs  # here, not above: git's helper imports this module under any python3
+
     return Path(platformdirs.user_data_dir("artifactfs", appauthor=False))
 
 
@@ -240,6 +402,8 @@ def registry_dir() -> Path:
 
 
 def config_file() -> Path:
+    import platformdirs
+
     return Path(platformdirs.user_config_dir("artifactfs", appauthor=False)) / "config.toml"
 
 
@@ -301,6 +465,39 @@ class StateRoot:
     @property
     def blob_cache_dir(self) -> Path:
         return self.root / "cache" / "blobs"
+
+    def open_for_owner(self, mount: MountState) -> None:
+        """Let the owner of ``mount``'s git state pass through our directories to it, to its blob
+        cache and to the control socket (0711 each; see :func:`traversable_dir`)."""
+        for directory in (
+            self.root,
+            self.mounts_dir,
+            mount.path,
+            mount.overlay,
+            self.run_dir,
+            self.owner_blob_caches_dir.parent,
+            self.owner_blob_caches_dir,
+        ):
+            traversable_dir(directory)
+
+    @property
+    def owner_blob_caches_dir(self) -> Path:
+        """Where the blob caches of mounts kept for other users are, one per uid."""
+        return self.root / "cache" / "owners"
+
+    def owner_blob_cache_dir(self, owner: Owner) -> Path:
+        """The blob cache of mounts kept for ``owner``: theirs alone, since their git reads it."""
+        return self.owner_blob_caches_dir / str(owner.uid)
+
+    def blob_cache_for(self, owner: Owner | None) -> Path:
+        """The blob cache of mounts whose git state is ``owner``'s: the shared one for the daemon's own."""
+        return self.blob_cache_dir if owner is None else self.owner_blob_cache_dir(owner)
+
+    def blob_caches(self) -> list[tuple[Path, Owner | None]]:
+        """Every blob cache under the root with whom it belongs to: the shared one, then each owner's."""
+        owners = self.owner_blob_caches_dir
+        found = sorted(path for path in owners.glob("*") if path.name.isdigit()) if owners.is_dir() else []
+        return [(self.blob_cache_dir, None), *((path, owner_of(path)) for path in found)]
 
     @property
     def run_dir(self) -> Path:

@@ -10,6 +10,7 @@ import pytest
 
 from artifactfs.testing import FileSpec, GitHttpServer, make_bare_repo
 from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.users import TESTER, Actor, ensure_user
 
 # ---------------------------------------------------------------------------
 # Remote fixtures (owned by the artifactfs.remote / artifactfs.testing work):
@@ -142,3 +143,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 # ---------------------------------------------------------------------------
 # End of robustness summary.
 # ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tester() -> Actor:
+    """An unprivileged user of this machine (``artifactfs-tester``), created if missing."""
+    return ensure_user(TESTER)

@@ -50,7 +50,7 @@ def faulty_repo_files(seed: int = 7) -> dict[str, bytes | FileSpec]:
 
 def evict_blob_cache(state_root: Path) -> int:
     """What ``artifactfs gc --max-size 0`` does: every later read has to fetch again."""
-    return collect(BlobCache(StateRoot(state_root).blob_cache_dir), 0, keep_recent=0).evicted_blobs
+    return collect([BlobCache(StateRoot(state_root).blob_cache_dir)], 0, keep_recent=0).evicted_blobs
 
 
 class ReadLedger:

@@ -11,18 +11,12 @@ The schema migration of an existing state database has unit tests at the end.
 
 from __future__ import annotations
 
-import json
 import os
-import pwd
 import re
 import sqlite3
 import stat
-import subprocess
-import textwrap
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -30,10 +24,9 @@ from artifactfs.overlay.store import OverlayRow, OverlayStore
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.testing import FileSpec, make_bare_repo
 from artifactfs.testing.mounts import MountedTree
+from artifactfs.testing.users import Actor
 
-TESTER = "artifactfs-tester"
 BASE_MTIME = 1_000_000_000
-PYTHON = "/usr/bin/python3"
 FILES: dict[str, bytes | FileSpec] = {
     "README.md": b"# readme\n",
     "src/main.c": b"int main(void) { return 0; }\n",
@@ -41,64 +34,6 @@ FILES: dict[str, bytes | FileSpec] = {
     "src/include/util.h": b"int util;\n",
     "bin/run.sh": FileSpec(b"#!/bin/sh\necho run\n", executable=True),
 }
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who runs a scenario: root, or the unprivileged tester through ``setpriv``."""
-
-    name: str
-    uid: int
-    gid: int
-
-    @property
-    def prefix(self) -> list[str]:
-        if self.uid == 0:
-            return []
-        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
-
-    def run(self, cwd: Path, code: str, *, check: bool = True) -> Any:
-        """Run python ``code`` in ``cwd``; it prints one JSON value, returned decoded."""
-        result = subprocess.run(
-            [*self.prefix, PYTHON, "-c", _PRELUDE + textwrap.dedent(code)],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"as {self.name}: {result.stderr.strip()}")
-        return json.loads(result.stdout) if result.stdout.strip() else None
-
-
-_PRELUDE = """
-import errno, json, os, socket, stat, sys
-def fails(call, *args, **kwargs):
-    try:
-        call(*args, **kwargs)
-    except OSError as error:
-        return errno.errorcode[error.errno]
-    return None
-def info(path):
-    st = os.lstat(path)
-    return {"uid": st.st_uid, "gid": st.st_gid, "mode": st.st_mode, "nlink": st.st_nlink,
-            "ino": st.st_ino, "size": st.st_size, "rdev": st.st_rdev,
-            "atime": st.st_atime_ns, "mtime": st.st_mtime_ns, "ctime": st.st_ctime_ns}
-"""
-
-
-@pytest.fixture(scope="session")
-def tester() -> Actor:
-    """An unprivileged user of this machine, created if missing."""
-    try:
-        entry = pwd.getpwnam(TESTER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TESTER], check=True
-        )
-        entry = pwd.getpwnam(TESTER)
-    assert entry.pw_uid != 0
-    return Actor("user", entry.pw_uid, entry.pw_gid)
 
 
 @pytest.fixture(params=["root", "user"])

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from artifactfs.errors import ArtifactFSError
-from artifactfs.state import private_dir
+from artifactfs.state import Owner, private_dir
 
 if TYPE_CHECKING:
     import trio
@@ -47,10 +47,14 @@ async def serve(
     handler: Handler,
     *,
     streams: Mapping[str, StreamHandler] | None = None,
+    owner: Owner | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] | None = None,
 ) -> None:
     """Listen on ``path`` until cancelled, answering each request with ``handler``,
-    or handing the connection to ``streams[op]`` for a stream operation."""
+    or handing the connection to ``streams[op]`` for a stream operation.
+
+    The socket is the daemon's own (0600), or ``owner``'s: the user whose git
+    state the mount keeps, whose git's helpers connect to it."""
     import trio
 
     stream_handlers = dict(streams or {})
@@ -62,6 +66,8 @@ async def serve(
         await listener_socket.bind(str(path))
     finally:
         os.umask(old_umask)
+    if owner is not None:
+        os.chown(path, owner.uid, owner.gid)
     listener_socket.listen(16)
     listener = trio.SocketListener(listener_socket)
 

@@ -116,6 +116,7 @@ class IndexKeeper:
                 token=self._publish_token,
                 changed=changed,
                 gitignore_ids=gitignore_ids,
+                owner=gitdir.owner,
             )
         )
 
@@ -142,6 +143,7 @@ class IndexKeeper:
                         self.gitdir.path,
                         self.snapshot.root_tree_oid,
                         sorted(paths.values()),
+                        self.gitdir.owner,
                     ),
                     abandon_on_cancel=True,
                 )
@@ -190,7 +192,7 @@ class IndexKeeper:
             return
         pending = dict(self._index_sizes)
         try:
-            correct_index_sizes(self.gitdir.path, pending)
+            correct_index_sizes(self.gitdir.path, pending, self.gitdir.owner)
         except IndexLockedError:
             return
         except OSError as error:  # a full disk: try again later (said once, not every round)

@@ -67,7 +67,19 @@ from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.retry import HISTORY_BACKOFF
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import MountState, RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
+from artifactfs.state import (
+    MountState,
+    Owner,
+    RuntimeRecord,
+    StateRoot,
+    StateRootError,
+    free_bytes,
+    owner_of,
+    private_dir,
+    reachable_by,
+    state_owner,
+    write_private_file,
+)
 from artifactfs.status import MountStatus, ProfileReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
@@ -158,30 +170,73 @@ async def run_mount(
     mount_dir = state.mount_dir(options.mountpoint, options.remote.redacted())
     private_dir(mount_dir)
     phases = _PhaseTimer()
-    cache = BlobCache(state.blob_cache_dir)
+    owner = git_owner(options)
+    if owner is None:
+        cache = BlobCache(state.blob_cache_dir)
+    else:
+        state.open_for_owner(MountState(mount_dir))
+        cache = BlobCache(state.blob_cache_for(owner), owner, scratch=state.blob_cache_dir / "tmp")
     cache.clean_tmp()
     progress(f"connecting to {options.remote.redacted()}")
     async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
         phases.mark("remote opened")
-        base = await prepare_gitdir(session, options, mount_dir, cache, streams, progress)
+        base = await prepare_gitdir(session, options, mount_dir, owner, cache, streams, progress)
         phases.mark("tree ready")
         mount = Mount(options, state, mount_dir, session, cache, base, started_at, progress)
         await mount.serve(on_ready, phases)
+
+
+def git_owner(options: MountOptions) -> Owner | None:
+    """The owner given with ``--uid``/``--gid`` when a root daemon keeps the git state for them.
+
+    Only if that user can reach the state root at all: else its git could not
+    use the gitdir whatever its owner, and the state stays the daemon's.
+    """
+    if options.owner is None:
+        return None
+    owner = state_owner(*options.owner)
+    if owner is not None and not reachable_by(options.root, owner):
+        log.warning(
+            "uid %d cannot reach the state root %s (a directory above it is closed to it): "
+            "its git will not work in the mount",
+            owner.uid,
+            options.root,
+        )
+        return None
+    return owner
+
+
+def check_gitdir_owner(gitdir: GitDir, mount_dir: Path) -> None:
+    """Refuse a kept gitdir that belongs to another user than this mount's git state would."""
+    try:
+        kept = owner_of(gitdir.path)
+    except FileNotFoundError:
+        return
+    kept_uid = os.geteuid() if kept is None else kept.uid
+    wanted_uid = os.geteuid() if gitdir.owner is None else gitdir.owner.uid
+    if kept_uid != wanted_uid:
+        how = "without --uid" if kept is None else f"with --uid {kept_uid}"
+        raise StateRootError(
+            f"the state of this mount ({mount_dir}) belongs to uid {kept_uid}, not {wanted_uid}:"
+            f" mount it {how}, or remove that directory to start afresh"
+        )
 
 
 async def prepare_gitdir(
     session: RemoteSession,
     options: MountOptions,
     mount_dir: Path,
+    owner: Owner | None,
     cache: BlobCache,
     streams: contextlib.AsyncExitStack,
     progress: ProgressCallback,
 ) -> MountBase:
-    """Reuse the local gitdir (keeping the user's HEAD), or create it.
+    """Reuse the local gitdir (keeping the user's HEAD), or create it, as ``owner``'s when given.
 
     A remote without filter sends the tip's blobs after its trees: that stream stays open in
     ``streams`` and waits in :attr:`MountBase.tip_blobs` for the hydrator."""
-    gitdir = GitDir(MountState(mount_dir).gitdir)
+    gitdir = GitDir(MountState(mount_dir).gitdir, owner)
+    check_gitdir_owner(gitdir, mount_dir)
     commit = gitdir.head_oid() if gitdir.exists() else None
     if commit is not None and gitdir.has_object(commit):
         trees = TreeCache(gitdir.read_tree)
@@ -200,6 +255,7 @@ async def prepare_gitdir(
         resolved,
         spool_dir=cache.tmp_dir,
         streams=streams,
+        owner=owner,
     )
     progress(f"received {len(tip.trees)} trees")
     tip_trees = tip.trees
@@ -245,6 +301,8 @@ class Mount:
         self.mount_dir = mount_dir
         self.session = session
         self.gitdir = gitdir = base.gitdir
+        self.git_owner: Owner | None = gitdir.owner
+        """Whom the gitdir, journal and blob cache belong to when not the daemon's user (see ``state``)."""
         self.fresh = base.fresh
         self.state_name = "starting"
         self.read_only = False
@@ -271,11 +329,12 @@ class Mount:
         self.lfs = LfsFiles(
             self.hydrator,
             cache,
-            LfsObjectStore(state.blob_cache_dir),
+            LfsObjectStore(state.blob_cache_for(self.git_owner), self.git_owner),
             gitdir.path,
             Classifier(options.priority_rules),
             options.remote.url if options.remote.kind == "http" else None,
             session.credential,
+            self.git_owner,
         )
         self.operations = Operations(self.view, base.snapshot, self.hydrator, self.lfs, gitfile, mount_dir)
         self.head = HeadFollower(gitdir, base.trees, base.snapshot, self.view, self.operations, self.hydrator)
@@ -334,7 +393,7 @@ class Mount:
                 if options.hydration.mode == "background":
                     self._fetch_root_manifests()
                 serve_control = functools.partial(
-                    control.serve, streams={"upload-pack": git_service.upload_pack}
+                    control.serve, streams={"upload-pack": git_service.upload_pack}, owner=self.git_owner
                 )
                 await nursery.start(
                     serve_control, self.state.socket_path(options.mountpoint), self.commands.handle
@@ -505,7 +564,7 @@ class Mount:
         directory = MountState(self.mount_dir).overlay
         try:
             if (directory / "overlay.db").exists() and space_for_writing(directory) < WRITABLE_MINIMUM:
-                overlay = OverlayStore(directory, read_only=True)
+                overlay = OverlayStore(directory, read_only=True, journal_reader=self.git_owner)
                 self.read_only = True
                 log.warning(
                     "only %d KiB free in the state root %s: mounting read-only; free some space "
@@ -514,9 +573,13 @@ class Mount:
                     self.options.root,
                 )
                 return overlay
-            overlay = OverlayStore(directory)
+            overlay = OverlayStore(directory, journal_reader=self.git_owner)
             hook = install_hook(
-                gitdir.path, overlay.journal.path, overlay.journal.previous_path, git_version=git_version()
+                gitdir.path,
+                overlay.journal.path,
+                overlay.journal.previous_path,
+                git_version=git_version(),
+                owner=gitdir.owner,
             )
             gitdir.set_config("core", "fsmonitor", str(hook))
             return overlay

@@ -36,6 +36,7 @@ from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
 from artifactfs.objects import OID_HEX_SIZE, commit_tree, is_abbreviated_oid, is_oid
 from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
+from artifactfs.state import Owner
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
 from artifactfs.store.packwrite import PackWriter
@@ -290,13 +291,14 @@ async def create_gitdir(
     *,
     spool_dir: Path,
     streams: AsyncExitStack,
+    owner: Owner | None = None,
 ) -> tuple[GitDir, Tip]:
-    """Build a complete gitdir at ``path`` for ``resolved``, or leave nothing behind
+    """Build a complete gitdir at ``path`` for ``resolved`` (kept for ``owner``), or leave nothing behind
     (see :func:`fetch_tip` for ``spool_dir`` and ``streams``)."""
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        gitdir = GitDir.create(staging, remote_display)
+        gitdir = GitDir.create(staging, remote_display, owner)
         tip = await fetch_tip(session, gitdir, resolved.commit, spool_dir=spool_dir, streams=streams)
         gitdir.write_shallow(tip.shallow)
         gitdir.set_head(resolved.branch, resolved.commit)
@@ -307,7 +309,7 @@ async def create_gitdir(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return GitDir(path), tip
+    return GitDir(path, owner), tip
 
 
 async def complete_history(
@@ -380,7 +382,7 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir, depth: int
     head_ref = next((ref for ref in refs if ref.name == "HEAD"), None)
     if head_ref is not None and head_ref.symref_target and head_ref.symref_target.startswith("refs/heads/"):
         target = "refs/remotes/origin/" + head_ref.symref_target[len("refs/heads/") :]
-        (gitdir.path / "refs/remotes/origin/HEAD").write_text(f"ref: {target}\n")
+        gitdir.update_ref("refs/remotes/origin/HEAD", f"ref: {target}")
     log.info(
         "history complete: %d refs, %d shallow commits left", len(published), len(gitdir.shallow_commits())
     )

@@ -40,6 +40,7 @@ from artifactfs.lfs.objects import LfsObjectFile, LfsObjectStore
 from artifactfs.lfs.pointer import MAX_POINTER_SIZE, LfsPointer, parse_pointer
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.state import Owner, run_as
 from artifactfs.status import LfsReport
 from artifactfs.store.blobcache import BlobCache
 
@@ -72,8 +73,11 @@ class LfsFiles:
         classifier: Classifier,
         remote_url: str | None,
         credential: CredentialSource,
+        owner: Owner | None = None,
     ) -> None:
         self._hydrator = hydrator
+        self._owner = owner
+        """Whom the gitdir is kept for, when not the daemon's user: git runs as them."""
         self._cache = cache
         self._store = store
         self._gitdir = gitdir
@@ -143,7 +147,7 @@ class LfsFiles:
             texts = [await self._blob_bytes(oid) for oid in attributes]
             if any(b"lfs" in text for text in texts):
                 paths = await trio.to_thread.run_sync(
-                    lfs_paths, self._gitdir, snapshot.root_tree_oid, [path for path, _ in files]
+                    lfs_paths, self._gitdir, snapshot.root_tree_oid, [path for path, _ in files], self._owner
                 )
             if paths and self._downloads.client is None:
                 await self._open_client(lfsconfig)  # before readers of LFS paths are let in
@@ -158,7 +162,7 @@ class LfsFiles:
         if not paths:
             return True
         if not self._configured:  # once per daemon: the state root may have moved since the last one
-            await trio.to_thread.run_sync(install_lfs_config, self._gitdir, self._store.root)
+            await trio.to_thread.run_sync(install_lfs_config, self._gitdir, self._store.root, self._owner)
             self._configured = True
         pointer_blobs = [(path, oid) for path, oid in files if path in paths]
         self._hydrator.prefetch_paths(pointer_blobs)  # every LFS file's size depends on its pointer
@@ -189,8 +193,12 @@ class LfsFiles:
         if lfsconfig is not None:
             sources.append(["config", "--blob", lfsconfig, "--get", "lfs.url"])
         for arguments in sources:
-            result = subprocess.run(
-                ["git", "--git-dir", str(self._gitdir), *arguments], capture_output=True, check=False
+            result: subprocess.CompletedProcess[bytes] = subprocess.run(
+                ["git", "--git-dir", str(self._gitdir), *arguments],
+                capture_output=True,
+                check=False,
+                cwd=self._gitdir,
+                **run_as(self._owner),
             )
             value = result.stdout.decode("utf-8", "replace").strip()
             if result.returncode == 0 and value:

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from artifactfs.state import private_dir, write_private_file
+from artifactfs.state import Owner, private_dir, run_as, write_private_file
 
 log = logging.getLogger("artifactfs.lfs")
 
@@ -38,16 +38,23 @@ git lfs {command} "$@"
 """
 
 
-def install_lfs_config(gitdir: Path, storage: Path) -> None:
-    """Configure git-lfs for ``gitdir`` with its objects under ``storage``."""
+def install_lfs_config(gitdir: Path, storage: Path, owner: Owner | None = None) -> None:
+    """Configure git-lfs for ``gitdir`` with its objects under ``storage`` (as ``owner``, whom the
+    gitdir is kept for)."""
     if shutil.which("git-lfs") is None:
         log.warning("the tree has LFS files but git-lfs is not installed: git cannot add or push them")
     for key, value in {**_CONFIG, "lfs.storage": str(storage)}.items():
         subprocess.run(
-            ["git", "--git-dir", str(gitdir), "config", key, value], check=True, capture_output=True
+            ["git", "--git-dir", str(gitdir), "config", key, value],
+            check=True,
+            capture_output=True,
+            cwd=gitdir,
+            **run_as(owner),
         )
-    hooks = private_dir(gitdir / "hooks")
+    hooks = private_dir(gitdir / "hooks", owner)
     for name, command in _HOOKS.items():
         hook = hooks / name
         if not hook.exists():
-            write_private_file(hook, _HOOK_TEMPLATE.format(command=command).encode(), executable=True)
+            write_private_file(
+                hook, _HOOK_TEMPLATE.format(command=command).encode(), executable=True, owner=owner
+            )

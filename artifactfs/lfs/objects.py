@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from artifactfs.errors import CorruptObjectError
-from artifactfs.state import READ_ONLY_FILE_MODE, pid_alive, private_dir
+from artifactfs.state import READ_ONLY_FILE_MODE, Owner, acting_as, pid_alive, private_dir
 
 _OID = re.compile(r"[0-9a-f]{64}")
 _TMP_PREFIX = "artifactfs-"
@@ -93,31 +93,38 @@ class PartialObject:
         if actual != self.oid:
             raise CorruptObjectError(f"LFS object {self.oid} hashes to {actual}")
         target = self._store.path(self.oid)
-        private_dir(target.parent)
-        os.replace(self._scratch, target)
+        with acting_as(self._store.owner):
+            private_dir(target.parent, self._store.owner)
+            os.replace(self._scratch, target)
         return target
 
     def discard(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError), acting_as(self._store.owner):
             os.unlink(self._scratch)
 
 
 class LfsObjectStore:
-    """LFS objects keyed by sha256 under ``<cache root>/lfs``; safe for concurrent readers."""
+    """LFS objects keyed by sha256 under ``<cache root>/lfs``; safe for concurrent readers.
 
-    def __init__(self, cache_root: Path) -> None:
+    In the blob cache of another user (``owner``, see :mod:`artifactfs.state`)
+    everything is written as that user, whose git-lfs uses it as its storage.
+    """
+
+    def __init__(self, cache_root: Path, owner: Owner | None = None) -> None:
+        self.owner = owner
         self.root = cache_root / "lfs"
         self._objects = self.root / "objects"
         self._tmp_root = self.root / "tmp"  # git-lfs keeps its own scratch files here too
         self._tmp = self._tmp_root / f"{_TMP_PREFIX}{os.getpid()}"
         self._serial = itertools.count()
         for directory in (self.root, self._objects, self._tmp_root):
-            private_dir(directory)
-        self._clean_tmp()
-        private_dir(self._tmp)
+            private_dir(directory, owner)
+        with acting_as(owner):
+            self._clean_tmp()
+        private_dir(self._tmp, owner)
 
     def _clean_tmp(self) -> None:
         """Remove partial downloads left by mounts whose process is gone (or had our pid)."""
@@ -153,11 +160,12 @@ class LfsObjectStore:
         while True:
             scratch = f"{self._tmp}{os.sep}{oid}-{next(self._serial)}"
             try:
-                fd = os.open(
-                    scratch,
-                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    READ_ONLY_FILE_MODE,
-                )
+                with acting_as(self.owner):
+                    fd = os.open(
+                        scratch,
+                        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        READ_ONLY_FILE_MODE,
+                    )
                 return PartialObject(self, oid, size, scratch, fd)
             except FileExistsError:
                 continue

@@ -2,7 +2,7 @@
 
 Checked, in order: the mountpoint and runtime record (a stale FUSE mount or
 the record of a dead daemon is cleaned up), every blob in the shared blob
-cache (damaged ones are deleted: the remote supplies them again on demand),
+cache and in each owner's (see :mod:`artifactfs.state`) (damaged ones are deleted: the remote supplies them again on demand),
 each gitdir (HEAD readable, ``git fsck --connectivity-only``), and each
 overlay (SQLite integrity, every row well-formed, every data file present,
 every row below a directory). Works on a mounted directory too: then the
@@ -22,7 +22,7 @@ from artifactfs.errors import CorruptObjectError, MountpointError
 from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import MountState, StateRoot, pid_alive
+from artifactfs.state import MountState, StateRoot, owner_of, pid_alive, run_as
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 
@@ -62,10 +62,13 @@ def fsck(state: StateRoot, mountpoint: Path) -> FsckReport:
     report.state_dirs = state.state_dirs(mountpoint)
     if not report.state_dirs:
         raise MountpointError(f"no ArtifactFS state for {mountpoint} under {state.root}")
-    _check_blob_cache(BlobCache(state.blob_cache_dir), report)
+    for cache_dir, cache_owner in state.blob_caches():
+        _check_blob_cache(BlobCache(cache_dir, cache_owner), report)
     for state_dir in report.state_dirs:
-        base = _check_gitdir(GitDir(MountState(state_dir).gitdir), report)
-        _check_overlay(MountState(state_dir).overlay, base, state_dir == live_dir, report)
+        mount = MountState(state_dir)
+        gitdir = mount.gitdir
+        base = _check_gitdir(GitDir(gitdir, owner_of(gitdir) if gitdir.is_dir() else None), report)
+        _check_overlay(mount.overlay, base, state_dir == live_dir, report)
     return report
 
 
@@ -128,6 +131,8 @@ def _check_gitdir(gitdir: GitDir, report: FsckReport) -> Snapshot | None:
             text=True,
             check=False,
             timeout=_GIT_FSCK_TIMEOUT,
+            cwd=gitdir.path,
+            **run_as(gitdir.owner),
         )
     except subprocess.TimeoutExpired:
         report.add("note", f"git fsck of {gitdir.path} took over {_GIT_FSCK_TIMEOUT:g}s; skipped")

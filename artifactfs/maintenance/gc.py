@@ -1,4 +1,4 @@
-"""``artifactfs gc``: keep the shared blob cache under a size bound.
+"""``artifactfs gc``: keep the blob caches (the shared one and each owner's) under one size bound.
 
 Every cached blob can be fetched again, so any of them may go: the least
 recently used (latest of access and modification time) are deleted first
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from artifactfs.store.blobcache import BlobCache
@@ -30,21 +31,23 @@ class GcResult:
     kept_recent_blobs: int
 
 
-def collect(cache: BlobCache, max_bytes: int, *, keep_recent: float = 60.0) -> GcResult:
-    """Evict least recently used blobs until the cache holds at most ``max_bytes``."""
-    entries: list[tuple[float, int, str]] = []
-    for oid in cache.iter_oids():
-        try:
-            info = os.stat(cache.path(oid))
-        except FileNotFoundError:
-            continue  # evicted by someone else meanwhile
-        entries.append((max(info.st_atime, info.st_mtime), info.st_size, oid))
-    entries.sort()
-    total = sum(size for _, size, _ in entries)
+def collect(caches: Sequence[BlobCache], max_bytes: int, *, keep_recent: float = 60.0) -> GcResult:
+    """Evict least recently used blobs until ``caches`` (the shared one and each owner's) together hold
+    at most ``max_bytes``."""
+    entries: list[tuple[float, int, str, BlobCache]] = []
+    for cache in caches:
+        for oid in cache.iter_oids():
+            try:
+                info = os.stat(cache.path(oid))
+            except FileNotFoundError:
+                continue  # evicted by someone else meanwhile
+            entries.append((max(info.st_atime, info.st_mtime), info.st_size, oid, cache))
+    entries.sort(key=lambda entry: entry[:3])
+    total = sum(entry[1] for entry in entries)
     before = total
     cutoff = time.time() - keep_recent
     evicted = evicted_bytes = kept_recent = 0
-    for last_used, size, oid in entries:
+    for last_used, size, oid, cache in entries:
         if total <= max_bytes:
             break
         if last_used > cutoff:

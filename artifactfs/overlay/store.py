@@ -53,7 +53,7 @@ from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.rowindex import RowIndex
 from artifactfs.snapshot.entries import EntryKind
-from artifactfs.state import free_bytes, open_private, private_dir
+from artifactfs.state import Owner, free_bytes, handed_file, open_private, private_dir
 
 _SCHEMA_VERSION = 2
 _DATA_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -115,14 +115,18 @@ class ChangeJournal:
     lies beyond the end, must assume everything changed.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, reader: Owner | None = None) -> None:
         self.path = path
         self.previous_path = path.with_name(path.name + ".previous")
         """The generation before the current one."""
+        self._reader = reader
+        """The user whose git reads the journal, when not the daemon's: the files are theirs."""
         with suppress(FileNotFoundError):
             if path.lstat().st_size > _JOURNAL_LIMIT:
                 os.replace(path, self.previous_path)
-        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        if reader is not None:
+            handed_file(path, reader)
+        self._fd = open_private(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, reader)
 
     def append(self, keys: Iterable[bytes]) -> None:
         """Append records whole: after a failed write (ENOSPC) the journal ends where it ended before,
@@ -139,7 +143,7 @@ class ChangeJournal:
             raise
 
     def read_since(self, offset: int) -> tuple[int, list[bytes]]:
-        with os.fdopen(open_private(self.path, os.O_RDONLY), "rb") as stream:
+        with os.fdopen(open_private(self.path, os.O_RDONLY, self._reader), "rb") as stream:
             stream.seek(offset)
             tail = stream.read()
         return offset + len(tail), [key for key in tail.split(b"\0") if key]
@@ -428,7 +432,9 @@ class OverlayStore:
     writing it (a mount with too little space to write).
     """
 
-    def __init__(self, state_dir: Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self, state_dir: Path, *, read_only: bool = False, journal_reader: Owner | None = None
+    ) -> None:
         self.state_dir = state_dir
         self.data_dir = state_dir / "data"
         self._db_path = state_dir / "overlay.db"
@@ -461,7 +467,7 @@ class OverlayStore:
         except BaseException:
             self._conn.close()
             raise
-        self.journal = ChangeJournal(state_dir / "journal")
+        self.journal = ChangeJournal(state_dir / "journal", journal_reader)
         self.removed_at_startup = [] if read_only else self._remove_unreferenced_data()
         """Names of the unreferenced data files deleted while opening (for logging)."""
 

@@ -9,6 +9,11 @@ blocks (see :mod:`artifactfs.store.loose`), so git in a mount reads it through
 ``objects/info/alternates`` while the mount reads content at computed offsets.
 A blob therefore exists once on disk, not again in the gitdir's packs.
 
+A cache kept for another user (``owner``: the owner of mounts a root daemon
+serves, whose git reads the cache as an alternate) belongs to that user and
+is written as that user; its pack spool files stay in a scratch directory of
+the daemon's own (``scratch``), out of that user's reach.
+
 A file only ever appears under ``loose/`` through an atomic rename after its
 content was hashed and found to match its name, so a reader never sees a
 partial or unverified blob.
@@ -30,7 +35,7 @@ from typing import BinaryIO
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.objects import blob_id, check_oid, is_oid, object_hasher
-from artifactfs.state import READ_ONLY_FILE_MODE, pid_alive, private_dir
+from artifactfs.state import READ_ONLY_FILE_MODE, Owner, acting_as, handed_dir, pid_alive, private_dir
 from artifactfs.store.loose import LooseBlobFile, content_size, loose_object_id, write_loose_blob
 
 _READ_CHUNK = 1 << 20
@@ -51,21 +56,28 @@ def blob_id_of_file(path: Path) -> str:
 
 
 class BlobCache:
-    """Blob files keyed by oid under ``root``; safe for concurrent readers."""
+    """Blob files keyed by oid under ``root``; safe for concurrent readers.
 
-    def __init__(self, root: Path) -> None:
+    With ``owner``, the cache belongs to that user and ``scratch`` (a directory
+    of the daemon's own) holds the spool files of pack parsers.
+    """
+
+    def __init__(self, root: Path, owner: Owner | None = None, scratch: Path | None = None) -> None:
+        self._owner = owner
         self._objects = root / "loose"
         self._objects_prefix = f"{self._objects}{os.sep}"
         self._tmp_root = root / "tmp"
         self._tmp = self._tmp_root / str(os.getpid())  # per process: the cache is shared by mounts
         self._serial = itertools.count()
-        for directory in (root, self._objects, self._tmp_root, self._tmp):
-            private_dir(directory)
+        handed_dir(root, owner)
+        for directory in (self._objects, self._tmp_root, self._tmp):
+            private_dir(directory, owner)
+        self._scratch = self._tmp if scratch is None else private_dir(scratch / str(os.getpid()))
 
     @property
     def tmp_dir(self) -> Path:
-        """Scratch directory on the cache's filesystem, e.g. a pack parser's ``spool_dir``."""
-        return self._tmp
+        """Scratch directory of the daemon's own, e.g. a pack parser's ``spool_dir``."""
+        return self._scratch
 
     @property
     def objects_dir(self) -> Path:
@@ -114,6 +126,10 @@ class BlobCache:
         return target
 
     def _write(self, target: Path, size: int, source: BinaryIO) -> None:
+        with acting_as(self._owner):
+            self._write_as_owner(target, size, source)
+
+    def _write_as_owner(self, target: Path, size: int, source: BinaryIO) -> None:
         # A serial number, not tempfile.mkstemp: the scratch directory is this process's own, and
         # mkstemp's random names cost as much as the rest of storing a small blob.
         while True:
@@ -130,7 +146,7 @@ class BlobCache:
         try:
             with os.fdopen(fd, "wb") as stream:
                 write_loose_blob(stream, size, source)
-            self._install(partial, target)
+            self._install(partial, target, self._owner)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(partial)
@@ -163,7 +179,8 @@ class BlobCache:
             return False
 
     def remove(self, oid: str) -> None:
-        self.path(oid).unlink(missing_ok=True)
+        with acting_as(self._owner):
+            self.path(oid).unlink(missing_ok=True)
 
     def iter_oids(self) -> Iterator[str]:
         for oid, _ in self._entries():
@@ -195,6 +212,10 @@ class BlobCache:
         Each process writes under its own ``tmp/<pid>``, so a mount starting up
         never touches the in-progress writes of another running mount.
         """
+        with acting_as(self._owner):
+            return self._clean_tmp()
+
+    def _clean_tmp(self) -> int:
         removed = 0
         with os.scandir(self._tmp_root) as entries:
             for entry in entries:
@@ -214,10 +235,10 @@ class BlobCache:
         return removed
 
     @staticmethod
-    def _install(partial: str, target: Path) -> None:
+    def _install(partial: str, target: Path, owner: Owner | None) -> None:
         """Rename a finished, read-only scratch file into place."""
         try:
             os.replace(partial, target)
         except FileNotFoundError:  # the first blob of its fan-out directory
-            private_dir(target.parent)
+            private_dir(target.parent, owner)
             os.replace(partial, target)

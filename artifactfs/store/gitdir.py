@@ -6,7 +6,9 @@ ArtifactFS writes objects here only as promisor packs (through
 through the ``.git`` file at the mount root; nothing here is served by FUSE.
 
 What ArtifactFS writes here is owner-only (:mod:`artifactfs.state`), and
-``core.sharedRepository`` makes git's own writes owner-only as well.
+``core.sharedRepository`` makes git's own writes owner-only as well. A gitdir
+kept for another user (``owner``) is written as that user, and the git
+commands run on it run as that user.
 
 Each pack is indexed in a quarantine object directory of its own
 (``objects/incoming-artifactfs-*``, the way git's receive-pack does it) and
@@ -34,7 +36,15 @@ from dulwich.objects import ObjectID
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.objects import ObjectType, commit_tree
-from artifactfs.state import GIT_SHARED_REPOSITORY, private_dir, write_private_file
+from artifactfs.state import (
+    GIT_SHARED_REPOSITORY,
+    Owner,
+    acting_as,
+    handed_dir,
+    private_dir,
+    run_as,
+    write_private_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +83,15 @@ def _quote_config_value(value: str) -> str:
 
 
 class GitDir:
-    """A partial-clone gitdir at ``path``."""
+    """A partial-clone gitdir at ``path``, kept for ``owner`` (None: the daemon's own user)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, owner: Owner | None = None) -> None:
         self.path = path
+        self.owner = owner
         self._objects: DiskObjectStore | None = None
 
     @classmethod
-    def create(cls, path: Path, remote_url: str) -> GitDir:
+    def create(cls, path: Path, remote_url: str, owner: Owner | None = None) -> GitDir:
         """Create the gitdir atomically: it either exists complete or not at all.
 
         ``remote_url`` must already be free of credentials.
@@ -88,6 +99,7 @@ class GitDir:
         private_dir(path.parent)
         staging = Path(tempfile.mkdtemp(prefix=".gitdir-", dir=path.parent))  # mkdtemp makes it 0700
         try:
+            handed_dir(staging, owner)
             for sub in (
                 "objects/pack",
                 "objects/info",
@@ -97,23 +109,22 @@ class GitDir:
                 "info",
                 "hooks",
             ):
-                private_dir(staging / sub)
-            write_private_file(staging / "HEAD", b"ref: refs/heads/main\n")
+                private_dir(staging / sub, owner)
+            write_private_file(staging / "HEAD", b"ref: refs/heads/main\n", owner=owner)
             config = _CONFIG_TEMPLATE.format(
                 url=_quote_config_value(remote_url), shared=GIT_SHARED_REPOSITORY
             )
-            write_private_file(staging / "config", config.encode())
-            write_private_file(staging / "description", b"ArtifactFS mount\n")
+            write_private_file(staging / "config", config.encode(), owner=owner)
+            write_private_file(staging / "description", b"ArtifactFS mount\n", owner=owner)
             os.rename(staging, path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return cls(path)
+        return cls(path, owner)
 
     def set_config(self, section: str, name: str, value: str, *, subsection: str | None = None) -> None:
         """Set one config value (written atomically, and only if it changes)."""
-        path = self.path / "config"
-        config = ConfigFile.from_path(str(path))
+        config = self._read_config()
         key = (section.encode(),) if subsection is None else (section.encode(), subsection.encode())
         try:
             if config.get(key, name.encode()) == value.encode():
@@ -127,8 +138,7 @@ class GitDir:
         self, section: str, name: str, values: list[str], *, subsection: str | None = None
     ) -> None:
         """Make ``values``, in order, the only values of a multi-valued key (written atomically, only if they change)."""
-        path = self.path / "config"
-        config = ConfigFile.from_path(str(path))
+        config = self._read_config()
         key = (section.encode(),) if subsection is None else (section.encode(), subsection.encode())
         wanted = [value.encode() for value in values]
         try:
@@ -142,10 +152,14 @@ class GitDir:
             config.add(key, name.encode(), value)
         self._write_config(config)
 
+    def _read_config(self) -> ConfigFile:
+        with acting_as(self.owner):  # never through a link to what only the daemon may read
+            return ConfigFile.from_path(str(self.path / "config"))
+
     def _write_config(self, config: ConfigFile) -> None:
         serialised = io.BytesIO()
         config.write_to_file(serialised)
-        write_private_file(self.path / "config", serialised.getvalue())
+        write_private_file(self.path / "config", serialised.getvalue(), owner=self.owner)
 
     def exists(self) -> bool:
         return (self.path / "HEAD").is_file() and (self.path / "objects").is_dir()
@@ -194,9 +208,10 @@ class GitDir:
         quarantine deleted: nothing is added and nothing is left behind.
         """
         objects = self.path / "objects"
-        quarantine = Path(tempfile.mkdtemp(prefix=_QUARANTINE_PREFIX, dir=objects))  # 0700
+        with acting_as(self.owner):
+            quarantine = Path(tempfile.mkdtemp(prefix=_QUARANTINE_PREFIX, dir=objects))  # 0700
         try:
-            private_dir(quarantine / "pack")
+            private_dir(quarantine / "pack", self.owner)
             # The indexer writes into the quarantine and reads existing objects (delta bases) through it.
             environment = {
                 **os.environ,
@@ -209,6 +224,8 @@ class GitDir:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 env=environment,
+                cwd=self.path,
+                **run_as(self.owner),
             )
             sink = PackSink(process)
             try:
@@ -221,12 +238,14 @@ class GitDir:
                 raise
             with trio.CancelScope(shield=True):
                 name = await sink.finish()
-            for suffix in _PACK_FILE_SUFFIXES:
-                part = quarantine / "pack" / f"pack-{name}{suffix}"
-                if part.exists():
-                    os.replace(part, objects / "pack" / part.name)
+            with acting_as(self.owner):
+                for suffix in _PACK_FILE_SUFFIXES:
+                    part = quarantine / "pack" / f"pack-{name}{suffix}"
+                    if part.exists():
+                        os.replace(part, objects / "pack" / part.name)
         finally:
-            shutil.rmtree(quarantine, ignore_errors=True)
+            with acting_as(self.owner):
+                shutil.rmtree(quarantine, ignore_errors=True)
 
     def use_alternate(self, objects_dir: Path) -> None:
         """Let git find objects in ``objects_dir`` too: the blob cache, where hydrated blobs live."""
@@ -243,20 +262,21 @@ class GitDir:
         :meth:`promisor_pack_writer`); this catches what a killed daemon could not.
         """
         removed = 0
-        for leftover in (self.path / "objects").glob(f"{_QUARANTINE_PREFIX}*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-            removed += 1
-        for leftover in (self.path / "objects" / "pack").glob("tmp_*"):
-            leftover.unlink(missing_ok=True)
-            removed += 1
+        with acting_as(self.owner):
+            for leftover in (self.path / "objects").glob(f"{_QUARANTINE_PREFIX}*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+                removed += 1
+            for leftover in (self.path / "objects" / "pack").glob("tmp_*"):
+                leftover.unlink(missing_ok=True)
+                removed += 1
         return removed
 
     # ------------------------------------------------------------- refs
 
     def _write_file_atomically(self, relative: str, content: str) -> None:
         target = self.path / relative
-        private_dir(target.parent)
-        write_private_file(target, content.encode())
+        private_dir(target.parent, self.owner)
+        write_private_file(target, content.encode(), owner=self.owner)
 
     def update_ref(self, name: str, oid: str) -> None:
         self._write_file_atomically(name, oid + "\n")
@@ -313,7 +333,8 @@ class GitDir:
         if oids:
             self._write_file_atomically("shallow", "".join(f"{oid}\n" for oid in sorted(set(oids))))
         else:
-            (self.path / "shallow").unlink(missing_ok=True)
+            with acting_as(self.owner):
+                (self.path / "shallow").unlink(missing_ok=True)
 
 
 class PackSink:

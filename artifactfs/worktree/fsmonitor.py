@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
-from artifactfs.state import private_dir, write_private_file
+from artifactfs.state import Owner, private_dir, write_private_file
 
 HOOK_NAME = "artifactfs-fsmonitor"
 _TOKEN_PREFIX = "artifactfs"
@@ -95,13 +95,15 @@ printf '/\\0'
 """
 
 
-def install_hook(gitdir: Path, journal: Path, previous: Path, *, git_version: tuple[int, ...]) -> Path:
+def install_hook(
+    gitdir: Path, journal: Path, previous: Path, *, git_version: tuple[int, ...], owner: Owner | None = None
+) -> Path:
     """Write the hook for ``journal`` (and its ``previous`` generation) into ``gitdir/hooks``; returns its path.
 
     ``git_version`` decides whether the hook guards against git's
     uninitialised-memory bug (see :data:`FIXED_GIT_VERSION`).
     """
-    hook = private_dir(gitdir / "hooks") / HOOK_NAME
+    hook = private_dir(gitdir / "hooks", owner) / HOOK_NAME
     guard = _OLD_GIT_GUARD.format() if git_version < FIXED_GIT_VERSION else ""
     write_private_file(
         hook,
@@ -112,6 +114,7 @@ def install_hook(gitdir: Path, journal: Path, previous: Path, *, git_version: tu
             guard=guard.strip(),
         ).encode(),
         executable=True,
+        owner=owner,
     )
     return hook
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.objects import OID_SIZE, checksum
-from artifactfs.state import PRIVATE_FILE_MODE
+from artifactfs.state import PRIVATE_FILE_MODE, Owner, acting_as
 from artifactfs.worktree.ewah import encode_ewah
 from artifactfs.worktree.untracked import UntrackedCache
 
@@ -135,23 +135,29 @@ def write_index(
     cache_tree: CacheTree | None = None,
     untracked: UntrackedCache | None = None,
     fsmonitor: FsmonitorState | None = None,
+    owner: Owner | None = None,
 ) -> None:
-    """Replace ``gitdir/index`` the way git does: via ``index.lock``, never under a running command."""
+    """Replace ``gitdir/index`` the way git does: via ``index.lock``, never under a running command
+    (as ``owner``, for a gitdir kept for another user)."""
+    data = encode_index(records, mtime_ns, cache_tree, untracked, fsmonitor)
     lock = gitdir / "index.lock"
-    try:
-        descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-    except FileExistsError:
-        raise IndexLockedError("a git command is running in the mount (index.lock exists)") from None
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(encode_index(records, mtime_ns, cache_tree, untracked, fsmonitor))
-        os.replace(lock, gitdir / "index")
-    except BaseException:
-        lock.unlink(missing_ok=True)
-        raise
+    with acting_as(owner):
+        try:
+            descriptor = os.open(
+                lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE_MODE
+            )
+        except FileExistsError:
+            raise IndexLockedError("a git command is running in the mount (index.lock exists)") from None
+        try:
+            with os.fdopen(descriptor, "wb") as stream:
+                stream.write(data)
+            os.replace(lock, gitdir / "index")
+        except BaseException:
+            lock.unlink(missing_ok=True)
+            raise
 
 
-def correct_index_sizes(gitdir: Path, sizes: Mapping[str, int]) -> int:
+def correct_index_sizes(gitdir: Path, sizes: Mapping[str, int], owner: Owner | None = None) -> int:
     """Record the verified size of each blob in ``sizes`` in every index entry naming it; returns how many changed.
 
     For blobs whose size was reported wrong before they were verified: git
@@ -161,6 +167,11 @@ def correct_index_sizes(gitdir: Path, sizes: Mapping[str, int]) -> int:
     defaults; version 4 is left alone), under ``index.lock`` like git itself.
     Raises :class:`IndexLockedError` while a git command holds the lock.
     """
+    with acting_as(owner):
+        return _correct_index_sizes(gitdir, sizes)
+
+
+def _correct_index_sizes(gitdir: Path, sizes: Mapping[str, int]) -> int:
     lock = gitdir / "index.lock"
     try:
         descriptor = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

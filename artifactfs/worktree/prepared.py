@@ -19,6 +19,7 @@ from pathlib import Path
 
 from artifactfs.snapshot.entries import BaseEntry, EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.state import Owner
 from artifactfs.worktree.index import (
     CacheTree,
     FsmonitorState,
@@ -92,6 +93,7 @@ def write_prepared_index(
     token: str,
     changed: Iterable[str],
     gitignore_ids: Mapping[str, str],
+    owner: Owner | None = None,
 ) -> None:
     """Write ``gitdir/index`` for the listed tree (runs in a worker thread).
 
@@ -99,6 +101,7 @@ def write_prepared_index(
     0, which git never looks at while the entry is fsmonitor-valid. ``changed``
     are paths the overlay holds rows for. ``gitignore_ids`` holds the ids git
     computes for each ``.gitignore`` (see :func:`~artifactfs.worktree.untracked.gitignore_id`).
+    ``owner`` is whom the gitdir is kept for (None: the daemon's own user).
     """
     cache_tree = listing.cache_tree
     changed = sorted(set(changed))
@@ -115,8 +118,10 @@ def write_prepared_index(
             node = _cache_tree_node(cache_tree, directory)
             if node is not None:
                 node.invalidate()
-    untracked = build_untracked_cache(worktree, gitdir, listing.directories, gitignore_ids, changed)
-    write_index(gitdir, records, mtime_ns, cache_tree, untracked, FsmonitorState(token, frozenset(dirty)))
+    untracked = build_untracked_cache(worktree, gitdir, listing.directories, gitignore_ids, changed, owner)
+    write_index(
+        gitdir, records, mtime_ns, cache_tree, untracked, FsmonitorState(token, frozenset(dirty)), owner
+    )
 
 
 def _cache_tree_node(root: CacheTree, directory: str) -> CacheTree | None:

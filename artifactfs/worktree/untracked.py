@@ -41,6 +41,7 @@ from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.objects import OID_SIZE, blob_id
+from artifactfs.state import Owner, run_as
 from artifactfs.worktree.ewah import encode_ewah, encode_varint
 
 PER_DIRECTORY_EXCLUDE = ".gitignore"
@@ -115,6 +116,7 @@ def build_untracked_cache(
     directories: Iterable[str],
     gitignores: Mapping[str, str],
     changed: Iterable[str] = (),
+    owner: Owner | None = None,
 ) -> UntrackedCache:
     """The cache for a tree with these ``directories`` ("" is the root, "/"-separated).
 
@@ -144,7 +146,7 @@ def build_untracked_cache(
     return UntrackedCache(
         ident=untracked_ident(worktree),
         info_exclude_oid=_exclude_file_id(gitdir / "info" / "exclude"),
-        excludes_file_oid=_exclude_file_id(global_excludes_file(gitdir)),
+        excludes_file_oid=_exclude_file_id(global_excludes_file(gitdir, owner)),
         root=root,
     )
 
@@ -168,36 +170,40 @@ _CONVERSION_ATTRIBUTES = ("text", "crlf", "eol", "ident", "filter", "working-tre
 _TEXT_VALUES = ("set", "input", "auto")
 
 
-def converting_paths(gitdir: Path, tree: str, paths: Sequence[str]) -> set[str]:
+def converting_paths(gitdir: Path, tree: str, paths: Sequence[str], owner: Owner | None = None) -> set[str]:
     """Which ``paths`` of ``tree`` git converts when reading them from the working tree.
 
     Mirrors ``would_convert_to_git``: the attributes come from ``git
     check-attr --cached`` over a scratch index of ``tree`` (so the
     ``.gitattributes`` blobs must be local), plus ``core.autocrlf`` and the
-    configured filter drivers.
+    configured filter drivers. git runs as ``owner`` (whom the gitdir is kept for), if given.
     """
     if not paths:
         return set()
     with tempfile.TemporaryDirectory(prefix="artifactfs-attr-") as scratch:
+        if owner is not None:
+            os.chown(scratch, owner.uid, owner.gid)
         environment = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
-        _git(gitdir, ["read-tree", tree], environment)
+        _git(gitdir, ["read-tree", tree], environment, owner=owner)
         listing = _git(
             gitdir,
             ["check-attr", "--cached", "-z", "--stdin", *_CONVERSION_ATTRIBUTES],
             environment,
             stdin="\0".join(paths) + "\0",
+            owner=owner,
         )
     attributes: dict[str, dict[str, str]] = {}
     fields = listing.split("\0")
     for index in range(0, len(fields) - 2, 3):
         attributes.setdefault(fields[index], {})[fields[index + 1]] = fields[index + 2]
-    autocrlf = _git(gitdir, ["config", "--get", "core.autocrlf"], check=False).strip().lower()
+    autocrlf = _git(gitdir, ["config", "--get", "core.autocrlf"], check=False, owner=owner).strip().lower()
     drivers = {
         name.split(".")[1]
         for name in _git(
             gitdir,
             ["config", "--name-only", "--get-regexp", r"^filter\..*\.(clean|smudge|process|required)$"],
             check=False,
+            owner=owner,
         ).split()
     }
     return {path for path in paths if _converts(attributes.get(path, {}), autocrlf, drivers)}
@@ -226,14 +232,17 @@ def _git(
     *,
     stdin: str | None = None,
     check: bool = True,
+    owner: Owner | None = None,
 ) -> str:
-    result = subprocess.run(
+    result: subprocess.CompletedProcess[str] = subprocess.run(
         ["git", "--git-dir", str(gitdir), *arguments],
         input=stdin,
         capture_output=True,
         text=True,
         env=environment,
         check=False,
+        cwd=gitdir,
+        **run_as(owner),
     )
     if check and result.returncode != 0:
         raise ArtifactFSError(f"git {arguments[0]} failed: {result.stderr.strip()}")
@@ -246,9 +255,11 @@ def untracked_ident(worktree: Path) -> bytes:
     return f"Location {location}, system {os.uname().sysname}".encode("utf-8", "surrogateescape") + b"\0"
 
 
-def global_excludes_file(gitdir: Path) -> Path | None:
+def global_excludes_file(gitdir: Path, owner: Owner | None = None) -> Path | None:
     """``core.excludesFile`` as git resolves it for this user, or its XDG default."""
-    configured = _git(gitdir, ["config", "--path", "--get", "core.excludesFile"], check=False).strip()
+    configured = _git(
+        gitdir, ["config", "--path", "--get", "core.excludesFile"], check=False, owner=owner
+    ).strip()
     if configured:
         return Path(configured)
     config_home = os.environ.get("XDG_CONFIG_HOME")
