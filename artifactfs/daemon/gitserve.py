@@ -287,7 +287,7 @@ class GitService:
             async with session.fetch(
                 wants, filter_spec=filter_spec, shallows=shallows, haves=request.haves
             ) as response:
-                async for chunk in response.pack_chunks():
+                async for chunk in response.pack_chunks(checksum=False):
                     objects = await trio.to_thread.run_sync(parser.feed, chunk)
                     await trio.to_thread.run_sync(self._keep, objects, received)
                 finished = True

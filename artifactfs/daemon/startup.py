@@ -113,7 +113,7 @@ async def _commits_with_prefix(session: RemoteSession, refs: Sequence[Ref], pref
     parser = PackStreamParser()
     found: set[str] = set()
     async with fetch as response:
-        async for chunk in response.pack_chunks():
+        async for chunk in response.pack_chunks(checksum=False):
             found.update(_matching_commits(parser.feed(chunk), prefix))
         found.update(_matching_commits(parser.finish(), prefix))
     return found
@@ -165,7 +165,7 @@ async def fetch_tip(
         session.fetch([commit], filter_spec="blob:none", depth=1) as response,
         gitdir.promisor_pack_writer() as pack,
     ):
-        async for chunk in response.pack_chunks():
+        async for chunk in response.pack_chunks(checksum=False):
             await pack.write(chunk)
             for obj in parser.feed(chunk):
                 _collect(obj.type_name, obj.oid, obj.data, trees, commits)
@@ -237,7 +237,7 @@ async def _fetch_tip_with_blobs(
     tracker = TreeTracker(commit)
     blobs: list[PackObject] = []
     response = await streams.enter_async_context(session.fetch([commit], depth=1))
-    pack_chunks = response.pack_chunks()
+    pack_chunks = response.pack_chunks(checksum=False)
     streams.push_async_callback(pack_chunks.aclose)
     chunks: AsyncGenerator[bytes, None] | None = pack_chunks
 

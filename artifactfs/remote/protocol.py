@@ -87,9 +87,9 @@ class _PackChecker:
     checksum (SHA-1 or SHA-256, per the object format) over everything before it,
     which catches corruption in transit."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, *, checksum: bool) -> None:
         self._where = where
-        self._hash = checksum_hasher()
+        self._hash = checksum_hasher() if checksum else None
         self._trailer = OID_SIZE
         self._head = b""
         self._tail = b""
@@ -104,7 +104,8 @@ class _PackChecker:
         window = self._tail + data
         cut = len(window) - self._trailer
         if cut > 0:
-            self._hash.update(window[:cut])
+            if self._hash is not None:
+                self._hash.update(window[:cut])
             self._tail = window[cut:]
         else:
             self._tail = window
@@ -119,7 +120,7 @@ class _PackChecker:
     def finish(self) -> None:
         if self.size < _PACK_HEADER + self._trailer:
             raise TransientRemoteError(f"{self._where}: packfile truncated ({self.size} bytes)")
-        if self._hash.digest() != self._tail:
+        if self._hash is not None and self._hash.digest() != self._tail:
             raise TransientRemoteError(f"{self._where}: packfile checksum mismatch (corrupted in transit)")
 
 
@@ -132,13 +133,17 @@ class FetchResponse:
         self._where = where
         self._consumed = False
 
-    async def pack_chunks(self) -> AsyncGenerator[bytes, None]:
+    async def pack_chunks(self, *, checksum: bool = True) -> AsyncGenerator[bytes, None]:
         """Raw pack bytes as they arrive. Ends normally only once the whole pack and
-        the closing flush arrived and the pack checksum matched."""
+        the closing flush arrived and (with ``checksum``) the pack checksum matched.
+
+        A caller that feeds every chunk to a ``PackStreamParser`` passes
+        ``checksum=False``: the parser checks the trailer itself, so each pack
+        byte is hashed once."""
         if self._consumed:
             raise RuntimeError("pack_chunks() can only be iterated once")
         self._consumed = True
-        checker = _PackChecker(self._where)
+        checker = _PackChecker(self._where, checksum=checksum)
         while True:
             packet = await self._reader.next()
             if packet.kind is not PacketKind.DATA:
