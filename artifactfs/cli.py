@@ -28,6 +28,14 @@ import click
 
 from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
 from artifactfs.hydrator.settings import HYDRATION_MODES, HydrationSettings
+from artifactfs.logs import (
+    DEFAULT_LOG_FORMAT,
+    DEFAULT_LOG_LEVEL,
+    LOG_FORMATS,
+    LOG_LEVELS,
+    LogFormat,
+    LogLevel,
+)
 
 if TYPE_CHECKING:
     from artifactfs.state import RuntimeRecord, StateRoot
@@ -205,10 +213,8 @@ _HYDRATION_DEFAULTS = HydrationSettings()
     type=click.IntRange(0),
     help="Group of the checked-out tree (default: the mounting user's group).",
 )
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
-)
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default=DEFAULT_LOG_FORMAT, show_default=True)
+@click.option("--log-level", type=click.Choice(LOG_LEVELS), default=DEFAULT_LOG_LEVEL, show_default=True)
 @click.option(
     "--metrics-address",
     metavar="HOST:PORT",
@@ -232,8 +238,8 @@ def mount(
     allow_other: bool,
     owner_uid: int | None,
     owner_gid: int | None,
-    log_format: str,
-    log_level: str,
+    log_format: LogFormat,
+    log_level: LogLevel,
     metrics_address: str | None,
 ) -> None:
     """Mount REMOTE (URL or path) at DIRECTORY (created if missing); return once the tree is visible."""
@@ -287,7 +293,7 @@ def mount(
         withdraw_dead_runtime(state_root, mountpoint)
         state.private_dir(mount_dir)
         if foreground:
-            logs.configure(level=log_level, log_format=log_format)  # type: ignore[arg-type]
+            logs.configure(level=log_level, log_format=log_format)
 
             def on_ready() -> None:
                 nonlocal ready
@@ -382,7 +388,7 @@ def _run_daemon(
 
 
 def _start_daemon(
-    options: Any, log_file: Path, log_fd: int, log_level: str, log_format: str, show_progress: bool
+    options: Any, log_file: Path, log_fd: int, log_level: LogLevel, log_format: LogFormat, show_progress: bool
 ) -> None:
     """Fork the daemon (its stdout and stderr go to ``log_fd``) and wait until it reports ready.
 
@@ -440,7 +446,9 @@ def _last_line(log_file: Path) -> str:
     return _one_line(lines[-1]) if lines else "no log"
 
 
-def _daemon_child(options: Any, log_fd: int, log_level: str, log_format: str, ready_fd: int) -> NoReturn:
+def _daemon_child(
+    options: Any, log_fd: int, log_level: LogLevel, log_format: LogFormat, ready_fd: int
+) -> NoReturn:
     from artifactfs import logs
 
     code = 0
@@ -452,7 +460,7 @@ def _daemon_child(options: Any, log_fd: int, log_level: str, log_format: str, re
         os.dup2(log_fd, 2)
         os.close(null)
         os.close(log_fd)
-        logs.configure(level=log_level, log_format=log_format, stream=sys.stderr)  # type: ignore[arg-type]
+        logs.configure(level=log_level, log_format=log_format, stream=sys.stderr)
         ready_stream = os.fdopen(ready_fd, "wb", buffering=0)
 
         def on_ready() -> None:

@@ -15,11 +15,16 @@ import json
 import logging
 import sys
 import time
-from typing import Literal, TextIO
+from typing import Literal, TextIO, get_args
 
 from artifactfs.redaction import redact
 
 LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
+LOG_LEVELS: tuple[LogLevel, ...] = get_args(LogLevel)
+DEFAULT_LOG_FORMAT: LogFormat = "text"
+DEFAULT_LOG_LEVEL: LogLevel = "info"
 
 
 class RedactingFilter(logging.Filter):
@@ -49,7 +54,12 @@ class JsonLinesFormatter(logging.Formatter):
         return json.dumps(document)
 
 
-def configure(*, level: str = "INFO", log_format: LogFormat = "text", stream: TextIO | None = None) -> None:
+def configure(
+    *,
+    level: LogLevel = DEFAULT_LOG_LEVEL,
+    log_format: LogFormat = DEFAULT_LOG_FORMAT,
+    stream: TextIO | None = None,
+) -> None:
     """Send all ArtifactFS (and library) logging to ``stream`` (default stderr), redacted."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(RedactingFilter())
