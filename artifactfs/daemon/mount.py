@@ -35,6 +35,7 @@ from artifactfs.daemon.startup import (
     ResolvedRef,
     complete_history,
     create_gitdir,
+    fetch_branch_tips,
     history_available,
     resolve_wanted,
 )
@@ -195,7 +196,7 @@ class Mount:
             overlay = self._open_overlay(gitdir)
             self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
             install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
-            git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote)
+            git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote, gitdir)
             assert self.snapshot is not None
             self.view = OverlayView(overlay, self.snapshot, options.owner)
             gitfile = f"gitdir: {gitdir.path}\n".encode()
@@ -292,8 +293,12 @@ class Mount:
                     nursery.start_soon(report_progress, self.status)
                     if gitdir.shallow_commits() and history_available(session):
                         nursery.start_soon(self._complete_history_after_source, session, gitdir)
-                    elif gitdir.shallow_commits():
-                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
+                    else:
+                        if gitdir.shallow_commits():
+                            log.info(
+                                "the remote has no filter: history stays at depth 1 (git fetch --deepen)"
+                            )
+                        git_service.tips_local.set()
                     if not self.read_only:  # reconciling writes the overlay
                         nursery.start_soon(self._follow_head)
                     nursery.start_soon(self._watch_mountpoint)
@@ -384,14 +389,17 @@ class Mount:
         self._shutdown.set()
 
     async def _complete_history_after_source(self, session: RemoteSession, gitdir: GitDir) -> None:
-        """Fetch the rest of the history once what agents read first has arrived.
+        """Fetch every branch's tip at once, then the rest of the history once what agents read first
+        has arrived.
 
         A long history is one large pack that competes with the first blob
         batches for the server and both cores; readers need manifests and
         source before they need ``git log``. The wait is capped so history
         still arrives early on very large trees.
         """
-        assert self.hydrator is not None
+        assert self.hydrator is not None and self.git_service is not None
+        await fetch_branch_tips(session, gitdir, self.hydrator.health)
+        self.git_service.tips_local.set()
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
         await complete_history(session, gitdir, self.hydrator.health, self.options.history_depth)
@@ -569,6 +577,7 @@ class Mount:
             gitdir.path,
             self.options.remote.redacted(),
             resolved,
+            refs,
             spool_dir=cache.tmp_dir,
             streams=streams,
         )
