@@ -555,7 +555,7 @@ def test_store_batch_rolls_back_as_a_whole(env: Env) -> None:
 # -- reconciliation --------------------------------------------------------------
 
 
-def test_reconcile_after_commit_drops_everything_equal(env: Env) -> None:
+def test_reconcile_after_commit_releases_everything_equal(env: Env) -> None:
     env.write("src/main.py", b"print('v2')\n")
     env.write("src/new.py", b"new\n")
     env.view.unlink("docs/guide.md")
@@ -578,11 +578,18 @@ def test_reconcile_after_commit_drops_everything_equal(env: Env) -> None:
     )
     new_base = FakeBase(committed)
     env.base = new_base
+    mtimes = {path: env.view.lookup(path).mtime_ns for path in ("src/main.py", "src/new.py")}  # type: ignore[union-attr]
     report = env.view.reconcile(new_base, blob_oid_of)
-    assert env.store.all_rows() == []
-    assert report.kept == 0 and report.converted == 0 and report.dropped > 0
+    # Written files keep their mtime as metadata-only rows; everything else equal is gone.
+    rows = env.store.all_rows()
+    assert {row.path for row in rows} == {"src/main.py", "src/new.py", "tests/test_x.py"}
+    assert all(row.data_id is None and row.mtime_ns is not None for row in rows)
+    assert report.kept == 0 and report.converted == 3 and report.dropped > 0
     assert env.data_files() == set()
     assert env.snapshot() == before
+    assert {path: env.view.lookup(path).mtime_ns for path in mtimes} == mtimes  # type: ignore[union-attr]
+    env.view.reconcile(new_base, blob_oid_of)  # a second publish changes nothing more
+    assert env.store.all_rows() == rows
 
 
 def test_reconcile_keeps_diverged_entries(env: Env) -> None:
@@ -600,8 +607,9 @@ def test_reconcile_keeps_diverged_entries(env: Env) -> None:
     assert env.snapshot() == before
     remaining = {row.path for row in env.store.all_rows()}
     assert {"src/main.py", "docs/guide.md", "tool.sh", "scratch.txt"} <= remaining
-    assert "src/util.py" not in remaining
-    assert report.kept == len(remaining)
+    util = env.store.get("src/util.py")  # committed: no data file, its mtime kept
+    assert util is not None and util.data_id is None and util.mtime_ns is not None
+    assert report.converted == 1 and report.kept == len(remaining) - 1
     assert len(env.data_files()) == 2  # main.py and scratch.txt
 
 
@@ -664,7 +672,8 @@ def test_reconcile_opaque_directory_needs_every_base_child_covered(env: Env) -> 
 
     env.write("src/pkg/__init__.py", b"")
     env.view.reconcile(env.base, blob_oid_of)
-    assert env.store.all_rows() == []
+    assert {row.path for row in env.store.all_rows()} == {"src/pkg/__init__.py", "src/pkg/mod.py"}
+    assert env.data_files() == set()
     assert env.snapshot() == original
 
 
@@ -679,7 +688,8 @@ def test_reconcile_handles_thousands_of_rows(env: Env) -> None:
         files[path] = b"%d\n" % index
     new_base = FakeBase(files)
     report = env.view.reconcile(new_base, blob_oid_of)
-    assert report.kept == 0 and env.store.all_rows() == [] and env.data_files() == set()
+    assert report.kept == 0 and report.converted == 2000 and env.data_files() == set()
+    assert {row.kind for row in env.store.all_rows() if row.path.startswith("gen/")} == {"file"}
 
 
 # -- journal ---------------------------------------------------------------------

@@ -487,7 +487,7 @@ class Mount:
         """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
         assert self.snapshot is not None and self.operations is not None and self.view is not None
         paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
-        self.operations.size_corrected(paths)
+        self.operations.attributes_changed(paths)
         try:
             for path in paths:
                 self.view.note_modified(path)
@@ -738,10 +738,10 @@ class Mount:
                 continue  # the commit object is not visible yet
             snapshot = Snapshot(commit, tree, self.trees)
             report = self.view.reconcile(
-                snapshot, blob_id_of_file, busy=self.operations.paths_open_for_writing()
+                snapshot, await self._hashed_data_files(), busy=self.operations.paths_open_for_writing()
             )
             self.snapshot = snapshot
-            self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
+            self.operations.publish(snapshot, retimed=report.retimed)
             log.info(
                 "HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
                 commit,
@@ -750,6 +750,36 @@ class Mount:
                 report.kept,
             )
             await self.hydrator.track(snapshot, may_be_local=True)
+
+    async def _hashed_data_files(self) -> Callable[[Path], str]:
+        """Blob ids of the overlay data files, hashed in a worker thread, for :meth:`OverlayView.reconcile`.
+
+        After a checkout there are thousands of them; hashing them on the event
+        loop would hold every FUSE request. Ids computed while any file was
+        opened or closed for writing, or truncated, are not trusted: those are
+        hashed again during the reconcile.
+        """
+        assert self.view is not None and self.operations is not None
+        operations = self.operations
+        events = operations.write_events
+        paths = self.view.data_paths()
+
+        def hash_all() -> dict[Path, str]:
+            hashes = {}
+            for path in paths:
+                with contextlib.suppress(OSError, ArtifactFSError):  # removed meanwhile: not reconciled
+                    hashes[path] = blob_id_of_file(path)
+            return hashes
+
+        hashes = await trio.to_thread.run_sync(hash_all)
+        if operations.write_events != events:
+            hashes.clear()
+
+        def blob_oid_of(path: Path) -> str:
+            known = hashes.get(path)
+            return known if known is not None else blob_id_of_file(path)
+
+        return blob_oid_of
 
     # ------------------------------------------------------------- control
 

@@ -99,9 +99,9 @@ class ReconcileReport:
     """Outcome of publishing a new base.
 
     ``dropped`` rows equalled the new base and were removed; ``converted`` rows
-    had content equal to the new base blob but a different mode, so their data
-    file was released and they now point at the blob; ``kept`` rows still
-    diverge; ``repaired`` directory rows were added because the new base no
+    had content equal to the new base blob, so their data file was released
+    and they now point at the blob, keeping their mode and mtime; ``kept`` rows
+    still diverge; ``repaired`` directory rows were added because the new base no
     longer has a directory that kept rows live in.
     """
 
@@ -109,6 +109,8 @@ class ReconcileReport:
     converted: int
     kept: int
     repaired: int
+    retimed: tuple[str, ...] = ()
+    """Dropped rows that had an mtime of their own: these paths now report the base mtime."""
 
 
 def check_name(name: str) -> None:
@@ -263,6 +265,10 @@ class OverlayView:
     def rows(self) -> list[OverlayRow]:
         """Every overlay row: the paths that differ from the base."""
         return self._store.all_rows()
+
+    def data_paths(self) -> list[Path]:
+        """The data file of every row that has one (what :meth:`reconcile` will hash)."""
+        return [self._store.data_path(row.data_id) for row in self.rows() if row.data_id is not None]
 
     def changed_since(self, offset: int) -> tuple[int, list[str]]:
         """The change journal's end offset and every path changed after ``offset``."""
@@ -718,12 +724,15 @@ class OverlayView:
         """Publish ``new_base`` and drop every row the new base makes redundant.
 
         A row is dropped only if the merged view stays the same without it:
-        content and mode equal to the new base entry, a whiteout over nothing,
-        a directory equal to the new base's (an opaque one only when every base
-        child is covered by its own row), and only where the base shows through.
-        A data file whose content equals the new blob but whose mode differs is
-        released and its row kept as a metadata-only row. Rows at ``busy`` paths
-        (files open for writing) are never touched.
+        content and mode equal to the new base entry and no mtime of its own, a
+        whiteout over nothing, a directory equal to the new base's (an opaque
+        one only when every base child is covered by its own row), and only
+        where the base shows through. A data file whose content equals the new
+        blob is released and its row kept as a metadata-only row with the data
+        file's mode and mtime: the file git just wrote keeps the stat data git
+        recorded in its index (or git would re-read every such file on its next
+        command) and never goes back in time (which would fool ``make``). Rows
+        at ``busy`` paths (files open for writing) are never touched.
         """
         with self._lock:
             return self._publish(new_base, blob_oid_of, busy)
@@ -801,6 +810,7 @@ class OverlayView:
         self._base = new_base
         self._base_subdirs = {}
         return ReconcileReport(
+            retimed=tuple(path for path in sorted(dropped) if by_path[path].mtime_ns is not None),
             dropped=len(dropped),
             converted=len(converted),
             kept=len(rows) - len(dropped) - len(converted),
@@ -823,12 +833,11 @@ class OverlayView:
         if row.kind == "file" and entry.kind is EntryKind.FILE:
             same_mode = row.mode == _base_file_mode(entry)
             if row.data_id is None:
-                return "drop" if row.base_oid == entry.oid and same_mode else "keep"
+                unchanged = row.base_oid == entry.oid and same_mode and row.mtime_ns is None
+                return "drop" if unchanged else "keep"
             data_path = self._store.data_path(row.data_id)
             if blob_oid_of(data_path) != entry.oid:
                 return "keep"
-            if same_mode:
-                return "drop"
             mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
             return OverlayRow(row.path, "file", row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
         if row.kind == "symlink" and entry.kind is EntryKind.SYMLINK:
