@@ -209,8 +209,6 @@ def test_create_file_makes_an_empty_writable_data_file(env: Env) -> None:
         env.view.create_file("absent/x", 0o644)
     with raises_errno(errno.ENOTDIR):
         env.view.create_file("README.md/x", 0o644)
-    with raises_errno(errno.EPERM):
-        env.view.create_file("vendor/lib/x", 0o644)
 
 
 def test_mkdir_and_symlink(env: Env) -> None:
@@ -293,6 +291,26 @@ def test_rmdir_then_mkdir_hides_old_base_children(env: Env) -> None:
     assert env.names("src/pkg") == ["fresh.py"]
     env.view.rmdir("vendor/lib")
     assert env.names("vendor") == []
+
+
+def test_a_submodule_placeholder_takes_a_checkout_and_its_gitfile(env: Env) -> None:
+    with raises_errno(errno.EPERM):
+        env.view.create_file("src/.git", 0o644)  # only directly inside a submodule
+    with raises_errno(errno.EPERM):
+        env.view.mkdir("vendor/lib/.git", 0o755)  # a gitfile, never a directory
+    with raises_errno(errno.EPERM):
+        env.view.create_file("vendor/lib/.GIT", 0o644)  # the exact name only
+    env.write("vendor/lib/.git", b"gitdir: ../../.git/modules/lib\n")
+    env.write("vendor/lib/lib.c", b"int x;\n")
+    node = env.view.lookup("vendor/lib")
+    assert node is not None and node.kind == "dir"
+    assert env.names("vendor/lib") == [".git", "lib.c"]
+    assert env.read("vendor/lib/.git") == b"gitdir: ../../.git/modules/lib\n"
+    env.view.rename("vendor/lib/lib.c", "vendor/lib/.git")  # git's lockfile-then-rename
+    assert env.names("vendor/lib") == [".git"]
+    env.view.reconcile(env.base, blob_oid_of)  # the checkout survives a HEAD move
+    env.reopen()
+    assert env.read("vendor/lib/.git") == b"int x;\n"
 
 
 # -- metadata --------------------------------------------------------------------

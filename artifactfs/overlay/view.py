@@ -129,10 +129,16 @@ def check_name(name: str) -> None:
         raise InvalidName(name, "invalid file name")
 
 
-def _check_new_path(path: str) -> None:
+GITFILE = ".git"
+
+
+def _check_new_path(path: str, *, gitfile_allowed: bool = False) -> None:
+    """Refuse a path with a name :func:`check_name` refuses; ``gitfile_allowed`` admits a last name
+    of exactly ``.git`` (a submodule's gitfile, see :meth:`OverlayView.allows_gitfile`)."""
     if path == "":
         raise ResourceBusy(path, "the root directory cannot be replaced")
-    for name in path.split("/"):
+    names = path.split("/")
+    for name in names[:-1] if gitfile_allowed and names[-1] == GITFILE else names:
         check_name(name)
 
 
@@ -294,9 +300,21 @@ class OverlayView:
         (git's commits let reconciliation drop them) and follow ``--uid``/``--gid``."""
         return (None if uid == self.owner[0] else uid), (None if gid == self.owner[1] else gid)
 
+    def allows_gitfile(self, path: str) -> bool:
+        """Whether ``path`` is ``.git`` directly inside a submodule of the base.
+
+        ``git submodule update --init`` writes a gitfile there (``gitdir:
+        ../.git/modules/NAME``, which is in the real gitdir, outside the
+        mount), exactly as in a clone. Only a regular file of that exact name
+        is admitted, and only there: tree entries named ``.git`` stay hidden.
+        """
+        parent, _, name = path.rpartition("/")
+        entry = self._base.entry(parent) if parent else None
+        return name == GITFILE and entry is not None and entry.kind is EntryKind.GITLINK
+
     def create_file(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> Node:
         """A new empty file; ``owner`` is the creating (uid, gid), the base tree's owner if None."""
-        _check_new_path(path)
+        _check_new_path(path, gitfile_allowed=self.allows_gitfile(path))
         with self._lock:
             parent = self._resolve_parent(path)
             if self._resolve(path).node is not None:
@@ -510,7 +528,7 @@ class OverlayView:
             raise InvalidOperation(new, "RENAME_NOREPLACE and RENAME_EXCHANGE together")
         if old == "":
             raise ResourceBusy(old, "the root directory cannot be moved")
-        _check_new_path(new)
+        _check_new_path(new, gitfile_allowed=self.allows_gitfile(new))
         if new.startswith(old + "/") or (exchange and old.startswith(new + "/")):
             raise InvalidOperation(new, "cannot move a directory into itself")
         with self._lock:
@@ -889,11 +907,19 @@ class OverlayView:
         return resolved
 
     def _resolve_parent(self, path: str) -> _Resolved:
-        """The directory a new entry at ``path`` goes into; it must accept entries."""
+        """The directory a new entry at ``path`` goes into.
+
+        A submodule placeholder (an empty directory, as in a clone before
+        ``git submodule update``) becomes an opaque directory row on its first
+        new entry: that is where git checks the submodule out. The row differs
+        from the base's gitlink, so later HEAD moves keep it.
+        """
         resolved = self._resolve_dir(parent_of(path))
         assert resolved.node is not None
         if resolved.node.kind == "gitlink":
-            raise ReadOnlyEntry(path, "cannot create entries inside a submodule")
+            with self._store.batch() as batch:
+                batch.put(OverlayRow(resolved.path, "dir", _DIR_MODE, opaque=True, mtime_ns=time.time_ns()))
+            resolved = self._resolve_dir(resolved.path)
         return resolved
 
     @staticmethod
