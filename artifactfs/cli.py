@@ -206,6 +206,11 @@ def _scrub_command_line() -> None:
     "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
 )
 @click.option(
+    "--recurse-submodules",
+    is_flag=True,
+    help="Mount each submodule (http(s) URL) as a nested mount of its own, hydrated lazily too.",
+)
+@click.option(
     "--metrics-address",
     metavar="HOST:PORT",
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs artifactfs[metrics]).",
@@ -230,6 +235,7 @@ def mount(
     owner_gid: int | None,
     log_format: str,
     log_level: str,
+    recurse_submodules: bool,
     metrics_address: str | None,
 ) -> None:
     """Mount REMOTE (URL or path) at DIRECTORY (created if missing); return once the tree is visible."""
@@ -267,6 +273,7 @@ def mount(
         metrics_address=metrics,
         blob_store=_blob_store(config_file, blob_store),
         history_depth=depth,
+        recurse_submodules=recurse_submodules,
     )
     _refuse_root_inside_a_mount(options.root, mountpoint, artifactfs_mounts())
     show_progress = not quiet and sys.stderr.isatty()

@@ -39,6 +39,7 @@ from artifactfs.daemon.startup import (
     history_available,
     resolve_wanted,
 )
+from artifactfs.daemon.submodules import NestedMounts, submodules_of
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import BASE_MTIME_NS, Operations
 from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
@@ -86,6 +87,8 @@ PUBLISH_POLL = 1.0
 """Seconds between checks that every blob of the mounted tree is here before publishing it."""
 PUBLISH_ATTEMPTS = 3
 """Tries at writing a hydrated tree through to the tier before leaving it to the next machine."""
+SUBMODULE_UNMOUNT_WAIT = 60.0
+"""Seconds shutdown waits for nested submodule mounts to unmount."""
 INDEX_SIZE_WAIT = 2.0
 """Seconds the prepared index waits for object-info sizes; git never needs them while nothing changed."""
 
@@ -107,6 +110,7 @@ class MountOptions:
     """Commits of history to keep per branch and tag (``--depth``); None for all."""
     blob_store: TierLocation | None = None
     """The shared tier (``--blob-store s3://BUCKET/PREFIX``), or None."""
+    recurse_submodules: bool = False
 
 
 ReadyCallback = Callable[[], None]
@@ -168,6 +172,11 @@ class Mount:
         self._history_fetched = False
         self._tip_blobs: BlobStream | None = None
         """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
+        self.nested = NestedMounts(
+            options.mountpoint,
+            options.root,
+            ["--hydrate", options.hydration.mode, *(["--allow-other"] if options.allow_other else [])],
+        )
 
     # ------------------------------------------------------------- main
 
@@ -304,7 +313,11 @@ class Mount:
                     nursery.start_soon(self._watch_mountpoint)
                     if self.tier is not None and options.hydration.mode == "background":
                         nursery.start_soon(self._publish_to_tier, self.tier, self.snapshot)
+                    if options.recurse_submodules:
+                        nursery.start_soon(self._mount_submodules)
                     await self._shutdown.wait()
+                    with trio.move_on_after(SUBMODULE_UNMOUNT_WAIT):
+                        await self.nested.unmount_all()  # while this mount still serves their mountpoints
                     nursery.cancel_scope.cancel()
             finally:
                 self.state_name = "unmounting"
@@ -387,6 +400,23 @@ class Mount:
         await pyfuse3.main(min_tasks=4, max_tasks=self.options.fuse_tasks)
         log.info("the kernel ended the FUSE session (external unmount)")
         self._shutdown.set()
+
+    async def _mount_submodules(self) -> None:
+        """Mount every submodule of the tree as a nested mount (see :mod:`artifactfs.daemon.submodules`)."""
+        assert self.snapshot is not None and self.hydrator is not None
+        entry = (self.snapshot.children("") or {}).get(".gitmodules")
+        gitmodules = None
+        if entry is not None and entry.kind is EntryKind.FILE:
+            try:
+                with LooseBlobFile.open(await self.hydrator.ensure(entry.oid, path=".gitmodules")) as blob:
+                    gitmodules = blob.read_all()
+            except (BlobUnavailableError, OSError) as error:
+                log.warning("cannot read .gitmodules (%s): submodules stay placeholders", error)
+        mounted = await self.nested.mount_all(submodules_of(self.snapshot, gitmodules, self.options.remote))
+        assert self.gitdir is not None
+        for submodule in mounted:  # what `git submodule init` records, as a recursive clone has it
+            self.gitdir.set_config("submodule", "url", submodule.url, subsection=submodule.name)
+            self.gitdir.set_config("submodule", "active", "true", subsection=submodule.name)
 
     async def _complete_history_after_source(self, session: RemoteSession, gitdir: GitDir) -> None:
         """Fetch every branch's tip at once, then the rest of the history once what agents read first
@@ -855,6 +885,7 @@ class Mount:
             "git": self.git_service.status(),
             "fuse": self.operations.stats() if self.operations else {},
             "lfs": self.lfs.status() if self.lfs else {},
+            "submodules": dict(self.nested.states),
         }
 
 
