@@ -687,7 +687,7 @@ class Operations(pyfuse3.Operations):
             handle = self._handle()
             if self._hydrator.size_hinted(node.base_oid):
                 blob = LooseBlobFile.open(source)
-                # The verified blob's length wins over a size hint the kernel may hold (see attributes_changed).
+                # The verified length wins over a size hint the kernel may hold (see attributes_changed).
                 self._hydrator.settle_size(node.base_oid, blob.size)
                 self._files[handle] = _FileHandle(inode, node, -1, False, blob=blob)
             else:
