@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from artifactfs.errors import ArtifactFSError, FuseUnavailableError, MountpointError, UsageError
+from artifactfs.hydrator.settings import HYDRATION_MODES, HydrationSettings
 
 if TYPE_CHECKING:
     from artifactfs.state import RuntimeRecord, StateRoot
@@ -121,6 +122,9 @@ def _scrub_command_line() -> None:
 
 # --------------------------------------------------------------------- mount
 
+_HYDRATION_DEFAULTS = HydrationSettings()
+"""The mount options' defaults are the settings' own."""
+
 
 @main.command()
 @click.argument("remote")
@@ -148,15 +152,15 @@ def _scrub_command_line() -> None:
 @click.option("--foreground", is_flag=True, help="Stay attached; unmount on SIGINT/SIGTERM.")
 @click.option(
     "--hydrate",
-    type=click.Choice(["background", "none"]),
-    default="background",
+    type=click.Choice(HYDRATION_MODES),
+    default=_HYDRATION_DEFAULTS.mode,
     show_default=True,
     help="Fetch every blob in the background, or only what is read.",
 )
 @click.option(
     "--connections",
     type=click.IntRange(1, 16),
-    default=3,
+    default=_HYDRATION_DEFAULTS.connections,
     show_default=True,
     help="Background fetch requests in flight at once.",
 )
@@ -164,7 +168,7 @@ def _scrub_command_line() -> None:
 @click.option(
     "--read-timeout",
     type=click.FloatRange(0.1),
-    default=120.0,
+    default=_HYDRATION_DEFAULTS.read_timeout,
     show_default=True,
     help="Seconds a read waits for its blob before failing with EIO.",
 )
@@ -242,7 +246,6 @@ def mount(
     from artifactfs import logs, state
     from artifactfs.daemon.mount import MountOptions, check_mountpoint
     from artifactfs.daemon.recovery import artifactfs_mounts, withdraw_dead_runtime
-    from artifactfs.hydrator.hydrator import HydrationSettings
     from artifactfs.hydrator.priority import load_rules
     from artifactfs.remote.url import RemoteURL
 
@@ -298,7 +301,7 @@ def mount(
 
             _run_daemon(options, on_ready, _show_progress if show_progress else None)
             return
-        log_file = mount_dir / "daemon.log"
+        log_file = state.MountState(mount_dir).log_file
         log_fd = state.open_private(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         _start_daemon(options, log_file, log_fd, log_level, log_format, show_progress)
         ready = True
@@ -372,13 +375,13 @@ def _run_daemon(
     import trio
 
     from artifactfs import state
-    from artifactfs.daemon.mount import Mount
+    from artifactfs.daemon.mount import run_mount
 
     # The command line may hold a URL with a token; replace it so /proc/PID/cmdline shows none.
     setproctitle.setproctitle(f"artifactfs mount {options.remote.redacted()} {options.mountpoint}")
     state.use_private_umask()
     try:
-        trio.run(Mount(options, on_progress).run, on_ready)
+        trio.run(run_mount, options, on_ready, on_progress)
     except BaseExceptionGroup as group:
         raise _first_leaf(group) from group
 
@@ -642,13 +645,14 @@ def status(directory: str | None, as_json: bool, watch: bool, root: str | None) 
         answer.pop("ok", None)
         click.echo(json.dumps(answer, indent=2))
         return
+    from artifactfs.status import MountStatus
     from artifactfs.statusview import render, watch_status
 
     if not watch:
-        click.echo(render(control.request(Path(record.socket), "status")))
+        click.echo(render(MountStatus.from_json(control.request(Path(record.socket), "status"))))
         return
-    final = watch_status(lambda: control.request(Path(record.socket), "status"))
-    failed = final["hydration"]["failed_blobs"] if final is not None else 0
+    final = watch_status(lambda: MountStatus.from_json(control.request(Path(record.socket), "status")))
+    failed = final.hydration.failed_blobs if final is not None else 0
     if failed:
         _fail(f"hydration finished with {failed} blobs failed (see `artifactfs status` for the errors)")
 

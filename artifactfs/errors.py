@@ -58,6 +58,10 @@ class ProtocolError(RemoteError):
     """The remote sent something that is not valid Git protocol v2."""
 
 
+class UnsupportedObjectFormatError(ProtocolError):
+    """The repository uses an object format (such as SHA-256) that ArtifactFS does not support."""
+
+
 class TransientRemoteError(RemoteError):
     """A failure worth retrying: connection reset, 5xx, truncated response."""
 

@@ -21,13 +21,14 @@ import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import trio
 
 from artifactfs.errors import NO_SPACE_ERRNOS, CorruptObjectError, MissingObjectError, RemoteError
+from artifactfs.status import RemoteHealthReport
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class Backoff:
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retrying after ``attempt`` consecutive failures (``attempt`` >= 1)."""
         exponent = min(max(attempt, 1) - 1, 62)
-        nominal = min(self.base * 2**exponent, self.cap)
+        nominal = min(self.base * 2.0**exponent, self.cap)
         return nominal * self.rng.uniform(1 - self.jitter, 1 + self.jitter)
 
 
@@ -76,6 +77,8 @@ HYDRATION_BACKOFF = Backoff(base=0.2, cap=10.0)
 """Blob batches and object-info: short enough that hydration resumes within seconds of the remote's return."""
 HISTORY_BACKOFF = Backoff(base=1.0, cap=60.0)
 """The background history fetch: large, not urgent."""
+SPACE_BACKOFF = Backoff(base=0.5, cap=30.0)
+"""Polling free space while hydration is paused on a full disk."""
 
 
 @dataclass
@@ -113,21 +116,10 @@ class RemoteHealth:
         self.recovered.set()
         self.recovered = trio.Event()
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "state": self.state,
-            "since": round(self.since, 3),
-            "last_error": self.last_error,
-            "consecutive_failures": self.consecutive_failures,
-        }
-
-
-def describe_health(health: Mapping[str, Any]) -> str:
-    """``ok``, or ``unreachable since HH:MM:SS (last error)``: the one wording of an outage (from :meth:`RemoteHealth.as_dict`)."""
-    if health["state"] == "ok":
-        return "ok"
-    since = time.strftime("%H:%M:%S", time.localtime(health["since"]))
-    return f"{health['state']} since {since} ({health['last_error']})"
+    def report(self) -> RemoteHealthReport:
+        return RemoteHealthReport(
+            self.state, round(self.since, 3), self.last_error, self.consecutive_failures
+        )
 
 
 async def retry_forever(

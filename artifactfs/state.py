@@ -268,7 +268,33 @@ class RuntimeRecord:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class MountState:
+    """The layout of one mount's state directory, ``mounts/<key>/``."""
+
+    path: Path
+
+    @property
+    def gitdir(self) -> Path:
+        return self.path / "gitdir"
+
+    @property
+    def overlay(self) -> Path:
+        return self.path / "overlay"
+
+    @property
+    def description(self) -> Path:
+        """``mount.json``: what was mounted there."""
+        return self.path / "mount.json"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "daemon.log"
+
+
 class StateRoot:
+    """The layout of the state root: every path under it is spelled here (see the module docstring)."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -280,8 +306,19 @@ class StateRoot:
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    @property
+    def mounts_dir(self) -> Path:
+        return self.root / "mounts"
+
     def mount_dir(self, mountpoint: Path, remote_display: str) -> Path:
-        return self.root / "mounts" / _digest(str(mountpoint), remote_display)
+        return self.mounts_dir / _digest(str(mountpoint), remote_display)
+
+    def mount_state(self, mountpoint: Path, remote_display: str) -> MountState:
+        return MountState(self.mount_dir(mountpoint, remote_display))
+
+    def mount_states(self) -> list[MountState]:
+        """Every mount's state directory, in a stable order."""
+        return [MountState(path) for path in sorted(self.mounts_dir.glob("*")) if path.is_dir()]
 
     def run_key(self, mountpoint: Path) -> str:
         return _digest(str(mountpoint))
@@ -321,13 +358,13 @@ class StateRoot:
         record = self.runtime(mountpoint)
         if record is not None:
             found.append(Path(record.state_dir))
-        for description in sorted((self.root / "mounts").glob("*/mount.json")):
+        for mount in self.mount_states():
             try:
-                recorded = json.loads(read_private_bytes(description)).get("mountpoint")
+                recorded = json.loads(read_private_bytes(mount.description)).get("mountpoint")
             except (OSError, ValueError, AttributeError, StateRootError):
                 continue
-            if recorded == str(mountpoint) and description.parent not in found:
-                found.append(description.parent)
+            if recorded == str(mountpoint) and mount.path not in found:
+                found.append(mount.path)
         return found
 
     def runtimes(self) -> list[RuntimeRecord]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,7 +94,12 @@ def run_clone(url: str, base: Path, plan: list[tuple[str, list[str]]], samples: 
     tree = base / "clone"
     samples.add("clone: git clone", timed(lambda: run(["git", "clone", "-q", url, str(tree)], env=git_env())))
     for name, arguments in plan:
-        samples.add(f"clone: {name}", timed(lambda arguments=arguments: git_in(tree, arguments)))
+        samples.add(f"clone: {name}", timed(functools.partial(git_in, tree, arguments)))
+
+
+def settle(mount: MountedTree, head: str) -> None:
+    """Wait until the daemon shows ``head`` (it follows HEAD after the git command returns)."""
+    mount.wait_for(lambda status: status["head"] == head, SETTLE_TIMEOUT, 0.01)
 
 
 def run_mount(url: str, base: Path, plan: list[tuple[str, list[str]]], samples: Samples) -> None:
@@ -106,11 +112,9 @@ def run_mount(url: str, base: Path, plan: list[tuple[str, list[str]]], samples: 
             interval=0.2,
         )
         for name, arguments in plan:
-            samples.add(f"mount: {name}", timed(lambda arguments=arguments: git_in(mount.path, arguments)))
+            samples.add(f"mount: {name}", timed(functools.partial(git_in, mount.path, arguments)))
             head = run(["git", "rev-parse", "HEAD"], cwd=mount.path, env=git_env()).strip()
-            settled = timed(
-                lambda head=head: mount.wait_for(lambda status: status["head"] == head, SETTLE_TIMEOUT, 0.01)
-            )
+            settled = timed(functools.partial(settle, mount, head))
             samples.add(f"mount: {name} (daemon settles)", settled)
         status = run(["git", "status", "--porcelain"], cwd=mount.path, env=git_env())
         if status:

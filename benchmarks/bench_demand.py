@@ -103,7 +103,7 @@ def measure_reads(
                 tree.wait_for(lambda status: status["history_complete"], timeout=300)
             elapsed: dict[str, float] = {}
             baseline: list[float] = []
-            for path, other in zip(paths, others):
+            for path, other in zip(paths, others, strict=True):
                 baseline.append(trio.run(_timed_fetch, url, other))
                 started = time.perf_counter()
                 with open(tree.path / path, "rb") as stream:

@@ -260,7 +260,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     ]
 
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths)) + " |"
+        return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + " |"
 
     return "\n".join(
         [line(headers), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, rows)]

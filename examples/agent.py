@@ -90,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     mountpoint.mkdir(parents=True, exist_ok=True)
     run("artifactfs", "mount", "--hydrate", "none", args.remote, str(mountpoint))
     try:
-        run("artifactfs", "prefetch", str(mountpoint), *MANIFESTS)
+        # Only the manifests the tree has: prefetch refuses a path that matches nothing (listing is free).
+        present = [name for name in MANIFESTS if (mountpoint / name).exists()]
+        if present:
+            run("artifactfs", "prefetch", str(mountpoint), *present)
         summary = summarise(mountpoint)
         (mountpoint / args.output).write_text(summary)
         run("git", "add", "--", args.output, cwd=mountpoint)

@@ -120,6 +120,16 @@ def mounts(tmp_path: Path, state_root: Path, fuse: None) -> Iterator[Callable[..
 # ---------------------------------------------------------------------------
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tier every test: ``fuse`` when it (or a fixture it uses) needs the ``fuse`` fixture; ``unit``
+    when it needs no mount and is not marked ``slow``, so ``pytest -m unit`` stays quick."""
+    for item in items:
+        if "fuse" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fuse)
+        elif item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.unit)
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     import robustness
 

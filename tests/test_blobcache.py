@@ -85,7 +85,9 @@ def test_verify_detects_damage_and_absence(cache: BlobCache) -> None:
 
 
 def test_listing_and_totals(cache: BlobCache) -> None:
-    blobs = {git_blob_id(data): data for data in (b"", b"a", b"bb" * 500, os.urandom(4096))}
+    blobs = {
+        git_blob_id(data): data for data in (b"", b"a", b"bb" * 500, random.Random(4096).randbytes(4096))
+    }
     for oid, data in blobs.items():
         cache.store_bytes(oid, data)
     (cache.path(next(iter(blobs))).parent / "not-an-object").write_bytes(b"x")
@@ -120,7 +122,7 @@ def test_readers_never_see_a_partial_file(cache: BlobCache) -> None:
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        for oid, data in zip(oids, blobs):
+        for oid, data in zip(oids, blobs, strict=True):
             cache.store_bytes(oid, data)
     finally:
         stop.set()

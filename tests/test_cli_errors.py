@@ -17,7 +17,8 @@ from artifactfs.testing.mounts import MountedTree, artifactfs_command, is_mounte
 def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def assert_clean_failure(
@@ -163,6 +164,14 @@ def test_status_without_mounts(state_root):
     result = run_cli("status", root=state_root, check=False)
     assert result.returncode != 0
     assert result.stderr.strip() == "artifactfs: error: no ArtifactFS mount is running"
+
+
+def test_sha256_repository_is_refused_at_mount(make_repo, git_server, empty_dir, state_root, fuse):
+    """Tree parsing, the blob cache and the pack parser are SHA-1 only: refuse up front, in one line."""
+    make_repo("modern", object_format="sha256")
+    result = mount(git_server.url("modern"), empty_dir, state_root)
+    assert_clean_failure(result, "sha256 object ids", state_root, empty_dir)
+    assert "sha1 only" in result.stderr
 
 
 def test_bad_priority_rule(make_repo, git_server, empty_dir, state_root, fuse):

@@ -9,20 +9,27 @@ daemon. ``ARTIFACTFS_CRASH_CYCLES`` (default 3) sets the number of cycles.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import random
 import signal
 import sqlite3
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import robustness
 
-from artifactfs.state import pid_alive
+from artifactfs.state import StateRoot
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli
+from artifactfs.testing.waiting import wait_for_exit, wait_until
+
+pytestmark = pytest.mark.slow
 
 CYCLES = int(os.environ.get("ARTIFACTFS_CRASH_CYCLES", "3"))
+CRASH_SEED = int(os.environ.get("ARTIFACTFS_CRASH_SEED", "13"))
+"""Seeds where in each cycle's workload the kill lands, so a failing run can be replayed."""
 
 
 def crash_repo_files() -> dict[str, bytes]:
@@ -46,7 +53,7 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
         "gitdir tmp": [],
         "overlay orphans": [],
     }
-    tmp_dir = state_root / "cache" / "blobs" / "tmp"  # per-process scratch dirs: tmp/<pid>/<files>
+    tmp_dir = StateRoot(state_root).blob_cache_dir / "tmp"  # per-process scratch dirs: tmp/<pid>/<files>
     if tmp_dir.exists():
         for path in sorted(tmp_dir.rglob("*")):
             found["cache tmp dirs" if path.is_dir() else "cache tmp"].append(str(path.relative_to(tmp_dir)))
@@ -61,7 +68,9 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
             or name.endswith(".lock")
         ):
             found["gitdir tmp"].append(str(path.relative_to(state_root)))
-    for overlay in state_root.glob("mounts/*/overlay"):
+    for overlay in (
+        mount.overlay for mount in StateRoot(state_root).mount_states() if mount.overlay.exists()
+    ):
         connection = sqlite3.connect(f"file:{overlay / 'overlay.db'}?mode=ro", uri=True)
         try:
             referenced = {
@@ -74,6 +83,11 @@ def temporary_files(state_root: Path) -> dict[str, list[str]]:
         missing = referenced - present
         assert not missing, f"overlay rows point at missing data files: {sorted(missing)[:5]}"
     return found
+
+
+def hydration_moved_on(hydrated_before: int, status: dict[str, Any]) -> bool:
+    hydration = status["hydration"]
+    return bool(hydration["hydrated_blobs"] > hydrated_before or hydration["complete"])
 
 
 class Workload:
@@ -141,6 +155,10 @@ class Workload:
             self.renamed_to = target
             self.rename_target = None
 
+    def acknowledged(self, writes: int) -> bool:
+        """True once ``writes`` fsyncs returned (or the workload failed, which the test reports)."""
+        return len(self.fsynced) >= writes or bool(self.unexpected)
+
     def join(self) -> None:
         self.stop.set()
         for thread in self.threads:
@@ -153,18 +171,21 @@ def test_kill_9_mid_flight_loses_nothing_acknowledged(make_repo, git_server, sta
     tree = MountedTree(git_server.url("crash"), tmp_path / "mnt", state_root, ["--max-bandwidth", "2M"])
     history: list[Workload] = []
     leftovers_per_cycle: list[int] = []
+    crash_points = random.Random(CRASH_SEED)
     try:
         tree.mount()
         for cycle in range(CYCLES):
+            hydrated_before = tree.status()["hydration"]["hydrated_blobs"]
             workload = Workload(tree.path, cycle)
             workload.start()
-            time.sleep(1.0 + random.random())
+            # Kill after a seeded number of acknowledged writes, once hydration has moved on this cycle.
+            writes = crash_points.randint(6, 60)
+            wait_until(functools.partial(workload.acknowledged, writes), f"the writer did not reach {writes}")
+            tree.wait_for(functools.partial(hydration_moved_on, hydrated_before), timeout=30)
             status = tree.status()
             assert not status["hydration"]["complete"] or cycle > 0, "hydration should still be in flight"
             os.kill(status["pid"], signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while pid_alive(status["pid"]) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_for_exit(status["pid"])
             workload.join()
             assert not workload.unexpected, workload.unexpected
             assert len(workload.fsynced) > 5, "the writer should have made progress before the crash"

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 
 from artifactfs.testing import GitHttpServer, git
 from artifactfs.testing.mounts import force_unmount, is_mounted, run_cli
+from artifactfs.testing.waiting import wait_until
 
 MakeRepo = Callable[..., tuple[Path, str]]
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -82,10 +82,11 @@ def test_entrypoint_passes_sigterm_on_and_unmounts(
         stdin=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not (is_mounted(mountpoint) and _sleeping_in(mountpoint)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert is_mounted(mountpoint), "the entrypoint did not mount"
+        wait_until(
+            lambda: is_mounted(mountpoint) and _sleeping_in(mountpoint),
+            "the entrypoint did not mount",
+            timeout=30,
+        )
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 128 + signal.SIGTERM
     finally:

@@ -22,6 +22,7 @@ import pytest
 import robustness
 
 from artifactfs.maintenance.gc import collect
+from artifactfs.state import StateRoot
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.testing import FileSpec
 from artifactfs.testing.faultproxy import FaultProxy, _alter_pack, _parse_pack
@@ -49,7 +50,7 @@ def faulty_repo_files(seed: int = 7) -> dict[str, bytes | FileSpec]:
 
 def evict_blob_cache(state_root: Path) -> int:
     """What ``artifactfs gc --max-size 0`` does: every later read has to fetch again."""
-    return collect(BlobCache(state_root / "cache" / "blobs"), 0, keep_recent=0).evicted_blobs
+    return collect(BlobCache(StateRoot(state_root).blob_cache_dir), 0, keep_recent=0).evicted_blobs
 
 
 class ReadLedger:
@@ -96,6 +97,7 @@ def reference(make_repo, tmp_path) -> tuple[Path, dict[str, bytes]]:
     return repo, contents
 
 
+@pytest.mark.slow
 def test_pack_surgery_keeps_the_pack_valid_but_changes_one_object(tmp_path, make_repo):
     """The ``flip`` fault really does reach object content only: git accepts the pack, ids change."""
     repo, _ = make_repo("surgery", faulty_repo_files())
@@ -151,7 +153,7 @@ def test_pack_surgery_keeps_the_pack_valid_but_changes_one_object(tmp_path, make
         assert new_ids - original_ids, "some object must now hash to an id nobody asked for"
     raw = _alter_pack(pack, raw=True, choose=lambda n: n // 2)
     assert raw is not None and len(raw) == len(pack) and raw[:12] == pack[:12]
-    assert sum(a != b for a, b in zip(raw, pack)) == 1
+    assert sum(a != b for a, b in zip(raw, pack, strict=True)) == 1
 
 
 TRANSPORT_FAULTS = ("reset", "5xx", "stall", "truncate")

@@ -24,10 +24,14 @@ import pytest
 import robustness
 
 from artifactfs.daemon.notify import progress_line
+from artifactfs.state import StateRoot
+from artifactfs.status import MountStatus
 from artifactfs.statusview import render
 from artifactfs.testing import FileSpec, GitHttpServer, git
 from artifactfs.testing.faultproxy import FaultProxy
 from artifactfs.testing.mounts import MountedTree, read_fresh, small_tmpfs
+
+pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = float(os.environ.get("ARTIFACTFS_OUTAGE_SECONDS", "15"))
 
@@ -68,7 +72,8 @@ def assert_exact(tree: MountedTree, expected: dict[str, bytes]) -> None:
 
 
 def daemon_log(state_root: Path) -> str:
-    return "".join(path.read_text(errors="replace") for path in state_root.rglob("daemon.log"))
+    logs = [mount.log_file for mount in StateRoot(state_root).mount_states()]
+    return "".join(path.read_text(errors="replace") for path in logs if path.exists())
 
 
 def mixed_files(seed: int, count: int, large: int = 0) -> dict[str, bytes | FileSpec]:
@@ -147,8 +152,9 @@ def test_an_outage_right_after_mount_leaves_a_mount_that_recovers_by_itself(
             assert status["hydration"]["remote"]["state"] == "unreachable"
             assert not status["hydration"]["complete"] and status["hydration"]["failed_blobs"] == 0, status
             # The outage as people and systemd see it.
-            assert "[unreachable since " in render(status) and "awaiting retry" in render(status)
-            assert ", remote unreachable since " in progress_line(status)
+            report = MountStatus.from_json(status)
+            assert "[unreachable since " in render(report) and "awaiting retry" in render(report)
+            assert ", remote unreachable since " in progress_line(report)
             proxy.come_back()
 
             # The same read succeeds once the remote is back (it asks at once: no need to wait out a backoff).
@@ -311,7 +317,7 @@ def test_a_dozen_blobs_missing_on_the_server_cost_seconds(
 
 
 @pytest.fixture
-def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+def small_disk(tmp_path: Path):
     """A 48 MiB tmpfs: a real filesystem that fills up."""
     with small_tmpfs(tmp_path / "small", "48m") as mountpoint:
         yield mountpoint

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from artifactfs.overlay.store import (
     OverlayStore,
     inspect_database,
 )
-from artifactfs.state import free_bytes
+from artifactfs.snapshot.entries import EntryKind
+from artifactfs.state import StateRoot, free_bytes
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, is_mounted, run_cli, small_tmpfs
 
@@ -150,7 +152,7 @@ def test_full_disk_gives_enospc_and_rm_through_the_mount_frees_space(
         os.rename(root / "src/util2.py", root / "src/util.py")
     os.chmod(root / "src/main.py", 0o644)
     tree.git("checkout", "--", "README.md")
-    again = os.urandom(1 << 20)
+    again = random.Random(153).randbytes(1 << 20)
     (root / "again.bin").write_bytes(again)
     assert (root / "again.bin").read_bytes() == again
     assert_repo_reads_right(root)
@@ -182,7 +184,7 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
     fsck_clean(tree, state_root)
 
     # Filled by something else while the overlay held no reserve: the remount is read-only.
-    (reserve,) = state_root.glob("mounts/*/overlay/reserve")
+    (reserve,) = [mount.overlay / "reserve" for mount in StateRoot(state_root).mount_states()]
     reserve.unlink()
     filler = fill(state_root)
     os.truncate(filler, filler.stat().st_size - (128 << 10))
@@ -195,7 +197,7 @@ def test_remount_on_a_full_disk_is_writable_read_only_or_one_clear_line(
         (root / "other.txt").write_bytes(b"x")
     assert refused.value.errno == errno.EROFS
     assert tree.git("status", "--porcelain").stdout.splitlines() == ["?? small.txt"]
-    (log_file,) = state_root.glob("mounts/*/daemon.log")
+    (log_file,) = [mount.log_file for mount in StateRoot(state_root).mount_states()]
     assert "mounting read-only" in log_file.read_text()
     robustness.add("full_disk_checks")
     tree.unmount()
@@ -235,14 +237,14 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Path) -> None:
     store = OverlayStore(tiny_disk / "overlay")
     with store.batch() as batch:
-        batch.put(OverlayRow("kept", "dir", 0o40755))
+        batch.put(OverlayRow("kept", EntryKind.DIR, 0o40755))
     filler = fill(tiny_disk)
     names = [f"d{number:03}-" + "n" * 200 for number in range(200)]
     committed = []
     for name in names:  # long names: sooner or later a transaction needs a page the disk lacks
         try:
             with store.batch() as batch:
-                batch.put(OverlayRow(name, "dir", 0o40755))
+                batch.put(OverlayRow(name, EntryKind.DIR, 0o40755))
         except Exception as error:
             assert errno_for(error) == errno.ENOSPC, repr(error)
             break
@@ -253,7 +255,7 @@ def test_store_changes_on_a_full_disk_fail_whole_and_map_to_enospc(tiny_disk: Pa
     assert store.get("kept") is not None and store.get(name) is None
     with pytest.raises(Exception) as again:
         with store.batch() as batch:
-            batch.put(OverlayRow(name, "dir", 0o40755))
+            batch.put(OverlayRow(name, EntryKind.DIR, 0o40755))
     assert errno_for(again.value) == errno.ENOSPC, repr(again.value)
     store.close()
     records = store.journal.path.read_bytes().split(b"\0")
@@ -272,8 +274,8 @@ def test_removal_on_a_full_disk_uses_the_reserve_and_the_reserve_comes_back(tiny
     data_id = store.new_data_file(None)
     with store.batch() as batch:
         for number in range(40):
-            batch.put(OverlayRow(f"dir{number}", "dir", 0o40755))
-        batch.put(OverlayRow("big", "file", 0o100644, data_id=data_id))
+            batch.put(OverlayRow(f"dir{number}", EntryKind.DIR, 0o40755))
+        batch.put(OverlayRow("big", EntryKind.FILE, 0o100644, data_id=data_id))
     with open(store.data_path(data_id), "ab", buffering=0) as stream, pytest.raises(OSError):
         while True:
             stream.write(b"\xa5" * 4096)

@@ -10,6 +10,7 @@ writer the daemon answers with, and which credential requests it answers.
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import time
@@ -279,7 +280,7 @@ def test_pack_writer_output_parses_and_indexes(tmp_path):
     objects = [
         ("blob", b"hello\n"),
         ("blob", b""),
-        ("blob", os.urandom(300_000)),
+        ("blob", random.Random(282).randbytes(300_000)),
         ("blob", b"x" * 2_500_000),
         ("tree", b"100644 a\0" + bytes(20)),
         ("commit", b"tree " + b"0" * 40 + b"\n\nmessage\n"),

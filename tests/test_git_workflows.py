@@ -9,14 +9,13 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from artifactfs.state import pid_alive
 from artifactfs.testing import FileSpec
 from artifactfs.testing.mounts import MountedTree, run_cli
+from artifactfs.testing.waiting import wait_for_exit
 
 BASE: dict[str, bytes | FileSpec] = {
     "README.md": b"# project\n\nintro\n",
@@ -297,9 +296,7 @@ def test_fsync_is_durable_across_a_daemon_crash(project):
         os.fsync(handle.fileno())
     pid = tree.status()["pid"]
     os.kill(pid, 9)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for_exit(pid)
     run_cli("unmount", str(tree.path), root=tree.root, check=False)
     tree.mount()
     assert path.read_bytes() == b"must survive\n"

@@ -12,7 +12,6 @@ by hand for the 1 GiB figure.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import subprocess
@@ -22,6 +21,8 @@ from pathlib import Path
 import pytest
 import robustness
 
+from artifactfs.objects import object_hasher
+from artifactfs.state import StateRoot
 from artifactfs.testing import git, make_bare_repo
 from artifactfs.testing.mounts import artifactfs_command, force_unmount, is_mounted, run_cli
 
@@ -176,7 +177,7 @@ def vm_hwm_kib(pid: int) -> int:
 
 
 def names_below(root: Path, skip: set[Path]) -> set[str]:
-    found = set()
+    found: set[str] = set()
     for directory, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if Path(directory, d) not in skip]
         found.update(str(Path(directory, name).relative_to(root)) for name in dirnames + filenames)
@@ -253,7 +254,7 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         assert sorted(os.listdir(mountpoint / "sub")) == ["ok.txt"]
         assert (mountpoint / "README.md").read_bytes() == b"# hostile\n"
         assert not gitdir.is_relative_to(mountpoint) and gitdir.is_relative_to(state_root)
-        log_text = next(state_root.glob("mounts/*/daemon.log")).read_text(errors="replace")
+        log_text = StateRoot(state_root).mount_states()[0].log_file.read_text(errors="replace")
         for name, reason in HIDDEN_NAMES.items():
             assert f"hiding tree entry {name.decode('utf-8', 'surrogateescape')!r}: {reason}" in log_text, (
                 name
@@ -268,12 +269,12 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
             robustness.add("hostile_cases")
 
         # Symlinks are served as their text; nothing is followed on the daemon's side.
-        for name, target in (("up", "../../../../etc/passwd"), ("abs", "/etc/shadow")):
-            info_link = os.lstat(mountpoint / name)
+        for link, target in (("up", "../../../../etc/passwd"), ("abs", "/etc/shadow")):
+            info_link = os.lstat(mountpoint / link)
             assert stat.S_ISLNK(info_link.st_mode) and info_link.st_size == len(target)
-            assert os.readlink(mountpoint / name) == target
+            assert os.readlink(mountpoint / link) == target
             with pytest.raises(OSError):
-                os.open(mountpoint / name, os.O_RDONLY | os.O_NOFOLLOW)
+                os.open(mountpoint / link, os.O_RDONLY | os.O_NOFOLLOW)
             robustness.add("hostile_cases")
         assert (
             os.listdir(mountpoint / "evil") == []
@@ -283,11 +284,11 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         # 4 KiB of nested path, walked with dirfds (longer than PATH_MAX).
         fd = os.open(mountpoint / "deep", os.O_RDONLY | os.O_DIRECTORY)
         depth_bytes = len(str(mountpoint / "deep"))
-        for name in info["deep_names"]:  # type: ignore[union-attr]
-            next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        for deep_name in info["deep_names"]:  # type: ignore[attr-defined]
+            next_fd = os.open(deep_name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
             os.close(fd)
             fd = next_fd
-            depth_bytes += 1 + len(name)
+            depth_bytes += 1 + len(deep_name)
         leaf = os.open("bottom.txt", os.O_RDONLY, dir_fd=fd)
         assert os.read(leaf, 100) == b"deep down\n"
         os.close(leaf)
@@ -332,7 +333,7 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
         size = info["big_size"]
         assert os.stat(mountpoint / "big.bin").st_size == size
         started = time.monotonic()
-        digest = hashlib.sha1(b"blob %d\0" % size)  # type: ignore[str-bytes-safe]
+        digest = object_hasher("blob", size)
         with open(mountpoint / "big.bin", "rb") as stream:
             while chunk := stream.read(8 << 20):
                 digest.update(chunk)
@@ -356,8 +357,8 @@ def test_hostile_tree_is_hidden_inert_and_bounded(git_root, git_server, tmp_path
     assert os.listdir(home) == [], os.listdir(home)
     assert os.listdir(cwd) == [], os.listdir(cwd)
     assert names_below(tmp_path, {state_root, mountpoint, git_root}) == before
-    for name in ("passwd", "shadow", "escape", "evil"):
-        assert not (tmp_path / name).exists() and not (tmp_path.parent / name).exists()
+    for escaped in ("passwd", "shadow", "escape", "evil"):
+        assert not (tmp_path / escaped).exists() and not (tmp_path.parent / escaped).exists()
 
 
 def test_tree_parser_hides_what_no_stock_server_would_send():

@@ -186,7 +186,7 @@ def test_reads_survive_transport_faults(make_repo, git_server, mounts, state_roo
     tree = mounts(git_server.url("faulty"), "--hydrate", "none")
     tree.wait_for(lambda status: status["history_complete"])  # no other fetch may take the faults
     git_server.clear_requests()
-    faults = ["truncate", "reset", "500", "flip"]
+    faults = ["truncate", "reset", "500", "flip-raw"]
     for fault in faults:
         git_server.inject(fault)
 

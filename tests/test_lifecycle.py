@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from artifactfs import state
 from artifactfs.daemon.recovery import live_registered
 from artifactfs.testing import GitHttpServer, git
 from artifactfs.testing.mounts import MountedTree, force_unmount, is_mounted, run_cli
+from artifactfs.testing.waiting import wait_for_exit
 
 MakeRepo = Callable[..., tuple[Path, str]]
 MountFactory = Callable[..., MountedTree]
@@ -30,15 +30,9 @@ def closed_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
-
-
 def state_dirs(root: Path) -> list[Path]:
-    return sorted((root / "mounts").iterdir()) if (root / "mounts").exists() else []
+    mounts = state.StateRoot(root).mounts_dir
+    return sorted(mounts.iterdir()) if mounts.exists() else []
 
 
 # --------------------------------------------------------------------- failed mounts
@@ -134,7 +128,7 @@ def test_unmount_keeps_state_and_forget_removes_it(
     assert kept.exists() and (tree.path / "notes.txt").exists()
 
     tree.unmount()
-    assert state_dirs(state_root) == [kept] and (kept / "gitdir").is_dir()
+    assert state_dirs(state_root) == [kept] and state.MountState(kept).gitdir.is_dir()
     tree.mount()
     assert (tree.path / "notes.txt").read_text() == "remember me\n", "a remount reuses the kept state"
     tree.unmount()
@@ -193,7 +187,7 @@ def test_list_status_and_unmount_find_mounts_of_every_root(
 
         pid = second.status()["pid"]
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not state.pid_alive(pid))
+        wait_for_exit(pid, timeout=30)
         assert live_registered() == []
         assert list(mount_registry.iterdir()) == [], "the dead daemon's entry is pruned"
         assert run_cli("list", root=elsewhere).stdout.strip() == "no mounts"

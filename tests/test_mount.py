@@ -7,7 +7,7 @@ import signal
 import stat
 import subprocess
 import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ import pytest
 from artifactfs.state import pid_alive
 from artifactfs.testing import FileSpec, GitHttpServer, commit_files
 from artifactfs.testing.mounts import is_mounted, run_cli
+from artifactfs.testing.waiting import wait_for_exit, wait_until
 
 SUBMODULE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -55,7 +56,7 @@ def snapshot_tree(root: Path) -> dict[str, tuple[str, int | bytes]]:
 
 
 @pytest.fixture
-def repo(make_repo) -> tuple[Path, str]:
+def repo(make_repo: Callable[..., tuple[Path, str]]) -> tuple[Path, str]:
     return make_repo("demo", TREE, extra_commits=30)
 
 
@@ -142,10 +143,7 @@ def test_unmount_from_another_process_and_remount_reuses_state(repo, git_server,
     result = run_cli("unmount", str(tree.path), root=state_root)
     assert result.returncode == 0
     assert not is_mounted(tree.path)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(pid)
+    wait_for_exit(pid)
     git_server.clear_requests()
     tree.mount()
     assert (tree.path / "src/main.py").read_bytes() == first
@@ -160,10 +158,7 @@ def test_sigterm_unmounts_cleanly(repo, git_server, mounts):
     tree = mounts(git_server.url("demo"))
     pid = tree.status()["pid"]
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while is_mounted(tree.path) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not is_mounted(tree.path)
+    wait_until(lambda: not is_mounted(tree.path), "still mounted after SIGTERM", timeout=10)
 
 
 def test_credentials_stay_secret(make_repo, git_root, mounts, state_root, tmp_path):
@@ -217,10 +212,7 @@ def test_daemon_exits_when_its_mount_is_detached_from_outside(repo, git_server, 
     tree = mounts(git_server.url("demo"))
     pid = tree.status()["pid"]
     subprocess.run(["fusermount3", "-u", "-z", str(tree.path)], check=True)
-    deadline = time.monotonic() + 10
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(pid), "an orphaned daemon kept running"
+    wait_for_exit(pid)  # an orphaned daemon must not keep running
 
 
 def test_unmount_during_the_post_mount_directory_walk(make_repo, git_server, mounts, state_root):

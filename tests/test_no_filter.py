@@ -6,6 +6,7 @@ streaming into the cache. Every test runs a real mount against ``git http-backen
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ STALL = 6.0
 
 def random_files(count: int, size: int) -> dict[str, bytes | FileSpec]:
     """Incompressible files: the pack is as large as they are, so a cut in its middle falls among them."""
-    return {f"data/part{index:02}.bin": os.urandom(size) for index in range(count)}
+    return {f"data/part{index:02}.bin": random.Random(index).randbytes(size) for index in range(count)}
 
 
 PROJECT: dict[str, bytes | FileSpec] = {

@@ -6,6 +6,7 @@ The base tree is a dict-backed implementation of the ``BaseTree`` protocol.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -18,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from artifactfs.objects import blob_id
 from artifactfs.overlay.errors import OverlayError
 from artifactfs.overlay.store import OverlayRow, OverlayStore
-from artifactfs.overlay.view import Node, OverlayView, git_blob_oid
+from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import BaseEntry, EntryKind
 
 Spec = bytes | tuple[str, bytes]
@@ -29,8 +31,8 @@ Spec = bytes | tuple[str, bytes]
 class FakeBase:
     """A base tree built from ``{path: content}``.
 
-    Content is ``bytes`` (regular file), ``("exec", bytes)``, ``("symlink", target)``
-    or ``("gitlink", commit id)``; parent directories are implied.
+    Content is ``bytes`` (regular file), ``("exec", bytes)``, ``(EntryKind.SYMLINK, target)``
+    or ``(EntryKind.GITLINK, commit id)``; parent directories are implied.
     """
 
     def __init__(self, files: Mapping[str, Spec]) -> None:
@@ -38,14 +40,14 @@ class FakeBase:
         self._entries: dict[str, BaseEntry] = {}
         self._children: dict[str, dict[str, BaseEntry]] = {"": {}}
         for path, spec in files.items():
-            kind, content = ("file", spec) if isinstance(spec, bytes) else spec
-            if kind == "gitlink":
+            kind, content = (EntryKind.FILE, spec) if isinstance(spec, bytes) else spec
+            if kind == EntryKind.GITLINK:
                 entry = BaseEntry(EntryKind.GITLINK, 0o160000, content.decode())
             else:
-                oid = git_blob_oid(content, "0" * 40)
+                oid = blob_id(content)
                 self.blobs[oid] = content
-                git_mode = {"file": 0o100644, "exec": 0o100755, "symlink": 0o120000}[kind]
-                entry_kind = EntryKind.SYMLINK if kind == "symlink" else EntryKind.FILE
+                git_mode = {EntryKind.FILE: 0o100644, "exec": 0o100755, EntryKind.SYMLINK: 0o120000}[kind]
+                entry_kind = EntryKind.SYMLINK if kind == EntryKind.SYMLINK else EntryKind.FILE
                 entry = BaseEntry(entry_kind, git_mode, oid)
             self._add(path, entry)
         self._entries[""] = BaseEntry(EntryKind.DIR, 0o040000, self._tree_oid(""))
@@ -72,8 +74,8 @@ class FakeBase:
 BASE_FILES: dict[str, Spec] = {
     "README.md": b"readme\n",
     "tool.sh": ("exec", b"#!/bin/sh\n"),
-    "link": ("symlink", b"README.md"),
-    "vendor/lib": ("gitlink", b"c" * 40),
+    "link": (EntryKind.SYMLINK, b"README.md"),
+    "vendor/lib": (EntryKind.GITLINK, b"c" * 40),
     "src/main.py": b"print('main')\n",
     "src/util.py": b"def util(): ...\n",
     "src/pkg/__init__.py": b"",
@@ -83,7 +85,7 @@ BASE_FILES: dict[str, Spec] = {
 
 
 def blob_oid_of(path: Path) -> str:
-    return git_blob_oid(path.read_bytes(), "0" * 40)
+    return blob_id(path.read_bytes())
 
 
 class Env:
@@ -118,7 +120,7 @@ class Env:
 
     def read(self, path: str) -> bytes:
         node = self.view.lookup(path)
-        assert node is not None and node.kind == "file"
+        assert node is not None and node.kind == EntryKind.FILE
         if node.data_path is not None:
             return node.data_path.read_bytes()
         assert node.base_oid is not None
@@ -134,17 +136,17 @@ class Env:
         """Everything visible below ``path``: kind, mode and content/target."""
         result: dict[str, tuple[str, int, bytes | None]] = {}
         for _, node in self.view.list_dir(path):
-            if node.kind == "file":
-                result[node.path] = ("file", node.mode, self.read(node.path))
-            elif node.kind == "symlink":
+            if node.kind == EntryKind.FILE:
+                result[node.path] = (EntryKind.FILE, node.mode, self.read(node.path))
+            elif node.kind == EntryKind.SYMLINK:
                 target = node.symlink_target
                 if target is None:
                     assert node.base_oid is not None
                     target = self.base.blobs.get(node.base_oid, b"?")
-                result[node.path] = ("symlink", node.mode, target)
+                result[node.path] = (EntryKind.SYMLINK, node.mode, target)
             else:
                 result[node.path] = (node.kind, node.mode, None)
-                if node.kind == "dir":
+                if node.kind == EntryKind.DIR:
                     result.update(self.snapshot(node.path))
         return result
 
@@ -167,20 +169,23 @@ def test_base_entries_are_presented_with_posix_modes(env: Env) -> None:
     readme = env.view.lookup("README.md")
     assert readme is not None
     assert (readme.kind, readme.mode, readme.in_overlay, readme.mtime_ns) == (
-        "file",
+        EntryKind.FILE,
         stat.S_IFREG | 0o644,
         False,
         None,
     )
-    assert readme.base_oid == git_blob_oid(b"readme\n", "0" * 40)
+    assert readme.base_oid == blob_id(b"readme\n")
     tool = env.view.lookup("tool.sh")
     assert tool is not None and tool.mode == stat.S_IFREG | 0o755
     link = env.view.lookup("link")
-    assert link is not None and (link.kind, link.mode) == ("symlink", stat.S_IFLNK | 0o777)
+    assert link is not None and (link.kind, link.mode) == (EntryKind.SYMLINK, stat.S_IFLNK | 0o777)
     submodule = env.view.lookup("vendor/lib")
-    assert submodule is not None and (submodule.kind, submodule.mode) == ("gitlink", stat.S_IFDIR | 0o755)
+    assert submodule is not None and (submodule.kind, submodule.mode) == (
+        EntryKind.GITLINK,
+        stat.S_IFDIR | 0o755,
+    )
     root = env.view.lookup("")
-    assert root is not None and root.kind == "dir"
+    assert root is not None and root.kind == EntryKind.DIR
     assert env.view.lookup("missing") is None
     assert env.view.lookup("README.md/child") is None
     assert env.view.lookup("vendor/lib/inside") is None
@@ -197,7 +202,7 @@ def test_base_entries_are_presented_with_posix_modes(env: Env) -> None:
 
 def test_create_file_makes_an_empty_writable_data_file(env: Env) -> None:
     node = env.view.create_file("src/new.py", 0o100640)
-    assert node.kind == "file" and node.mode == stat.S_IFREG | 0o640 and node.in_overlay
+    assert node.kind == EntryKind.FILE and node.mode == stat.S_IFREG | 0o640 and node.in_overlay
     assert node.data_path is not None and node.data_path.read_bytes() == b""
     assert node.mtime_ns == node.data_path.stat().st_mtime_ns
     assert "new.py" in env.names("src")
@@ -213,7 +218,7 @@ def test_create_file_makes_an_empty_writable_data_file(env: Env) -> None:
 
 def test_mkdir_and_symlink(env: Env) -> None:
     directory = env.view.mkdir("src/newdir", 0o750)
-    assert directory.kind == "dir" and directory.mode == stat.S_IFDIR | 0o750
+    assert directory.kind == EntryKind.DIR and directory.mode == stat.S_IFDIR | 0o750
     assert env.view.list_dir("src/newdir") == []
     env.view.symlink("src/newdir/up", b"../main.py")
     link = env.view.lookup("src/newdir/up")
@@ -319,7 +324,7 @@ def test_a_submodule_placeholder_takes_a_checkout_and_its_gitfile(env: Env) -> N
 def test_chmod_base_file_keeps_base_content(env: Env) -> None:
     node = env.view.chmod("README.md", 0o600)
     assert node.mode == stat.S_IFREG | 0o600 and node.in_overlay
-    assert node.base_oid == git_blob_oid(b"readme\n", "0" * 40) and node.data_path is None
+    assert node.base_oid == blob_id(b"readme\n") and node.data_path is None
     assert env.data_files() == set()
     looked_up = env.view.lookup("README.md")
     assert looked_up == node
@@ -484,7 +489,7 @@ def test_rename_exchange_swaps_two_entries(env: Env) -> None:
 def test_rename_gitlink_keeps_it_a_gitlink(env: Env) -> None:
     env.view.rename("vendor", "third_party")
     moved = env.view.lookup("third_party/lib")
-    assert moved is not None and moved.kind == "gitlink"
+    assert moved is not None and moved.kind == EntryKind.GITLINK
     row = env.store.get("third_party/lib")
     assert row is not None and row.base_oid == "c" * 40
 
@@ -549,25 +554,25 @@ def test_synced_data_survives_kill_9(tmp_path: Path) -> None:
         assert node is not None and node.data_path is not None
         assert node.data_path.read_bytes() == b"durable"
         made = view.lookup("made")
-        assert made is not None and made.kind == "dir"
+        assert made is not None and made.kind == EntryKind.DIR
 
 
 def test_store_batch_rolls_back_as_a_whole(env: Env) -> None:
     data_id = env.store.new_data_file(None)
     with pytest.raises(RuntimeError), env.store.batch() as batch:
-        batch.put(OverlayRow("a.txt", "file", stat.S_IFREG | 0o644, data_id=data_id))
-        batch.put(OverlayRow("b", "whiteout"))
+        batch.put(OverlayRow("a.txt", EntryKind.FILE, stat.S_IFREG | 0o644, data_id=data_id))
+        batch.put(OverlayRow("b", EntryKind.WHITEOUT))
         raise RuntimeError("interrupted")
     assert env.store.all_rows() == []
     assert env.view.changed_since(0) == (0, [])
     with env.store.batch() as batch:
-        batch.put(OverlayRow("a.txt", "file", stat.S_IFREG | 0o644, data_id=data_id))
+        batch.put(OverlayRow("a.txt", EntryKind.FILE, stat.S_IFREG | 0o644, data_id=data_id))
     with env.store.batch() as batch:  # a move: the data file is still referenced afterwards
         batch.delete("a.txt")
-        batch.put(OverlayRow("c.txt", "file", stat.S_IFREG | 0o644, data_id=data_id))
+        batch.put(OverlayRow("c.txt", EntryKind.FILE, stat.S_IFREG | 0o644, data_id=data_id))
     assert env.data_files() == {data_id}
     with pytest.raises(ValueError):
-        OverlayRow("d.txt", "file", stat.S_IFREG | 0o644)
+        OverlayRow("d.txt", EntryKind.FILE, stat.S_IFREG | 0o644)
 
 
 # -- reconciliation --------------------------------------------------------------
@@ -591,7 +596,7 @@ def test_reconcile_after_commit_releases_everything_equal(env: Env) -> None:
             "src/new.py": b"new\n",
             "README.md": ("exec", b"readme\n"),
             "tests/test_x.py": b"def test(): ...\n",
-            "latest": ("symlink", b"src/new.py"),
+            "latest": (EntryKind.SYMLINK, b"src/new.py"),
         }
     )
     new_base = FakeBase(committed)
@@ -640,7 +645,7 @@ def test_reconcile_converts_equal_content_with_a_different_mode(env: Env) -> Non
     assert report.converted == 1
     node = env.view.lookup("README.md")
     assert node is not None and node.mode == stat.S_IFREG | 0o600
-    assert node.data_path is None and node.base_oid == git_blob_oid(b"readme v2\n", "0" * 40)
+    assert node.data_path is None and node.base_oid == blob_id(b"readme v2\n")
     assert env.data_files() == set()
 
 
@@ -695,6 +700,7 @@ def test_reconcile_opaque_directory_needs_every_base_child_covered(env: Env) -> 
     assert env.snapshot() == original
 
 
+@pytest.mark.slow
 def test_reconcile_handles_thousands_of_rows(env: Env) -> None:
     files: dict[str, Spec] = dict(BASE_FILES)
     env.view.mkdir("gen", 0o755)
@@ -749,7 +755,7 @@ def test_lookups_cost_one_query_and_none_without_rows(env: Env) -> None:
     for path in ("src/main.py", "src", "src/pkg", "README.md", "docs/new.md"):
         prefixes = ["", *("/".join(path.split("/")[: depth + 1]) for depth in range(path.count("/") + 1))]
         with_rows = any(prefix in env.store.rows_index for prefix in prefixes)
-        assert count_queries(env, lambda path=path: env.view.lookup(path)) == int(with_rows), path
+        assert count_queries(env, functools.partial(env.view.lookup, path)) == int(with_rows), path
     assert (
         "docs/new.md" in env.store.rows_index and "" not in env.store.rows_index
     )  # src resolves from memory
@@ -784,7 +790,7 @@ def test_reconcile_keeps_links_owners_and_xattrs_but_drops_the_owners_own_rows(e
     env.write("linked", b"readme\n")
     env.view.link("linked", "other")
     report = env.view.reconcile(env.base, blob_oid_of)
-    kept = {row.path for row in env.store.all_rows() if row.kind != "dir"}
+    kept = {row.path for row in env.store.all_rows() if row.kind != EntryKind.DIR}
     assert "README.md" not in kept
     assert {"src/main.py", "src/util.py", "linked", "other"} <= kept
     assert report.dropped >= 1

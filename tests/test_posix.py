@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from artifactfs.overlay.store import OverlayRow, OverlayStore
+from artifactfs.snapshot.entries import EntryKind
 from artifactfs.testing import FileSpec, make_bare_repo
 from artifactfs.testing.mounts import MountedTree
 
@@ -575,17 +576,17 @@ def test_a_version_1_database_reads_read_only_and_migrates_when_opened(tmp_path:
     state = tmp_path / "state"
     _version_1_state(state)
     with OverlayStore(state, read_only=True) as store:
-        assert store.get("src/a.c") == OverlayRow("src/a.c", "file", 0o100600, base_oid="ab" * 20)
+        assert store.get("src/a.c") == OverlayRow("src/a.c", EntryKind.FILE, 0o100600, base_oid="ab" * 20)
     with OverlayStore(state) as store:
-        assert store.get("src") == OverlayRow("src", "dir", 0o40700, mtime_ns=7)
+        assert store.get("src") == OverlayRow("src", EntryKind.DIR, 0o40700, mtime_ns=7)
         assert store.has_child_rows("src") and not store.has_child_rows("src/a.c")
         with store.batch() as batch:
-            batch.put(OverlayRow("src/fifo", "special", stat.S_IFIFO | 0o644, uid=1000, gid=1000))
+            batch.put(OverlayRow("src/fifo", EntryKind.SPECIAL, stat.S_IFIFO | 0o644, uid=1000, gid=1000))
     connection = sqlite3.connect(state / "overlay.db")
     assert connection.execute("PRAGMA user_version").fetchone() == (2,)
     connection.close()
     with OverlayStore(state) as store:
         assert store.get("src/fifo") == OverlayRow(
-            "src/fifo", "special", stat.S_IFIFO | 0o644, uid=1000, gid=1000
+            "src/fifo", EntryKind.SPECIAL, stat.S_IFIFO | 0o644, uid=1000, gid=1000
         )
         assert [row.path for row in store.children("src")] == ["src/a.c", "src/fifo"]

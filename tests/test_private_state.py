@@ -10,23 +10,23 @@ fetches leave no temporary packs. The rules themselves live in
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import robustness
 
+from artifactfs.objects import blob_id
 from artifactfs.remote.url import RemoteURL
 from artifactfs.state import (
+    MountState,
     StateRoot,
     StateRootError,
     check_state_root,
@@ -42,6 +42,7 @@ from artifactfs.testing.mounts import (
     run_cli,
 )
 from artifactfs.testing.repos import distinct_content as content
+from artifactfs.testing.waiting import wait_until
 
 NOBODY = 65534
 _AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -107,8 +108,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: st
     robustness.add("private_checks")
 
 
-def mount_dir_of(state_root: Path, remote: str, mountpoint: Path) -> Path:
-    return StateRoot(state_root).mount_dir(
+def mount_state_of(state_root: Path, remote: str, mountpoint: Path) -> MountState:
+    return StateRoot(state_root).mount_state(
         Path(os.path.realpath(mountpoint)), RemoteURL.parse(remote).redacted()
     )
 
@@ -152,7 +153,7 @@ def test_state_is_owner_only_whatever_the_umask(make_repo, git_server, mounts, s
 
     # The walk covered every kind of state: blobs, overlay, logs, runtime, and git's own writes.
     names = {str(path) for path in seen}
-    mount_key = mount_dir_of(state_root, tree.remote, tree.path).relative_to(state_root)
+    mount_key = mount_state_of(state_root, tree.remote, tree.path).path.relative_to(state_root)
     for expected in (
         "cache/blobs/loose",
         f"{mount_key}/overlay/overlay.db",
@@ -182,9 +183,9 @@ def test_second_user_cannot_read_blobs_or_overlay(
     assert isinstance(secret, bytes)
     assert (tree.path / "src/secret.py").read_bytes() == secret
     (tree.path / "written.txt").write_text("overlay content\n")
-    blob_oid = hashlib.sha1(b"blob %d\x00" % len(secret) + secret).hexdigest()
-    blob = state_root / "cache" / "blobs" / "loose" / blob_oid[:2] / blob_oid[2:]
-    overlay = mount_dir_of(state_root, tree.remote, tree.path) / "overlay"
+    blob_oid = blob_id(secret)
+    blob = StateRoot(state_root).blob_cache_dir / "loose" / blob_oid[:2] / blob_oid[2:]
+    overlay = mount_state_of(state_root, tree.remote, tree.path).overlay
     assert zlib.decompress(blob.read_bytes()) == b"blob %d\0" % len(secret) + secret
     data_files = list((overlay / "data").iterdir())
     assert data_files, "the write left no data file"
@@ -200,8 +201,8 @@ def test_second_user_cannot_read_blobs_or_overlay(
         overlay / "overlay.db",
         data_files[0],
         overlay / "journal",
-        state_root / "cache",
-        mount_dir_of(state_root, tree.remote, tree.path) / "gitdir" / "config",
+        StateRoot(state_root).blob_cache_dir.parent,
+        mount_state_of(state_root, tree.remote, tree.path).gitdir / "config",
     ):
         result = as_nobody("cat", str(target))
         assert result.returncode != 0 and "Permission denied" in result.stderr, (target, result)
@@ -221,7 +222,7 @@ def test_planted_log_symlink_is_refused_and_not_followed(
     remote = git_server.url("private")
     with MountedTree(remote, tmp_path / "mnt", state_root):
         pass
-    log = mount_dir_of(state_root, remote, tmp_path / "mnt") / "daemon.log"
+    log = mount_state_of(state_root, remote, tmp_path / "mnt").log_file
     assert log.is_file()
     victim = shared_dir / "victim.conf"
     victim.write_text("root-owned, outside the state\n")
@@ -361,13 +362,6 @@ def test_aborted_fetch_leaves_no_temporary_pack(make_repo, git_server, state_roo
     assert not is_mounted(tree.path)
     assert leftovers(objects) == []
     robustness.add("private_checks")
-
-
-def wait_until(condition: Callable[[], bool], message: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.002)
 
 
 # --------------------------------------------------------------------------- the rules, directly

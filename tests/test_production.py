@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import configparser
 import errno
-import hashlib
 import json
 import os
 import re
@@ -17,7 +16,6 @@ import sqlite3
 import struct
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -26,9 +24,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from artifactfs.state import pid_alive
+from artifactfs.objects import blob_id
+from artifactfs.state import StateRoot
 from artifactfs.testing import FileSpec, GitHttpServer
 from artifactfs.testing.mounts import MountedTree, artifactfs_command, force_unmount, is_mounted, run_cli
+from artifactfs.testing.waiting import wait_for_exit
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 SECRET = "tok3n-Sup3r-s3cret"
@@ -75,25 +75,14 @@ def content(spec: bytes | FileSpec) -> bytes:
     return spec.data if isinstance(spec, FileSpec) else spec
 
 
-def blob_oid(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
 def cached_blobs(state_root: Path) -> list[Path]:
-    return [path for path in (state_root / "cache/blobs/loose").glob("*/*") if path.is_file()]
+    return [path for path in (StateRoot(state_root).blob_cache_dir / "loose").glob("*/*") if path.is_file()]
 
 
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not pid_alive(pid), f"process {pid} is still running"
 
 
 def installed_artifactfs() -> str:
@@ -285,9 +274,10 @@ def test_credentials_never_reach_logs_status_or_list(
 
 def _logs_of(state_root: Path, mountpoint: Path) -> list[Path]:
     return [
-        log
-        for log in state_root.glob("mounts/*/daemon.log")
-        if json.loads((log.parent / "mount.json").read_text())["mountpoint"] == str(mountpoint)
+        mount.log_file
+        for mount in StateRoot(state_root).mount_states()
+        if mount.log_file.exists()
+        and json.loads(mount.description.read_text())["mountpoint"] == str(mountpoint)
     ]
 
 
@@ -364,7 +354,7 @@ def test_prometheus_metrics_endpoint(
 
 
 def overlay_dir(state_root: Path) -> Path:
-    (found,) = state_root.glob("mounts/*/overlay")
+    (found,) = [mount.overlay for mount in StateRoot(state_root).mount_states()]
     return found
 
 
@@ -386,8 +376,8 @@ def test_fsck_repairs_the_cache_and_reports_lost_overlay_data(
     damaged_blob = (
         state_root
         / "cache/blobs/loose"
-        / blob_oid(content(FILES["package.json"]))[:2]
-        / blob_oid(content(FILES["package.json"]))[2:]
+        / blob_id(content(FILES["package.json"]))[:2]
+        / blob_id(content(FILES["package.json"]))[2:]
     )
     os.chmod(damaged_blob, 0o644)
     damaged_blob.write_bytes(b"X" * len(content(FILES["package.json"])))
@@ -452,7 +442,7 @@ def test_remount_after_kill_9_recovers_and_keeps_fsynced_changes(
     os.close(directory)
     old_pid = tree.status()["pid"]
     os.kill(old_pid, signal.SIGKILL)
-    wait_gone(old_pid)
+    wait_for_exit(old_pid)
     with pytest.raises(OSError) as stale:
         os.listdir(tree.path)
     assert stale.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)

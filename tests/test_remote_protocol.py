@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from artifactfs.errors import (
     RemoteNotFoundError,
     RemoteUnreachableError,
     TransientRemoteError,
+    UnsupportedObjectFormatError,
 )
 from artifactfs.remote import (
     RemoteSession,
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.anyio
 
 MakeRepo = Callable[..., tuple[Path, str]]
 SECRET = "s3cret-t0ken"
-BIG_FILES = {f"data/file{i:02d}.bin": os.urandom(4096) for i in range(40)}
+BIG_FILES = {f"data/file{i:02d}.bin": random.Random(i).randbytes(4096) for i in range(40)}
 
 
 @pytest.fixture
@@ -239,7 +241,7 @@ async def test_filter_refused_when_server_lacks_it(
             session.fetch([tip], filter_spec="blob:none")
 
 
-@pytest.mark.parametrize("fault", ["reset", "500", "truncate", "stall:3", "flip"])
+@pytest.mark.parametrize("fault", ["reset", "500", "truncate", "stall:3", "flip-raw"])
 async def test_injected_faults_are_transient(
     git_server: GitHttpServer, make_repo: MakeRepo, fault: str
 ) -> None:
@@ -254,7 +256,7 @@ async def test_injected_faults_are_transient(
 
 
 async def test_pack_streams_in_chunks(git_server: GitHttpServer, make_repo: MakeRepo) -> None:
-    _, tip = make_repo(files={f"f{i}": os.urandom(65536) for i in range(16)})
+    _, tip = make_repo(files={f"f{i}": random.Random(1000 + i).randbytes(65536) for i in range(16)})
     async with (
         await open_remote(RemoteURL.parse(git_server.url("repo"))) as session,
         session.fetch([tip]) as response,
@@ -398,6 +400,20 @@ def dumb_http_url(tmp_path: Path) -> Iterator[str]:
 async def test_dumb_http_server_is_not_found(dumb_http_url: str) -> None:
     with pytest.raises(RemoteNotFoundError, match="not a smart Git HTTP server"):
         await open_remote(RemoteURL.parse(dumb_http_url))
+
+
+def test_sha256_advertisement_is_refused(make_repo: MakeRepo) -> None:
+    path, _ = make_repo(object_format="sha256")
+    advertisement = subprocess.run(
+        ["git", "upload-pack", "--stateless-rpc", "--advertise-refs", str(path)],
+        env={**os.environ, "GIT_PROTOCOL": "version=2"},
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert b"object-format=sha256" in advertisement
+    with pytest.raises(UnsupportedObjectFormatError, match="uses sha256 object ids") as caught:
+        parse_capabilities(advertisement, str(path))
+    assert "\n" not in str(caught.value)
 
 
 def test_protocol_v0_advertisement_is_rejected(make_repo: MakeRepo) -> None:

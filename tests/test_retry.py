@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import trio
@@ -22,7 +25,6 @@ from artifactfs.retry import (
     RemoteHealth,
     Verdict,
     classify,
-    describe_health,
     retry_forever,
     retry_while_transient,
 )
@@ -57,7 +59,10 @@ def test_backoff_doubles_within_jitter_and_is_capped() -> None:
         assert len(set(delays)) > 1, "jitter must spread retries"
 
 
-def run_mocked(main):  # type: ignore[no-untyped-def]
+T = TypeVar("T")
+
+
+def run_mocked(main: Callable[[], Awaitable[T]]) -> T:
     clock = trio.testing.MockClock(autojump_threshold=0)
     return trio.run(main, clock=clock)
 
@@ -82,7 +87,7 @@ def test_retry_forever_backs_off_until_the_remote_answers() -> None:
 
     result, elapsed = run_mocked(main)
     assert result == "done"
-    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(attempts)]
     assert gaps == pytest.approx([1.0, 2.0, 4.0, 4.0, 4.0, 4.0])  # doubled, then capped: never a busy loop
     assert elapsed == pytest.approx(19.0)
     assert states[:3] == ["ok", "ok", "unreachable"]  # two failures in a row make an outage
@@ -137,10 +142,10 @@ def test_health_reports_outage_and_recovery() -> None:
     assert health.state == "ok"
     health.failed("fetch: connection refused")
     assert health.state == "unreachable"
-    described = describe_health(health.as_dict())
+    described = health.report().describe()
     assert described.startswith("unreachable since ") and "connection refused" in described
     health.succeeded()
-    assert health.as_dict()["state"] == "ok" and describe_health(health.as_dict()) == "ok"
+    assert health.report().state == "ok" and health.report().describe() == "ok"
 
 
 def test_retry_while_transient_gives_a_waiting_caller_an_answer_in_time() -> None:

@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from dulwich.objects import Blob, Tree
+from dulwich.objects import Blob, ObjectID, Tree
 
 from artifactfs.errors import MissingObjectError, RemoteError
-from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
+from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass
+from artifactfs.hydrator.settings import HydrationSettings
 from artifactfs.hydrator.sources import CacheSource, Deliver, SourceChain
 from artifactfs.snapshot.tree import Snapshot, TreeCache
 from artifactfs.store.blobcache import BlobCache
@@ -91,7 +92,7 @@ def snapshot_of(files: dict[str, bytes]) -> tuple[Snapshot, dict[str, str]]:
                 oids[path] = blob.id.decode()
                 tree.add(name.encode(), 0o100644, blob.id)
             else:
-                tree.add(name.encode(), 0o040000, build(path + "/").encode())
+                tree.add(name.encode(), 0o040000, ObjectID(build(path + "/").encode()))
         objects[tree.id.decode()] = tree.as_raw_string()
         return str(tree.id.decode())
 
@@ -135,7 +136,7 @@ def run(test: Callable[[Rig], Awaitable[None]], tmp_path: Path, **settings: Any)
 
 
 async def hydrated(hydrator: Hydrator) -> None:
-    while not hydrator.status()["complete"]:
+    while not hydrator.status().complete:
         await trio.sleep(0.1)
 
 
@@ -189,7 +190,7 @@ def test_demand_preempts_a_blocked_background_batch(tmp_path: Path) -> None:
         assert not release.is_set()  # served while the background batch was still held
         release.set()
         await hydrated(rig.hydrator)
-        assert rig.hydrator.status()["sources"]["origin"]["blobs"] == len(FILES)  # type: ignore[index]
+        assert rig.hydrator.status().sources["origin"].blobs == len(FILES)
 
     run(test, tmp_path)
 
@@ -214,7 +215,7 @@ def test_transient_failures_retry_with_backoff_until_the_source_answers(tmp_path
         # Three failures, three backoffs (0.2 s doubling, jitter 50 %) before the call that succeeded.
         assert later[2].at - first.at >= 0.1 + 0.2 + 0.4
         status = rig.hydrator.status()
-        assert status["hydrated_blobs"] == len(FILES) and status["failed_blobs"] == 0
+        assert status.hydrated_blobs == len(FILES) and status.failed_blobs == 0
 
     run(test, tmp_path)
 
@@ -233,7 +234,7 @@ def test_a_blob_the_origin_lacks_is_split_out_and_fails_alone(tmp_path: Path) ->
         rig.hydrator.start_background()
         await hydrated(rig.hydrator)
         status = rig.hydrator.status()
-        assert status["failed_blobs"] == 1 and status["hydrated_blobs"] == len(FILES) - 1
+        assert status.failed_blobs == 1 and status.hydrated_blobs == len(FILES) - 1
         with pytest.raises(BlobUnavailableError):
             await rig.hydrator.ensure(rig.oids["src/b.py"], path="src/b.py")
         alone = [call.oids for call in rig.source.calls if call.oids == [rig.oids["src/b.py"]]]
@@ -281,6 +282,6 @@ def test_an_optional_source_never_fails_a_fetch(tmp_path: Path, mode: str) -> No
     assert sorted(delivered) == sorted(oids.values())
     assert tier.asked == 1
     status = chain.status()
-    assert status["tier"]["errors"] == 1  # type: ignore[index]
-    assert status["origin"]["blobs"] == len(FILES)  # type: ignore[index]
-    assert status["cache"]["blobs"] == 0  # type: ignore[index]
+    assert status["tier"].errors == 1
+    assert status["origin"].blobs == len(FILES)
+    assert status["cache"].blobs == 0

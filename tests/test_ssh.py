@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from artifactfs.remote.ssh import MessageFramer, resolve_ssh_command, upload_pac
 from artifactfs.remote.url import SshTarget
 from artifactfs.testing import FileSpec
 from artifactfs.testing.sshserver import SshServer
+from artifactfs.testing.waiting import wait_until
 
 FILES: dict[str, bytes | FileSpec] = {
     "README.md": b"# over ssh\n",
@@ -100,10 +100,7 @@ def test_key_from_ssh_agent(make_repo, tmp_path: Path, monkeypatch: pytest.Monke
     socket_path = tmp_path / "agent.sock"
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(socket_path)], stdout=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert time.monotonic() < deadline, "ssh-agent did not start"
-            time.sleep(0.02)
+        wait_until(socket_path.exists, "ssh-agent did not start", timeout=10)
         with SshServer(tmp_path / "sshd-agent", key_in_config=False) as server:
             agent_env = {**os.environ, "SSH_AUTH_SOCK": str(socket_path)}
             subprocess.run(["ssh-add", "-q", str(server.client_key)], env=agent_env, check=True)

@@ -11,11 +11,15 @@ import random
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import robustness
 
 from artifactfs.testing.mounts import MountedTree
+
+pytestmark = pytest.mark.slow
 
 STRESS_SECONDS = float(os.environ.get("ARTIFACTFS_STRESS_SECONDS", "60"))
 READERS, WRITERS, STATUS_LOOPS = 12, 14, 6
@@ -98,8 +102,8 @@ def test_32_workers_no_deadlock_no_eio_contents_match(make_repo, git_server, mou
     writers = [Writer(tree.path, index, 1000 + index) for index in range(WRITERS)]
     readonly = sorted(name for name in files if not name.startswith("owned/"))
 
-    def guarded(function):
-        def run(*arguments):
+    def guarded(function: Callable[..., None]) -> Callable[..., None]:
+        def run(*arguments: object) -> None:
             try:
                 function(*arguments)
             except BaseException as error:  # any error is a failure, not a silent thread death

@@ -59,7 +59,7 @@ def repository_files() -> dict[str, bytes | FileSpec]:
 
 
 def expected_bytes(files: dict[str, bytes | FileSpec]) -> dict[str, bytes]:
-    return {path: spec if isinstance(spec, bytes) else spec.content for path, spec in files.items()}
+    return {path: spec if isinstance(spec, bytes) else spec.data for path, spec in files.items()}
 
 
 def machine(
@@ -139,10 +139,10 @@ def check_machine_b(b: MountedTree, expected: dict[str, bytes]) -> None:
     )
     assert shown.stdout == expected["assets/big.bin"]
     assert b.git("status", "--porcelain").stdout == ""
-    shown = run_cli("status", str(b.path), root=b.root).stdout
-    tier_line = next(line for line in shown.splitlines() if line.startswith("  tier "))
+    rendered = run_cli("status", str(b.path), root=b.root).stdout
+    tier_line = next(line for line in rendered.splitlines() if line.startswith("  tier "))
     assert tier_line.startswith(f"  tier     {sources['tier']['blobs']} blobs")
-    assert next(line for line in shown.splitlines() if line.startswith("  origin ")).startswith(
+    assert next(line for line in rendered.splitlines() if line.startswith("  origin ")).startswith(
         "  origin   0 blobs, 0 B, 0 requests"
     )
 

@@ -80,13 +80,13 @@ def test_row_index_tracks_rows_and_generation() -> None:
 def test_store_index_follows_commits_and_ignores_rolled_back_batches(tmp_path: Path) -> None:
     with OverlayStore(tmp_path / "state") as store:
         with store.batch() as batch:
-            batch.put(OverlayRow("src", "dir", 0o40755))
-            batch.put(OverlayRow("src/a.py", "file", 0o100644, base_oid="a" * 40))
+            batch.put(OverlayRow("src", EntryKind.DIR, 0o40755))
+            batch.put(OverlayRow("src/a.py", EntryKind.FILE, 0o100644, base_oid="a" * 40))
         assert store.get("src/a.py") is not None
         assert [row.path for row in store.children("src")] == ["src/a.py"]
         generation = store.rows_index.generation
         with pytest.raises(RuntimeError), store.batch() as batch:
-            batch.put(OverlayRow("src/b.py", "file", 0o100644, base_oid="b" * 40))
+            batch.put(OverlayRow("src/b.py", EntryKind.FILE, 0o100644, base_oid="b" * 40))
             raise RuntimeError("abandon the batch")
         assert store.rows_index.generation == generation and "src/b.py" not in store.rows_index
         with store.batch() as batch:

@@ -47,7 +47,7 @@ async def serve(
     handler: Handler,
     *,
     streams: Mapping[str, StreamHandler] | None = None,
-    task_status: trio.TaskStatus[None] | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] | None = None,
 ) -> None:
     """Listen on ``path`` until cancelled, answering each request with ``handler``,
     or handing the connection to ``streams[op]`` for a stream operation."""
@@ -86,7 +86,8 @@ async def serve(
                 request = json.loads(line)
                 if not isinstance(request, dict):
                     raise ValueError("request is not an object")
-                stream_handler = stream_handlers.get(request.get("op"))
+                op = request.get("op")
+                stream_handler = stream_handlers.get(op) if isinstance(op, str) else None
                 if stream_handler is not None and rest:
                     raise ValueError("data sent before the answer to a stream request")
                 answer = {"ok": True} if stream_handler is not None else await handler(request)

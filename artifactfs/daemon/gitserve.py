@@ -27,7 +27,6 @@ daemon itself authenticates with.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ import trio
 
 from artifactfs.errors import ArtifactFSError, CorruptObjectError, ProtocolError
 from artifactfs.hydrator.hydrator import Hydrator
+from artifactfs.objects import OBJECT_FORMAT, is_oid
 from artifactfs.remote import RemoteSession, RemoteURL, pktline
 from artifactfs.remote.credentials import asks_for
 from artifactfs.remote.pktline import Packet, PacketKind, PktLineDecoder
@@ -50,7 +50,6 @@ from artifactfs.store.packwrite import PackWriter
 
 log = logging.getLogger(__name__)
 
-_OID = re.compile(r"[0-9a-f]{40}")
 _READ_SIZE = 65536
 _BAND_PAYLOAD = pktline.MAX_PAYLOAD - 1
 _ADVERTISEMENT = (
@@ -61,7 +60,7 @@ _ADVERTISEMENT = (
             f"agent={AGENT}",
             "ls-refs",
             "fetch=shallow filter",
-            "object-format=sha1",
+            f"object-format={OBJECT_FORMAT}",
         )
     )
     + pktline.FLUSH_PKT
@@ -86,7 +85,7 @@ class FetchRequest:
         lists = {"want": request.wants, "have": request.haves, "shallow": request.shallows}
         for argument in arguments:
             name, _, value = argument.partition(" ")
-            if name in lists and _OID.fullmatch(value):
+            if name in lists and is_oid(value):
                 lists[name].append(value)
             elif name == "filter" and value:
                 request.filter_spec = value
@@ -123,9 +122,11 @@ class _CommandReader:
         command: str | None = None
         arguments: list[str] = []
         in_arguments = False
-        while packet is None or packet.kind is not PacketKind.FLUSH:
+        while True:
             if packet is None:
                 raise ProtocolError("git ended the session inside a request")
+            if packet.kind is PacketKind.FLUSH:
+                break
             if packet.kind is PacketKind.DELIM:
                 in_arguments = True
             elif packet.kind is not PacketKind.DATA:
@@ -134,7 +135,10 @@ class _CommandReader:
                 arguments.append(packet.text())
             elif packet.text().startswith("command="):
                 command = packet.text().removeprefix("command=")
-            elif packet.text().startswith("object-format=") and packet.text() != "object-format=sha1":
+            elif (
+                packet.text().startswith("object-format=")
+                and packet.text() != f"object-format={OBJECT_FORMAT}"
+            ):
                 raise ProtocolError(f"unsupported {pktline.one_line(packet.text())}")
             packet = await self._next()
         if command is None:

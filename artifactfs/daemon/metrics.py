@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
@@ -19,10 +18,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from artifactfs.errors import UsageError
+from artifactfs.status import LatencyReport, MountStatus, SourceReport
 
 log = logging.getLogger(__name__)
 
-StatusSource = Callable[[], dict[str, Any]]
+StatusSource = Callable[[], MountStatus]
 
 _MAX_REQUEST_HEAD = 16384
 _REQUEST_TIMEOUT = 10.0
@@ -45,21 +45,21 @@ class MountCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         status = self._status()
-        hydration = status["hydration"]
+        hydration = status.hydration
         info = GaugeMetricFamily(
             "artifactfs_mount_info",
             "The mounted remote and commit (always 1).",
             labels=["remote", "mountpoint", "head"],
         )
-        info.add_metric([status["remote"], status["mountpoint"], status["head"]], 1)
+        info.add_metric([status.remote, status.mountpoint, status.head], 1)
         yield info
         yield GaugeMetricFamily(
-            "artifactfs_uptime_seconds", "Seconds since the daemon started.", value=status["uptime_seconds"]
+            "artifactfs_uptime_seconds", "Seconds since the daemon started.", value=status.uptime_seconds
         )
         yield GaugeMetricFamily(
             "artifactfs_history_complete",
             "1 once the full history is local.",
-            value=1 if status["history_complete"] else 0,
+            value=1 if status.history_complete else 0,
         )
         per_class = {
             "artifactfs_tree_blobs": ("Blobs in the mounted tree.", "total"),
@@ -70,76 +70,76 @@ class MountCollector(Collector):
         }
         for name, (documentation, key) in per_class.items():
             family = GaugeMetricFamily(name, documentation + " By priority class.", labels=["class"])
-            for label, counters in hydration["classes"].items():
-                family.add_metric([label], counters[key])
+            for label, counters in hydration.classes.items():
+                family.add_metric([label], getattr(counters, key))
             yield family
         yield GaugeMetricFamily(
             "artifactfs_hydration_queue_depth",
             "Blobs waiting to be fetched.",
-            value=hydration["queued_blobs"],
+            value=hydration.queued_blobs,
         )
         yield GaugeMetricFamily(
             "artifactfs_hydration_inflight_blobs",
             "Blobs in fetch requests under way.",
-            value=hydration["inflight_blobs"],
+            value=hydration.inflight_blobs,
         )
         yield GaugeMetricFamily(
             "artifactfs_hydration_rate_bytes_per_second",
             "Hydration throughput over the last few seconds.",
-            value=hydration["rate_bytes_per_second"],
+            value=hydration.rate_bytes_per_second,
         )
         yield GaugeMetricFamily(
             "artifactfs_hydration_retrying_blobs",
             "Blobs waiting out a backoff after a transient failure.",
-            value=hydration["retrying_blobs"],
+            value=hydration.retrying_blobs,
         )
         yield GaugeMetricFamily(
             "artifactfs_hydration_paused",
             "1 while hydration waits for space in the state root.",
-            value=1 if hydration["paused"] else 0,
+            value=1 if hydration.paused else 0,
         )
         yield GaugeMetricFamily(
             "artifactfs_remote_up",
             "1 while the remote answers, 0 during an outage.",
-            value=1 if hydration["remote"]["state"] == "ok" else 0,
+            value=1 if hydration.remote.state == "ok" else 0,
         )
         yield GaugeMetricFamily(
             "artifactfs_hydration_recent_errors",
             "Fetch errors kept in the status (the last 20 at most).",
-            value=len(hydration["errors"]),
+            value=len(hydration.errors),
         )
-        fuse = status.get("fuse") or {}
+        fuse = status.fuse
         operations = CounterMetricFamily(
             "artifactfs_fuse_operations", "FUSE requests served, by operation.", labels=["operation"]
         )
-        for operation, count in sorted(fuse.get("operations", {}).items()):
+        for operation, count in sorted(fuse.operations.items()):
             operations.add_metric([operation], count)
         yield operations
         yield GaugeMetricFamily(
-            "artifactfs_fuse_open_files", "Open file handles on the mount.", value=fuse.get("open_files", 0)
+            "artifactfs_fuse_open_files", "Open file handles on the mount.", value=fuse.open_files
         )
         fuse_latency = HistogramMetricFamily(
             "artifactfs_fuse_operation_seconds",
             "Time to serve FUSE requests, by operation.",
             labels=["operation"],
         )
-        for operation, histogram in sorted(fuse.get("latency", {}).items()):
-            fuse_latency.add_metric([operation], _buckets(histogram), histogram["sum"])
+        for operation, histogram in sorted(fuse.latency.items()):
+            fuse_latency.add_metric([operation], _buckets(histogram), histogram.sum)
         yield fuse_latency
         fetch_latency = HistogramMetricFamily(
             "artifactfs_fetch_seconds", "Duration of blob fetch requests (one batch each)."
         )
-        fetch_latency.add_metric([], _buckets(hydration["fetch_latency"]), hydration["fetch_latency"]["sum"])
+        fetch_latency.add_metric([], _buckets(hydration.fetch_latency), hydration.fetch_latency.sum)
         yield fetch_latency
-        yield from _source_metrics(hydration.get("sources", {}))
+        yield from _source_metrics(hydration.sources)
         yield CounterMetricFamily(
             "artifactfs_errors",
             "Fetch and object-info failures (each retry counts).",
-            value=hydration["errors_total"],
+            value=hydration.errors_total,
         )
 
 
-def _source_metrics(sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+def _source_metrics(sources: dict[str, SourceReport]) -> Iterator[Metric]:
     """Where blobs came from: the local cache, the shared tier, the origin."""
     counters = {
         "requests": "Requests made to each blob source.",
@@ -150,18 +150,18 @@ def _source_metrics(sources: dict[str, dict[str, Any]]) -> Iterator[Metric]:
     for field, documentation in counters.items():
         family = CounterMetricFamily(f"artifactfs_source_{field}", documentation, labels=["source"])
         for name, stats in sources.items():
-            family.add_metric([name], stats[field])
+            family.add_metric([name], getattr(stats, field))
         yield family
     latency = HistogramMetricFamily(
         "artifactfs_source_request_seconds", "Duration of requests to each blob source.", labels=["source"]
     )
     for name, stats in sources.items():
-        latency.add_metric([name], _buckets(stats["latency"]), stats["latency"]["sum"])
+        latency.add_metric([name], _buckets(stats.latency), stats.latency.sum)
     yield latency
 
 
-def _buckets(histogram: dict[str, Any]) -> list[tuple[str, float]]:
-    return [(str(bound), count) for bound, count in histogram["buckets"]]
+def _buckets(histogram: LatencyReport) -> list[tuple[str, float]]:
+    return [(str(bound), count) for bound, count in histogram.buckets]
 
 
 def registry_for(status: StatusSource) -> CollectorRegistry:

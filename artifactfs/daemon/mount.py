@@ -1,16 +1,22 @@
-"""One mount, from start to unmount.
+"""One mount, from start to unmount: the composition root of the daemon.
 
 Start-up order matters for the promise that ``mount`` returns fast: open the
 remote, fetch the tip blobless (or reuse the local gitdir), publish the tree
 through FUSE, prepare the git index, then report ready. Everything else (blob
 hydration, the rest of the history, following HEAD) runs in the background of
 an already usable mount.
+
+:func:`run_mount` opens the remote and the base tree; :class:`Mount` then
+builds every service of the mount once, and runs them until unmount. The work
+itself lives with the modules that own it: :mod:`~artifactfs.daemon.gitindex`
+(git's index), :mod:`~artifactfs.daemon.headfollow` (following HEAD),
+:mod:`~artifactfs.daemon.commands` (control requests) and
+:mod:`~artifactfs.snapshot.pathspec` (prefetch matching).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import functools
 import json
 import logging
@@ -18,21 +24,22 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyfuse3
 import trio
 
 from artifactfs.daemon import control
+from artifactfs.daemon.commands import ControlCommands
+from artifactfs.daemon.gitindex import IndexKeeper
 from artifactfs.daemon.gitserve import GitService
+from artifactfs.daemon.headfollow import HeadFollower
 from artifactfs.daemon.notify import report_progress
 from artifactfs.daemon.recovery import detach_stale_mount, is_mounted, is_stale_mount
 from artifactfs.daemon.startup import (
     BlobStream,
-    ResolvedRef,
     complete_history,
     create_gitdir,
     fetch_branch_tips,
@@ -41,8 +48,8 @@ from artifactfs.daemon.startup import (
 )
 from artifactfs.daemon.submodules import NestedMounts, submodules_of
 from artifactfs.errors import ArtifactFSError, MountpointError
-from artifactfs.fs.operations import BASE_MTIME_NS, Operations
-from artifactfs.hydrator.hydrator import BlobUnavailableError, HydrationSettings, Hydrator
+from artifactfs.fs.operations import Operations
+from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.hydrator.profile import (
     PROFILE_WINDOW,
@@ -51,6 +58,7 @@ from artifactfs.hydrator.profile import (
     decode_profile,
     encode_profile,
 )
+from artifactfs.hydrator.settings import HydrationSettings
 from artifactfs.hydrator.sources import BlobSource, CacheSource, OriginSource, SourceChain
 from artifactfs.lfs.files import LfsFiles
 from artifactfs.lfs.objects import LfsObjectStore
@@ -61,21 +69,17 @@ from artifactfs.remote import RemoteSession, RemoteURL, open_remote
 from artifactfs.retry import HISTORY_BACKOFF
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
-from artifactfs.store.blobcache import BlobCache, blob_id_of_file
+from artifactfs.state import MountState, RuntimeRecord, StateRoot, free_bytes, private_dir, write_private_file
+from artifactfs.status import MountStatus, ProfileReport
+from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.loose import LooseBlobFile
 from artifactfs.store.tier import S3Tier, TierError, TierLocation
 from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
-from artifactfs.worktree.index import IndexLockedError, correct_index_sizes
-from artifactfs.worktree.prepared import TreeListing, list_tree, write_prepared_index
-from artifactfs.worktree.untracked import converting_paths, gitignore_id
 
 log = logging.getLogger(__name__)
 
-HEAD_POLL_INTERVAL = 0.1
-INDEX_CORRECTION_INTERVAL = 0.5
 MOUNT_WATCH_INTERVAL = 1.0
 HISTORY_DEFERRAL_CAP = 15.0
 """Seconds the history fetch waits for manifests, config and source to hydrate."""
@@ -89,8 +93,6 @@ PUBLISH_ATTEMPTS = 3
 """Tries at writing a hydrated tree through to the tier before leaving it to the next machine."""
 SUBMODULE_UNMOUNT_WAIT = 60.0
 """Seconds shutdown waits for nested submodule mounts to unmount."""
-INDEX_SIZE_WAIT = 2.0
-"""Seconds the prepared index waits for object-info sizes; git never needs them while nothing changed."""
 
 
 @dataclass
@@ -102,15 +104,16 @@ class MountOptions:
     hydration: HydrationSettings = field(default_factory=HydrationSettings)
     priority_rules: tuple[PriorityRule, ...] = ()
     allow_other: bool = False
-    owner: tuple[int, int] | None = None
-    """(uid, gid) owning the base tree; the daemon's own if None."""
     fuse_tasks: int = 64
     metrics_address: tuple[str, int] | None = None
     history_depth: int | None = None
     """Commits of history to keep per branch and tag (``--depth``); None for all."""
+    owner: tuple[int, int] | None = None
+    """(uid, gid) owning the base tree; the daemon's own if None."""
     blob_store: TierLocation | None = None
     """The shared tier (``--blob-store s3://BUCKET/PREFIX``), or None."""
     recurse_submodules: bool = False
+    """Mount each submodule as a nested mount of its own (``--recurse-submodules``)."""
 
 
 ReadyCallback = Callable[[], None]
@@ -134,44 +137,171 @@ class _PhaseTimer:
         return ", ".join(f"{phase} +{seconds * 1000:.0f}ms" for phase, seconds in self._phases)
 
 
-def _join(directory: str, name: str) -> str:
-    return f"{directory}/{name}" if directory else name
+@dataclass(frozen=True)
+class MountBase:
+    """The mount's gitdir and the tree it starts with."""
+
+    gitdir: GitDir
+    trees: TreeCache
+    snapshot: Snapshot
+    fresh: bool
+    """The gitdir was created now (not reused), so git keeps no index for it yet."""
+    tip_blobs: BlobStream | None = None
+    """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
+
+
+async def run_mount(
+    options: MountOptions, on_ready: ReadyCallback, on_progress: ProgressCallback | None = None
+) -> None:
+    """Open the remote and the base tree, build the mount, and serve it until unmount."""
+    started_at = time.time()
+
+    def progress(line: str) -> None:
+        log.debug("start-up: %s", line)
+        if on_progress is not None:
+            on_progress(line)
+
+    state = StateRoot(options.root)
+    mount_dir = state.mount_dir(options.mountpoint, options.remote.redacted())
+    private_dir(mount_dir)
+    phases = _PhaseTimer()
+    cache = BlobCache(state.blob_cache_dir)
+    cache.clean_tmp()
+    progress(f"connecting to {options.remote.redacted()}")
+    async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
+        phases.mark("remote opened")
+        base = await prepare_gitdir(session, options, mount_dir, cache, streams, progress)
+        phases.mark("tree ready")
+        mount = Mount(options, state, mount_dir, session, cache, base, started_at, progress)
+        await mount.serve(on_ready, phases)
+
+
+async def prepare_gitdir(
+    session: RemoteSession,
+    options: MountOptions,
+    mount_dir: Path,
+    cache: BlobCache,
+    streams: contextlib.AsyncExitStack,
+    progress: ProgressCallback,
+) -> MountBase:
+    """Reuse the local gitdir (keeping the user's HEAD), or create it.
+
+    A remote without filter sends the tip's blobs after its trees: that stream stays open in
+    ``streams`` and waits in :attr:`MountBase.tip_blobs` for the hydrator."""
+    gitdir = GitDir(MountState(mount_dir).gitdir)
+    commit = gitdir.head_oid() if gitdir.exists() else None
+    if commit is not None and gitdir.has_object(commit):
+        trees = TreeCache(gitdir.read_tree)
+        snapshot = Snapshot(commit, gitdir.commit_tree(commit), trees)
+        log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
+        progress(f"reusing the local trees (HEAD {commit[:12]})")
+        return MountBase(gitdir, trees, snapshot, fresh=False)
+    progress("listing refs")
+    refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
+    resolved = await resolve_wanted(session, refs, options.ref)
+    progress(f"fetching trees of {resolved.commit[:12]}")
+    gitdir, tip = await create_gitdir(
+        session,
+        gitdir.path,
+        options.remote.redacted(),
+        resolved,
+        refs,
+        spool_dir=cache.tmp_dir,
+        streams=streams,
+    )
+    progress(f"received {len(tip.trees)} trees")
+    tip_trees = tip.trees
+    created = gitdir
+
+    def read_tree(oid: str) -> bytes:
+        raw = tip_trees.get(oid)
+        return raw if raw is not None else created.read_tree(oid)
+
+    trees = TreeCache(read_tree)
+    snapshot = Snapshot(tip.commit, tip.root_tree, trees)
+    write_private_file(
+        MountState(mount_dir).description,
+        json.dumps(
+            {
+                "remote": options.remote.redacted(),
+                "ref": options.ref,
+                "commit": tip.commit,
+                "branch": resolved.branch,
+                "mountpoint": str(options.mountpoint),
+            }
+        ).encode(),
+    )
+    return MountBase(gitdir, trees, snapshot, fresh=True, tip_blobs=tip.blobs)
 
 
 class Mount:
-    """Everything one running mount owns."""
+    """Everything one running mount owns, built once: the composition root."""
 
-    def __init__(self, options: MountOptions, on_progress: ProgressCallback | None = None) -> None:
+    def __init__(
+        self,
+        options: MountOptions,
+        state: StateRoot,
+        mount_dir: Path,
+        session: RemoteSession,
+        cache: BlobCache,
+        base: MountBase,
+        started_at: float,
+        progress: ProgressCallback,
+    ) -> None:
         self.options = options
-        self._on_progress = on_progress
-        self.state = StateRoot(options.root)
-        self.mount_dir = self.state.mount_dir(options.mountpoint, options.remote.redacted())
-        self.session: RemoteSession | None = None
-        self.gitdir: GitDir | None = None
-        self.hydrator: Hydrator | None = None
-        self.tier: S3Tier | None = None
-        self._origin: OriginSource | None = None
+        self.state = state
+        self.mount_dir = mount_dir
+        self.session = session
+        self.gitdir = gitdir = base.gitdir
+        self.fresh = base.fresh
+        self.state_name = "starting"
+        self.read_only = False
+        self.started_at = started_at
+        self._progress = progress
+        self._shutdown = trio.Event()
+        self._history_fetched = False
+        self._tip_blobs = base.tip_blobs
+        self.cache = cache
+        gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
+        gitdir.remove_stale_temporaries()
         self.profiles = ProfileStore(options.root)
         self.profile_key = ProfileStore.key(options.remote.redacted())
         self._profile_followed = 0
-        self.lfs: LfsFiles | None = None
-        self.git_service: GitService | None = None
-        self.operations: Operations | None = None
-        self.view: OverlayView | None = None
-        self.snapshot: Snapshot | None = None
-        self.trees: TreeCache | None = None
-        self.state_name = "starting"
-        self.read_only = False
-        self.started_at = time.time()
-        self._shutdown = trio.Event()
-        self._publish_token: str | None = None
-        self._index_sizes: dict[str, int] = {}
-        """Verified sizes that differ from what the index may hold (see _size_corrected)."""
-        self._index_prepared = False
-        self._index_sizes_failing = False
-        self._history_fetched = False
-        self._tip_blobs: BlobStream | None = None
-        """The rest of the tip's pack when the remote has no filter, until the hydrator takes it."""
+        self.tier: S3Tier | None = None
+        """The shared tier, when the mount has one (``--blob-store``)."""
+        self.hydrator = self._hydrator(session, cache, gitdir, base.snapshot)
+        self.overlay = self._open_overlay(gitdir)
+        publish_token = journal_token(self.overlay.journal.path)  # changes from here on reach git
+        install_bridge(gitdir, options.remote, state.socket_path(options.mountpoint))
+        self.git_service = GitService(session, self.hydrator, cache, options.remote, gitdir)
+        self.view = OverlayView(self.overlay, base.snapshot, options.owner)
+        gitfile = f"gitdir: {gitdir.path}\n".encode()
+        self.lfs = LfsFiles(
+            self.hydrator,
+            cache,
+            LfsObjectStore(state.blob_cache_dir),
+            gitdir.path,
+            Classifier(options.priority_rules),
+            options.remote.url if options.remote.kind == "http" else None,
+            session.credential,
+        )
+        self.operations = Operations(self.view, base.snapshot, self.hydrator, self.lfs, gitfile, mount_dir)
+        self.head = HeadFollower(gitdir, base.trees, base.snapshot, self.view, self.operations, self.hydrator)
+        self.index = IndexKeeper(
+            options.mountpoint,
+            options.hydration.mode,
+            gitdir,
+            self.hydrator,
+            self.view,
+            self.operations,
+            self.head,
+            self.lfs,
+            publish_token,
+        )
+        self.hydrator.on_size_corrected = self.index.size_corrected
+        self.commands = ControlCommands(
+            self.status, self.request_shutdown, self.head, self.hydrator, self.lfs, self.git_service
+        )
         self.nested = NestedMounts(
             options.mountpoint,
             options.root,
@@ -180,161 +310,121 @@ class Mount:
 
     # ------------------------------------------------------------- main
 
-    def _progress(self, line: str) -> None:
-        log.debug("start-up: %s", line)
-        if self._on_progress is not None:
-            self._on_progress(line)
-
-    async def run(self, on_ready: ReadyCallback) -> None:
+    async def serve(self, on_ready: ReadyCallback, phases: _PhaseTimer) -> None:
         options = self.options
-        private_dir(self.mount_dir)
-        phases = _PhaseTimer()
-        cache = BlobCache(self.state.blob_cache_dir)
-        cache.clean_tmp()
-        self._progress(f"connecting to {options.remote.redacted()}")
-        async with await open_remote(options.remote) as session, contextlib.AsyncExitStack() as streams:
-            self.session = session
-            phases.mark("remote opened")
-            resolved = await self._prepare_gitdir(session, cache, streams)
-            phases.mark("tree ready")
-            gitdir = self.gitdir
-            assert gitdir is not None
-            gitdir.use_alternate(cache.objects_dir)  # git reads hydrated blobs where the mount keeps them
-            gitdir.remove_stale_temporaries()
-            self.hydrator = self._hydrator(session, cache, gitdir)
-            overlay = self._open_overlay(gitdir)
-            self._publish_token = journal_token(overlay.journal.path)  # changes from here on reach git
-            install_bridge(gitdir, options.remote, self.state.socket_path(options.mountpoint))
-            git_service = self.git_service = GitService(session, self.hydrator, cache, options.remote, gitdir)
-            assert self.snapshot is not None
-            self.view = OverlayView(overlay, self.snapshot, options.owner)
-            gitfile = f"gitdir: {gitdir.path}\n".encode()
-            self.lfs = LfsFiles(
-                self.hydrator,
-                cache,
-                LfsObjectStore(self.state.blob_cache_dir),
-                gitdir.path,
-                Classifier(options.priority_rules),
-                options.remote.url if options.remote.kind == "http" else None,
-                session.credential,
-            )
-            self.operations = Operations(
-                self.view, self.snapshot, self.hydrator, self.lfs, gitfile, self.mount_dir
-            )
-            self.hydrator.on_size_corrected = self._size_corrected
-            fuse_options = set(pyfuse3.default_options) | {
-                "fsname=artifactfs",
-                "subtype=artifactfs",
-                "default_permissions",
-            }
-            if options.allow_other:
-                fuse_options.add("allow_other")
-            if self.read_only:
-                fuse_options.add("ro")
-            try:
-                pyfuse3.init(self.operations, str(options.mountpoint), fuse_options)
-            except RuntimeError as error:
-                raise MountpointError(f"cannot mount on {options.mountpoint}: {error}") from None
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch_signals)
-                    nursery.start_soon(self._fuse_main)
-                    await nursery.start(self.hydrator.run)
-                    if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
-                        blobs, self._tip_blobs = self._tip_blobs, None
-                        assert self._origin is not None
-                        nursery.start_soon(
-                            self.hydrator.take_stream, self._origin, blobs.parser, blobs.arrived, blobs.chunks
-                        )
-                    if self.profiles.enabled(self.profile_key):
-                        self.hydrator.profile = ProfileRecorder()
-                        nursery.start_soon(self._follow_profile)
-                        nursery.start_soon(self._save_profile_after_window)
-                    await nursery.start(self.lfs.run)
-                    if options.hydration.mode == "background":
-                        self._fetch_root_manifests()
-                    serve_control = functools.partial(
-                        control.serve, streams={"upload-pack": git_service.upload_pack}
+        session = self.session
+        gitdir = self.gitdir
+        overlay = self.overlay
+        git_service = self.git_service
+        fuse_options = set(pyfuse3.default_options) | {
+            "fsname=artifactfs",
+            "subtype=artifactfs",
+            "default_permissions",
+        }
+        if options.allow_other:
+            fuse_options.add("allow_other")
+        if self.read_only:
+            fuse_options.add("ro")
+        try:
+            pyfuse3.init(self.operations, str(options.mountpoint), fuse_options)
+        except RuntimeError as error:
+            raise MountpointError(f"cannot mount on {options.mountpoint}: {error}") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals)
+                nursery.start_soon(self._fuse_main)
+                await nursery.start(self.hydrator.run)
+                if self._tip_blobs is not None:  # a server without filter: the tip's blobs still arrive
+                    blobs, self._tip_blobs = self._tip_blobs, None
+                    nursery.start_soon(
+                        self.hydrator.take_stream, self._origin, blobs.parser, blobs.arrived, blobs.chunks
                     )
-                    await nursery.start(
-                        serve_control, self.state.socket_path(options.mountpoint), self._control
-                    )
-                    if options.metrics_address is not None:
-                        from artifactfs.daemon.metrics import serve_metrics  # optional dependency
+                if self.profiles.enabled(self.profile_key):
+                    self.hydrator.profile = ProfileRecorder()
+                    nursery.start_soon(self._follow_profile)
+                    nursery.start_soon(self._save_profile_after_window)
+                await nursery.start(self.lfs.run)
+                if options.hydration.mode == "background":
+                    self._fetch_root_manifests()
+                serve_control = functools.partial(
+                    control.serve, streams={"upload-pack": git_service.upload_pack}
+                )
+                await nursery.start(
+                    serve_control, self.state.socket_path(options.mountpoint), self.commands.handle
+                )
+                if options.metrics_address is not None:
+                    from artifactfs.daemon.metrics import serve_metrics  # optional dependency
 
-                        await nursery.start(serve_metrics, options.metrics_address, self.status)
-                    phases.mark("fuse started")
-                    # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
-                    await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
-                    self._publish_runtime()
-                    self.state_name = "mounted"
-                    self._progress(
-                        f"ready: {options.mountpoint} at {self.snapshot.commit_oid[:12]} "
-                        f"({time.time() - self.started_at:.1f}s)"
-                    )
-                    on_ready()
-                    phases.mark("ready")
-                    nursery.start_soon(self.hydrator.track, self.snapshot)
-                    self.hydrator.start_background(PriorityClass.CONFIG)
-                    # git waits on the .git file until the index matches the mount (see Operations.open).
-                    try:
-                        await self._prepare_index(resolved is not None)
-                    except (ArtifactFSError, OSError) as error:  # a full disk, too: the mount stays a mount
-                        log.error(
-                            "could not prepare the git index (%s); git status will re-read files", error
-                        )
-                    finally:
-                        self.operations.release_gitfile()
-                    if not self.read_only:
-                        overlay.arm_reserve()  # after the start-up writes, which may have needed its room
-                    phases.mark("index prepared")
-                    nursery.start_soon(self._correct_index_sizes)
-                    log.info(
-                        "mounted %s at %s (%s); start-up: %s",
-                        options.remote.redacted(),
-                        options.mountpoint,
-                        self.snapshot.commit_oid,
-                        phases.summary(),
-                    )
-                    # After the index: its object-info answers give every blob's size, and size decides
-                    # the binary class, so the other classes open once classes are final.
-                    self.hydrator.start_background()
-                    nursery.start_soon(report_progress, self.status)
-                    if gitdir.shallow_commits() and history_available(session):
-                        nursery.start_soon(self._complete_history_after_source, session, gitdir)
-                    else:
-                        if gitdir.shallow_commits():
-                            log.info(
-                                "the remote has no filter: history stays at depth 1 (git fetch --deepen)"
-                            )
-                        git_service.tips_local.set()
-                    if not self.read_only:  # reconciling writes the overlay
-                        nursery.start_soon(self._follow_head)
-                    nursery.start_soon(self._watch_mountpoint)
-                    if self.tier is not None and options.hydration.mode == "background":
-                        nursery.start_soon(self._publish_to_tier, self.tier, self.snapshot)
-                    if options.recurse_submodules:
-                        nursery.start_soon(self._mount_submodules)
-                    await self._shutdown.wait()
-                    with trio.move_on_after(SUBMODULE_UNMOUNT_WAIT):
-                        await self.nested.unmount_all()  # while this mount still serves their mountpoints
-                    nursery.cancel_scope.cancel()
-            finally:
-                self.state_name = "unmounting"
-                self.state.withdraw_runtime(options.mountpoint)
-                with trio.CancelScope(shield=True):
-                    pyfuse3.close(unmount=True)
-                    await self._save_profile()
-                log.info("unmounted %s", options.mountpoint)
+                    await nursery.start(serve_metrics, options.metrics_address, self.status)
+                phases.mark("fuse started")
+                # Requests on our own mount: abandoned on cancel, since the loop serving them stops too.
+                await trio.to_thread.run_sync(os.listdir, options.mountpoint, abandon_on_cancel=True)
+                self._publish_runtime()
+                self.state_name = "mounted"
+                self._progress(
+                    f"ready: {options.mountpoint} at {self.head.snapshot.commit_oid[:12]} "
+                    f"({time.time() - self.started_at:.1f}s)"
+                )
+                on_ready()
+                phases.mark("ready")
+                nursery.start_soon(self.hydrator.track, self.head.snapshot)
+                self.hydrator.start_background(PriorityClass.CONFIG)
+                # git waits on the .git file until the index matches the mount (see Operations.open).
+                try:
+                    await self.index.prepare(self.fresh)
+                except (ArtifactFSError, OSError) as error:  # a full disk, too: the mount stays a mount
+                    log.error("could not prepare the git index (%s); git status will re-read files", error)
+                finally:
+                    self.operations.release_gitfile()
+                if not self.read_only:
+                    overlay.arm_reserve()  # after the start-up writes, which may have needed its room
+                phases.mark("index prepared")
+                nursery.start_soon(self.index.correct_sizes)
+                log.info(
+                    "mounted %s at %s (%s); start-up: %s",
+                    options.remote.redacted(),
+                    options.mountpoint,
+                    self.head.snapshot.commit_oid,
+                    phases.summary(),
+                )
+                # After the index: its object-info answers give every blob's size, and size decides
+                # the binary class, so the other classes open once classes are final.
+                self.hydrator.start_background()
+                nursery.start_soon(report_progress, self.status)
+                if gitdir.shallow_commits() and history_available(session):
+                    nursery.start_soon(self._complete_history_after_source, session, gitdir)
+                else:
+                    if gitdir.shallow_commits():
+                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
+                    git_service.tips_local.set()
+                if not self.read_only:  # reconciling writes the overlay
+                    nursery.start_soon(self.head.run)
+                nursery.start_soon(self._watch_mountpoint)
+                if self.tier is not None and options.hydration.mode == "background":
+                    nursery.start_soon(self._publish_to_tier, self.tier, self.head.snapshot)
+                if options.recurse_submodules:
+                    nursery.start_soon(self._mount_submodules)
+                await self._shutdown.wait()
+                with trio.move_on_after(SUBMODULE_UNMOUNT_WAIT):
+                    await self.nested.unmount_all()  # while this mount still serves their mountpoints
+                nursery.cancel_scope.cancel()
+        finally:
+            self.state_name = "unmounting"
+            self.state.withdraw_runtime(options.mountpoint)
+            with trio.CancelScope(shield=True):
+                pyfuse3.close(unmount=True)
+                await self._save_profile()
+            log.info("unmounted %s", options.mountpoint)
 
-    def _hydrator(self, session: RemoteSession, cache: BlobCache, gitdir: GitDir) -> Hydrator:
+    def _hydrator(
+        self, session: RemoteSession, cache: BlobCache, gitdir: GitDir, snapshot: Snapshot
+    ) -> Hydrator:
         """The hydrator and its chain of blob sources: the local cache, the shared tier if any, the origin."""
         options = self.options
-        assert self.snapshot is not None
         chain: list[BlobSource] = [CacheSource(cache)]
         if options.blob_store is not None:
             self.tier = S3Tier(options.blob_store, cache)
-            self.tier.use_tree(self.snapshot.root_tree_oid)
+            self.tier.use_tree(snapshot.root_tree_oid)
             chain.append(self.tier)
         self._origin = OriginSource(session, cache, options.hydration.max_bandwidth)
         chain.append(self._origin)
@@ -346,6 +436,83 @@ class Mount:
             session, sources, cache, gitdir, Classifier(options.priority_rules), options.hydration
         )
 
+    async def _follow_profile(self) -> None:
+        """Queue the paths earlier mounts of this repository read first, above the classes.
+
+        The local profile wins; without one, the tier's (what the fleet's
+        agents read). Paths no longer in the tree are skipped.
+        """
+        snapshot = self.head.snapshot
+        paths = self.profiles.load(self.profile_key)
+        if paths is None and self.tier is not None:
+            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
+                try:
+                    data = await self.tier.get_profile(self.profile_key)
+                except TierError as error:
+                    log.info("no prefetch profile from the tier: %s", error)
+                    data = None
+                paths = decode_profile(data) if data is not None else None
+        blobs = []
+        for path in paths or ():
+            entry = snapshot.entry(path)
+            if entry is not None and entry.kind in (EntryKind.FILE, EntryKind.SYMLINK):
+                blobs.append((path, entry.oid))
+        if blobs:
+            log.info("prefetching %d paths from the learned profile first", len(blobs))
+            self.hydrator.prefetch_paths(blobs)
+        self._profile_followed = len(blobs)
+
+    async def _save_profile_after_window(self) -> None:
+        await trio.sleep(PROFILE_WINDOW)
+        await self._save_profile()
+
+    async def _save_profile(self) -> None:
+        """Keep what this mount read first, locally and in the tier if any (reading nothing keeps the old)."""
+        recorder = self.hydrator.profile
+        if recorder is None or not recorder.paths:
+            return
+        paths = recorder.paths
+        try:
+            self.profiles.save(self.profile_key, paths)
+        except OSError as error:
+            log.warning("could not save the prefetch profile: %s", error)
+        if self.tier is not None:
+            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
+                try:
+                    await self.tier.put_profile(self.profile_key, encode_profile(paths))
+                except TierError as error:
+                    log.warning("could not share the prefetch profile through the tier: %s", error)
+
+    async def _publish_to_tier(self, tier: S3Tier, snapshot: Snapshot) -> None:
+        """Once every blob of the mounted tree is here, verified, write it through to the shared tier.
+
+        Only a complete tree is published (its index must name every blob),
+        and only if no other machine published it first. A failing tier is
+        logged; the mount does not depend on it.
+        """
+        while True:
+            await self.hydrator.wait_for_classes(PriorityClass.BINARY)
+            if self.hydrator.status().failed_blobs:
+                log.info("not publishing tree %s to the tier: some blobs failed", snapshot.root_tree_oid)
+                return
+            groups, pending = self.hydrator.blobs_by_class(snapshot)
+            if not pending:
+                break
+            await trio.sleep(PUBLISH_POLL)  # the tree is still being registered or fetched
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                await tier.publish(snapshot.root_tree_oid, groups)
+                return
+            except (TierError, ArtifactFSError, OSError) as error:
+                log.warning(
+                    "could not publish tree %s to the tier (attempt %d of %d): %s",
+                    snapshot.root_tree_oid,
+                    attempt,
+                    PUBLISH_ATTEMPTS,
+                    error,
+                )
+            await trio.sleep(HISTORY_BACKOFF.delay(attempt))
+
     def _open_overlay(self, gitdir: GitDir) -> OverlayStore:
         """Open the overlay and point git's fsmonitor at its journal.
 
@@ -354,7 +521,7 @@ class Mount:
         EROFS) instead of failing; a state root too full even for that is one
         clear error.
         """
-        directory = self.mount_dir / "overlay"
+        directory = MountState(self.mount_dir).overlay
         try:
             if (directory / "overlay.db").exists() and space_for_writing(directory) < WRITABLE_MINIMUM:
                 overlay = OverlayStore(directory, read_only=True)
@@ -386,8 +553,7 @@ class Mount:
 
     def _fetch_root_manifests(self) -> None:
         """Start fetching the top-level manifests during start-up: what agents read first."""
-        assert self.snapshot is not None and self.hydrator is not None
-        root = self.snapshot.children("") or {}
+        root = self.head.snapshot.children("") or {}
         self.hydrator.prefetch_paths(
             [
                 (name, entry.oid)
@@ -403,8 +569,8 @@ class Mount:
 
     async def _mount_submodules(self) -> None:
         """Mount every submodule of the tree as a nested mount (see :mod:`artifactfs.daemon.submodules`)."""
-        assert self.snapshot is not None and self.hydrator is not None
-        entry = (self.snapshot.children("") or {}).get(".gitmodules")
+        snapshot = self.head.snapshot
+        entry = (snapshot.children("") or {}).get(".gitmodules")
         gitmodules = None
         if entry is not None and entry.kind is EntryKind.FILE:
             try:
@@ -412,8 +578,7 @@ class Mount:
                     gitmodules = blob.read_all()
             except (BlobUnavailableError, OSError) as error:
                 log.warning("cannot read .gitmodules (%s): submodules stay placeholders", error)
-        mounted = await self.nested.mount_all(submodules_of(self.snapshot, gitmodules, self.options.remote))
-        assert self.gitdir is not None
+        mounted = await self.nested.mount_all(submodules_of(snapshot, gitmodules, self.options.remote))
         for submodule in mounted:  # what `git submodule init` records, as a recursive clone has it
             self.gitdir.set_config("submodule", "url", submodule.url, subsection=submodule.name)
             self.gitdir.set_config("submodule", "active", "true", subsection=submodule.name)
@@ -427,134 +592,12 @@ class Mount:
         source before they need ``git log``. The wait is capped so history
         still arrives early on very large trees.
         """
-        assert self.hydrator is not None and self.git_service is not None
         await fetch_branch_tips(session, gitdir, self.hydrator.health)
         self.git_service.tips_local.set()
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
         await complete_history(session, gitdir, self.hydrator.health, self.options.history_depth)
         self._history_fetched = True
-
-    async def _follow_profile(self) -> None:
-        """Queue the paths earlier mounts of this repository read first, above the classes.
-
-        The local profile wins; without one, the tier's (what the fleet's
-        agents read). Paths no longer in the tree are skipped.
-        """
-        assert self.hydrator is not None and self.snapshot is not None
-        paths = self.profiles.load(self.profile_key)
-        if paths is None and self.tier is not None:
-            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
-                try:
-                    data = await self.tier.get_profile(self.profile_key)
-                except TierError as error:
-                    log.info("no prefetch profile from the tier: %s", error)
-                    data = None
-                paths = decode_profile(data) if data is not None else None
-        blobs = []
-        for path in paths or ():
-            entry = self.snapshot.entry(path)
-            if entry is not None and entry.kind in (EntryKind.FILE, EntryKind.SYMLINK):
-                blobs.append((path, entry.oid))
-        if blobs:
-            log.info("prefetching %d paths from the learned profile first", len(blobs))
-            self.hydrator.prefetch_paths(blobs)
-        self._profile_followed = len(blobs)
-
-    async def _save_profile_after_window(self) -> None:
-        await trio.sleep(PROFILE_WINDOW)
-        await self._save_profile()
-
-    async def _save_profile(self) -> None:
-        """Keep what this mount read first, locally and in the tier if any (reading nothing keeps the old)."""
-        recorder = self.hydrator.profile if self.hydrator is not None else None
-        if recorder is None or not recorder.paths:
-            return
-        paths = recorder.paths
-        try:
-            self.profiles.save(self.profile_key, paths)
-        except OSError as error:
-            log.warning("could not save the prefetch profile: %s", error)
-        if self.tier is not None:
-            with trio.move_on_after(TIER_DEMAND_TIMEOUT):
-                try:
-                    await self.tier.put_profile(self.profile_key, encode_profile(paths))
-                except TierError as error:
-                    log.warning("could not share the prefetch profile through the tier: %s", error)
-
-    async def _publish_to_tier(self, tier: S3Tier, snapshot: Snapshot) -> None:
-        """Once every blob of the mounted tree is here, verified, write it through to the shared tier.
-
-        Only a complete tree is published (its index must name every blob),
-        and only if no other machine published it first. A failing tier is
-        logged; the mount does not depend on it.
-        """
-        assert self.hydrator is not None
-        while True:
-            await self.hydrator.wait_for_classes(PriorityClass.BINARY)
-            if self.hydrator.status()["failed_blobs"]:
-                log.info("not publishing tree %s to the tier: some blobs failed", snapshot.root_tree_oid)
-                return
-            groups, pending = self.hydrator.blobs_by_class(snapshot)
-            if not pending:
-                break
-            await trio.sleep(PUBLISH_POLL)  # the tree is still being registered or fetched
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
-            try:
-                await tier.publish(snapshot.root_tree_oid, groups)
-                return
-            except (TierError, ArtifactFSError, OSError) as error:
-                log.warning(
-                    "could not publish tree %s to the tier (attempt %d of %d): %s",
-                    snapshot.root_tree_oid,
-                    attempt,
-                    PUBLISH_ATTEMPTS,
-                    error,
-                )
-            await trio.sleep(HISTORY_BACKOFF.delay(attempt))
-
-    def _size_corrected(self, oid: str, size: int) -> None:
-        """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
-        assert self.snapshot is not None and self.operations is not None and self.view is not None
-        paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
-        self.operations.attributes_changed(paths)
-        try:
-            for path in paths:
-                self.view.note_modified(path)
-        except (
-            ArtifactFSError,
-            OSError,
-        ) as error:  # a full disk, a read-only overlay: the kernel is fixed at least
-            log.warning("could not journal the corrected size of %s: %s", oid, error)
-        self._index_sizes[oid] = size
-        self._apply_index_sizes()  # at once (rare, and a few ms): the next git status must see it
-
-    def _apply_index_sizes(self) -> None:
-        """Write corrected sizes into git's index, once it is prepared and no git command holds it."""
-        assert self.gitdir is not None
-        if not self._index_sizes or not self._index_prepared or self.gitdir.git_busy():
-            return
-        pending = dict(self._index_sizes)
-        try:
-            correct_index_sizes(self.gitdir.path, pending)
-        except IndexLockedError:
-            return
-        except OSError as error:  # a full disk: try again later (said once, not every round)
-            (log.debug if self._index_sizes_failing else log.warning)(
-                "could not correct sizes in git's index: %s", error
-            )
-            self._index_sizes_failing = True
-            return
-        self._index_sizes_failing = False
-        for oid in pending:
-            self._index_sizes.pop(oid, None)
-
-    async def _correct_index_sizes(self) -> None:
-        """Retry corrections that found the index busy (or not yet prepared)."""
-        self._index_prepared = True
-        while True:
-            self._apply_index_sizes()
-            await trio.sleep(INDEX_CORRECTION_INTERVAL)
 
     async def _watch_mountpoint(self) -> None:
         """Exit when the mount disappears without us (``umount -l``, ``fusermount3 -u -z``).
@@ -580,160 +623,6 @@ class Mount:
     def request_shutdown(self) -> None:
         self._shutdown.set()
 
-    # ------------------------------------------------------------- start-up steps
-
-    async def _prepare_gitdir(
-        self, session: RemoteSession, cache: BlobCache, streams: contextlib.AsyncExitStack
-    ) -> ResolvedRef | None:
-        """Reuse the local gitdir (keeping the user's HEAD), or create it; returns the ref if created.
-
-        A remote without filter sends the tip's blobs after its trees: that stream stays open in
-        ``streams`` and waits in ``_tip_blobs`` for the hydrator."""
-        gitdir = GitDir(self.mount_dir / "gitdir")
-        commit = gitdir.head_oid() if gitdir.exists() else None
-        if commit is not None and gitdir.has_object(commit):
-            self.gitdir = gitdir
-            self.trees = TreeCache(gitdir.read_tree)
-            self.snapshot = Snapshot(commit, gitdir.commit_tree(commit), self.trees)
-            log.info("reusing local state at %s (HEAD %s)", gitdir.path, commit)
-            self._progress(f"reusing the local trees (HEAD {commit[:12]})")
-            return None
-        self._progress("listing refs")
-        refs = await session.ls_refs(["HEAD", "refs/heads/", "refs/tags/"])
-        resolved = await resolve_wanted(session, refs, self.options.ref)
-        self._progress(f"fetching trees of {resolved.commit[:12]}")
-        gitdir, tip = await create_gitdir(
-            session,
-            gitdir.path,
-            self.options.remote.redacted(),
-            resolved,
-            refs,
-            spool_dir=cache.tmp_dir,
-            streams=streams,
-        )
-        self._progress(f"received {len(tip.trees)} trees")
-        self.gitdir = gitdir
-        self._tip_blobs = tip.blobs
-        tip_trees = tip.trees
-
-        def read_tree(oid: str) -> bytes:
-            raw = tip_trees.get(oid)
-            return raw if raw is not None else gitdir.read_tree(oid)
-
-        self.trees = TreeCache(read_tree)
-        self.snapshot = Snapshot(tip.commit, tip.root_tree, self.trees)
-        write_private_file(
-            self.mount_dir / "mount.json",
-            json.dumps(
-                {
-                    "remote": self.options.remote.redacted(),
-                    "ref": self.options.ref,
-                    "commit": tip.commit,
-                    "branch": resolved.branch,
-                    "mountpoint": str(self.options.mountpoint),
-                }
-            ).encode(),
-        )
-        return resolved
-
-    async def _prepare_index(self, fresh: bool) -> None:
-        """Write an index git trusts at once (see :mod:`artifactfs.worktree.prepared`).
-
-        Skipped when git already keeps an index for this gitdir. Runs after the
-        mount is ready; nothing but git needs the index. Sizes come from
-        object-info when the server offers it, for at most a short wait: an
-        unknown size is written as 0 and status never looks at it.
-        """
-        gitdir = self.gitdir
-        assert gitdir is not None and self.snapshot is not None and self.hydrator is not None
-        assert self.view is not None and self._publish_token is not None
-        if not fresh and (gitdir.path / "index").exists():
-            return
-        listing = await trio.to_thread.run_sync(list_tree, self.snapshot)
-        blob_oids = listing.blob_oids()
-        exclude_blobs = [
-            (_join(directory, name), oid)
-            for name, files in ((".gitignore", listing.gitignores), (".gitattributes", listing.gitattributes))
-            for directory, oid in files.items()
-        ]
-        if self.options.hydration.mode == "none":
-            # git reads every .gitignore on every status: fetch them in one request, not one per read.
-            # (Background hydration takes them early anyway, with the config class.)
-            self.hydrator.prefetch_paths(exclude_blobs)
-        if self.hydrator.object_info_available:
-            with trio.move_on_after(INDEX_SIZE_WAIT):
-                await self.hydrator.sizes(blob_oids, partial=True)
-        gitignore_ids = await self._gitignore_ids(listing)
-        sizes = {oid: size for oid in blob_oids if (size := self.hydrator.known_size(oid)) is not None}
-        if self.lfs is not None:  # an LFS file shows its object, not its pointer blob
-            sizes.update(await self.lfs.index_sizes(INDEX_SIZE_WAIT))
-        changed = [row.path for row in self.view.rows()]
-        await trio.to_thread.run_sync(
-            functools.partial(
-                write_prepared_index,
-                listing,
-                gitdir.path,
-                self.options.mountpoint,
-                mtime_ns=BASE_MTIME_NS,
-                sizes=sizes,
-                token=self._publish_token,
-                changed=changed,
-                gitignore_ids=gitignore_ids,
-            )
-        )
-
-    async def _gitignore_ids(self, listing: TreeListing) -> dict[str, str]:
-        """The id git will compute for each ``.gitignore`` (see :mod:`artifactfs.worktree.untracked`).
-
-        Needs the ``.gitattributes`` blobs (git reads them from the gitdir,
-        where the blob cache is an alternate), and the content of each
-        ``.gitignore`` git converts; each is waited for briefly. A guess that
-        turns out wrong only makes git list that directory's subtree once.
-        """
-        assert self.hydrator is not None and self.gitdir is not None and self.snapshot is not None
-        if not listing.gitignores:
-            return {}
-        paths = {directory: _join(directory, ".gitignore") for directory in listing.gitignores}
-        converted: set[str] = set()
-        contents: dict[str, bytes] = {}
-        with trio.move_on_after(INDEX_SIZE_WAIT):
-            await self._hydrate_all(listing.gitattributes.values())
-            try:
-                # Abandoned on timeout: git may be waiting on a lazy fetch of a .gitattributes blob.
-                converted = await trio.to_thread.run_sync(
-                    functools.partial(
-                        converting_paths,
-                        self.gitdir.path,
-                        self.snapshot.root_tree_oid,
-                        sorted(paths.values()),
-                    ),
-                    abandon_on_cancel=True,
-                )
-            except ArtifactFSError as error:
-                log.warning("cannot tell which .gitignore files git converts (%s); guessing none", error)
-            for directory, oid in listing.gitignores.items():
-                if paths[directory] in converted:
-                    with contextlib.suppress(BlobUnavailableError, OSError, ValueError):  # then a guess
-                        with LooseBlobFile.open(await self.hydrator.ensure(oid)) as blob:
-                            contents[directory] = blob.read_all()
-        return {
-            directory: gitignore_id(oid, contents.get(directory), paths[directory] in converted)
-            for directory, oid in listing.gitignores.items()
-        }
-
-    async def _hydrate_all(self, oids: Iterable[str]) -> None:
-        """Wait until each blob is local or has failed; failures are the readers' to report."""
-        assert self.hydrator is not None
-        hydrator = self.hydrator
-
-        async def one(oid: str) -> None:
-            with contextlib.suppress(BlobUnavailableError):
-                await hydrator.ensure(oid)
-
-        async with trio.open_nursery() as nursery:
-            for oid in oids:
-                nursery.start_soon(one, oid)
-
     def _publish_runtime(self) -> None:
         try:
             self.state.publish_runtime(
@@ -750,143 +639,31 @@ class Mount:
                 raise self._no_space_error() from None
             raise
 
-    # ------------------------------------------------------------- following HEAD
-
-    async def _follow_head(self) -> None:
-        """Publish the tree git moved HEAD to, once the git command that moved it is done."""
-        gitdir = self.gitdir
-        assert gitdir is not None and self.view is not None and self.operations is not None
-        while True:
-            await trio.sleep(HEAD_POLL_INTERVAL)
-            assert self.snapshot is not None and self.trees is not None and self.hydrator is not None
-            commit = gitdir.head_oid()
-            if commit is None or commit == self.snapshot.commit_oid or gitdir.git_busy():
-                continue
-            try:
-                tree = gitdir.commit_tree(commit)
-            except KeyError:
-                continue  # the commit object is not visible yet
-            snapshot = Snapshot(commit, tree, self.trees)
-            report = self.view.reconcile(
-                snapshot, await self._hashed_data_files(), busy=self.operations.paths_open_for_writing()
-            )
-            self.snapshot = snapshot
-            self.operations.publish(snapshot, retimed=report.retimed)
-            log.info(
-                "HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
-                commit,
-                report.dropped,
-                report.converted,
-                report.kept,
-            )
-            await self.hydrator.track(snapshot, may_be_local=True)
-
-    async def _hashed_data_files(self) -> Callable[[Path], str]:
-        """Blob ids of the overlay data files, hashed in a worker thread, for :meth:`OverlayView.reconcile`.
-
-        After a checkout there are thousands of them; hashing them on the event
-        loop would hold every FUSE request. Ids computed while any file was
-        opened or closed for writing, or truncated, are not trusted: those are
-        hashed again during the reconcile.
-        """
-        assert self.view is not None and self.operations is not None
-        operations = self.operations
-        events = operations.write_events
-        paths = self.view.data_paths()
-
-        def hash_all() -> dict[Path, str]:
-            hashes = {}
-            for path in paths:
-                with contextlib.suppress(OSError, ArtifactFSError):  # removed meanwhile: not reconciled
-                    hashes[path] = blob_id_of_file(path)
-            return hashes
-
-        hashes = await trio.to_thread.run_sync(hash_all)
-        if operations.write_events != events:
-            hashes.clear()
-
-        def blob_oid_of(path: Path) -> str:
-            known = hashes.get(path)
-            return known if known is not None else blob_id_of_file(path)
-
-        return blob_oid_of
-
-    # ------------------------------------------------------------- control
-
-    async def _control(self, request: dict[str, Any]) -> dict[str, Any]:
-        op = request.get("op")
-        if op == "status":
-            return {"ok": True, **self.status()}
-        if op == "unmount":
-            self.request_shutdown()
-            return {"ok": True, "pid": os.getpid()}
-        if op == "prefetch":
-            paths = request.get("paths")
-            if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
-                raise ArtifactFSError("prefetch needs a list of paths")
-            return {"ok": True, "boosted": self.prefetch(paths)}
-        if op == "credential":
-            assert self.git_service is not None
-            return {"ok": True, **await self.git_service.credential(request)}
-        if op == "record":
-            assert self.hydrator is not None
-            return {"ok": True, "record": [arrival.__dict__ for arrival in self.hydrator.record]}
-        raise ArtifactFSError(f"unknown control operation {op!r}")
-
-    def prefetch(self, pathspecs: list[str]) -> int:
-        """Raise every blob under or matching ``pathspecs`` to the front of the queue.
-
-        A pathspec that matches no file is an error (as in ``git add``), so a
-        typo is not mistaken for blobs that are all local already.
-        """
-        assert self.snapshot is not None and self.hydrator is not None
-        cleaned = [spec.strip("/") for spec in pathspecs]
-        oids = []
-        files: list[tuple[str, str]] = []
-        unmatched = set(cleaned)
-        for path, entry in self.snapshot.walk():
-            if entry.kind not in (EntryKind.FILE, EntryKind.SYMLINK):
-                continue
-            for spec in cleaned:
-                if not spec or path == spec or path.startswith(spec + "/") or fnmatch.fnmatchcase(path, spec):
-                    oids.append(entry.oid)
-                    files.append((path, entry.oid))
-                    unmatched.discard(spec)
-        if unmatched:
-            raise ArtifactFSError(
-                "no file in the mount matches " + ", ".join(repr(spec) for spec in sorted(unmatched))
-            )
-        if self.lfs is not None:
-            self.lfs.prefetch(files)  # the objects of the LFS files among them
-        return self.hydrator.boost(oids)
-
-    def status(self) -> dict[str, Any]:
-        assert self.snapshot is not None and self.hydrator is not None and self.gitdir is not None
-        assert self.git_service is not None
-        return {
-            "pid": os.getpid(),
-            "state": self.state_name,
-            "read_only": self.read_only,
-            "remote": self.options.remote.redacted(),
-            "mountpoint": str(self.options.mountpoint),
-            "head": self.snapshot.commit_oid,
-            "gitdir": str(self.gitdir.path),
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "history_complete": self._history_fetched or not self.gitdir.shallow_commits(),
-            "history_depth": self.options.history_depth,
-            "history_shallow": self.session is not None and not history_available(self.session),
-            "hydration": self.hydrator.status(),
-            "tier": self.tier.status() if self.tier is not None else None,
-            "profile": {
-                "enabled": self.hydrator.profile is not None,
-                "followed_paths": self._profile_followed,
-                "recorded_paths": len(self.hydrator.profile.paths) if self.hydrator.profile else 0,
-            },
-            "git": self.git_service.status(),
-            "fuse": self.operations.stats() if self.operations else {},
-            "lfs": self.lfs.status() if self.lfs else {},
-            "submodules": dict(self.nested.states),
-        }
+    def status(self) -> MountStatus:
+        return MountStatus(
+            pid=os.getpid(),
+            state=self.state_name,
+            read_only=self.read_only,
+            remote=self.options.remote.redacted(),
+            mountpoint=str(self.options.mountpoint),
+            head=self.head.snapshot.commit_oid,
+            gitdir=str(self.gitdir.path),
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            history_complete=self._history_fetched or not self.gitdir.shallow_commits(),
+            history_depth=self.options.history_depth,
+            history_shallow=not history_available(self.session),
+            hydration=self.hydrator.status(),
+            tier=self.tier.status() if self.tier is not None else None,
+            profile=ProfileReport(
+                enabled=self.hydrator.profile is not None,
+                followed_paths=self._profile_followed,
+                recorded_paths=len(self.hydrator.profile.paths) if self.hydrator.profile else 0,
+            ),
+            git=self.git_service.status(),
+            fuse=self.operations.stats(),
+            lfs=self.lfs.status(),
+            submodules=dict(self.nested.states),
+        )
 
 
 def check_mountpoint(mountpoint: Path) -> None:

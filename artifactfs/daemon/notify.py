@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
-from artifactfs.retry import describe_health
+from artifactfs.status import MountStatus
 
 STATUS_INTERVAL = 5.0
 """Seconds between ``STATUS=`` progress lines while systemd supervises the daemon."""
@@ -28,25 +27,25 @@ def notify(message: str) -> bool:
     return True
 
 
-def progress_line(status: dict[str, Any]) -> str:
+def progress_line(status: MountStatus) -> str:
     """One line for ``systemctl status``: hydration progress of a running mount."""
-    hydration = status["hydration"]
+    hydration = status.hydration
     line = (
-        f"{status['state']}: {hydration['hydrated_blobs']}/{hydration['total_blobs']} blobs hydrated, "
-        f"{hydration['queued_blobs']} queued, {hydration['failed_blobs']} failed"
+        f"{status.state}: {hydration.hydrated_blobs}/{hydration.total_blobs} blobs hydrated, "
+        f"{hydration.queued_blobs} queued, {hydration.failed_blobs} failed"
     )
-    if hydration.get("eta_seconds") is not None:
-        line += f", ETA {hydration['eta_seconds']:.0f}s"
-    if hydration["retrying_blobs"]:
-        line += f", {hydration['retrying_blobs']} awaiting retry"
-    if hydration["paused"]:
-        line += f", paused: {hydration['paused']}"
-    if hydration["remote"]["state"] != "ok":
-        line += f", remote {describe_health(hydration['remote'])}"
+    if hydration.eta_seconds is not None:
+        line += f", ETA {hydration.eta_seconds:.0f}s"
+    if hydration.retrying_blobs:
+        line += f", {hydration.retrying_blobs} awaiting retry"
+    if hydration.paused:
+        line += f", paused: {hydration.paused}"
+    if hydration.remote.state != "ok":
+        line += f", remote {hydration.remote.describe()}"
     return line
 
 
-async def report_progress(status: Callable[[], dict[str, Any]], interval: float = STATUS_INTERVAL) -> None:
+async def report_progress(status: Callable[[], MountStatus], interval: float = STATUS_INTERVAL) -> None:
     """Send a ``STATUS=`` line every ``interval`` seconds while ``$NOTIFY_SOCKET`` is set."""
     if not os.environ.get("NOTIFY_SOCKET"):
         return

@@ -26,16 +26,14 @@ depth 1, like ``git clone --depth 1``, and ``git fetch --deepen`` or
 from __future__ import annotations
 
 import logging
-import re
 import shutil
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dulwich.objects import Commit
-
 from artifactfs.errors import CorruptObjectError, ProtocolError, UnknownRefError
+from artifactfs.objects import OID_HEX_SIZE, commit_tree, is_abbreviated_oid, is_oid
 from artifactfs.remote import Ref, RemoteSession
 from artifactfs.retry import HISTORY_BACKOFF, RemoteHealth, retry_forever
 from artifactfs.store.gitdir import GitDir
@@ -45,8 +43,6 @@ from artifactfs.store.packwrite import PackWriter
 log = logging.getLogger(__name__)
 
 INFINITE_DEPTH = 0x7FFFFFFF
-_OID = re.compile(r"[0-9a-f]{40}")
-_SHORT_OID = re.compile(r"[0-9a-f]{4,39}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +71,7 @@ def resolve_ref(refs: Sequence[Ref], wanted: str | None) -> ResolvedRef:
         if ref is not None:
             branch = candidate[len("refs/heads/") :] if is_branch else None
             return ResolvedRef(ref.peeled or ref.oid, branch)
-    if _OID.fullmatch(wanted):
+    if is_oid(wanted):
         return ResolvedRef(wanted, None)
     raise UnknownRefError(f"ref {wanted!r} not found on the remote")
 
@@ -85,7 +81,7 @@ async def resolve_wanted(session: RemoteSession, refs: Sequence[Ref], wanted: st
     try:
         return resolve_ref(refs, wanted)
     except UnknownRefError:
-        if wanted is None or not _SHORT_OID.fullmatch(wanted.lower()):
+        if wanted is None or not is_abbreviated_oid(wanted.lower()):
             raise
     prefix = wanted.lower()
     matches = {oid for ref in refs for oid in (ref.peeled, ref.oid) if oid and oid.startswith(prefix)}
@@ -178,7 +174,7 @@ async def fetch_tip(
     raw_commit = commits.get(commit)
     if raw_commit is None:
         raise ProtocolError(f"the remote did not send commit {commit}")
-    root_tree = Commit.from_raw_string(1, raw_commit).tree.decode("ascii")
+    root_tree = commit_tree(raw_commit)
     if root_tree not in trees:
         raise ProtocolError(f"the remote did not send the root tree of {commit}")
     return Tip(commit, root_tree, trees, shallow)
@@ -204,11 +200,10 @@ class TreeTracker:
         if obj.type_name == "commit":
             self.commits[obj.oid] = obj.data
             if obj.oid == self.commit:
-                if not obj.data.startswith(b"tree ") or not _OID.fullmatch(
-                    obj.data[5:45].decode("ascii", "replace")
-                ):
+                named = obj.data[5 : 5 + OID_HEX_SIZE].decode("ascii", "replace")
+                if not obj.data.startswith(b"tree ") or not is_oid(named):
                     raise ProtocolError(f"commit {obj.oid} does not start with its tree")
-                self.root_tree = obj.data[5:45].decode("ascii")
+                self.root_tree = named
                 self._need(self.root_tree)
         elif obj.type_name == "tree":
             self.trees[obj.oid] = obj.data

@@ -28,7 +28,7 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -47,6 +47,7 @@ from artifactfs.overlay.errors import errno_for
 from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.status import FuseReport
 from artifactfs.store.loose import LooseBlobFile
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _fuse_errors(method: Callable[_P, Awaitable[_R]]) -> Callable[_P, Awaitable[_R]]:
+def _fuse_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, Coroutine[Any, Any, _R]]:
     """Turn every failure of one request into the errno the kernel should see for it."""
 
     name = method.__name__
@@ -281,7 +282,7 @@ class Operations(pyfuse3.Operations):
 
     def _inode_for(self, node: Node) -> int:
         """The inode of ``node``'s path; every hard link of one file gets the same one."""
-        if node.nlink < 2 or node.kind in ("dir", "gitlink") or node.link_id is None:
+        if node.nlink < 2 or node.kind in (EntryKind.DIR, EntryKind.GITLINK) or node.link_id is None:
             return self._inodes.inode(node.path)
         inode = self._linked.get(node.link_id)
         if inode is not None and self._inodes.path(inode) is not None:
@@ -299,9 +300,9 @@ class Operations(pyfuse3.Operations):
 
     def _attributes_with_size(self, inode: int, node: Node, size: int | None) -> pyfuse3.EntryAttributes:
         mtime_ns = node.mtime_ns if node.mtime_ns is not None else BASE_MTIME_NS
-        if node.kind in ("dir", "gitlink"):
+        if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             return self._base_attributes(inode, node.mode, 4096, mtime_ns, node)
-        if node.kind == "special":
+        if node.kind == EntryKind.SPECIAL:
             return self._base_attributes(inode, node.mode, 0, mtime_ns, node)
         if node.data_path is not None:
             info = os.stat(node.data_path)
@@ -364,7 +365,7 @@ class Operations(pyfuse3.Operations):
         self._inodes.remember(inode)
         return attributes
 
-    def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             self._inodes.forget(inode, count)
             if self._inodes.path(inode) is None:
@@ -423,8 +424,10 @@ class Operations(pyfuse3.Operations):
         node = self._node(path)
         if fields.update_size:
             self.write_events += 1
-            if node.kind != "file":
-                raise pyfuse3.FUSEError(errno.EISDIR if node.kind in ("dir", "gitlink") else errno.EINVAL)
+            if node.kind != EntryKind.FILE:
+                raise pyfuse3.FUSEError(
+                    errno.EISDIR if node.kind in (EntryKind.DIR, EntryKind.GITLINK) else errno.EINVAL
+                )
             node = await self._writable(path, node, truncate=attr.st_size == 0)
             assert node.data_path is not None
             os.truncate(node.data_path, attr.st_size)
@@ -448,7 +451,7 @@ class Operations(pyfuse3.Operations):
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self._node(self._path(inode))
-        if node.kind != "symlink":
+        if node.kind != EntryKind.SYMLINK:
             raise pyfuse3.FUSEError(errno.EINVAL)
         if node.symlink_target is not None:
             return node.symlink_target
@@ -462,7 +465,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         path = self._path(inode)
         node = self._node(path)
-        if node.kind not in ("dir", "gitlink"):
+        if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         handle = self._handle()
         self._dirs[handle] = _DirHandle(path)
@@ -612,7 +615,7 @@ class Operations(pyfuse3.Operations):
         existing = self._path(inode)
         path = self._join(self._path(new_parent_inode), new_name)
         node = self._node(existing)
-        if node.kind == "file":
+        if node.kind == EntryKind.FILE:
             await self._writable(existing, node, truncate=False)
         node = self._view.link(existing, path)
         self._inodes.link(inode, path)
@@ -665,7 +668,7 @@ class Operations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=handle, keep_cache=True)
         path = self._path(inode)
         node = self._node(path)
-        if node.kind in ("dir", "gitlink"):
+        if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if writable:
             self.write_events += 1
@@ -851,9 +854,9 @@ class Operations(pyfuse3.Operations):
             histogram = self._latency[operation] = LatencyHistogram()
         histogram.observe(seconds)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "open_files": len(self._files),
-            "operations": {operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
-            "latency": {operation: h.as_dict() for operation, h in sorted(self._latency.items())},
-        }
+    def stats(self) -> FuseReport:
+        return FuseReport(
+            open_files=len(self._files),
+            operations={operation: sum(h.counts) for operation, h in sorted(self._latency.items())},
+            latency={operation: h.report() for operation, h in sorted(self._latency.items())},
+        )

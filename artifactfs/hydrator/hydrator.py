@@ -39,7 +39,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import trio
 import trio.lowlevel
@@ -48,20 +47,21 @@ from artifactfs.errors import ArtifactFSError, CorruptObjectError, MissingObject
 from artifactfs.hydrator.priority import BINARY_SIZE_THRESHOLD, Classifier, PriorityClass
 from artifactfs.hydrator.profile import ProfileRecorder
 from artifactfs.hydrator.queue import BOOST, DEMAND, STAT, HydrationQueue, level_of
+from artifactfs.hydrator.settings import HydrationSettings
 from artifactfs.hydrator.sources import OriginSource, SourceChain
 from artifactfs.latency import LatencyHistogram
+from artifactfs.objects import ObjectType
 from artifactfs.remote import RemoteSession
-from artifactfs.retry import HYDRATION_BACKOFF, Backoff, RemoteHealth, Verdict, classify
+from artifactfs.retry import HYDRATION_BACKOFF, SPACE_BACKOFF, RemoteHealth, Verdict, classify
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.state import free_bytes
+from artifactfs.status import ClassProgress, HydrationReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
 
 log = logging.getLogger(__name__)
-
-HydrationMode = Literal["background", "none"]
 
 _UNKNOWN_SIZE_GUESS = 16 << 10
 _OBJECT_INFO_CHUNK = 2048
@@ -71,7 +71,6 @@ _OBJECT_INFO_ATTEMPTS = 3
 """Failed object-info requests after which a blob's size is left to hydration."""
 _LOW_SPACE = 1 << 20
 """A fetch that fails with less free space than this on the cache's disk failed for want of space."""
-_SPACE_BACKOFF = Backoff(base=0.5, cap=30.0)
 _DEMAND_LANES = 2
 """Requests for blocked readers that may be in flight at once, beside the stat and background lanes."""
 _SMALL_BATCH = 16
@@ -90,20 +89,6 @@ class BlobUnavailableError(ArtifactFSError):
 
 
 @dataclass
-class HydrationSettings:
-    mode: HydrationMode = "background"
-    connections: int = 3
-    """Background fetch requests in flight at once (a separate lane serves demand reads)."""
-    initial_batch: int = 256
-    max_batch: int = 4096
-    max_batch_bytes: int = 64 << 20
-    read_timeout: float = 120.0
-    """Seconds a read waits for its blob before failing with EIO."""
-    max_bandwidth: int | None = None
-    """Bytes per second across all fetches, or None for no limit."""
-
-
-@dataclass
 class ClassCounters:
     total: int = 0
     hydrated: int = 0
@@ -111,14 +96,8 @@ class ClassCounters:
     total_bytes: int = 0
     hydrated_bytes: int = 0
 
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "total": self.total,
-            "hydrated": self.hydrated,
-            "failed": self.failed,
-            "total_bytes": self.total_bytes,
-            "hydrated_bytes": self.hydrated_bytes,
-        }
+    def report(self) -> ClassProgress:
+        return ClassProgress(self.total, self.hydrated, self.failed, self.total_bytes, self.hydrated_bytes)
 
 
 @dataclass
@@ -369,7 +348,7 @@ class Hydrator:
                 type_num, content = self._gitdir.read_object(oid)
             except KeyError:
                 continue
-            if type_num == 3:
+            if type_num == ObjectType.BLOB:
                 self._cache.store_bytes(oid, content)
                 found.append((oid, len(content)))
         return found
@@ -959,7 +938,7 @@ class Hydrator:
                 continue
             attempt = self._space_pauses
             while True:
-                await trio.sleep(_SPACE_BACKOFF.delay(attempt))
+                await trio.sleep(SPACE_BACKOFF.delay(attempt))
                 attempt += 1
                 free = await trio.to_thread.run_sync(free_bytes, self._cache.tmp_dir)
                 if free >= self._space_floor:
@@ -1037,7 +1016,7 @@ class Hydrator:
                 counted.failed += 1
         return counters
 
-    def status(self) -> dict[str, object]:
+    def status(self) -> HydrationReport:
         by_class = self._class_counters()
         totals = ClassCounters()
         for counters in by_class.values():
@@ -1056,26 +1035,26 @@ class Hydrator:
             and not self._retrying
         )
         eta = None if complete or rate <= 0 or self.settings.mode == "none" else remaining_bytes / rate
-        return {
-            "mode": self.settings.mode,
-            "total_blobs": totals.total,
-            "hydrated_blobs": totals.hydrated,
-            "failed_blobs": totals.failed,
-            "total_bytes": totals.total_bytes,
-            "hydrated_bytes": totals.hydrated_bytes,
-            "queued_blobs": len(self._queue),
-            "retrying_blobs": len(self._retrying),
-            "paused": "disk full" if self._space_restored is not None else None,
-            "remote": self.health.as_dict(),
-            "inflight_blobs": len(self._inflight),
-            "rate_bytes_per_second": round(rate, 1),
-            "eta_seconds": None if eta is None else round(eta, 1),
-            "complete": complete,
-            "batch_size": self._batch_size,
-            "object_info": self._object_info,
-            "classes": {pc.label: by_class[pc].as_dict() for pc in PriorityClass},
-            "errors": list(self.errors),
-            "errors_total": self._error_count,
-            "fetch_latency": self._fetch_latency.as_dict(),
-            "sources": self.sources.status(),
-        }
+        return HydrationReport(
+            mode=self.settings.mode,
+            total_blobs=totals.total,
+            hydrated_blobs=totals.hydrated,
+            failed_blobs=totals.failed,
+            total_bytes=totals.total_bytes,
+            hydrated_bytes=totals.hydrated_bytes,
+            queued_blobs=len(self._queue),
+            retrying_blobs=len(self._retrying),
+            paused="disk full" if self._space_restored is not None else None,
+            remote=self.health.report(),
+            inflight_blobs=len(self._inflight),
+            rate_bytes_per_second=round(rate, 1),
+            eta_seconds=None if eta is None else round(eta, 1),
+            complete=complete,
+            batch_size=self._batch_size,
+            object_info=self._object_info,
+            classes={pc.label: by_class[pc].report() for pc in PriorityClass},
+            errors=list(self.errors),
+            errors_total=self._error_count,
+            fetch_latency=self._fetch_latency.report(),
+            sources=self.sources.status(),
+        )

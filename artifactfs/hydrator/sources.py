@@ -33,6 +33,7 @@ import trio
 from artifactfs.latency import LatencyHistogram
 from artifactfs.remote import RemoteSession
 from artifactfs.retry import Backoff
+from artifactfs.status import SourceReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.packstream import PackObject, PackStreamParser
 
@@ -80,15 +81,10 @@ class SourceStats:
     last_error: str | None = None
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
 
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "requests": self.requests,
-            "blobs": self.blobs,
-            "bytes": self.bytes,
-            "errors": self.errors,
-            "last_error": self.last_error,
-            "latency": self.latency.as_dict(),
-        }
+    def report(self) -> SourceReport:
+        return SourceReport(
+            self.requests, self.blobs, self.bytes, self.errors, self.last_error, self.latency.report()
+        )
 
 
 class CacheSource:
@@ -297,5 +293,5 @@ class SourceChain:
         finally:
             stats.latency.observe(time.monotonic() - started)
 
-    def status(self) -> dict[str, object]:
-        return {name: stats.as_dict() for name, stats in self.stats.items()}
+    def status(self) -> dict[str, SourceReport]:
+        return {name: stats.report() for name, stats in self.stats.items()}

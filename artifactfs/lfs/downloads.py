@@ -22,6 +22,7 @@ from artifactfs.hydrator.hydrator import BlobUnavailableError
 from artifactfs.lfs.batch import LfsClient
 from artifactfs.lfs.objects import LfsObjectFile, LfsObjectStore
 from artifactfs.lfs.pointer import LfsPointer
+from artifactfs.status import LfsReport
 
 log = logging.getLogger("artifactfs.lfs")
 
@@ -165,10 +166,12 @@ class LfsDownloads:
             download.errno_value = errno_value
             download.done.set()
 
-    def status(self) -> dict[str, object]:
-        return {
-            "downloaded": self.downloaded,
-            "failures": self.failures,
-            "missing": len(self._missing),
-            "endpoint": self.client.description if self.client is not None else None,
-        }
+    def report(self, *, files: int) -> LfsReport:
+        """The status of LFS in a mount whose tree has ``files`` LFS files."""
+        return LfsReport(
+            files=files,
+            downloaded=self.downloaded,
+            failures=self.failures,
+            missing=len(self._missing),
+            endpoint=self.client.description if self.client is not None else None,
+        )

@@ -40,6 +40,7 @@ from artifactfs.lfs.objects import LfsObjectFile, LfsObjectStore
 from artifactfs.lfs.pointer import MAX_POINTER_SIZE, LfsPointer, parse_pointer
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
+from artifactfs.status import LfsReport
 from artifactfs.store.blobcache import BlobCache
 
 log = logging.getLogger("artifactfs.lfs")
@@ -377,5 +378,5 @@ class LfsFiles:
             for priority_class, _, pointer in sorted(pending.values(), key=_by_class_and_path)
         ]
 
-    def status(self) -> dict[str, object]:
-        return {"files": len(self._paths), **self._downloads.status()}
+    def status(self) -> LfsReport:
+        return self._downloads.report(files=len(self._paths))

@@ -22,7 +22,7 @@ from artifactfs.errors import CorruptObjectError, MountpointError
 from artifactfs.overlay.store import OverlayRow, OverlayStoreError, inspect_database, parent_of
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot, TreeCache
-from artifactfs.state import StateRoot, pid_alive
+from artifactfs.state import MountState, StateRoot, pid_alive
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
 
@@ -64,8 +64,8 @@ def fsck(state: StateRoot, mountpoint: Path) -> FsckReport:
         raise MountpointError(f"no ArtifactFS state for {mountpoint} under {state.root}")
     _check_blob_cache(BlobCache(state.blob_cache_dir), report)
     for state_dir in report.state_dirs:
-        base = _check_gitdir(GitDir(state_dir / "gitdir"), report)
-        _check_overlay(state_dir / "overlay", base, state_dir == live_dir, report)
+        base = _check_gitdir(GitDir(MountState(state_dir).gitdir), report)
+        _check_overlay(MountState(state_dir).overlay, base, state_dir == live_dir, report)
     return report
 
 
@@ -200,7 +200,7 @@ def _check_parents(rows: dict[str, OverlayRow], base: Snapshot | None, report: F
             if not is_dir(parent_of(path)):
                 known[path] = False
             elif row is not None:
-                known[path] = row.kind == "dir"
+                known[path] = row.kind == EntryKind.DIR
             elif base is None:
                 known[path] = True  # cannot tell; assume the base has it
             else:

@@ -46,15 +46,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar, cast
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from artifactfs.errors import ArtifactFSError
 from artifactfs.overlay.errors import is_no_space
 from artifactfs.overlay.rowindex import RowIndex
+from artifactfs.snapshot.entries import EntryKind
 from artifactfs.state import free_bytes, open_private, private_dir
-
-RowKind = Literal["file", "dir", "symlink", "gitlink", "special", "whiteout"]
 
 _SCHEMA_VERSION = 2
 _DATA_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -180,7 +179,7 @@ class OverlayRow:
     """
 
     path: str
-    kind: RowKind
+    kind: EntryKind
     mode: int = 0
     data_id: str | None = None
     base_oid: str | None = None
@@ -195,15 +194,15 @@ class OverlayRow:
     xattrs: bytes | None = None
 
     def __post_init__(self) -> None:
-        if self.kind == "file" and (self.data_id is None) == (self.base_oid is None):
+        if self.kind == EntryKind.FILE and (self.data_id is None) == (self.base_oid is None):
             raise ValueError(f"file row needs exactly one of data_id or base_oid: {self.path!r}")
-        if self.kind == "symlink" and (self.target is None) == (self.base_oid is None):
+        if self.kind == EntryKind.SYMLINK and (self.target is None) == (self.base_oid is None):
             raise ValueError(f"symlink row needs exactly one of target or base_oid: {self.path!r}")
-        if self.kind == "gitlink" and self.base_oid is None:
+        if self.kind == EntryKind.GITLINK and self.base_oid is None:
             raise ValueError(f"gitlink row needs a commit id: {self.path!r}")
-        if self.data_id is not None and self.kind not in ("file", "special"):
+        if self.data_id is not None and self.kind not in (EntryKind.FILE, EntryKind.SPECIAL):
             raise ValueError(f"only file and special rows have data files: {self.path!r}")
-        if self.kind == "special" and not (stat.S_ISFIFO(self.mode) or stat.S_ISSOCK(self.mode)):
+        if self.kind == EntryKind.SPECIAL and not (stat.S_ISFIFO(self.mode) or stat.S_ISSOCK(self.mode)):
             if not (stat.S_ISCHR(self.mode) or stat.S_ISBLK(self.mode)):
                 raise ValueError(f"special row with mode {self.mode:o}: {self.path!r}")
 
@@ -266,7 +265,7 @@ def _row_from_db(record: _Record) -> OverlayRow:
     uid, gid, atime_ns, ctime_ns, rdev, xattrs = record[8:]
     return OverlayRow(
         path=decode_path(raw_path),
-        kind=cast(RowKind, kind),
+        kind=EntryKind(kind),
         mode=mode,
         data_id=data_id,
         base_oid=base_oid,
@@ -747,7 +746,7 @@ def _fsync_path(path: Path, flags: int) -> None:
         os.close(fd)
 
 
-_ROW_KINDS: frozenset[str] = frozenset({"file", "dir", "symlink", "gitlink", "special", "whiteout"})
+_ROW_KINDS: frozenset[str] = frozenset(EntryKind)
 
 
 def inspect_database(state_dir: Path, *, read_only: bool) -> tuple[dict[str, OverlayRow], list[str]]:

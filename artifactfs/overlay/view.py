@@ -17,7 +17,6 @@ Invariants kept by every operation:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -28,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from artifactfs.objects import blob_id
 from artifactfs.overlay.errors import (
     AlreadyExists,
     DirectoryNotEmpty,
@@ -56,7 +56,6 @@ from artifactfs.snapshot.tree import FOLDS_TO_GIT, refusal_reason
 
 ViewVersion = tuple[int, BaseTree]
 """The overlay's row generation and the published base: equal versions show the same namespace."""
-NodeKind = Literal["file", "dir", "symlink", "gitlink", "special"]
 NAME_MAX = 255
 """Longest directory entry name, in bytes."""
 
@@ -76,7 +75,7 @@ class Node:
     """
 
     path: str
-    kind: NodeKind
+    kind: EntryKind
     mode: int
     base_oid: str | None
     data_path: Path | None
@@ -161,18 +160,12 @@ def _base_file_mode(entry: BaseEntry) -> int:
 def _row_from_base(path: str, entry: BaseEntry, *, opaque: bool) -> OverlayRow:
     """An overlay row that shows exactly what ``entry`` shows, without depending on the base."""
     if entry.kind is EntryKind.FILE:
-        return OverlayRow(path, "file", _base_file_mode(entry), base_oid=entry.oid)
+        return OverlayRow(path, EntryKind.FILE, _base_file_mode(entry), base_oid=entry.oid)
     if entry.kind is EntryKind.SYMLINK:
-        return OverlayRow(path, "symlink", _SYMLINK_MODE, base_oid=entry.oid)
+        return OverlayRow(path, EntryKind.SYMLINK, _SYMLINK_MODE, base_oid=entry.oid)
     if entry.kind is EntryKind.GITLINK:
-        return OverlayRow(path, "gitlink", _DIR_MODE, base_oid=entry.oid)
-    return OverlayRow(path, "dir", _DIR_MODE, opaque=opaque)
-
-
-def git_blob_oid(content: bytes, like: str) -> str:
-    """The blob id of ``content`` in the object format ``like`` (an existing id) uses."""
-    algorithm = hashlib.sha256 if len(like) == 64 else hashlib.sha1
-    return algorithm(b"blob %d\0" % len(content) + content).hexdigest()
+        return OverlayRow(path, EntryKind.GITLINK, _DIR_MODE, base_oid=entry.oid)
+    return OverlayRow(path, EntryKind.DIR, _DIR_MODE, opaque=opaque)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +220,7 @@ class OverlayView:
     def lookup(self, path: str) -> Node | None:
         with self._lock:
             resolved = self._resolve(path)
-            if resolved.node is None or resolved.node.kind != "dir":
+            if resolved.node is None or resolved.node.kind != EntryKind.DIR:
                 return resolved.node
             return replace(resolved.node, nlink=2 + self._subdirectories(resolved))
 
@@ -240,7 +233,7 @@ class OverlayView:
             for name in sorted(items):
                 child = _join(path, name)
                 node = self._node_of(child, items[name])
-                if node.kind == "dir":
+                if node.kind == EntryKind.DIR:
                     item = items[name]
                     if isinstance(item, BaseEntry) and not self._store.has_child_rows(child):
                         subdirectories = self._base_subdirectories(child)
@@ -258,7 +251,7 @@ class OverlayView:
         return sum(
             1
             for item in items.values()
-            if (item.kind is EntryKind.DIR if isinstance(item, BaseEntry) else item.kind == "dir")
+            if (item.kind is EntryKind.DIR if isinstance(item, BaseEntry) else item.kind == EntryKind.DIR)
         )
 
     def _base_subdirectories(self, path: str) -> int:
@@ -321,7 +314,7 @@ class OverlayView:
                 raise AlreadyExists(path, "file exists")
             uid, gid, full_mode = self._new_owner(parent, owner, stat.S_IFREG | (mode & 0o7777))
             data_id = self._store.new_data_file(None)
-            row = OverlayRow(path, "file", full_mode, data_id=data_id, uid=uid, gid=gid)
+            row = OverlayRow(path, EntryKind.FILE, full_mode, data_id=data_id, uid=uid, gid=gid)
             try:
                 with self._store.batch() as batch:
                     batch.put(row)
@@ -343,7 +336,7 @@ class OverlayView:
             now = time.time_ns()
             row = OverlayRow(
                 path,
-                "dir",
+                EntryKind.DIR,
                 full_mode,
                 opaque=opaque,
                 mtime_ns=now,
@@ -372,7 +365,7 @@ class OverlayView:
             now = time.time_ns()
             row = OverlayRow(
                 path,
-                "special",
+                EntryKind.SPECIAL,
                 full_mode,
                 uid=uid,
                 gid=gid,
@@ -397,13 +390,17 @@ class OverlayView:
         with self._lock:
             source = self._resolve(existing)
             node = self._require(source)
-            if node.kind in ("dir", "gitlink"):
+            if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
                 raise ReadOnlyEntry(existing, "cannot hard-link a directory")
             self._resolve_parent(path)
             if self._resolve(path).node is not None:
                 raise AlreadyExists(path, "file exists")
             row = source.row
-            if node.kind == "symlink" or row is None or (row.kind == "file" and row.data_id is None):
+            if (
+                node.kind == EntryKind.SYMLINK
+                or row is None
+                or (row.kind == EntryKind.FILE and row.data_id is None)
+            ):
                 raise InvalidOperation(existing, "only overlay files and special files can be hard-linked")
             fresh = None
             if row.data_id is None:
@@ -434,7 +431,7 @@ class OverlayView:
             uid, gid, _ = self._new_owner(parent, owner, _SYMLINK_MODE)
             now = time.time_ns()
             row = OverlayRow(
-                path, "symlink", _SYMLINK_MODE, target=target, uid=uid, gid=gid,
+                path, EntryKind.SYMLINK, _SYMLINK_MODE, target=target, uid=uid, gid=gid,
                 mtime_ns=now, atime_ns=now, ctime_ns=now,
             )  # fmt: skip
             with self._store.batch() as batch:
@@ -452,9 +449,9 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind in ("dir", "gitlink"):
+            if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
                 raise IsADirectory(path, "is a directory")
-            if node.kind in ("symlink", "special"):
+            if node.kind in (EntryKind.SYMLINK, EntryKind.SPECIAL):
                 raise InvalidOperation(path, f"{node.kind}s have no writable content")
             if node.data_path is not None:
                 return node
@@ -482,7 +479,7 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind in ("dir", "gitlink"):
+            if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
                 raise IsADirectory(path, "is a directory")
 
             def remove() -> None:
@@ -501,7 +498,7 @@ class OverlayView:
         with self._lock:
             resolved = self._resolve(path)
             node = self._require(resolved)
-            if node.kind not in ("dir", "gitlink"):
+            if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
                 raise NotADirectory(path, "not a directory")
             if self._merged_children(resolved):
                 raise DirectoryNotEmpty(path, "directory not empty")
@@ -565,8 +562,8 @@ class OverlayView:
         assert source.node is not None and target.node is not None
         if noreplace:
             raise AlreadyExists(target.path, "file exists")
-        source_is_dir = source.node.kind in ("dir", "gitlink")
-        target_is_dir = target.node.kind in ("dir", "gitlink")
+        source_is_dir = source.node.kind in (EntryKind.DIR, EntryKind.GITLINK)
+        target_is_dir = target.node.kind in (EntryKind.DIR, EntryKind.GITLINK)
         if source_is_dir and not target_is_dir:
             raise NotADirectory(target.path, "not a directory")
         if target_is_dir and not source_is_dir:
@@ -608,7 +605,7 @@ class OverlayView:
             top = _row_from_base(path, entry, opaque=True)
             if entry.kind is not EntryKind.DIR:
                 return [top]
-        elif row.kind != "dir":
+        elif row.kind != EntryKind.DIR:
             return [row]
         else:
             top = replace(row, opaque=True)
@@ -616,16 +613,20 @@ class OverlayView:
             below = self._store.subtree(path)
             return [
                 top,
-                *(replace(r, opaque=True) if r.kind == "dir" else r for r in below if r.kind != "whiteout"),
+                *(
+                    replace(r, opaque=True) if r.kind == EntryKind.DIR else r
+                    for r in below
+                    if r.kind != EntryKind.WHITEOUT
+                ),
             ]
         rows = {_name_of(r.path): r for r in self._store.children(path)}
         base_children = self._base.children(path) or {}
         result = [top]
         for name in sorted(rows.keys() | base_children.keys()):
             child_row, child_entry = rows.get(name), base_children.get(name)
-            if child_row is not None and child_row.kind == "whiteout":
+            if child_row is not None and child_row.kind == EntryKind.WHITEOUT:
                 continue
-            if child_row is not None and (child_row.kind != "dir" or child_row.opaque):
+            if child_row is not None and (child_row.kind != EntryKind.DIR or child_row.opaque):
                 child_entry = None
             result.extend(self._materialize_entry(_join(path, name), child_row, child_entry))
         return result
@@ -660,7 +661,7 @@ class OverlayView:
             node = self._require(resolved)
             current = resolved.row if resolved.row is not None else self._row_for_base(resolved)
             row = replace(current, ctime_ns=time.time_ns())
-            if mode is not None and node.kind not in ("symlink", "gitlink"):
+            if mode is not None and node.kind not in (EntryKind.SYMLINK, EntryKind.GITLINK):
                 row = replace(row, mode=stat.S_IFMT(current.mode) | (mode & 0o7777))
             if uid is not None or gid is not None:
                 stored_uid, stored_gid = self._stored_owner(
@@ -668,7 +669,7 @@ class OverlayView:
                 )
                 row = replace(row, uid=stored_uid, gid=stored_gid)
             if atime_ns is not None or mtime_ns is not None:
-                if row.kind == "file" and row.data_id is not None:
+                if row.kind == EntryKind.FILE and row.data_id is not None:
                     data_path = self._store.data_path(row.data_id)
                     info = os.stat(data_path, follow_symlinks=False)
                     os.utime(
@@ -779,7 +780,7 @@ class OverlayView:
                 if row is None or path in dropped:
                     shows_base[path] = above
                 else:
-                    shows_base[path] = above and row.kind == "dir" and not row.opaque
+                    shows_base[path] = above and row.kind == EntryKind.DIR and not row.opaque
             return shows_base[path]
 
         link_counts: dict[str, int] = defaultdict(int)
@@ -806,16 +807,16 @@ class OverlayView:
                 return True
             row = by_path.get(path)
             if row is not None and path not in dropped:
-                return row.kind == "dir"
+                return row.kind == EntryKind.DIR
             return base_shows_below(parent_of(path)) and _is_dir(new_base.entry(path))
 
         now = time.time_ns()
         for row in rows:
-            if row.path == "" or row.kind == "whiteout" or row.path in dropped:
+            if row.path == "" or row.kind == EntryKind.WHITEOUT or row.path in dropped:
                 continue
             parent = parent_of(row.path)
             while not is_dir_after(parent):
-                repaired[parent] = OverlayRow(parent, "dir", _DIR_MODE, opaque=True, mtime_ns=now)
+                repaired[parent] = OverlayRow(parent, EntryKind.DIR, _DIR_MODE, opaque=True, mtime_ns=now)
                 parent = parent_of(parent)
 
         with self._store.batch(journal=False) as batch:
@@ -844,11 +845,11 @@ class OverlayView:
         blob_oid_of: Callable[[Path], str],
     ) -> Literal["drop", "keep"] | OverlayRow:
         """Whether ``row`` is redundant over ``entry`` (the new base entry, None if hidden or absent)."""
-        if row.kind == "whiteout":
+        if row.kind == EntryKind.WHITEOUT:
             return "drop" if entry is None else "keep"
         if entry is None or row.metadata_differs_from_base():
             return "keep"
-        if row.kind == "file" and entry.kind is EntryKind.FILE:
+        if row.kind == EntryKind.FILE and entry.kind is EntryKind.FILE:
             same_mode = row.mode == _base_file_mode(entry)
             if row.data_id is None:
                 unchanged = row.base_oid == entry.oid and same_mode and row.mtime_ns is None
@@ -857,13 +858,13 @@ class OverlayView:
             if blob_oid_of(data_path) != entry.oid:
                 return "keep"
             mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
-            return OverlayRow(row.path, "file", row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
-        if row.kind == "symlink" and entry.kind is EntryKind.SYMLINK:
-            target_oid = row.base_oid if row.target is None else git_blob_oid(row.target, entry.oid)
+            return OverlayRow(row.path, EntryKind.FILE, row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
+        if row.kind == EntryKind.SYMLINK and entry.kind is EntryKind.SYMLINK:
+            target_oid = row.base_oid if row.target is None else blob_id(row.target)
             return "drop" if target_oid == entry.oid else "keep"
-        if row.kind == "gitlink" and entry.kind is EntryKind.GITLINK:
+        if row.kind == EntryKind.GITLINK and entry.kind is EntryKind.GITLINK:
             return "drop" if row.base_oid == entry.oid else "keep"
-        if row.kind == "dir" and entry.kind is EntryKind.DIR and row.mode == _DIR_MODE:
+        if row.kind == EntryKind.DIR and entry.kind is EntryKind.DIR and row.mode == _DIR_MODE:
             if not row.opaque:
                 return "drop"
             base_names = (new_base.children(row.path) or {}).keys()
@@ -884,7 +885,7 @@ class OverlayView:
             if row is None:
                 if prefix and not _is_dir(entry):
                     return _Resolved(path, None, None, None, False)
-            elif row.kind != "dir":
+            elif row.kind != EntryKind.DIR:
                 return _Resolved(path, None, None, None, False)
             elif prefix:
                 visible = visible and not row.opaque and _is_dir(entry)
@@ -893,8 +894,8 @@ class OverlayView:
         if path == "" and entry is None:
             entry = BaseEntry(EntryKind.DIR, 0o040000, "")
         if row is not None:
-            node = None if row.kind == "whiteout" else self._node_of(path, row)
-            below = row.kind == "dir" and not row.opaque and _is_dir(entry)
+            node = None if row.kind == EntryKind.WHITEOUT else self._node_of(path, row)
+            below = row.kind == EntryKind.DIR and not row.opaque and _is_dir(entry)
             return _Resolved(path, node, row, entry, below)
         node = None if entry is None else self._node_of(path, entry)
         return _Resolved(path, node, None, entry, _is_dir(entry))
@@ -902,7 +903,7 @@ class OverlayView:
     def _resolve_dir(self, path: str) -> _Resolved:
         resolved = self._resolve(path)
         node = self._require(resolved)
-        if node.kind not in ("dir", "gitlink"):
+        if node.kind not in (EntryKind.DIR, EntryKind.GITLINK):
             raise NotADirectory(path, "not a directory")
         return resolved
 
@@ -916,9 +917,11 @@ class OverlayView:
         """
         resolved = self._resolve_dir(parent_of(path))
         assert resolved.node is not None
-        if resolved.node.kind == "gitlink":
+        if resolved.node.kind == EntryKind.GITLINK:
             with self._store.batch() as batch:
-                batch.put(OverlayRow(resolved.path, "dir", _DIR_MODE, opaque=True, mtime_ns=time.time_ns()))
+                batch.put(
+                    OverlayRow(resolved.path, EntryKind.DIR, _DIR_MODE, opaque=True, mtime_ns=time.time_ns())
+                )
             resolved = self._resolve_dir(resolved.path)
         return resolved
 
@@ -933,7 +936,7 @@ class OverlayView:
         items: dict[str, OverlayRow | BaseEntry] = {}
         hidden: set[str] = set()
         for row in self._store.children(resolved.path):
-            if row.kind == "whiteout":
+            if row.kind == EntryKind.WHITEOUT:
                 hidden.add(_name_of(row.path))
             else:
                 items[_name_of(row.path)] = row
@@ -946,20 +949,20 @@ class OverlayView:
     def _node_of(self, path: str, item: OverlayRow | BaseEntry) -> Node:
         if isinstance(item, BaseEntry):
             return self._node_of_base(path, item)
-        kind: NodeKind = "dir" if item.kind == "whiteout" else item.kind
+        kind: EntryKind = EntryKind.DIR if item.kind == EntryKind.WHITEOUT else item.kind
         mode, base_oid, data_path = item.mode, item.base_oid, None
         mtime_ns, atime_ns, ctime_ns = item.mtime_ns, item.atime_ns, item.ctime_ns
-        nlink = 2 if kind in ("dir", "gitlink") else 1
+        nlink = 2 if kind in (EntryKind.DIR, EntryKind.GITLINK) else 1
         if item.data_id is not None:
             nlink = self._store.link_count(item.data_id)
-        if kind == "file" and item.data_id is not None:
+        if kind == EntryKind.FILE and item.data_id is not None:
             data_path = self._store.data_path(item.data_id)
             info = os.stat(data_path, follow_symlinks=False)
             mtime_ns, atime_ns = info.st_mtime_ns, info.st_atime_ns
             ctime_ns = max(item.ctime_ns or 0, info.st_ctime_ns)
-        elif kind == "symlink":
+        elif kind == EntryKind.SYMLINK:
             mode = _SYMLINK_MODE
-        elif kind == "gitlink":
+        elif kind == EntryKind.GITLINK:
             mode, base_oid = _DIR_MODE, None
         return Node(
             path,
@@ -983,10 +986,12 @@ class OverlayView:
     def _node_of_base(self, path: str, entry: BaseEntry) -> Node:
         uid, gid = self.owner
         if entry.kind is EntryKind.FILE:
-            return Node(path, "file", _base_file_mode(entry), entry.oid, None, None, None, False, uid, gid)
+            return Node(
+                path, EntryKind.FILE, _base_file_mode(entry), entry.oid, None, None, None, False, uid, gid
+            )
         if entry.kind is EntryKind.SYMLINK:
-            return Node(path, "symlink", _SYMLINK_MODE, entry.oid, None, None, None, False, uid, gid)
-        kind: NodeKind = "gitlink" if entry.kind is EntryKind.GITLINK else "dir"
+            return Node(path, EntryKind.SYMLINK, _SYMLINK_MODE, entry.oid, None, None, None, False, uid, gid)
+        kind: EntryKind = EntryKind.GITLINK if entry.kind is EntryKind.GITLINK else EntryKind.DIR
         return Node(path, kind, _DIR_MODE, None, None, None, None, False, uid, gid, nlink=2)
 
     @staticmethod
@@ -999,7 +1004,7 @@ class OverlayView:
     def _vacate(batch: Batch, resolved: _Resolved) -> None:
         """Make ``resolved.path`` empty: whiteout if the base shows something there."""
         if resolved.base is not None:
-            batch.put(OverlayRow(resolved.path, "whiteout"))
+            batch.put(OverlayRow(resolved.path, EntryKind.WHITEOUT))
         else:
             batch.delete(resolved.path)
 
@@ -1010,7 +1015,7 @@ class OverlayView:
         now = time.time_ns()
         row = batch.get(parent)
         if row is None:
-            batch.put(OverlayRow(parent, "dir", _DIR_MODE, mtime_ns=now, ctime_ns=now))
+            batch.put(OverlayRow(parent, EntryKind.DIR, _DIR_MODE, mtime_ns=now, ctime_ns=now))
         else:
             batch.put(replace(row, mtime_ns=now, ctime_ns=now))
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from artifactfs.errors import MissingObjectError, ProtocolError, RemoteError
+from artifactfs.objects import OID_PATTERN
 from artifactfs.redaction import redact
 
 MAX_PKT_LEN = 65520
@@ -23,7 +24,7 @@ FLUSH_PKT = b"0000"
 DELIM_PKT = b"0001"
 RESPONSE_END_PKT = b"0002"
 
-_NOT_OUR_REF_RE = re.compile(r"not our ref(?: ([0-9a-f]{40}(?:[0-9a-f]{24})?)\b)?")
+_NOT_OUR_REF_RE = re.compile(rf"not our ref(?: ({OID_PATTERN})\b)?")
 _MAX_MESSAGE = 400
 
 

@@ -8,9 +8,7 @@ response stream ended properly (a truncated stream is a
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from artifactfs.errors import (
     RemoteError,
     TransientRemoteError,
 )
+from artifactfs.objects import OID_SIZE, check_object_format, checksum_hasher, is_oid
 from artifactfs.remote import pktline
 from artifactfs.remote.credentials import Credential
 from artifactfs.remote.pktline import Packet, PacketKind
@@ -35,7 +34,6 @@ from artifactfs.remote.url import RemoteURL
 log = logging.getLogger("artifactfs.remote.protocol")
 
 AGENT = f"artifactfs/{__version__}"
-_OID_RE = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")
 _PACK_HEADER = 12
 
 
@@ -89,10 +87,10 @@ class _PackChecker:
     checksum (SHA-1 or SHA-256, per the object format) over everything before it,
     which catches corruption in transit."""
 
-    def __init__(self, where: str, object_format: str) -> None:
+    def __init__(self, where: str) -> None:
         self._where = where
-        self._hash = hashlib.new(object_format)
-        self._trailer = self._hash.digest_size
+        self._hash = checksum_hasher()
+        self._trailer = OID_SIZE
         self._head = b""
         self._tail = b""
         self.size = 0
@@ -128,13 +126,10 @@ class _PackChecker:
 class FetchResponse:
     """An open ``fetch`` response: shallow info is read, pack data streams on demand."""
 
-    def __init__(
-        self, reader: _PacketReader, shallow_info: list[tuple[str, str]], where: str, object_format: str
-    ) -> None:
+    def __init__(self, reader: _PacketReader, shallow_info: list[tuple[str, str]], where: str) -> None:
         self.shallow_info = shallow_info
         self._reader = reader
         self._where = where
-        self._object_format = object_format
         self._consumed = False
 
     async def pack_chunks(self) -> AsyncGenerator[bytes, None]:
@@ -143,7 +138,7 @@ class FetchResponse:
         if self._consumed:
             raise RuntimeError("pack_chunks() can only be iterated once")
         self._consumed = True
-        checker = _PackChecker(self._where, self._object_format)
+        checker = _PackChecker(self._where)
         while True:
             packet = await self._reader.next()
             if packet.kind is not PacketKind.DATA:
@@ -206,7 +201,7 @@ class RemoteSession:
     def _parse_ref(self, line: str) -> Ref:
         oid, _, rest = line.partition(" ")
         name, *attributes = rest.split(" ")
-        if not _OID_RE.fullmatch(oid) or not name:
+        if not is_oid(oid) or not name:
             raise ProtocolError(f"{self.description}: malformed ls-refs line {pktline.one_line(line)!r}")
         symref_target: str | None = None
         peeled: str | None = None
@@ -236,7 +231,7 @@ class RemoteSession:
         if not wants:
             raise ValueError("fetch needs at least one want")
         for oid in (*wants, *shallows, *haves):
-            if not _OID_RE.fullmatch(oid):
+            if not is_oid(oid):
                 raise ValueError(f"not an object id: {oid!r}")
         if depth is not None and depth < 1:
             raise ValueError("depth must be at least 1")
@@ -262,8 +257,7 @@ class RemoteSession:
         async with self._transport.request(request) as chunks:
             reader = _PacketReader(chunks, self.description)
             shallow_info = await self._read_sections(reader)
-            object_format = self.capabilities.get("object-format") or "sha1"
-            yield FetchResponse(reader, shallow_info, self.description, object_format)
+            yield FetchResponse(reader, shallow_info, self.description)
 
     async def _read_sections(self, reader: _PacketReader) -> list[tuple[str, str]]:
         """Read the sections before ``packfile``; return the shallow-info lines."""
@@ -283,7 +277,7 @@ class RemoteSession:
                 section = line
             elif section == "shallow-info":
                 kind, _, oid = line.partition(" ")
-                if kind not in ("shallow", "unshallow") or not _OID_RE.fullmatch(oid):
+                if kind not in ("shallow", "unshallow") or not is_oid(oid):
                     raise ProtocolError(
                         f"{self.description}: malformed shallow-info line {pktline.one_line(line)!r}"
                     )
@@ -302,7 +296,7 @@ class RemoteSession:
         if not oids:
             return {}
         for oid in oids:
-            if not _OID_RE.fullmatch(oid):
+            if not is_oid(oid):
                 raise ValueError(f"not an object id: {oid!r}")
         arguments = ["size", *(f"oid {oid}" for oid in oids)]
         async with self._transport.request(self._request("object-info", arguments)) as chunks:
@@ -312,7 +306,7 @@ class RemoteSession:
         sizes: dict[str, int] = {}
         for line in lines[1:]:
             oid, _, size = line.partition(" ")
-            if not _OID_RE.fullmatch(oid):
+            if not is_oid(oid):
                 raise ProtocolError(
                     f"{self.description}: malformed object-info line {pktline.one_line(line)!r}"
                 )
@@ -366,8 +360,8 @@ def parse_capabilities(advertisement: bytes, where: str) -> dict[str, str]:
         if packet.kind is not PacketKind.DATA:
             raise ProtocolError(f"{where}: malformed capability advertisement")
         name, _, value = packet.text().partition("=")
-        if name == "object-format" and value not in ("sha1", "sha256"):
-            raise ProtocolError(f"{where}: unsupported object format {pktline.one_line(value)!r}")
+        if name == "object-format":
+            check_object_format(value, where)
         capabilities[name] = value
     raise ProtocolError(f"{where}: capability advertisement is not terminated")
 

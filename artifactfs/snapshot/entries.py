@@ -8,11 +8,20 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
-class EntryKind(enum.Enum):
+class EntryKind(enum.StrEnum):
+    """The one vocabulary of what an entry is: in a Git tree, an overlay row and a view node.
+
+    The values are what the overlay database stores.
+    """
+
     FILE = "file"
     DIR = "dir"
     SYMLINK = "symlink"
     GITLINK = "gitlink"
+    SPECIAL = "special"
+    """Only in the overlay: a FIFO, socket or device node."""
+    WHITEOUT = "whiteout"
+    """Only in the overlay: a deleted base entry, hidden from the view."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from dulwich.index import validate_path_element_hfs, validate_path_element_ntfs
 from dulwich.objects import parse_tree
 
 from artifactfs.errors import CorruptObjectError
+from artifactfs.objects import OID_SIZE
 from artifactfs.snapshot.entries import BaseEntry, EntryKind
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def _is_utf8(name: bytes) -> bool:
 
 def _parse_directory(raw: bytes, dir_path: str, hidden: list[HiddenEntry]) -> dict[str, BaseEntry]:
     try:
-        items = parse_tree(raw, 20)
+        items = parse_tree(raw, OID_SIZE)
     except Exception as error:  # dulwich raises several types for malformed trees
         raise CorruptObjectError(f"malformed tree object for {dir_path or '/'}: {error}") from error
     children: dict[str, BaseEntry] = {}
@@ -176,7 +177,7 @@ class Snapshot:
     def hidden(self) -> list[HiddenEntry]:
         """Entries hidden so far in directories that have been parsed."""
         result: list[HiddenEntry] = []
-        for path, entry in [("", self._root), *self.walk()]:
+        for _, entry in [("", self._root), *self.walk()]:
             if entry.kind is EntryKind.DIR:
                 result.extend(self._trees.hidden_in(entry.oid))
         return result

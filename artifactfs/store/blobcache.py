@@ -20,41 +20,27 @@ which ``verify`` detects; the remote can always supply the blob again.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import itertools
 import os
-import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from artifactfs.errors import CorruptObjectError
+from artifactfs.objects import blob_id, check_oid, is_oid, object_hasher
 from artifactfs.state import READ_ONLY_FILE_MODE, pid_alive, private_dir
-from artifactfs.store.loose import LooseBlobFile, blob_header, content_size, loose_object_id, write_loose_blob
+from artifactfs.store.loose import LooseBlobFile, content_size, loose_object_id, write_loose_blob
 
-_OID = re.compile(r"[0-9a-f]{40}")
 _READ_CHUNK = 1 << 20
-
-
-def _check_oid(oid: str) -> None:
-    if not _OID.fullmatch(oid):
-        raise ValueError(f"not a hex SHA-1 object id: {oid!r}")
-
-
-def blob_id(content: bytes) -> str:
-    """Git blob oid of ``content``."""
-    hasher = hashlib.sha1(blob_header(len(content)))
-    hasher.update(content)
-    return hasher.hexdigest()
 
 
 def blob_id_of_file(path: Path) -> str:
     """Git blob oid of a file's content, read in chunks."""
     with path.open("rb") as stream:
         size = os.fstat(stream.fileno()).st_size
-        hasher = hashlib.sha1(blob_header(size))
+        hasher = object_hasher("blob", size)
         seen = 0
         while chunk := stream.read(_READ_CHUNK):
             hasher.update(chunk)
@@ -88,12 +74,12 @@ class BlobCache:
 
     def path(self, oid: str) -> Path:
         """Where blob ``oid`` is stored, as a loose object; read it through :meth:`open`."""
-        _check_oid(oid)
+        check_oid(oid)
         return self._objects / oid[:2] / oid[2:]
 
     def _location(self, oid: str) -> str:
         """``path(oid)`` as a plain string: the hot lookups avoid pathlib's overhead."""
-        _check_oid(oid)
+        check_oid(oid)
         return f"{self._objects_prefix}{oid[:2]}{os.sep}{oid[2:]}"
 
     def contains(self, oid: str) -> bool:
@@ -200,7 +186,7 @@ class BlobCache:
                 with os.scandir(fanout.path) as entries:
                     for entry in entries:
                         oid = fanout.name + entry.name
-                        if _OID.fullmatch(oid) and entry.is_file():
+                        if is_oid(oid) and entry.is_file():
                             yield oid, entry
 
     def clean_tmp(self) -> int:

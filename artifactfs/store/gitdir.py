@@ -30,9 +30,10 @@ from pathlib import Path
 import trio
 from dulwich.config import ConfigFile
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Commit
+from dulwich.objects import ObjectID
 
 from artifactfs.errors import CorruptObjectError
+from artifactfs.objects import ObjectType, commit_tree
 from artifactfs.state import GIT_SHARED_REPOSITORY, private_dir, write_private_file
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class GitDir:
 
     def read_object(self, oid: str) -> tuple[int, bytes]:
         """Raw (type number, content) of an object, rescanning packs added since the last read."""
-        key = oid.encode("ascii")
+        key = ObjectID(oid.encode("ascii"))
         try:
             return self.objects.get_raw(key)
         except KeyError:
@@ -168,15 +169,15 @@ class GitDir:
 
     def read_tree(self, oid: str) -> bytes:
         type_num, raw = self.read_object(oid)
-        if type_num != 2:
+        if type_num != ObjectType.TREE:
             raise CorruptObjectError(f"object {oid} is not a tree")
         return raw
 
     def commit_tree(self, commit_oid: str) -> str:
         type_num, raw = self.read_object(commit_oid)
-        if type_num != 1:
+        if type_num != ObjectType.COMMIT:
             raise CorruptObjectError(f"object {commit_oid} is not a commit")
-        return Commit.from_raw_string(1, raw).tree.decode("ascii")
+        return commit_tree(raw)
 
     def has_object(self, oid: str) -> bool:
         try:

@@ -21,11 +21,12 @@ block but the last holds exactly :data:`BLOCK` payload bytes.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 import zlib
 from typing import BinaryIO
+
+from artifactfs.objects import blob_header, checksum_hasher
 
 BLOCK = 0xFFFF
 """Payload bytes in every stored block but the last: the largest a stored block holds."""
@@ -35,10 +36,6 @@ _FRAME = len(_ZLIB_HEADER) + 4
 """Bytes outside the blocks: the zlib header and the adler32 trailer."""
 _COPY_CHUNK = 1 << 20
 _MAX_HEADER = 32
-
-
-def blob_header(size: int) -> bytes:
-    return b"blob %d\x00" % size
 
 
 def encoded_size(size: int) -> int:
@@ -165,7 +162,7 @@ def loose_object_id(path: str | os.PathLike[str]) -> str:
     hashes, so this checks the zlib stream, its checksum and the content at once.
     """
     decompressor = zlib.decompressobj()
-    hasher = hashlib.sha1()
+    hasher = checksum_hasher()
     try:
         with open(path, "rb") as stream:
             while chunk := stream.read(_COPY_CHUNK):

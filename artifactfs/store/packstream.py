@@ -25,6 +25,15 @@ from dulwich.errors import ApplyDeltaError
 from dulwich.pack import apply_delta
 
 from artifactfs.errors import CorruptObjectError, TransientRemoteError
+from artifactfs.objects import (
+    OFS_DELTA,
+    OID_SIZE,
+    REF_DELTA,
+    TYPE_NAMES,
+    checksum_hasher,
+    object_hasher,
+    object_id,
+)
 
 
 class PackCorruptError(CorruptObjectError):
@@ -39,12 +48,7 @@ class TruncatedPackError(TransientRemoteError):
     """The stream ended before the whole pack arrived; fetching again may succeed."""
 
 
-_TYPE_NAMES = {1: "commit", 2: "tree", 3: "blob", 4: "tag"}
-_OFS_DELTA = 6
-_REF_DELTA = 7
 _HEADER_SIZE = 12
-_TRAILER_SIZE = 20
-_OID_SIZE = 20
 # Largest shift accepted while decoding a variable-length integer; anything
 # longer is garbage and would otherwise make us buffer input without bound.
 _MAX_VARINT_SHIFT = 70
@@ -98,12 +102,6 @@ class _State(Enum):
     BODY = auto()
     TRAILER = auto()
     DONE = auto()
-
-
-def _object_id(type_name: str, data: bytes) -> bytes:
-    hasher = hashlib.sha1(b"%s %d\x00" % (type_name.encode(), len(data)))
-    hasher.update(data)
-    return hasher.digest()
 
 
 def _delta_sizes(offset: int, delta: bytes) -> tuple[int, int]:
@@ -178,7 +176,7 @@ class PackStreamParser:
         self._buf = bytearray()
         self._pos = 0
         self._buf_offset = 0  # stream offset of self._buf[0]
-        self._pack_hash = hashlib.sha1()
+        self._pack_hash = checksum_hasher()
         self._held = b""  # the latest bytes fed: possibly the trailer, so not hashed yet
         self._entries_read = 0
         self._entry: _Entry | None = None
@@ -250,13 +248,13 @@ class PackStreamParser:
 
     def _hash_input(self, piece: memoryview) -> None:
         """Hash everything but the last 20 bytes seen, which may be the trailer."""
-        if len(piece) >= _TRAILER_SIZE:
+        if len(piece) >= OID_SIZE:
             self._pack_hash.update(self._held)
-            self._pack_hash.update(piece[:-_TRAILER_SIZE])
-            self._held = bytes(piece[-_TRAILER_SIZE:])
+            self._pack_hash.update(piece[:-OID_SIZE])
+            self._held = bytes(piece[-OID_SIZE:])
             return
         joined = self._held + piece
-        cut = len(joined) - _TRAILER_SIZE
+        cut = len(joined) - OID_SIZE
         if cut > 0:
             self._pack_hash.update(joined[:cut])
             joined = joined[cut:]
@@ -317,7 +315,7 @@ class PackStreamParser:
             shift += 7
         base_offset: int | None = None
         base_oid: bytes | None = None
-        if kind == _OFS_DELTA:
+        if kind == OFS_DELTA:
             if pos >= end:
                 return False
             byte = buf[pos]
@@ -337,12 +335,12 @@ class PackStreamParser:
                 raise PackCorruptError(
                     f"delta at offset {offset} refers to offset {base_offset}, where no earlier object starts"
                 )
-        elif kind == _REF_DELTA:
-            if end - pos < _OID_SIZE:
+        elif kind == REF_DELTA:
+            if end - pos < OID_SIZE:
                 return False
-            base_oid = bytes(buf[pos : pos + _OID_SIZE])
-            pos += _OID_SIZE
-        elif kind not in _TYPE_NAMES:
+            base_oid = bytes(buf[pos : pos + OID_SIZE])
+            pos += OID_SIZE
+        elif kind not in TYPE_NAMES:
             raise PackCorruptError(f"object at offset {offset} has invalid type {kind}")
         self._pos = pos
         self._entry = self._start_entry(offset, kind, size, base_offset, base_oid)
@@ -352,10 +350,10 @@ class PackStreamParser:
     def _start_entry(
         self, offset: int, kind: int, size: int, base_offset: int | None, base_oid: bytes | None
     ) -> _Entry:
-        type_name = _TYPE_NAMES.get(kind)
+        type_name = TYPE_NAMES.get(kind)
         hasher = None
         if type_name is not None:
-            hasher = hashlib.sha1(b"%s %d\x00" % (type_name.encode(), size))
+            hasher = object_hasher(type_name, size)
         entry = _Entry(offset, kind, size, base_offset, base_oid, zlib.decompressobj(), hasher)
         if hasher is not None and self._spool_dir is not None and size > self._spool_threshold:
             fd, name = tempfile.mkstemp(prefix="pack-", suffix=".spool", dir=self._spool_dir)
@@ -411,7 +409,7 @@ class PackStreamParser:
         return False
 
     def _finish_entry(self, entry: _Entry, out: list[PackObject]) -> None:
-        type_name = _TYPE_NAMES.get(entry.kind)
+        type_name = TYPE_NAMES.get(entry.kind)
         if type_name is not None:
             assert entry.hasher is not None
             oid = entry.hasher.digest()
@@ -451,7 +449,7 @@ class PackStreamParser:
         self, offset: int, type_name: str, base: bytes, delta: bytes, out: list[PackObject]
     ) -> None:
         data = _apply(offset, base, delta)
-        self._complete(offset, _object_id(type_name, data), type_name, data, None, len(data), out)
+        self._complete(offset, object_id(type_name, data), type_name, data, None, len(data), out)
 
     def _complete(
         self,
@@ -488,14 +486,14 @@ class PackStreamParser:
                 data = found[1]
             for delta in waiting:
                 result = _apply(delta.offset, data, delta.delta)
-                result_oid = _object_id(type_name, result)
+                result_oid = object_id(type_name, result)
                 work.append((delta.offset, result_oid, type_name, result, None, len(result)))
 
     def _check_trailer(self) -> bool:
         available = len(self._buf) - self._pos
-        if available < _TRAILER_SIZE:
+        if available < OID_SIZE:
             return False
-        if available > _TRAILER_SIZE:
+        if available > OID_SIZE:
             raise PackCorruptError("pack stream has data after its trailing checksum")
         expected = bytes(self._buf[self._pos :])
         actual = self._pack_hash.digest()
@@ -540,7 +538,7 @@ class PackStreamParser:
     @staticmethod
     def _checked(oid: bytes, types: tuple[str, ...], data: bytes, source: str) -> tuple[str, bytes]:
         for type_name in types:
-            if _object_id(type_name, data) == oid:
+            if object_id(type_name, data) == oid:
                 return type_name, data
         raise PackCorruptError(f"{source} content for delta base {oid.hex()} does not hash to it")
 

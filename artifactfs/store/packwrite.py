@@ -12,11 +12,11 @@ at zlib level 1: the pack crosses a local socket, not a network.
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from collections.abc import Callable
 
-_TYPE_NUMBERS = {"commit": 1, "tree": 2, "blob": 3, "tag": 4}
+from artifactfs.objects import TYPE_NUMBERS, checksum_hasher
+
 _FLUSH_AT = 1 << 16
 _COMPRESSION_LEVEL = 1
 
@@ -24,14 +24,14 @@ _COMPRESSION_LEVEL = 1
 def entry_header(type_name: str, size: int) -> bytes:
     """An entry's type-and-size header for a whole object of ``type_name``."""
     try:
-        type_number = _TYPE_NUMBERS[type_name]
+        type_number = TYPE_NUMBERS[type_name]
     except KeyError:
         raise ValueError(f"not a packable object type: {type_name!r}") from None
     return encode_entry_header(type_number, size)
 
 
 def encode_entry_header(type_number: int, size: int) -> bytes:
-    """3 type bits and 4 size bits, then 7 size bits per byte (delta types 6 and 7 included)."""
+    """3 type bits and 4 size bits, then 7 size bits per byte (the delta types included)."""
     if size < 0:
         raise ValueError("object size must not be negative")
     first = (type_number << 4) | (size & 0x0F)
@@ -58,7 +58,7 @@ class PackWriter:
         self._sink = sink
         self._count = count
         self._added = 0
-        self._hash = hashlib.sha1()
+        self._hash = checksum_hasher()
         self._pending = bytearray()
         self._emit(b"PACK" + (2).to_bytes(4, "big") + count.to_bytes(4, "big"))
 

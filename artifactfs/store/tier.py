@@ -37,6 +37,7 @@ from typing import Any
 import trio
 
 from artifactfs.errors import CorruptObjectError, UsageError
+from artifactfs.status import TierReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.tierlayout import (
     BlobEntry,
@@ -372,11 +373,11 @@ class S3Tier:
     async def put_profile(self, repository: str, data: bytes) -> None:
         await self._put(profile_key(self.location.prefix, repository), data)
 
-    def status(self) -> dict[str, object]:
-        return {
-            "location": str(self.location),
-            "indexes_found": sum(1 for checked in self._trees.values() if checked == float("inf")),
-            "indexed_blobs": len(self._where),
-            "rejected_blobs": self.rejected,
-            "published": dict(self.published),
-        }
+    def status(self) -> TierReport:
+        return TierReport(
+            location=str(self.location),
+            indexes_found=sum(1 for checked in self._trees.values() if checked == float("inf")),
+            indexed_blobs=len(self._where),
+            rejected_blobs=self.rejected,
+            published=dict(self.published),
+        )

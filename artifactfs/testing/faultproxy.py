@@ -41,7 +41,7 @@ Every fault injected is counted in :attr:`FaultProxy.injected`.
 from __future__ import annotations
 
 import gzip
-import hashlib
+import io
 import logging
 import random
 import socket
@@ -58,6 +58,7 @@ from typing import IO, Self
 from urllib.parse import urlsplit
 
 from artifactfs.errors import ProtocolError
+from artifactfs.objects import OFS_DELTA, OID_SIZE, REF_DELTA, ObjectType, checksum
 from artifactfs.remote import pktline
 from artifactfs.remote.pktline import Packet, PacketKind
 from artifactfs.store.packwrite import encode_entry_header
@@ -434,7 +435,7 @@ def _serialize(head: bytes, headers: list[tuple[str, str]], body: bytes) -> byte
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def _read_message(stream: IO[bytes], *, is_response: bool) -> _Message:
+def _read_message(stream: IO[bytes] | io.BufferedIOBase, *, is_response: bool) -> _Message:
     readline = stream.readline
     read = stream.read
     head = readline(65537)
@@ -573,7 +574,7 @@ def _parse_pack(pack: bytes) -> list[_PackEntry] | None:
             shift += 7
         base_offset = None
         base_ref = None
-        if kind == 6:
+        if kind == OFS_DELTA:
             byte = pack[position]
             position += 1
             distance = byte & 0x7F
@@ -582,13 +583,13 @@ def _parse_pack(pack: bytes) -> list[_PackEntry] | None:
                 position += 1
                 distance = ((distance + 1) << 7) | (byte & 0x7F)
             base_offset = offset - distance
-        elif kind == 7:
-            base_ref = bytes(pack[position : position + 20])
-            position += 20
+        elif kind == REF_DELTA:
+            base_ref = bytes(pack[position : position + OID_SIZE])
+            position += OID_SIZE
         inflater = zlib.decompressobj()
         start = position
         while not inflater.eof:
-            if position >= len(pack) - 20:
+            if position >= len(pack) - OID_SIZE:
                 return None
             piece = view[position : position + 65536]
             inflater.decompress(piece)
@@ -616,8 +617,10 @@ def _alter_pack(pack: bytes, *, raw: bool, choose: Callable[[int], int]) -> byte
     entries = _parse_pack(pack)
     if not entries:
         return None
-    # Prefer whole blobs (kind 3) with content; fall back to any non-empty object.
-    candidates = [e for e in entries if e.kind == 3 and e.size > 0] or [e for e in entries if e.size > 0]
+    # Prefer whole blobs with content; fall back to any non-empty object.
+    candidates = [e for e in entries if e.kind == ObjectType.BLOB and e.size > 0] or [
+        e for e in entries if e.size > 0
+    ]
     if not candidates:
         return None
     target = candidates[pick(len(candidates))]
@@ -638,12 +641,12 @@ def _alter_pack(pack: bytes, *, raw: bool, choose: Callable[[int], int]) -> byte
         start = len(out)
         new_offsets[entry.offset] = start
         out += encode_entry_header(entry.kind, entry.size)
-        if entry.kind == 6:
+        if entry.kind == OFS_DELTA:
             assert entry.base_offset is not None
             out += _ofs_encoding(start - new_offsets[entry.base_offset])
-        elif entry.kind == 7:
+        elif entry.kind == REF_DELTA:
             assert entry.base_ref is not None
             out += entry.base_ref
         out += entry.compressed
-    out += hashlib.sha1(out).digest()
+    out += checksum(out)
     return bytes(out)

@@ -32,10 +32,10 @@ from artifactfs.testing.repos import git_env
 
 log = logging.getLogger("artifactfs.testing.gitserver")
 
-FAULTS = ("reset", "500", "truncate", "stall:<seconds>", "flip")
+FAULTS = ("reset", "500", "truncate", "stall:<seconds>", "flip-raw")
 _CHUNK = 65536
 _FLIP_OFFSET = 12
-"""Pack offset of the byte a ``flip`` fault corrupts: the first after the header."""
+"""Pack offset of the byte a ``flip-raw`` fault corrupts: the first after the header."""
 
 
 @dataclass
@@ -135,8 +135,11 @@ class GitHttpServer:
 
     def inject(self, fault: str) -> None:
         """Queue a fault for the next ``command=fetch`` request: ``"reset"``,
-        ``"500"``, ``"truncate"``, ``"stall:<seconds>"`` or ``"flip"``."""
-        if fault not in ("reset", "500", "truncate", "flip"):
+        ``"500"``, ``"truncate"``, ``"stall:<seconds>"`` or ``"flip-raw"``.
+
+        ``flip-raw`` means what it means to :class:`~artifactfs.testing.faultproxy.FaultProxy`:
+        one byte of pack data inverted, checksums left alone."""
+        if fault not in ("reset", "500", "truncate", "flip-raw"):
             kind, _, seconds = fault.partition(":")
             if kind != "stall" or not _is_number(seconds):
                 raise ValueError(f"unknown fault {fault!r}; expected one of {', '.join(FAULTS)}")
@@ -193,7 +196,9 @@ class _Server(ThreadingHTTPServer):
         self.owner = owner
         super().__init__(address, handler)
 
-    def handle_error(self, request: object, client_address: object) -> None:
+    def handle_error(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: object
+    ) -> None:
         """A client dropping its keep-alive connection (a daemon unmounting) is not an error."""
         if isinstance(sys.exc_info()[1], ConnectionResetError | BrokenPipeError):
             return
@@ -405,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
         fault = record.fault or ""
         self.close_connection = True
         data = stdout.read()
-        if fault == "flip":
+        if fault == "flip-raw":
             data = _flip_pack_byte(data)
         cut = len(data) // 2
         owner._count_response(record, cut if fault in ("reset", "truncate") else len(data))

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any
 
 from artifactfs.daemon import control
-from artifactfs.daemon.recovery import is_mounted
+from artifactfs.daemon.recovery import is_mounted as is_mounted
 from artifactfs.state import StateRoot
 
 

@@ -62,9 +62,13 @@ def make_bare_repo(
     branch: str = "main",
     message: str = "Initial commit",
     extra_commits: int = 0,
+    object_format: str = "sha1",
 ) -> str:
     """Create a bare repository at ``path`` whose ``branch`` (also ``HEAD``) holds
     ``files``; return the tip commit id.
+
+    ``object_format`` is git's ``--object-format`` (``sha256`` builds a
+    repository ArtifactFS must refuse).
 
     ``extra_commits`` adds that many history commits before the tip; the first
     of them introduces ``files`` and the rest, like the tip, leave the tree
@@ -72,7 +76,15 @@ def make_bare_repo(
     """
     path.mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        ["git", "init", "--quiet", "--bare", f"--initial-branch={branch}", str(path)],
+        [
+            "git",
+            "init",
+            "--quiet",
+            "--bare",
+            f"--initial-branch={branch}",
+            f"--object-format={object_format}",
+            str(path),
+        ],
         env=git_env(),
         check=True,
     )

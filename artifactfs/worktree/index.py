@@ -14,7 +14,6 @@ not seen; with it, only directories that changed are rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Iterable, Mapping
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
+from artifactfs.objects import OID_SIZE, checksum
 from artifactfs.state import PRIVATE_FILE_MODE
 from artifactfs.worktree.ewah import encode_ewah
 from artifactfs.worktree.untracked import UntrackedCache
@@ -124,7 +124,7 @@ def encode_index(
     if fsmonitor is not None:
         extension = fsmonitor.encode([record.path for record in ordered])
         body += b"FSMN" + struct.pack(">I", len(extension)) + extension
-    body += hashlib.sha1(body).digest()
+    body += checksum(body)
     return bytes(body)
 
 
@@ -188,7 +188,7 @@ def _patch_sizes(data: bytearray, sizes: Mapping[str, int]) -> int:
     version, count = struct.unpack_from(">II", data, 4)
     if version not in (2, 3):
         return 0
-    hash_size = len(next(iter(sizes))) // 2
+    hash_size = OID_SIZE
     position = 12
     changed = 0
     for _ in range(count):
@@ -205,5 +205,5 @@ def _patch_sizes(data: bytearray, sizes: Mapping[str, int]) -> int:
         position += entry_length + 8 - entry_length % 8
     if changed:
         trailer = len(data) - hash_size
-        data[trailer:] = hashlib.new("sha1" if hash_size == 20 else "sha256", bytes(data[:trailer])).digest()
+        data[trailer:] = checksum(bytes(data[:trailer]))
     return changed

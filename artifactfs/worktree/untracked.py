@@ -40,13 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from artifactfs.errors import ArtifactFSError
-from artifactfs.store.blobcache import blob_id
+from artifactfs.objects import OID_SIZE, blob_id
 from artifactfs.worktree.ewah import encode_ewah, encode_varint
 
 PER_DIRECTORY_EXCLUDE = ".gitignore"
 DIR_FLAGS = (1 << 1) | (1 << 2)
 """``DIR_SHOW_OTHER_DIRECTORIES | DIR_HIDE_EMPTY_DIRECTORIES``: what ``git status`` asks by default."""
-_NULL_OID = b"\0" * 20
+_NULL_OID = b"\0" * OID_SIZE
 _NULL_STAT = b"\0" * 36
 """A zeroed ``struct stat_data``. With fsmonitor, git does not compare a valid directory's stat data."""
 
@@ -135,9 +135,9 @@ def build_untracked_cache(
     for path in changed:
         directory = path.rpartition("/")[0]
         while True:
-            node = nodes.get(directory)
-            if node is not None:
-                node.valid = False
+            ancestor = nodes.get(directory)
+            if ancestor is not None:
+                ancestor.valid = False
             if not directory:
                 break
             directory = directory.rpartition("/")[0]

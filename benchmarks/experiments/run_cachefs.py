@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 MODES: dict[str, list[str]] = {
     "plain (open, opendir, no dir cache)": [],
@@ -31,7 +32,7 @@ def seconds(action: Callable[[], object]) -> float:
 
 
 def tools(tree: Path, listing: bytes) -> dict[str, Callable[[], object]]:
-    def quiet(*command: str, **options: object) -> Callable[[], object]:
+    def quiet(*command: str, **options: Any) -> Callable[[], object]:
         return lambda: subprocess.run(command, cwd=tree, stdout=subprocess.DEVNULL, check=False, **options)
 
     return {
