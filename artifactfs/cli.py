@@ -216,6 +216,11 @@ _HYDRATION_DEFAULTS = HydrationSettings()
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default=DEFAULT_LOG_FORMAT, show_default=True)
 @click.option("--log-level", type=click.Choice(LOG_LEVELS), default=DEFAULT_LOG_LEVEL, show_default=True)
 @click.option(
+    "--recurse-submodules",
+    is_flag=True,
+    help="Mount each submodule (http(s) URL) as a nested mount of its own, hydrated lazily too.",
+)
+@click.option(
     "--metrics-address",
     metavar="HOST:PORT",
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs artifactfs[metrics]).",
@@ -240,6 +245,7 @@ def mount(
     owner_gid: int | None,
     log_format: LogFormat,
     log_level: LogLevel,
+    recurse_submodules: bool,
     metrics_address: str | None,
 ) -> None:
     """Mount REMOTE (URL or path) at DIRECTORY (created if missing); return once the tree is visible."""
@@ -276,6 +282,7 @@ def mount(
         metrics_address=metrics,
         blob_store=_blob_store(config_file, blob_store),
         history_depth=depth,
+        recurse_submodules=recurse_submodules,
     )
     _refuse_root_inside_a_mount(options.root, mountpoint, artifactfs_mounts())
     show_progress = not quiet and sys.stderr.isatty()

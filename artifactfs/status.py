@@ -182,6 +182,9 @@ class MountStatus:
     """Counters of what git in the mount asked the daemon for."""
     fuse: FuseReport
     lfs: LfsReport
+    submodules: dict[str, str]
+    """Each nested submodule mount (``--recurse-submodules``) by path: ``mounting``, ``mounted`` or
+    ``failed: REASON``."""
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,4 +200,5 @@ class MountStatus:
         fields["git"] = dict(data["git"])
         fields["fuse"] = FuseReport.from_json(data["fuse"])
         fields["lfs"] = LfsReport(**data["lfs"])
+        fields["submodules"] = dict(data["submodules"])
         return cls(**fields)

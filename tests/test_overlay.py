@@ -214,8 +214,6 @@ def test_create_file_makes_an_empty_writable_data_file(env: Env) -> None:
         env.view.create_file("absent/x", 0o644)
     with raises_errno(errno.ENOTDIR):
         env.view.create_file("README.md/x", 0o644)
-    with raises_errno(errno.EPERM):
-        env.view.create_file("vendor/lib/x", 0o644)
 
 
 def test_mkdir_and_symlink(env: Env) -> None:
@@ -298,6 +296,26 @@ def test_rmdir_then_mkdir_hides_old_base_children(env: Env) -> None:
     assert env.names("src/pkg") == ["fresh.py"]
     env.view.rmdir("vendor/lib")
     assert env.names("vendor") == []
+
+
+def test_a_submodule_placeholder_takes_a_checkout_and_its_gitfile(env: Env) -> None:
+    with raises_errno(errno.EPERM):
+        env.view.create_file("src/.git", 0o644)  # only directly inside a submodule
+    with raises_errno(errno.EPERM):
+        env.view.mkdir("vendor/lib/.git", 0o755)  # a gitfile, never a directory
+    with raises_errno(errno.EPERM):
+        env.view.create_file("vendor/lib/.GIT", 0o644)  # the exact name only
+    env.write("vendor/lib/.git", b"gitdir: ../../.git/modules/lib\n")
+    env.write("vendor/lib/lib.c", b"int x;\n")
+    node = env.view.lookup("vendor/lib")
+    assert node is not None and node.kind == "dir"
+    assert env.names("vendor/lib") == [".git", "lib.c"]
+    assert env.read("vendor/lib/.git") == b"gitdir: ../../.git/modules/lib\n"
+    env.view.rename("vendor/lib/lib.c", "vendor/lib/.git")  # git's lockfile-then-rename
+    assert env.names("vendor/lib") == [".git"]
+    env.view.reconcile(env.base, blob_oid_of)  # the checkout survives a HEAD move
+    env.reopen()
+    assert env.read("vendor/lib/.git") == b"int x;\n"
 
 
 # -- metadata --------------------------------------------------------------------
@@ -560,7 +578,7 @@ def test_store_batch_rolls_back_as_a_whole(env: Env) -> None:
 # -- reconciliation --------------------------------------------------------------
 
 
-def test_reconcile_after_commit_drops_everything_equal(env: Env) -> None:
+def test_reconcile_after_commit_releases_everything_equal(env: Env) -> None:
     env.write("src/main.py", b"print('v2')\n")
     env.write("src/new.py", b"new\n")
     env.view.unlink("docs/guide.md")
@@ -583,11 +601,18 @@ def test_reconcile_after_commit_drops_everything_equal(env: Env) -> None:
     )
     new_base = FakeBase(committed)
     env.base = new_base
+    mtimes = {path: env.view.lookup(path).mtime_ns for path in ("src/main.py", "src/new.py")}  # type: ignore[union-attr]
     report = env.view.reconcile(new_base, blob_oid_of)
-    assert env.store.all_rows() == []
-    assert report.kept == 0 and report.converted == 0 and report.dropped > 0
+    # Written files keep their mtime as metadata-only rows; everything else equal is gone.
+    rows = env.store.all_rows()
+    assert {row.path for row in rows} == {"src/main.py", "src/new.py", "tests/test_x.py"}
+    assert all(row.data_id is None and row.mtime_ns is not None for row in rows)
+    assert report.kept == 0 and report.converted == 3 and report.dropped > 0
     assert env.data_files() == set()
     assert env.snapshot() == before
+    assert {path: env.view.lookup(path).mtime_ns for path in mtimes} == mtimes  # type: ignore[union-attr]
+    env.view.reconcile(new_base, blob_oid_of)  # a second publish changes nothing more
+    assert env.store.all_rows() == rows
 
 
 def test_reconcile_keeps_diverged_entries(env: Env) -> None:
@@ -605,8 +630,9 @@ def test_reconcile_keeps_diverged_entries(env: Env) -> None:
     assert env.snapshot() == before
     remaining = {row.path for row in env.store.all_rows()}
     assert {"src/main.py", "docs/guide.md", "tool.sh", "scratch.txt"} <= remaining
-    assert "src/util.py" not in remaining
-    assert report.kept == len(remaining)
+    util = env.store.get("src/util.py")  # committed: no data file, its mtime kept
+    assert util is not None and util.data_id is None and util.mtime_ns is not None
+    assert report.converted == 1 and report.kept == len(remaining) - 1
     assert len(env.data_files()) == 2  # main.py and scratch.txt
 
 
@@ -669,7 +695,8 @@ def test_reconcile_opaque_directory_needs_every_base_child_covered(env: Env) -> 
 
     env.write("src/pkg/__init__.py", b"")
     env.view.reconcile(env.base, blob_oid_of)
-    assert env.store.all_rows() == []
+    assert {row.path for row in env.store.all_rows()} == {"src/pkg/__init__.py", "src/pkg/mod.py"}
+    assert env.data_files() == set()
     assert env.snapshot() == original
 
 
@@ -685,7 +712,8 @@ def test_reconcile_handles_thousands_of_rows(env: Env) -> None:
         files[path] = b"%d\n" % index
     new_base = FakeBase(files)
     report = env.view.reconcile(new_base, blob_oid_of)
-    assert report.kept == 0 and env.store.all_rows() == [] and env.data_files() == set()
+    assert report.kept == 0 and report.converted == 2000 and env.data_files() == set()
+    assert {row.kind for row in env.store.all_rows() if row.path.startswith("gen/")} == {"file"}
 
 
 # -- journal ---------------------------------------------------------------------

@@ -174,7 +174,7 @@ class IndexKeeper:
     def size_corrected(self, oid: str, size: int) -> None:
         """A blob's verified size differs from the one reported: tell the kernel, git's index and fsmonitor."""
         paths = [path for path, entry in self.snapshot.walk() if entry.oid == oid]
-        self.operations.size_corrected(paths)
+        self.operations.attributes_changed(paths)
         try:
             for path in paths:
                 self.view.note_modified(path)

@@ -44,6 +44,7 @@ from artifactfs.remote.pktline import Packet, PacketKind, PktLineDecoder
 from artifactfs.remote.protocol import AGENT
 from artifactfs.retry import HYDRATION_BACKOFF, retry_while_transient
 from artifactfs.store.blobcache import BlobCache
+from artifactfs.store.gitdir import GitDir
 from artifactfs.store.packstream import PackObject, PackStreamParser
 from artifactfs.store.packwrite import PackWriter
 
@@ -149,12 +150,15 @@ class GitService:
     """Serves git in the mount: upload-pack sessions for its lazy fetches, and credentials."""
 
     def __init__(
-        self, session: RemoteSession, hydrator: Hydrator, cache: BlobCache, remote: RemoteURL
+        self, session: RemoteSession, hydrator: Hydrator, cache: BlobCache, remote: RemoteURL, gitdir: GitDir
     ) -> None:
         self._session = session
         self._hydrator = hydrator
         self._cache = cache
         self._remote = remote
+        self._gitdir = gitdir
+        self.tips_local = trio.Event()
+        """Set once every remote branch's tip commit is in the gitdir (see :func:`fetch_branch_tips`)."""
         self._counters = {
             "sessions": 0,
             "fetches": 0,
@@ -236,6 +240,12 @@ class GitService:
         wants = list(dict.fromkeys(request.wants))
         local = [oid for oid in wants if self._hydrator.tracks(oid) or self._cache.contains(oid)]
         elsewhere = [oid for oid in wants if oid not in set(local)]
+        if elsewhere and not self.tips_local.is_set():
+            # A checkout of a branch right after mount: its commit and trees are on their way in one
+            # small depth-1 fetch; forwarding would fetch that branch's whole history instead.
+            with trio.move_on_after(self._hydrator.settings.read_timeout):
+                await self.tips_local.wait()
+            elsewhere = [oid for oid in elsewhere if not self._gitdir.has_object(oid)]
         failures: list[ArtifactFSError] = []
         forwarded: dict[str, tuple[str, bytes] | None] = {}
         shallow_info: list[tuple[str, str]] = []

@@ -8,10 +8,14 @@ the new snapshot to the FUSE layer and lets the hydrator track its blobs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from pathlib import Path
 
 import trio
 
+from artifactfs.errors import ArtifactFSError
 from artifactfs.fs.operations import Operations
 from artifactfs.hydrator.hydrator import Hydrator
 from artifactfs.overlay.view import OverlayView
@@ -58,10 +62,10 @@ class HeadFollower:
                 continue  # the commit object is not visible yet
             snapshot = Snapshot(commit, tree, self.trees)
             report = self.view.reconcile(
-                snapshot, blob_id_of_file, busy=self.operations.paths_open_for_writing()
+                snapshot, await self._hashed_data_files(), busy=self.operations.paths_open_for_writing()
             )
             self.snapshot = snapshot
-            self.operations.publish(snapshot, attributes_changed=bool(report.dropped or report.converted))
+            self.operations.publish(snapshot, retimed=report.retimed)
             log.info(
                 "HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
                 commit,
@@ -70,3 +74,32 @@ class HeadFollower:
                 report.kept,
             )
             await self.hydrator.track(snapshot, may_be_local=True)
+
+    async def _hashed_data_files(self) -> Callable[[Path], str]:
+        """Blob ids of the overlay data files, hashed in a worker thread, for :meth:`OverlayView.reconcile`.
+
+        After a checkout there are thousands of them; hashing them on the event
+        loop would hold every FUSE request. Ids computed while any file was
+        opened or closed for writing, or truncated, are not trusted: those are
+        hashed again during the reconcile.
+        """
+        operations = self.operations
+        events = operations.write_events
+        paths = self.view.data_paths()
+
+        def hash_all() -> dict[Path, str]:
+            hashes = {}
+            for path in paths:
+                with contextlib.suppress(OSError, ArtifactFSError):  # removed meanwhile: not reconciled
+                    hashes[path] = blob_id_of_file(path)
+            return hashes
+
+        hashes = await trio.to_thread.run_sync(hash_all)
+        if operations.write_events != events:
+            hashes.clear()
+
+        def blob_oid_of(path: Path) -> str:
+            known = hashes.get(path)
+            return known if known is not None else blob_id_of_file(path)
+
+        return blob_oid_of

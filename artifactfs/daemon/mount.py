@@ -42,12 +42,14 @@ from artifactfs.daemon.startup import (
     BlobStream,
     complete_history,
     create_gitdir,
+    fetch_branch_tips,
     history_available,
     resolve_wanted,
 )
+from artifactfs.daemon.submodules import NestedMounts, submodules_of
 from artifactfs.errors import ArtifactFSError, MountpointError
 from artifactfs.fs.operations import Operations
-from artifactfs.hydrator.hydrator import Hydrator
+from artifactfs.hydrator.hydrator import BlobUnavailableError, Hydrator
 from artifactfs.hydrator.priority import Classifier, PriorityClass, PriorityRule, builtin_class
 from artifactfs.hydrator.profile import (
     PROFILE_WINDOW,
@@ -83,6 +85,7 @@ from artifactfs.state import (
 from artifactfs.status import MountStatus, ProfileReport
 from artifactfs.store.blobcache import BlobCache
 from artifactfs.store.gitdir import GitDir
+from artifactfs.store.loose import LooseBlobFile
 from artifactfs.store.tier import S3Tier, TierError, TierLocation
 from artifactfs.worktree.bridge import install_bridge
 from artifactfs.worktree.fsmonitor import git_version, install_hook, journal_token
@@ -100,6 +103,8 @@ PUBLISH_POLL = 1.0
 """Seconds between checks that every blob of the mounted tree is here before publishing it."""
 PUBLISH_ATTEMPTS = 3
 """Tries at writing a hydrated tree through to the tier before leaving it to the next machine."""
+SUBMODULE_UNMOUNT_WAIT = 60.0
+"""Seconds shutdown waits for nested submodule mounts to unmount."""
 
 
 @dataclass
@@ -119,6 +124,8 @@ class MountOptions:
     """(uid, gid) owning the base tree; the daemon's own if None."""
     blob_store: TierLocation | None = None
     """The shared tier (``--blob-store s3://BUCKET/PREFIX``), or None."""
+    recurse_submodules: bool = False
+    """Mount each submodule as a nested mount of its own (``--recurse-submodules``)."""
 
 
 ReadyCallback = Callable[[], None]
@@ -253,6 +260,7 @@ async def prepare_gitdir(
         gitdir.path,
         options.remote.redacted(),
         resolved,
+        refs,
         spool_dir=cache.tmp_dir,
         streams=streams,
         owner=owner,
@@ -323,7 +331,7 @@ class Mount:
         self.overlay = self._open_overlay(gitdir)
         publish_token = journal_token(self.overlay.journal.path)  # changes from here on reach git
         install_bridge(gitdir, options.remote, state.socket_path(options.mountpoint))
-        self.git_service = GitService(session, self.hydrator, cache, options.remote)
+        self.git_service = GitService(session, self.hydrator, cache, options.remote, gitdir)
         self.view = OverlayView(self.overlay, base.snapshot, options.owner)
         gitfile = f"gitdir: {gitdir.path}\n".encode()
         self.lfs = LfsFiles(
@@ -352,6 +360,11 @@ class Mount:
         self.hydrator.on_size_corrected = self.index.size_corrected
         self.commands = ControlCommands(
             self.status, self.request_shutdown, self.head, self.hydrator, self.lfs, self.git_service
+        )
+        self.nested = NestedMounts(
+            options.mountpoint,
+            options.root,
+            ["--hydrate", options.hydration.mode, *(["--allow-other"] if options.allow_other else [])],
         )
 
     # ------------------------------------------------------------- main
@@ -439,14 +452,20 @@ class Mount:
                 nursery.start_soon(report_progress, self.status)
                 if gitdir.shallow_commits() and history_available(session):
                     nursery.start_soon(self._complete_history_after_source, session, gitdir)
-                elif gitdir.shallow_commits():
-                    log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
+                else:
+                    if gitdir.shallow_commits():
+                        log.info("the remote has no filter: history stays at depth 1 (git fetch --deepen)")
+                    git_service.tips_local.set()
                 if not self.read_only:  # reconciling writes the overlay
                     nursery.start_soon(self.head.run)
                 nursery.start_soon(self._watch_mountpoint)
                 if self.tier is not None and options.hydration.mode == "background":
                     nursery.start_soon(self._publish_to_tier, self.tier, self.head.snapshot)
+                if options.recurse_submodules:
+                    nursery.start_soon(self._mount_submodules)
                 await self._shutdown.wait()
+                with trio.move_on_after(SUBMODULE_UNMOUNT_WAIT):
+                    await self.nested.unmount_all()  # while this mount still serves their mountpoints
                 nursery.cancel_scope.cancel()
         finally:
             self.state_name = "unmounting"
@@ -611,14 +630,33 @@ class Mount:
         log.info("the kernel ended the FUSE session (external unmount)")
         self._shutdown.set()
 
+    async def _mount_submodules(self) -> None:
+        """Mount every submodule of the tree as a nested mount (see :mod:`artifactfs.daemon.submodules`)."""
+        snapshot = self.head.snapshot
+        entry = (snapshot.children("") or {}).get(".gitmodules")
+        gitmodules = None
+        if entry is not None and entry.kind is EntryKind.FILE:
+            try:
+                with LooseBlobFile.open(await self.hydrator.ensure(entry.oid, path=".gitmodules")) as blob:
+                    gitmodules = blob.read_all()
+            except (BlobUnavailableError, OSError) as error:
+                log.warning("cannot read .gitmodules (%s): submodules stay placeholders", error)
+        mounted = await self.nested.mount_all(submodules_of(snapshot, gitmodules, self.options.remote))
+        for submodule in mounted:  # what `git submodule init` records, as a recursive clone has it
+            self.gitdir.set_config("submodule", "url", submodule.url, subsection=submodule.name)
+            self.gitdir.set_config("submodule", "active", "true", subsection=submodule.name)
+
     async def _complete_history_after_source(self, session: RemoteSession, gitdir: GitDir) -> None:
-        """Fetch the rest of the history once what agents read first has arrived.
+        """Fetch every branch's tip at once, then the rest of the history once what agents read first
+        has arrived.
 
         A long history is one large pack that competes with the first blob
         batches for the server and both cores; readers need manifests and
         source before they need ``git log``. The wait is capped so history
         still arrives early on very large trees.
         """
+        await fetch_branch_tips(session, gitdir, self.hydrator.health)
+        self.git_service.tips_local.set()
         with trio.move_on_after(HISTORY_DEFERRAL_CAP):
             await self.hydrator.wait_for_classes(PriorityClass.SOURCE)
         await complete_history(session, gitdir, self.hydrator.health, self.options.history_depth)
@@ -687,6 +725,7 @@ class Mount:
             git=self.git_service.status(),
             fuse=self.operations.stats(),
             lfs=self.lfs.status(),
+            submodules=dict(self.nested.states),
         )
 
 

@@ -288,13 +288,20 @@ async def create_gitdir(
     path: Path,
     remote_display: str,
     resolved: ResolvedRef,
+    refs: Sequence[Ref],
     *,
     spool_dir: Path,
     streams: AsyncExitStack,
     owner: Owner | None = None,
 ) -> tuple[GitDir, Tip]:
     """Build a complete gitdir at ``path`` for ``resolved`` (kept for ``owner``), or leave nothing behind
-    (see :func:`fetch_tip` for ``spool_dir`` and ``streams``)."""
+    (see :func:`fetch_tip` for ``spool_dir`` and ``streams``).
+
+    Every branch of the remote gets its remote-tracking ref at once, so
+    ``git checkout <branch>`` works from the first moment: a tip that is not
+    local yet is fetched by git's lazy fetch until :func:`fetch_branch_tips`
+    brings them all.
+    """
     staging = path.with_name(path.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     try:
@@ -302,6 +309,7 @@ async def create_gitdir(
         tip = await fetch_tip(session, gitdir, resolved.commit, spool_dir=spool_dir, streams=streams)
         gitdir.write_shallow(tip.shallow)
         gitdir.set_head(resolved.branch, resolved.commit)
+        _write_remote_branches(gitdir, refs)
         if resolved.branch is not None:
             gitdir.update_ref(f"refs/remotes/origin/{resolved.branch}", resolved.commit)
             gitdir.set_upstream(resolved.branch)
@@ -310,6 +318,62 @@ async def create_gitdir(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return GitDir(path, owner), tip
+
+
+def _write_remote_branches(gitdir: GitDir, refs: Sequence[Ref]) -> None:
+    """Point ``refs/remotes/origin/*`` (and ``origin/HEAD``) at the remote's branches, as a clone does."""
+    for ref in refs:
+        if ref.name.startswith("refs/heads/"):
+            gitdir.update_ref("refs/remotes/origin/" + ref.name[len("refs/heads/") :], ref.oid)
+    head = next((ref for ref in refs if ref.name == "HEAD"), None)
+    if head is not None and head.symref_target and head.symref_target.startswith("refs/heads/"):
+        target = "refs/remotes/origin/" + head.symref_target[len("refs/heads/") :]
+        gitdir.update_ref("refs/remotes/origin/HEAD", f"ref: {target}")
+
+
+async def fetch_branch_tips(session: RemoteSession, gitdir: GitDir, health: RemoteHealth) -> None:
+    """Fetch the tip commit (and trees) of every remote branch that is not local, blobless, depth 1.
+
+    A few hundred milliseconds right after mount, long before the full
+    history: ``git checkout`` or ``git switch`` of any branch then finds its
+    commit and trees locally and asks the daemon only for the blobs, in one
+    batch. The tips join the ``shallow`` file until the history arrives.
+    """
+    await retry_forever(
+        lambda: _fetch_tips_once(session, gitdir), "branch tips fetch", health, HISTORY_BACKOFF
+    )
+
+
+async def _fetch_tips_once(session: RemoteSession, gitdir: GitDir) -> None:
+    refs = await session.ls_refs(["HEAD", "refs/heads/"])
+    branches = [ref for ref in refs if ref.name.startswith("refs/heads/")]
+    wants = sorted({ref.oid for ref in branches if not gitdir.has_object(ref.oid)})
+    if wants:
+        head = gitdir.head_oid()
+        shallow = set(gitdir.shallow_commits())
+        async with (
+            session.fetch(
+                wants,
+                filter_spec="blob:none",
+                depth=1,
+                shallows=sorted(shallow),
+                haves=[head] if head else [],
+            ) as response,
+            gitdir.promisor_pack_writer() as pack,
+        ):
+            async for chunk in response.pack_chunks():
+                await pack.write(chunk)
+            for kind, oid in response.shallow_info:
+                if kind == "shallow":
+                    shallow.add(oid)
+                else:
+                    shallow.discard(oid)
+        lacking = [oid for oid in wants if not gitdir.has_object(oid)]
+        if lacking:
+            raise CorruptObjectError(f"the tips pack lacked {len(lacking)} branch tips (altered in transit?)")
+        gitdir.write_shallow(sorted(shallow))
+    _write_remote_branches(gitdir, refs)
+    log.info("branch tips local: %d branches, %d fetched", len(branches), len(wants))
 
 
 async def complete_history(
@@ -374,15 +438,10 @@ async def _fetch_history_once(session: RemoteSession, gitdir: GitDir, depth: int
                 f"the history pack lacked {len(lacking)} branch tips (altered in transit?)"
             )
         gitdir.write_shallow(sorted(remaining))
+    _write_remote_branches(gitdir, refs)
     for ref in published:
-        if ref.name.startswith("refs/heads/"):
-            gitdir.update_ref("refs/remotes/origin/" + ref.name[len("refs/heads/") :], ref.oid)
-        else:
+        if ref.name.startswith("refs/tags/"):
             gitdir.update_ref(ref.name, ref.oid)
-    head_ref = next((ref for ref in refs if ref.name == "HEAD"), None)
-    if head_ref is not None and head_ref.symref_target and head_ref.symref_target.startswith("refs/heads/"):
-        target = "refs/remotes/origin/" + head_ref.symref_target[len("refs/heads/") :]
-        gitdir.update_ref("refs/remotes/origin/HEAD", f"ref: {target}")
     log.info(
         "history complete: %d refs, %d shallow commits left", len(published), len(gitdir.shallow_commits())
     )

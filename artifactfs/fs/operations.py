@@ -154,27 +154,26 @@ class Operations(pyfuse3.Operations):
         """The inode of each hard-linked file, by its link id: every link shows one inode."""
         self._latency: dict[str, LatencyHistogram] = {}
         self._gitfile_released = trio.Event()
+        self.write_events = 0
+        """Counts every way content can start or stop changing (a writable open or release, a
+        truncate): equal before and after a span, every file not open for writing was left alone."""
 
     # ------------------------------------------------------------- publishing
 
-    def publish(self, snapshot: Snapshot, *, attributes_changed: bool) -> None:
+    def publish(self, snapshot: Snapshot, *, retimed: Iterable[str]) -> None:
         """Adopt a new base snapshot.
 
         Reconciling never changes what a path with overlay rows contains, but a
-        dropped overlay entry reports the base mtime again, so cached attributes
-        are forgotten. Paths without rows show the new base: whatever the
+        dropped overlay entry that had its own mtime reports the base mtime
+        again: the kernel forgets the attributes of those paths (``retimed``),
+        and only those, so git's next ``lstat`` of every file it just wrote
+        stays in the kernel. Paths without rows show the new base: whatever the
         kernel holds about those that changed is forgotten too.
         """
         self._lfs.publish(snapshot)
         previous, self._snapshot = self._snapshot, snapshot
         self._forget_base_changes(previous, snapshot)
-        if not attributes_changed:
-            return
-        for inode in self._inodes.known_inodes():
-            try:
-                pyfuse3.invalidate_inode(inode, attr_only=True)
-            except OSError:
-                pass  # the kernel already forgot it
+        self.attributes_changed(retimed)
 
     def _forget_base_changes(self, previous: Snapshot, snapshot: Snapshot) -> None:
         """Make the kernel drop entries, attributes and pages of known paths the new base changed."""
@@ -198,8 +197,8 @@ class Operations(pyfuse3.Operations):
                     parent_inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True
                 )
 
-    def size_corrected(self, paths: Iterable[str]) -> None:
-        """These files' sizes were reported wrong (an object-info hint): the kernel must ask again."""
+    def attributes_changed(self, paths: Iterable[str]) -> None:
+        """These paths' attributes (a size reported wrong, an mtime) changed: the kernel must ask again."""
         for path in paths:
             inode = self._inodes.known(path)
             if inode is not None:
@@ -424,6 +423,7 @@ class Operations(pyfuse3.Operations):
             return self._orphan_attributes(inode)
         node = self._node(path)
         if fields.update_size:
+            self.write_events += 1
             if node.kind != EntryKind.FILE:
                 raise pyfuse3.FUSEError(
                     errno.EISDIR if node.kind in (EntryKind.DIR, EntryKind.GITLINK) else errno.EINVAL
@@ -671,6 +671,7 @@ class Operations(pyfuse3.Operations):
         if node.kind in (EntryKind.DIR, EntryKind.GITLINK):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if writable:
+            self.write_events += 1
             node = await self._writable(path, node, truncate=bool(flags & os.O_TRUNC))
             assert node.data_path is not None
             fd = os.open(node.data_path, os.O_RDWR)
@@ -689,7 +690,7 @@ class Operations(pyfuse3.Operations):
             handle = self._handle()
             if self._hydrator.size_hinted(node.base_oid):
                 blob = LooseBlobFile.open(source)
-                # The verified blob's length wins over a size hint the kernel may hold (see size_corrected).
+                # The verified length wins over a size hint the kernel may hold (see attributes_changed).
                 self._hydrator.settle_size(node.base_oid, blob.size)
                 self._files[handle] = _FileHandle(inode, node, -1, False, blob=blob)
             else:
@@ -706,6 +707,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = self._join(self._path(parent_inode), name)
+        self.write_events += 1
         node = self._view.create_file(path, stat.S_IMODE(mode), (ctx.uid, ctx.gid))
         assert node.data_path is not None
         fd = os.open(node.data_path, os.O_RDWR)
@@ -766,6 +768,8 @@ class Operations(pyfuse3.Operations):
             handle.blob.close()
         if handle is None or handle.fd < 0:
             return
+        if handle.writable:
+            self.write_events += 1
         os.close(handle.fd)
         path = self._inodes.path(handle.inode)
         if handle.written and path is not None:

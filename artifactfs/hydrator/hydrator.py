@@ -162,7 +162,8 @@ class Hydrator:
         self._queue = HydrationQueue()
         self._blobs: dict[str, _Blob] = {}
         self._sizes: dict[str, int] = {}
-        self._counters = {priority_class: ClassCounters() for priority_class in PriorityClass}
+        self._current: frozenset[str] | None = None
+        """The blobs of the tree tracked last (the mount's HEAD): what the totals describe."""
         self._waiters: dict[str, trio.Event] = {}
         self._inflight: set[str] = set()
         self._urgent_inflight: dict[str, int] = {}
@@ -282,7 +283,7 @@ class Hydrator:
         while self.settings.mode == "background":
             if all(
                 counters.hydrated + counters.failed >= counters.total
-                for priority_class, counters in self._counters.items()
+                for priority_class, counters in self._class_counters().items()
                 if priority_class <= last
             ):
                 return
@@ -312,11 +313,14 @@ class Hydrator:
         stalls FUSE requests.
         """
         found: dict[str, str] = {}
+        current: set[str] = set()
         for count, (path, entry) in enumerate(snapshot.walk()):
             if count % 512 == 0:
                 await trio.sleep(0)
-            if entry.kind in (EntryKind.FILE, EntryKind.SYMLINK) and entry.oid not in self._blobs:
-                found.setdefault(entry.oid, path)
+            if entry.kind in (EntryKind.FILE, EntryKind.SYMLINK):
+                current.add(entry.oid)
+                if entry.oid not in self._blobs:
+                    found.setdefault(entry.oid, path)
         cached = await trio.to_thread.run_sync(lambda: {oid: self._cache.size(oid) for oid in found})
         new_oids: list[str] = []
         for count, (oid, path) in enumerate(found.items()):
@@ -326,6 +330,7 @@ class Hydrator:
                 continue  # a read registered it meanwhile
             if self._register(oid, path, cached[oid], queue=not may_be_local) is not None and may_be_local:
                 new_oids.append(oid)
+        self._current = frozenset(current)
         if new_oids:
             local = await trio.to_thread.run_sync(self._hydrate_locally, new_oids)
             for oid, size in local:
@@ -356,18 +361,11 @@ class Hydrator:
         priority_class = self._classifier.classify(path, self._sizes.get(oid))
         blob = _Blob(path, priority_class)
         self._blobs[oid] = blob
-        counters = self._counters[priority_class]
-        counters.total += 1
         if size is not None:
             self._sizes[oid] = size
             blob.hydrated = True
-            counters.hydrated += 1
-            counters.total_bytes += size
-            counters.hydrated_bytes += size
             return None
-        if oid in self._sizes:
-            counters.total_bytes += self._sizes[oid]
-        elif self._object_info:
+        if oid not in self._sizes and self._object_info:
             self._size_pending[oid] = None
         if queue:
             self._queue_background(oid)
@@ -682,20 +680,11 @@ class Hydrator:
         if not verified:
             self._hinted.add(oid)
         blob = self._blobs.get(oid)
-        if blob is None:
-            return
-        counters = self._counters[blob.priority_class]
-        counters.total_bytes += size
-        if size <= BINARY_SIZE_THRESHOLD or blob.hydrated:
+        if blob is None or size <= BINARY_SIZE_THRESHOLD or blob.hydrated:
             return
         reclassified = self._classifier.classify(blob.path, size)
         if reclassified != blob.priority_class:
-            counters.total -= 1
-            counters.total_bytes -= size
             blob.priority_class = reclassified
-            moved_to = self._counters[reclassified]
-            moved_to.total += 1
-            moved_to.total_bytes += size
             if oid in self._queue and self.settings.mode == "background" and oid not in self._demanded:
                 self._queue.discard(oid)
                 self._queue.push(oid, level_of(reclassified))
@@ -726,8 +715,6 @@ class Hydrator:
             verified_size,
             verified_size,
         )
-        if blob is not None:
-            self._counters[blob.priority_class].total_bytes += verified_size - hinted
         if self.on_size_corrected is not None:
             self.on_size_corrected(oid, verified_size)
 
@@ -977,12 +964,7 @@ class Hydrator:
         if blob is not None and not blob.hydrated:
             self._learn_size(oid, size, verified=True)
             blob.hydrated = True
-            counters = self._counters[blob.priority_class]
-            counters.hydrated += 1
-            counters.hydrated_bytes += size
-            if blob.failure is not None:
-                counters.failed -= 1
-                blob.failure = None
+            blob.failure = None
             self.record.append(
                 Arrival(oid, blob.path, blob.priority_class.label, oid in self._demanded, time.monotonic())
             )
@@ -996,8 +978,6 @@ class Hydrator:
         """``oid`` cannot be had, ever: one log line, its readers get EIO now and from now on."""
         blob = self._blobs.get(oid)
         if blob is not None:
-            if blob.failure is None:
-                self._counters[blob.priority_class].failed += 1
             blob.failure = reason
             blob.permanent_failure = True
         # One log line naming the blob and the cause.
@@ -1018,9 +998,28 @@ class Hydrator:
 
     # ----------------------------------------------------------------- reporting
 
+    def _class_counters(self) -> dict[PriorityClass, ClassCounters]:
+        """Totals per class over the blobs of the current tree; blobs of earlier HEADs do not count."""
+        counters = {priority_class: ClassCounters() for priority_class in PriorityClass}
+        for oid in self._current or ():
+            blob = self._blobs.get(oid)
+            if blob is None:
+                continue
+            size = self._sizes.get(oid)
+            counted = counters[blob.priority_class]
+            counted.total += 1
+            counted.total_bytes += size or 0
+            if blob.hydrated:
+                counted.hydrated += 1
+                counted.hydrated_bytes += size or 0
+            elif blob.failure is not None:
+                counted.failed += 1
+        return counters
+
     def status(self) -> HydrationReport:
+        by_class = self._class_counters()
         totals = ClassCounters()
-        for counters in self._counters.values():
+        for counters in by_class.values():
             totals.total += counters.total
             totals.hydrated += counters.hydrated
             totals.failed += counters.failed
@@ -1028,8 +1027,13 @@ class Hydrator:
             totals.hydrated_bytes += counters.hydrated_bytes
         rate = self._rate.rate()
         remaining_bytes = max(totals.total_bytes - totals.hydrated_bytes, 0)
-        # Blobs waiting for a retry are neither hydrated nor failed: an outage never looks complete.
-        complete = totals.hydrated + totals.failed >= totals.total and not self._retrying
+        # Blobs waiting for a retry are neither hydrated nor failed: an outage never looks complete;
+        # nor does a mount whose tree is not counted yet.
+        complete = (
+            self._current is not None
+            and totals.hydrated + totals.failed >= totals.total
+            and not self._retrying
+        )
         eta = None if complete or rate <= 0 or self.settings.mode == "none" else remaining_bytes / rate
         return HydrationReport(
             mode=self.settings.mode,
@@ -1048,7 +1052,7 @@ class Hydrator:
             complete=complete,
             batch_size=self._batch_size,
             object_info=self._object_info,
-            classes={pc.label: self._counters[pc].report() for pc in PriorityClass},
+            classes={pc.label: by_class[pc].report() for pc in PriorityClass},
             errors=list(self.errors),
             errors_total=self._error_count,
             fetch_latency=self._fetch_latency.report(),

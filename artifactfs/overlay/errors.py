@@ -90,7 +90,7 @@ class InvalidOperation(OverlayError):
 
 
 class ReadOnlyEntry(OverlayError):
-    """The entry cannot be changed, e.g. the inside of a submodule placeholder."""
+    """The entry cannot take this change, e.g. a hard link to a directory."""
 
     errno = EPERM
 

@@ -98,9 +98,9 @@ class ReconcileReport:
     """Outcome of publishing a new base.
 
     ``dropped`` rows equalled the new base and were removed; ``converted`` rows
-    had content equal to the new base blob but a different mode, so their data
-    file was released and they now point at the blob; ``kept`` rows still
-    diverge; ``repaired`` directory rows were added because the new base no
+    had content equal to the new base blob, so their data file was released
+    and they now point at the blob, keeping their mode and mtime; ``kept`` rows
+    still diverge; ``repaired`` directory rows were added because the new base no
     longer has a directory that kept rows live in.
     """
 
@@ -108,6 +108,8 @@ class ReconcileReport:
     converted: int
     kept: int
     repaired: int
+    retimed: tuple[str, ...] = ()
+    """Dropped rows that had an mtime of their own: these paths now report the base mtime."""
 
 
 def check_name(name: str) -> None:
@@ -126,10 +128,16 @@ def check_name(name: str) -> None:
         raise InvalidName(name, "invalid file name")
 
 
-def _check_new_path(path: str) -> None:
+GITFILE = ".git"
+
+
+def _check_new_path(path: str, *, gitfile_allowed: bool = False) -> None:
+    """Refuse a path with a name :func:`check_name` refuses; ``gitfile_allowed`` admits a last name
+    of exactly ``.git`` (a submodule's gitfile, see :meth:`OverlayView.allows_gitfile`)."""
     if path == "":
         raise ResourceBusy(path, "the root directory cannot be replaced")
-    for name in path.split("/"):
+    names = path.split("/")
+    for name in names[:-1] if gitfile_allowed and names[-1] == GITFILE else names:
         check_name(name)
 
 
@@ -257,6 +265,10 @@ class OverlayView:
         """Every overlay row: the paths that differ from the base."""
         return self._store.all_rows()
 
+    def data_paths(self) -> list[Path]:
+        """The data file of every row that has one (what :meth:`reconcile` will hash)."""
+        return [self._store.data_path(row.data_id) for row in self.rows() if row.data_id is not None]
+
     def changed_since(self, offset: int) -> tuple[int, list[str]]:
         """The change journal's end offset and every path changed after ``offset``."""
         return self._store.changed_since(offset)
@@ -281,9 +293,21 @@ class OverlayView:
         (git's commits let reconciliation drop them) and follow ``--uid``/``--gid``."""
         return (None if uid == self.owner[0] else uid), (None if gid == self.owner[1] else gid)
 
+    def allows_gitfile(self, path: str) -> bool:
+        """Whether ``path`` is ``.git`` directly inside a submodule of the base.
+
+        ``git submodule update --init`` writes a gitfile there (``gitdir:
+        ../.git/modules/NAME``, which is in the real gitdir, outside the
+        mount), exactly as in a clone. Only a regular file of that exact name
+        is admitted, and only there: tree entries named ``.git`` stay hidden.
+        """
+        parent, _, name = path.rpartition("/")
+        entry = self._base.entry(parent) if parent else None
+        return name == GITFILE and entry is not None and entry.kind is EntryKind.GITLINK
+
     def create_file(self, path: str, mode: int, owner: tuple[int, int] | None = None) -> Node:
         """A new empty file; ``owner`` is the creating (uid, gid), the base tree's owner if None."""
-        _check_new_path(path)
+        _check_new_path(path, gitfile_allowed=self.allows_gitfile(path))
         with self._lock:
             parent = self._resolve_parent(path)
             if self._resolve(path).node is not None:
@@ -501,7 +525,7 @@ class OverlayView:
             raise InvalidOperation(new, "RENAME_NOREPLACE and RENAME_EXCHANGE together")
         if old == "":
             raise ResourceBusy(old, "the root directory cannot be moved")
-        _check_new_path(new)
+        _check_new_path(new, gitfile_allowed=self.allows_gitfile(new))
         if new.startswith(old + "/") or (exchange and old.startswith(new + "/")):
             raise InvalidOperation(new, "cannot move a directory into itself")
         with self._lock:
@@ -719,12 +743,15 @@ class OverlayView:
         """Publish ``new_base`` and drop every row the new base makes redundant.
 
         A row is dropped only if the merged view stays the same without it:
-        content and mode equal to the new base entry, a whiteout over nothing,
-        a directory equal to the new base's (an opaque one only when every base
-        child is covered by its own row), and only where the base shows through.
-        A data file whose content equals the new blob but whose mode differs is
-        released and its row kept as a metadata-only row. Rows at ``busy`` paths
-        (files open for writing) are never touched.
+        content and mode equal to the new base entry and no mtime of its own, a
+        whiteout over nothing, a directory equal to the new base's (an opaque
+        one only when every base child is covered by its own row), and only
+        where the base shows through. A data file whose content equals the new
+        blob is released and its row kept as a metadata-only row with the data
+        file's mode and mtime: the file git just wrote keeps the stat data git
+        recorded in its index (or git would re-read every such file on its next
+        command) and never goes back in time (which would fool ``make``). Rows
+        at ``busy`` paths (files open for writing) are never touched.
         """
         with self._lock:
             return self._publish(new_base, blob_oid_of, busy)
@@ -802,6 +829,7 @@ class OverlayView:
         self._base = new_base
         self._base_subdirs = {}
         return ReconcileReport(
+            retimed=tuple(path for path in sorted(dropped) if by_path[path].mtime_ns is not None),
             dropped=len(dropped),
             converted=len(converted),
             kept=len(rows) - len(dropped) - len(converted),
@@ -824,12 +852,11 @@ class OverlayView:
         if row.kind == EntryKind.FILE and entry.kind is EntryKind.FILE:
             same_mode = row.mode == _base_file_mode(entry)
             if row.data_id is None:
-                return "drop" if row.base_oid == entry.oid and same_mode else "keep"
+                unchanged = row.base_oid == entry.oid and same_mode and row.mtime_ns is None
+                return "drop" if unchanged else "keep"
             data_path = self._store.data_path(row.data_id)
             if blob_oid_of(data_path) != entry.oid:
                 return "keep"
-            if same_mode:
-                return "drop"
             mtime_ns = os.stat(data_path, follow_symlinks=False).st_mtime_ns
             return OverlayRow(row.path, EntryKind.FILE, row.mode, base_oid=entry.oid, mtime_ns=mtime_ns)
         if row.kind == EntryKind.SYMLINK and entry.kind is EntryKind.SYMLINK:
@@ -881,11 +908,21 @@ class OverlayView:
         return resolved
 
     def _resolve_parent(self, path: str) -> _Resolved:
-        """The directory a new entry at ``path`` goes into; it must accept entries."""
+        """The directory a new entry at ``path`` goes into.
+
+        A submodule placeholder (an empty directory, as in a clone before
+        ``git submodule update``) becomes an opaque directory row on its first
+        new entry: that is where git checks the submodule out. The row differs
+        from the base's gitlink, so later HEAD moves keep it.
+        """
         resolved = self._resolve_dir(parent_of(path))
         assert resolved.node is not None
         if resolved.node.kind == EntryKind.GITLINK:
-            raise ReadOnlyEntry(path, "cannot create entries inside a submodule")
+            with self._store.batch() as batch:
+                batch.put(
+                    OverlayRow(resolved.path, EntryKind.DIR, _DIR_MODE, opaque=True, mtime_ns=time.time_ns())
+                )
+            resolved = self._resolve_dir(resolved.path)
         return resolved
 
     @staticmethod
