@@ -65,7 +65,7 @@ class HeadFollower:
                 snapshot, await self._hashed_data_files(), busy=self.operations.paths_open_for_writing()
             )
             self.snapshot = snapshot
-            self.operations.publish(snapshot, retimed=report.retimed)
+            await self.operations.publish(snapshot, retimed=report.retimed)
             log.info(
                 "HEAD moved to %s: %d overlay entries dropped, %d converted, %d kept",
                 commit,

@@ -98,6 +98,16 @@ def _fuse_errors(method: Callable[_P, Coroutine[Any, Any, _R]]) -> Callable[_P, 
     return wrapper
 
 
+def _forget_pages(inodes: list[int]) -> None:
+    """Drop the kernel's cached pages (and attributes) of ``inodes``. Blocks on page locks: call it
+    from a worker thread, never from the thread that answers FUSE requests."""
+    for inode in inodes:
+        try:
+            pyfuse3.invalidate_inode(inode)
+        except OSError:
+            pass  # the kernel already forgot it
+
+
 @dataclass
 class _FileHandle:
     inode: int
@@ -160,7 +170,7 @@ class Operations(pyfuse3.Operations):
 
     # ------------------------------------------------------------- publishing
 
-    def publish(self, snapshot: Snapshot, *, retimed: Iterable[str]) -> None:
+    async def publish(self, snapshot: Snapshot, *, retimed: Iterable[str]) -> None:
         """Adopt a new base snapshot.
 
         Reconciling never changes what a path with overlay rows contains, but a
@@ -172,21 +182,28 @@ class Operations(pyfuse3.Operations):
         """
         self._lfs.publish(snapshot)
         previous, self._snapshot = self._snapshot, snapshot
-        self._forget_base_changes(previous, snapshot)
         self.attributes_changed(retimed)
+        stale = self._forget_base_changes(previous, snapshot)
+        if stale:
+            # Dropping cached pages waits for each page's lock, and a page being read holds its
+            # lock until this event loop answers that READ: so never on this thread.
+            await trio.to_thread.run_sync(_forget_pages, stale)
 
-    def _forget_base_changes(self, previous: Snapshot, snapshot: Snapshot) -> None:
-        """Make the kernel drop entries, attributes and pages of known paths the new base changed."""
+    def _forget_base_changes(self, previous: Snapshot, snapshot: Snapshot) -> list[int]:
+        """Make the kernel drop entries and attributes of known paths the new base changed; returns
+        the inodes whose cached pages must go too (see :meth:`publish`)."""
         if previous.root_tree_oid == snapshot.root_tree_oid:
-            return
+            return []
         known = {
             path for inode in self._inodes.known_inodes() if (path := self._inodes.path(inode)) is not None
         }
+        stale: list[int] = []
         for path in changed_paths(previous, snapshot, known):
             inode = self._inodes.known(path)
             if inode is not None:
+                stale.append(inode)
                 try:
-                    pyfuse3.invalidate_inode(inode)
+                    pyfuse3.invalidate_inode(inode, attr_only=True)
                 except OSError:
                     pass  # the kernel already forgot it
             parent, _, name = path.rpartition("/")
@@ -196,6 +213,7 @@ class Operations(pyfuse3.Operations):
                 pyfuse3.invalidate_entry_async(
                     parent_inode, name.encode("utf-8", "surrogateescape"), ignore_enoent=True
                 )
+        return stale
 
     def attributes_changed(self, paths: Iterable[str]) -> None:
         """These paths' attributes (a size reported wrong, an mtime) changed: the kernel must ask again."""
