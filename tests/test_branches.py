@@ -18,7 +18,7 @@ import pytest
 
 from artifactfs.testing import FileSpec, commit_files
 from artifactfs.testing.mounts import MountedTree
-from artifactfs.testing.repos import distinct_content
+from artifactfs.testing.repos import distinct_content, served_tree
 
 MAIN: dict[str, bytes | FileSpec] = {
     "README.md": b"# project\n",
@@ -37,22 +37,6 @@ OLD: dict[str, bytes | FileSpec] = {
     **{f"pkg/mod{index:02}.py": distinct_content(f"old-{index}") for index in range(25)},
     **{f"old/deep/dir{index % 4}/f{index}.txt": distinct_content(f"deep-{index}") for index in range(30)},
 }
-
-
-def served_tree(repo: Path, ref: str) -> dict[str, tuple[str, bytes]]:
-    """What the server's ``ref`` holds: path -> (mode, content)."""
-    listing = subprocess.run(
-        ["git", "--git-dir", str(repo), "ls-tree", "-r", "-z", ref], capture_output=True, check=True
-    ).stdout
-    result = {}
-    for record in filter(None, listing.split(b"\0")):
-        meta, path = record.split(b"\t", 1)
-        mode, _, oid = meta.split()
-        content = subprocess.run(
-            ["git", "--git-dir", str(repo), "cat-file", "blob", oid.decode()], capture_output=True, check=True
-        ).stdout
-        result[path.decode()] = (mode.decode(), content)
-    return result
 
 
 def mounted_tree(root: Path) -> dict[str, tuple[str, bytes]]:

@@ -15,6 +15,7 @@ import pytest
 
 from artifactfs.testing import FileSpec
 from artifactfs.testing.mounts import MountedTree, run_cli
+from artifactfs.testing.repos import served_tree
 from artifactfs.testing.waiting import wait_for_exit
 
 BASE: dict[str, bytes | FileSpec] = {
@@ -26,22 +27,6 @@ BASE: dict[str, bytes | FileSpec] = {
     "scripts/run.sh": FileSpec(b"#!/bin/sh\necho run\n", executable=True),
     "link": FileSpec(symlink_target="README.md"),
 }
-
-
-def served_tree(repo: Path, ref: str = "main") -> dict[str, tuple[str, bytes]]:
-    """What the server's ``ref`` holds: path -> (mode, content)."""
-    listing = subprocess.run(
-        ["git", "--git-dir", str(repo), "ls-tree", "-r", "-z", ref], capture_output=True, check=True
-    ).stdout
-    result = {}
-    for record in filter(None, listing.split(b"\0")):
-        meta, path = record.split(b"\t", 1)
-        mode, _, oid = meta.split()
-        content = subprocess.run(
-            ["git", "--git-dir", str(repo), "cat-file", "blob", oid.decode()], capture_output=True, check=True
-        ).stdout
-        result[path.decode()] = (mode.decode(), content)
-    return result
 
 
 def git_lines(tree: MountedTree, *arguments: str) -> list[str]:

@@ -179,3 +179,13 @@ def distinct_content(label: str, size: int = 300) -> bytes:
         out += hashlib.sha256(f"{label}:{counter}".encode()).digest()
         counter += 1
     return bytes(out[:size])
+
+
+def served_tree(repo: Path, ref: str = "main") -> dict[str, tuple[str, bytes]]:
+    """What the bare ``repo`` holds at ``ref``: path -> (mode, content), the reference a mount is checked against."""
+    result = {}
+    for record in filter(None, git(repo, "ls-tree", "-r", "-z", ref).split(b"\0")):
+        meta, path = record.split(b"\t", 1)
+        mode, _, oid = meta.split()
+        result[path.decode()] = (mode.decode(), git(repo, "cat-file", "blob", oid.decode()))
+    return result
