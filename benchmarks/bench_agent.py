@@ -47,11 +47,11 @@ from artifactfs.state import StateRoot, pid_alive
 from artifactfs.testing import SERVED_CONFIG, GitHttpServer, git, git_env
 from artifactfs.testing.mounts import MountedTree, force_unmount
 from benchmarks.common import (
-    DEFAULT_WORKDIR,
     IDENTITY_ENV,
     file_creation_cost,
     goal_row,
     goals_table,
+    mirror_argument_parser,
     percentile,
     ratio_text,
     rotated,
@@ -566,13 +566,7 @@ def mode_list(text: str) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "repo", type=Path, help="bare repository with long history (a mirror) to serve a copy of"
-    )
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    parser = mirror_argument_parser(__doc__, rounds=3)
     parser.add_argument(
         "--modes",
         type=mode_list,
@@ -588,15 +582,7 @@ def main() -> None:
         default=600.0,
         help="seconds before a clone or git command counts as failed (default 600)",
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=DEFAULT_WORKDIR,
-        help=f"where the served copy, clones, mounts and state roots go (default {DEFAULT_WORKDIR})",
-    )
     arguments = parser.parse_args()
-    if arguments.rounds < 1:
-        parser.error("--rounds must be at least 1")
     bench(arguments.repo.resolve(), arguments)
 
 

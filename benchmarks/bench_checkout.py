@@ -31,11 +31,11 @@ from artifactfs.testing import GitHttpServer, git, git_env
 from artifactfs.testing.mounts import MountedTree
 from benchmarks.bench_agent import prepare_copy, stop_mount
 from benchmarks.common import (
-    DEFAULT_WORKDIR,
     Samples,
     file_creation_cost,
     goal_row,
     goals_table,
+    mirror_argument_parser,
     ratio_text,
     rotated,
     run,
@@ -192,21 +192,9 @@ def bench(source: Path, arguments: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("repo", type=Path, help="bare repository (a mirror) to serve a copy of")
+    parser = mirror_argument_parser(__doc__, rounds=3)
     parser.add_argument("--to", help="the distant branch (default: the one differing from HEAD most)")
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=DEFAULT_WORKDIR,
-        help=f"where the served copy, clones, mounts and state roots go (default {DEFAULT_WORKDIR})",
-    )
     arguments = parser.parse_args()
-    if arguments.rounds < 1:
-        parser.error("--rounds must be at least 1")
     bench(arguments.repo.resolve(), arguments)
 
 

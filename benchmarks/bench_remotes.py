@@ -23,7 +23,6 @@ as root::
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Callable
@@ -34,10 +33,10 @@ from artifactfs.testing.mounts import MountedTree
 from artifactfs.testing.sshserver import SshServer
 from benchmarks.bench_agent import prepare_copy
 from benchmarks.common import (
-    DEFAULT_WORKDIR,
     Samples,
     goal_row,
     goals_table,
+    mirror_argument_parser,
     ratio_text,
     rotated,
     run,
@@ -178,20 +177,8 @@ def report(plain: Samples, ssh: Samples) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("repo", type=Path, help="bare repository (a mirror) to serve a copy of")
-    parser.add_argument("--rounds", type=int, default=5, help="measured rounds (default 5)")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=DEFAULT_WORKDIR,
-        help=f"where the served copy, clones, mounts and state roots go (default {DEFAULT_WORKDIR})",
-    )
+    parser = mirror_argument_parser(__doc__, rounds=5)
     arguments = parser.parse_args()
-    if arguments.rounds < 1:
-        parser.error("--rounds must be at least 1")
     workdir: Path = arguments.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     with scratch(workdir, "remotes-copy") as base:

@@ -49,7 +49,7 @@ from benchmarks.bench_agent import (
     user_environment,
 )
 from benchmarks.common import (
-    DEFAULT_WORKDIR,
+    mirror_argument_parser,
     percentile,
     rotated,
     run,
@@ -270,19 +270,10 @@ def bench(source: Path, arguments: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("repo", type=Path, help="bare repository (a mirror) to serve a copy of")
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    parser = mirror_argument_parser(__doc__, rounds=3)
     parser.add_argument("--reads", type=int, default=300, help="source files read (default 300)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the file choice (default 0)")
-    parser.add_argument(
-        "--workdir", type=Path, default=DEFAULT_WORKDIR, help=f"scratch space (default {DEFAULT_WORKDIR})"
-    )
     arguments = parser.parse_args()
-    if arguments.rounds < 1:
-        parser.error("--rounds must be at least 1")
     bench(arguments.repo.resolve(), arguments)
 
 

@@ -39,9 +39,9 @@ from artifactfs.testing import GitHttpServer, git, git_env
 from artifactfs.testing.mounts import MountedTree
 from benchmarks.bench_agent import Prepared, prepare_copy, stop_mount, user_environment
 from benchmarks.common import (
-    DEFAULT_WORKDIR,
     goal_row,
     goals_table,
+    mirror_argument_parser,
     ratio_text,
     run,
     scratch,
@@ -270,26 +270,14 @@ def _mount_environment() -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("repo", type=Path, help="bare repository (a mirror) to serve a copy of")
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
+    parser = mirror_argument_parser(__doc__, rounds=3)
     parser.add_argument("--word", default="function", help="word to grep for (default 'function')")
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=DEFAULT_WORKDIR,
-        help=f"where the served copy, clone, mount and state root go (default {DEFAULT_WORKDIR})",
-    )
     parser.add_argument(
         "--copy",
         type=Path,
         help="prepare the served copy here and keep it; reuse it if it exists (default: a scratch copy)",
     )
     arguments = parser.parse_args()
-    if arguments.rounds < 1:
-        parser.error("--rounds must be at least 1")
     bench(arguments.repo.resolve(), arguments)
 
 

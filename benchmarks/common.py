@@ -52,6 +52,32 @@ def parse_corpus_spec(text: str) -> tuple[int, int]:
     return int(files), int(commits)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def mirror_argument_parser(description: str | None, *, rounds: int) -> argparse.ArgumentParser:
+    """The arguments of every benchmark on a served copy of a real mirror: the mirror, ``--rounds``
+    (at least 1) and ``--workdir``; each benchmark adds its own."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("repo", type=Path, help="bare repository (a mirror) to serve a copy of")
+    parser.add_argument(
+        "--rounds", type=_at_least_one, default=rounds, help=f"measured rounds (default {rounds})"
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"where the served copy, clones, mounts and state roots go (default {DEFAULT_WORKDIR})",
+    )
+    return parser
+
+
 def argument_parser(description: str, default_corpora: Sequence[str], rounds: int) -> argparse.ArgumentParser:
     """The options every benchmark shares."""
     parser = argparse.ArgumentParser(
