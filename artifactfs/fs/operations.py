@@ -48,7 +48,7 @@ from artifactfs.overlay.view import Node, OverlayView
 from artifactfs.snapshot.entries import EntryKind
 from artifactfs.snapshot.tree import Snapshot
 from artifactfs.status import FuseReport
-from artifactfs.store.loose import LooseBlobFile
+from artifactfs.store.loose import LooseBlobFile, StoredContent
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class _FileHandle:
     """A data file (overlay content), or -1."""
     writable: bool
     written: bool = False
-    blob: LooseBlobFile | LfsObjectFile | None = None
+    blob: StoredContent | None = None
     """Set instead of ``fd`` for a file whose content is still its base blob (or its LFS object)."""
     read: bool = False
     oid: str | None = None

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from artifactfs.errors import CorruptObjectError
 from artifactfs.state import READ_ONLY_FILE_MODE, Owner, acting_as, pid_alive, private_dir
+from artifactfs.store.loose import StoredContent
 
 _OID = re.compile(r"[0-9a-f]{64}")
 _TMP_PREFIX = "artifactfs-"
@@ -30,35 +31,11 @@ def _check_oid(oid: str) -> None:
         raise ValueError(f"not a hex SHA-256 LFS object id: {oid!r}")
 
 
-class LfsObjectFile:
-    """Random and sequential access to one stored LFS object."""
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-        self._position = 0
+class LfsObjectFile(StoredContent):
+    """The content of one stored LFS object: the whole file."""
 
     def pread(self, length: int, offset: int) -> bytes:
-        """Up to ``length`` bytes from ``offset`` (fewer only at the end)."""
         return os.pread(self.fd, max(0, min(length, self.size - offset)), offset)
-
-    def read(self, length: int = -1) -> bytes:
-        if length < 0:
-            length = self.size - self._position
-        data = self.pread(length, self._position)
-        self._position += len(data)
-        return data
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> LfsObjectFile:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 class PartialObject:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from typing import BinaryIO
+from typing import BinaryIO, Self
 
 from artifactfs.objects import blob_header, checksum_hasher
 
@@ -89,14 +89,48 @@ def _read_exact(source: BinaryIO, length: int) -> bytes:
     return b"".join(parts)
 
 
-class LooseBlobFile:
-    """Random and sequential access to the content of one stored loose blob."""
+class StoredContent:
+    """The content of one stored object, open: read by offset (:meth:`pread`) or in sequence
+    (:meth:`read`, so it can stand in for a file in ``shutil.copyfileobj``). Subclasses say where
+    the content's bytes lie in the file."""
 
-    def __init__(self, fd: int, size: int, header_length: int) -> None:
+    def __init__(self, fd: int, size: int) -> None:
         self.fd = fd
         self.size = size
-        self._header_length = header_length
         self._position = 0
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to ``length`` content bytes from ``offset`` (fewer only at the end)."""
+        raise NotImplementedError
+
+    def read(self, length: int = -1) -> bytes:
+        if length < 0:
+            length = self.size - self._position
+        data = self.pread(length, self._position)
+        self._position += len(data)
+        return data
+
+    def read_all(self) -> bytes:
+        return self.pread(self.size, 0)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class LooseBlobFile(StoredContent):
+    """The content of one stored loose blob: stored deflate blocks after the object header."""
+
+    def __init__(self, fd: int, size: int, header_length: int) -> None:
+        super().__init__(fd, size)
+        self._header_length = header_length
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> LooseBlobFile:
@@ -131,28 +165,6 @@ class LooseBlobFile:
             parts.append(part)
             offset += count
         return b"".join(parts)
-
-    def read(self, length: int = -1) -> bytes:
-        """Sequential reads, so the object can stand in for a file in ``shutil.copyfileobj``."""
-        if length < 0:
-            length = self.size - self._position
-        data = self.pread(length, self._position)
-        self._position += len(data)
-        return data
-
-    def read_all(self) -> bytes:
-        return self.pread(self.size, 0)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> LooseBlobFile:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 def loose_object_id(path: str | os.PathLike[str]) -> str:
