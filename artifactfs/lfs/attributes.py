@@ -9,50 +9,14 @@ of the gitdir).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from artifactfs.errors import ArtifactFSError
-from artifactfs.state import Owner, run_as
+from artifactfs.state import Owner
+from artifactfs.store.attributes import tree_attributes
 
 
 def lfs_paths(gitdir: Path, tree: str, paths: Sequence[str], owner: Owner | None = None) -> set[str]:
     """The ``paths`` of ``tree`` that have ``filter=lfs`` (git runs as ``owner``, whom the gitdir is for)."""
-    if not paths:
-        return set()
-    with tempfile.TemporaryDirectory(prefix="artifactfs-lfs-attr-") as scratch:
-        if owner is not None:
-            os.chown(scratch, owner.uid, owner.gid)
-        environment = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
-        _git(gitdir, ["read-tree", tree], environment, b"", owner)
-        request = b"".join(os.fsencode(path) + b"\0" for path in paths)
-        output = _git(
-            gitdir, ["check-attr", "--cached", "-z", "--stdin", "filter"], environment, request, owner
-        )
-    fields = output.split(b"\0")
-    return {
-        os.fsdecode(fields[index])
-        for index in range(0, len(fields) - 2, 3)
-        if fields[index + 1] == b"filter" and fields[index + 2] == b"lfs"
-    }
-
-
-def _git(
-    gitdir: Path, arguments: list[str], environment: dict[str, str], stdin: bytes, owner: Owner | None
-) -> bytes:
-    result: subprocess.CompletedProcess[bytes] = subprocess.run(
-        ["git", "--git-dir", str(gitdir), *arguments],
-        input=stdin,
-        capture_output=True,
-        env=environment,
-        check=False,
-        cwd=gitdir,
-        **run_as(owner),
-    )
-    if result.returncode != 0:
-        message = result.stderr.decode("utf-8", "replace").strip()
-        raise ArtifactFSError(f"git {arguments[0]} failed: {message}")
-    return result.stdout
+    attributes = tree_attributes(gitdir, tree, paths, ["filter"], owner)
+    return {path for path, values in attributes.items() if values.get("filter") == "lfs"}

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import struct
 import subprocess
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from pathlib import Path
 from artifactfs.errors import ArtifactFSError
 from artifactfs.objects import OID_SIZE, blob_id
 from artifactfs.state import Owner, run_as
+from artifactfs.store.attributes import tree_attributes
 from artifactfs.worktree.ewah import encode_ewah, encode_varint
 
 PER_DIRECTORY_EXCLUDE = ".gitignore"
@@ -180,22 +180,7 @@ def converting_paths(gitdir: Path, tree: str, paths: Sequence[str], owner: Owner
     """
     if not paths:
         return set()
-    with tempfile.TemporaryDirectory(prefix="artifactfs-attr-") as scratch:
-        if owner is not None:
-            os.chown(scratch, owner.uid, owner.gid)
-        environment = {**os.environ, "GIT_INDEX_FILE": os.path.join(scratch, "index")}
-        _git(gitdir, ["read-tree", tree], environment, owner=owner)
-        listing = _git(
-            gitdir,
-            ["check-attr", "--cached", "-z", "--stdin", *_CONVERSION_ATTRIBUTES],
-            environment,
-            stdin="\0".join(paths) + "\0",
-            owner=owner,
-        )
-    attributes: dict[str, dict[str, str]] = {}
-    fields = listing.split("\0")
-    for index in range(0, len(fields) - 2, 3):
-        attributes.setdefault(fields[index], {})[fields[index + 1]] = fields[index + 2]
+    attributes = tree_attributes(gitdir, tree, paths, _CONVERSION_ATTRIBUTES, owner)
     autocrlf = _git(gitdir, ["config", "--get", "core.autocrlf"], check=False, owner=owner).strip().lower()
     drivers = {
         name.split(".")[1]
